@@ -1,0 +1,88 @@
+"""The Sanic application: inference, admin API, health and metrics on one port.
+
+`create_app(config)` is the factory every HTTP worker process calls. Each worker opens the
+database and syncs its view of the fleet from it; the control plane (cloud provider, control loop,
+serverless pool) runs in one separate process that `mark serve` starts (`mark.control`).
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import time
+from pathlib import Path
+
+from sanic import Request, Sanic
+from sanic.response import HTTPResponse, json
+
+from frontend import admin, observability
+from frontend.errors import install_error_handlers
+from mark.config import Config
+from mark.db import Database
+
+__all__ = ["create_app", "admin_token_for"]
+
+logger = logging.getLogger("mark.frontend")
+
+TOKEN_FILE = ".mark-admin-token"
+
+
+def admin_token_for(config: Config) -> str:
+    """The configured admin token, or one generated once per working directory and kept in
+    `.mark-admin-token` (mode 0600), so a newcomer's `make run` is protected yet usable."""
+    if config.server.admin_token:
+        return config.server.admin_token
+    path = Path(TOKEN_FILE)
+    if path.exists():
+        return path.read_text().strip()
+    token = secrets.token_urlsafe(24)
+    path.touch(mode=0o600)
+    path.write_text(token + "\n")
+    return token
+
+
+def create_app(config: Config, *, name: str = "mark") -> Sanic:
+    app = Sanic(name, configure_logging=True)
+    app.config.REQUEST_MAX_SIZE = int(config.server.max_body_mb * 1024 * 1024)
+    app.config.REQUEST_TIMEOUT = config.server.request_timeout_s
+    app.config.RESPONSE_TIMEOUT = config.server.request_timeout_s
+    app.config.KEEP_ALIVE_TIMEOUT = 75
+    app.config.FALLBACK_ERROR_FORMAT = "json"
+    app.config.ACCESS_LOG = False
+    app.ctx.config = config
+    app.ctx.logger = logger
+    app.ctx.admin_token = admin_token_for(config)
+    install_error_handlers(app)
+
+    @app.before_server_start
+    async def _open(app: Sanic) -> None:
+        app.ctx.db = await Database.open(config.database.url, echo=config.database.echo)
+
+    @app.after_server_stop
+    async def _close(app: Sanic) -> None:
+        db: Database | None = getattr(app.ctx, "db", None)
+        if db is not None:
+            await db.close()
+
+    @app.on_request
+    async def _start_timer(request: Request) -> None:
+        request.ctx.started_s = time.perf_counter()
+
+    @app.on_response
+    async def _count_admin(request: Request, response: HTTPResponse) -> None:
+        if request.path.startswith("/admin/"):
+            observability.observe_admin(request, response.status)
+
+    @app.get("/v2/health/live")
+    async def live(request: Request) -> HTTPResponse:
+        return json({"live": True})
+
+    @app.get("/v2/health/ready")
+    async def ready(request: Request) -> HTTPResponse:
+        ok = getattr(request.app.ctx, "db", None) is not None
+        return json({"ready": ok}, status=200 if ok else 503)
+
+    app.blueprint(admin.bp)
+    app.blueprint(admin.openapi_bp)
+    app.blueprint(observability.bp)
+    return app

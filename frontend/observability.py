@@ -1,0 +1,59 @@
+"""`/metrics` and the admin API's own counters.
+
+`mark serve` runs several processes (HTTP workers and the control plane), so it sets
+PROMETHEUS_MULTIPROC_DIR before anything creates a metric; the endpoint then aggregates every
+process's files. Without that variable (tests, single process) it serves the default registry.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    REGISTRY,
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    generate_latest,
+)
+from prometheus_client.multiprocess import MultiProcessCollector
+from prometheus_client.process_collector import ProcessCollector
+from sanic import Blueprint, Request
+from sanic.response import HTTPResponse, raw
+
+__all__ = ["bp", "ADMIN_REQUESTS", "ADMIN_LATENCY", "observe_admin"]
+
+bp = Blueprint("observability")
+
+ADMIN_REQUESTS = Counter(
+    "mark_admin_requests_total",
+    "Admin API requests by method, route and status.",
+    ["method", "route", "status"],
+)
+ADMIN_LATENCY = Histogram(
+    "mark_admin_request_seconds", "Admin API request latency.", ["method", "route"]
+)
+
+
+def _registry() -> CollectorRegistry:
+    if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        return REGISTRY
+    registry = CollectorRegistry()
+    MultiProcessCollector(registry)
+    ProcessCollector(registry=registry)
+    return registry
+
+
+def observe_admin(request: Request, status: int) -> None:
+    route = request.route.name.rsplit(".", 1)[-1] if request.route else "unknown"
+    ADMIN_REQUESTS.labels(request.method, route, str(status)).inc()
+    started = getattr(request.ctx, "started_s", None)
+    if started is not None:
+        ADMIN_LATENCY.labels(request.method, route).observe(time.perf_counter() - started)
+
+
+@bp.get("/metrics")
+async def metrics(request: Request) -> HTTPResponse:
+    return raw(generate_latest(_registry()), content_type=CONTENT_TYPE_LATEST)

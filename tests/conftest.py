@@ -1,0 +1,152 @@
+"""Shared fixtures: database URLs (SQLite file, PostgreSQL when MARK_TEST_PG_URL is set) and a
+real `mark serve` subprocess on a free loopback port."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+PG_ENV = "MARK_TEST_PG_URL"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _pg_url_or_skip() -> str:
+    url = os.environ.get(PG_ENV)
+    if not url:
+        reason = f"{PG_ENV} is not set: PostgreSQL tests need a server"
+        if os.environ.get("MARK_REQUIRE_PG") == "1":
+            pytest.fail(reason + " (MARK_REQUIRE_PG=1)")
+        pytest.skip(reason)
+    return url
+
+
+async def _fresh_pg_schema(url: str) -> None:
+    from sqlalchemy.ext.asyncio import create_async_engine
+
+    engine = create_async_engine(url)
+    try:
+        async with engine.begin() as conn:
+            await conn.exec_driver_sql("DROP SCHEMA IF EXISTS public CASCADE")
+            await conn.exec_driver_sql("CREATE SCHEMA public")
+    except OSError as exc:
+        if os.environ.get("MARK_REQUIRE_PG") == "1":
+            pytest.fail(f"PostgreSQL at {url} is unreachable: {exc}")
+        pytest.skip(f"PostgreSQL at {url} is unreachable: {exc}")
+    finally:
+        await engine.dispose()
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.pg)])
+def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """Each test using it runs once on a SQLite file and once on a clean PostgreSQL schema."""
+    if request.param == "sqlite":
+        return f"sqlite+aiosqlite:///{tmp_path / 'mark.db'}"
+    url = _pg_url_or_skip()
+    asyncio.run(_fresh_pg_schema(url))
+    return url
+
+
+@dataclass
+class Served:
+    """A running `mark serve` process."""
+
+    base_url: str
+    token: str
+    workdir: Path
+    process: subprocess.Popen[bytes]
+    log_path: Path
+
+    @property
+    def auth(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.token}"}
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+
+def start_serve(
+    workdir: Path,
+    db_url: str,
+    *,
+    extra_args: tuple[str, ...] = (),
+    env: dict[str, str] | None = None,
+    config_text: str | None = None,
+    ready_timeout_s: float = 60.0,
+) -> Served:
+    import urllib.request
+
+    port = free_port()
+    token = "test-" + uuid.uuid4().hex
+    full_env = {
+        **os.environ,
+        "MARK_ADMIN_TOKEN": token,
+        "MARK_DATABASE_URL": db_url,
+        **(env or {}),
+    }
+    full_env.pop("PROMETHEUS_MULTIPROC_DIR", None)
+    args = [sys.executable, "-m", "mark.cli", "serve", "--port", str(port)]
+    if config_text is not None:
+        cfg = workdir / "mark.toml"
+        cfg.write_text(config_text)
+        args += ["--config", str(cfg)]
+    args += list(extra_args)
+    log_path = workdir / f"serve-{port}.log"
+    log = open(log_path, "wb")
+    proc = subprocess.Popen(
+        args, cwd=workdir, env=full_env, stdout=log, stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + ready_timeout_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"mark serve exited with {proc.returncode}:\n{log_path.read_text()}")
+        try:
+            with urllib.request.urlopen(base + "/v2/health/ready", timeout=1) as r:
+                if r.status == 200:
+                    return Served(base, token, workdir, proc, log_path)
+        except OSError:
+            time.sleep(0.2)
+    stop_serve_process(proc)
+    raise RuntimeError(f"mark serve did not become ready:\n{log_path.read_text()}")
+
+
+def stop_serve_process(proc: subprocess.Popen[bytes], timeout_s: float = 30.0) -> int:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    return proc.returncode
+
+
+@pytest.fixture
+def serve_factory(tmp_path: Path) -> Iterator[object]:
+    started: list[Served] = []
+
+    def factory(db_url: str, **kwargs: object) -> Served:
+        served = start_serve(tmp_path, db_url, **kwargs)  # type: ignore[arg-type]
+        started.append(served)
+        return served
+
+    yield factory
+    for s in started:
+        stop_serve_process(s.process)
