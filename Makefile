@@ -4,6 +4,11 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 RUN_STAMP  := $(VENV)/.stamp-run
 TEST_STAMP := $(VENV)/.stamp-test
+# A third-party KServe v2 server for tests/test_third_party_backend.py, in its own venv: Seldon
+# MLServer pins a protobuf that conflicts with ours. Installed once (stamp), from PyPI only.
+MLSERVER_VENV  := .venv-mlserver
+MLSERVER_STAMP := $(MLSERVER_VENV)/.stamp
+MLSERVER_PINS  := mlserver==1.7.1 mlserver-sklearn==1.7.1
 PYTEST_ARGS ?=
 
 .PHONY: run test lint bench clean
@@ -23,7 +28,14 @@ $(TEST_STAMP): pyproject.toml | $(BIN)/python
 run: $(RUN_STAMP)
 	$(BIN)/mark serve --demo $(ARGS)
 
-test: $(TEST_STAMP)
+$(MLSERVER_STAMP):
+	$(PYTHON) -m venv $(MLSERVER_VENV)
+	echo '*' > $(MLSERVER_VENV)/.gitignore
+	$(MLSERVER_VENV)/bin/pip install --quiet --upgrade pip
+	$(MLSERVER_VENV)/bin/pip install --quiet $(MLSERVER_PINS)
+	touch $@
+
+test: $(TEST_STAMP) $(MLSERVER_STAMP)
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 lint: $(TEST_STAMP)

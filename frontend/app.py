@@ -15,7 +15,7 @@ from pathlib import Path
 from sanic import Request, Sanic
 from sanic.response import HTTPResponse, json
 
-from frontend import admin, observability
+from frontend import admin, inference, observability
 from frontend.errors import install_error_handlers
 from mark.config import Config
 from mark.db import Database
@@ -85,4 +85,5 @@ def create_app(config: Config, *, name: str = "mark") -> Sanic:
     app.blueprint(admin.bp)
     app.blueprint(admin.openapi_bp)
     app.blueprint(observability.bp)
+    app.blueprint(inference.bp)
     return app

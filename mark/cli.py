@@ -19,6 +19,9 @@ __all__ = ["main", "build_parser"]
 COMMANDS: tuple[str, ...] = (
     "serve",
     "worker",
+    "plan",
+    "trace",
+    "forecast_eval",
 )
 
 

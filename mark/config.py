@@ -74,6 +74,7 @@ class ControlLoopConfig(_Section):
     tick_s: Annotated[float, Field(gt=0)] = 60.0
     apply_retries: Annotated[int, Field(ge=0, le=20)] = 3
     reconcile_grace_s: Annotated[float, Field(ge=0)] = 300.0
+    sync_s: Annotated[float, Field(gt=0)] = 2.0
 
 
 class CloudConfig(_Section):
@@ -92,6 +93,8 @@ class CloudConfig(_Section):
     launch_overhead_scale: Annotated[float, Field(ge=0)] = 0.01
     interruption_notice_s: Annotated[float, Field(ge=0)] = 120.0
     local_instance_type: str = "c5.large"
+    local_state_dir: str = ".mark-local-cloud"  # worker pids/ports, so a restart can adopt them
+    local_boot_timeout_s: Annotated[float, Field(gt=0)] = 60.0
     poll_interval_s: Annotated[float, Field(gt=0)] = 5.0
     # EC2 (provisioner/ec2.py): the `mark:owner` tag value that marks this fleet's instances,
     # the worker started by user data, and the retry/backoff and capacity-cache knobs.
@@ -114,6 +117,14 @@ class ServerlessConfig(_Section):
     endpoint_url: str | None = None
     region: str = "us-east-1"
     arm: bool = False
+    # provisioner/serverless.py: the function timeout, how long an idle sandbox stays warm,
+    # the local pool's Invoke API address (port 0: any free port) and its handler file.
+    timeout_s: Annotated[float, Field(gt=0, le=900)] = 30.0
+    keep_warm_s: Annotated[float, Field(ge=0)] = 600.0
+    local_host: str = "127.0.0.1"
+    local_port: Annotated[int, Field(ge=0, le=65535)] = 0
+    handler_path: str | None = None
+    api_max_attempts: Annotated[int, Field(ge=1, le=20)] = 3
 
 
 class PlannerConfig(_Section):
@@ -140,15 +151,23 @@ class ForecastConfig(_Section):
     predictor: str = "ewma"
     quantile: Annotated[float, Field(gt=0, lt=1)] = 0.95
     bucket_s: Annotated[float, Field(gt=0)] = 60.0
+    schedule_file: str | None = None
 
 
 class BatchingConfig(_Section):
     """SLO-aware dynamic batching in the front end."""
 
     enabled: bool = True
-    slo_budget_fraction: Annotated[float, Field(gt=0, le=1)] = 1.0
+    # share of the SLO latency a batch may use (gather + T(b)); the rest absorbs the network,
+    # waiting for a free slot on the instance and scheduling jitter
+    slo_budget_fraction: Annotated[float, Field(gt=0, le=1)] = 0.8
     worker_timeout_s: Annotated[float, Field(gt=0)] = 30.0
     health_interval_s: Annotated[float, Field(gt=0)] = 1.0
+    # batches outstanding per instance; the backlog beyond waits in the front end (spill sees it)
+    max_inflight_batches: Annotated[int, Field(ge=1, le=64)] = 2
+    rate_window_s: Annotated[float, Field(gt=0)] = 1.0  # EWMA of the rate routed to an instance
+    pool_size: Annotated[int, Field(ge=1)] = 256  # pooled connections to instances, per process
+    sync_interval_s: Annotated[float, Field(gt=0)] = 0.5  # fleet view refresh from the database
 
 
 class SpillConfig(_Section):

@@ -13,6 +13,7 @@ import argparse
 import asyncio
 import os
 import shutil
+import socket
 import tempfile
 from functools import partial
 from typing import Any
@@ -44,10 +45,24 @@ def _server_overrides(args: argparse.Namespace) -> dict[str, Any]:
     return server
 
 
+def _resolve(config: Any) -> Any:
+    """Settle what every process must agree on before they start: the local serverless pool's
+    port (0 means any free one), and in demo mode a floor of one instance per model."""
+    updates: dict[str, Any] = {}
+    if config.serverless.provider == "local" and config.serverless.local_port == 0:
+        with socket.socket() as s:
+            s.bind((config.serverless.local_host, 0))
+            port = s.getsockname()[1]
+        updates["serverless"] = config.serverless.model_copy(update={"local_port": port})
+    if config.server.demo and config.planner.min_instances == 0:
+        updates["planner"] = config.planner.model_copy(update={"min_instances": 1})
+    return config.model_copy(update=updates) if updates else config
+
+
 def run(args: argparse.Namespace) -> int:
     from mark.config import load_config
 
-    config = load_config(args.config, server=_server_overrides(args))
+    config = _resolve(load_config(args.config, server=_server_overrides(args)))
     own_metrics_dir = "PROMETHEUS_MULTIPROC_DIR" not in os.environ
     if own_metrics_dir:
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="mark-metrics-")

@@ -1,0 +1,72 @@
+"""Front-end overhead and throughput: clients -> Mark -> workers, clients -> nginx -> workers and
+clients -> worker directly, side by side in one run, against the same two `mark worker`s
+(native speed, builtin:mlp).
+
+wrk (closed loop, C connections) is the load generator, so Python is not the client bottleneck;
+the offered load is set by the connection count. Added latency = target's p50/p99 minus the
+direct path's at the same load; throughput and added p99 are reported as ratios to nginx.
+
+    python bench/bench_frontend.py [--duration 10] [--connections 1,4,16]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.harness import machine, require_tools, start_front, start_nginx, start_worker, wrk
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--duration", type=int, default=10)
+    parser.add_argument("--connections", default="1,4,16")
+    args = parser.parse_args()
+    require_tools()
+    loads = [int(c) for c in args.connections.split(",")]
+    model = {"name": "demo", "slo": {"latency_ms": 100, "percentile": 0.98}, "max_batch": 32}
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        workers = [start_worker("--model", "demo=builtin:mlp") for _ in range(2)]
+        procs = list(workers)
+        try:
+            nginx = start_nginx([w.url for w in workers], work)
+            procs.append(nginx)
+            front = start_front(model, [("c5.large", w.url) for w in workers], work)
+            procs.append(front)
+            path = "/v2/models/demo/infer"
+            targets = {"direct": workers[0].url, "nginx": nginx.url, "mark": front.url}
+            print(f"# bench_frontend: {machine()}; wrk {args.duration}s per point")
+            print(f"{'conns':>5} {'target':>7} {'req/s':>9} {'p50 ms':>7} {'p99 ms':>7} "
+                  f"{'+p50 ms':>8} {'+p99 ms':>8} {'rps/nginx':>9} {'+p99/nginx':>10}")  # fmt: skip
+            for conns in loads:
+                got = {
+                    name: wrk(url + path, connections=conns, duration_s=args.duration, slo_ms=100)
+                    for name, url in targets.items()
+                }
+                base = got["direct"]
+                added = {
+                    n: ((r["p50_us"] - base["p50_us"]) / 1e3, (r["p99_us"] - base["p99_us"]) / 1e3)
+                    for n, r in got.items()
+                }
+                for name, r in got.items():
+                    ratio_rps = r["rps"] / got["nginx"]["rps"]
+                    nginx_p99 = max(added["nginx"][1], 1e-3)
+                    print(
+                        f"{conns:>5} {name:>7} {r['rps']:>9.0f} {r['p50_us'] / 1e3:>7.2f} "
+                        f"{r['p99_us'] / 1e3:>7.2f} {added[name][0]:>8.2f} {added[name][1]:>8.2f} "
+                        f"{ratio_rps:>9.2f} {added[name][1] / nginx_p99:>10.2f}"
+                        + (f"  errors={r['errors']}" if r["errors"] else "")
+                    )
+        finally:
+            for p in reversed(procs):
+                p.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,230 @@
+"""Shared pieces of the data-plane benchmarks: real workers, a real Mark front end, nginx and wrk.
+
+Everything runs on loopback; each benchmark measures Mark against its reference (nginx, direct)
+in the same run against the same workers and prints ratios. wrk and nginx come from Debian:
+`apt-get update && apt-get install -y wrk nginx-light`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+ROW = [0.1 * i for i in range(16)]
+BODY = json.dumps(
+    {"inputs": [{"name": "input", "shape": [1, 16], "datatype": "FP32", "data": ROW}]}
+)
+
+# wrk script: POST the body; at the end print p50/p99 and the share of requests within SLO_US.
+WRK_LUA = """
+wrk.method = "POST"
+wrk.headers["Content-Type"] = "application/json"
+wrk.body = os.getenv("BENCH_BODY")
+done = function(summary, latency, requests)
+  local slo = tonumber(os.getenv("BENCH_SLO_US"))
+  local lo, hi = 0.0, 100.0
+  for _ = 1, 40 do
+    local mid = (lo + hi) / 2
+    if latency:percentile(mid) <= slo then lo = mid else hi = mid end
+  end
+  io.write(string.format(
+    "BENCH {\\"requests\\": %d, \\"duration_us\\": %d, \\"errors\\": %d, \\"p50_us\\": %d, " ..
+    "\\"p99_us\\": %d, \\"within_slo\\": %.5f}\\n",
+    summary.requests, summary.duration,
+    summary.errors.connect + summary.errors.read + summary.errors.write +
+    summary.errors.status + summary.errors.timeout,
+    latency:percentile(50), latency:percentile(99), lo / 100.0))
+end
+"""
+
+
+def require_tools() -> None:
+    missing = [t for t in ("wrk", "nginx") if shutil.which(t) is None]
+    if missing:
+        sys.exit(
+            f"missing {', '.join(missing)}: install with "
+            "`apt-get update && apt-get install -y wrk nginx-light` (Debian/Ubuntu)"
+        )
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_http(url: str, timeout_s: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(url, timeout=1) as resp:
+                if resp.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.1)
+    raise RuntimeError(f"{url} did not become ready")
+
+
+@dataclass
+class Proc:
+    popen: subprocess.Popen[bytes]
+    url: str
+
+    def stop(self) -> None:
+        if self.popen.poll() is None:
+            self.popen.send_signal(signal.SIGTERM)
+            try:
+                self.popen.wait(10)
+            except subprocess.TimeoutExpired:
+                self.popen.kill()
+                self.popen.wait()
+
+
+def start_worker(*args: str) -> Proc:
+    port = free_port()
+    cmd = [sys.executable, "-m", "mark.cli", "worker", "--port", str(port), *args]
+    popen = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    wait_http(f"{url}/v2/health/ready")
+    return Proc(popen, url)
+
+
+def start_nginx(upstreams: Sequence[str], workdir: Path) -> Proc:
+    port = free_port()
+    servers = "\n".join(f"    server {u.removeprefix('http://')};" for u in upstreams)
+    conf = f"""
+worker_processes 1;
+error_log {workdir}/nginx-error.log;
+pid {workdir}/nginx.pid;
+events {{ worker_connections 4096; }}
+http {{
+  access_log off;
+  client_body_temp_path {workdir}; proxy_temp_path {workdir};
+  upstream workers {{
+{servers}
+    keepalive 128;
+  }}
+  server {{
+    listen 127.0.0.1:{port};
+    location / {{
+      proxy_pass http://workers;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+    }}
+  }}
+}}
+"""
+    (workdir / "nginx.conf").write_text(conf)
+    popen = subprocess.Popen(
+        ["nginx", "-p", str(workdir), "-c", str(workdir / "nginx.conf"), "-g", "daemon off;"]
+    )
+    url = f"http://127.0.0.1:{port}"
+    wait_http(f"{url}/v2/health/ready")
+    return Proc(popen, url)
+
+
+def start_front(model: dict[str, object], upstreams: Sequence[tuple[str, str]], workdir: Path,
+                batching: dict[str, object] | None = None) -> Proc:  # fmt: skip
+    """A real Mark front end (create_app + the inference blueprint, one Sanic worker) whose
+    database lists `upstreams` ((instance type, endpoint)) as running instances of `model`."""
+    port = free_port()
+    spec = {"model": model, "upstreams": list(upstreams), "db": str(workdir / "bench.db"),
+            "port": port, "batching": batching or {}}  # fmt: skip
+    popen = subprocess.Popen(
+        [sys.executable, "-m", "bench.harness", json.dumps(spec)],
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
+    url = f"http://127.0.0.1:{port}"
+    name = model["name"]
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(f"{url}/v2/models/{name}/ready", timeout=1) as r:
+                if r.status == 200:
+                    return Proc(popen, url)
+        except OSError:
+            time.sleep(0.1)
+    raise RuntimeError("the Mark front end did not become ready")
+
+
+def wrk(url: str, *, connections: int, duration_s: int, slo_ms: float, threads: int = 1) -> dict:
+    with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as fh:
+        fh.write(WRK_LUA)
+    env = {**os.environ, "BENCH_BODY": BODY, "BENCH_SLO_US": str(int(slo_ms * 1000))}
+    out = subprocess.run(
+        ["wrk", f"-t{threads}", f"-c{connections}", f"-d{duration_s}s", "-s", fh.name, url],
+        capture_output=True, text=True, env=env, check=True,
+    )  # fmt: skip
+    os.unlink(fh.name)
+    line = next(x for x in out.stdout.splitlines() if x.startswith("BENCH "))
+    doc: dict = json.loads(line.removeprefix("BENCH "))
+    doc["rps"] = doc["requests"] / (doc["duration_us"] / 1e6)
+    doc["goodput_rps"] = doc["rps"] * doc["within_slo"]
+    return doc
+
+
+def machine() -> str:
+    cpu = "unknown CPU"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{os.cpu_count()} cores, {cpu}, {time.strftime('%Y-%m-%d')}"
+
+
+async def _serve_front(spec: dict) -> None:
+    from frontend import inference
+    from frontend.app import create_app
+    from mark.config import load_config
+    from mark.db import Database
+    from mark.types import Instance, InstanceState, Market, Model, Offering
+
+    url = f"sqlite+aiosqlite:///{spec['db']}"
+    db = await Database.open(url)
+    model = Model.model_validate(spec["model"])
+    await db.create_model(model)
+    for i, (itype, endpoint) in enumerate(spec["upstreams"]):
+        offering = Offering(instance_type=itype, zone="local", market=Market.ON_DEMAND,
+                            price_per_hour=0.1)  # fmt: skip
+        await db.save_instance(
+            Instance(id=f"bench-{i}", offering=offering, models=(model.name,),
+                     state=InstanceState.RUNNING, endpoint=endpoint, launched_at_s=0.0)
+        )  # fmt: skip
+    await db.close()
+    config = load_config(
+        server={"port": spec["port"]}, database={"url": url}, batching=spec["batching"]
+    )
+    app = create_app(config, name="bench")
+    if "inference" not in app.blueprints:
+        app.blueprint(inference.bp)
+    server = await app.create_server(
+        host="127.0.0.1", port=spec["port"], return_asyncio_server=True, access_log=False
+    )
+    assert server is not None
+    await server.startup()
+    await server.before_start()
+    await server.after_start()
+    await server.serve_forever()
+
+
+if __name__ == "__main__":
+    import uvloop
+
+    uvloop.run(_serve_front(json.loads(sys.argv[1])))

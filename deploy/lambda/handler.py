@@ -1,0 +1,73 @@
+"""AWS Lambda handler for Mark's serverless spill (MArk's Lambda path, DESIGN.md "Spill").
+
+The same file runs in two places:
+- on AWS Lambda, packaged with the `mark` package (container image or zip; see README.md);
+- in the local function pool (`provisioner.serverless.LocalFunctionPool`), where each sandbox is
+  a fresh spawned process that imports this file, as a Lambda sandbox would.
+
+Event (JSON, at most 6 MB in a synchronous invoke):
+    {"model": NAME, "artifact": "builtin:mlp" | "onnx:/path" | ..., "request": V2_REQUEST}
+or, to warm a sandbox before an expected surge (MArk pings Lambda concurrently):
+    {"model": NAME, "artifact": ..., "warm": true}
+where V2_REQUEST is a KServe v2 / Open Inference Protocol infer request in JSON.
+
+Result:
+    {"response": V2_RESPONSE | null, "cold_start": bool, "init_ms": float, "handler_ms": float,
+     "max_memory_used_mb": float}
+`cold_start` is true when this sandbox loaded the model for this call; `init_ms` is what loading
+took (the model stays loaded for the sandbox's later calls, as Lambda keeps module state).
+Models are loaded with the reference worker's loaders (`mark.worker.loaders.load_model`), so a
+spilled request gets the answer an instance would give.
+"""
+
+from __future__ import annotations
+
+import json
+import resource
+import sys
+import time
+from typing import Any
+
+from frontend.protocol import InferResponse, Tensor, encode_v2_response, parse_v2_request
+from mark.worker.loaders import ServedModel, load_model
+
+_MODELS: dict[tuple[str, str], ServedModel] = {}
+
+
+def _max_memory_used_mb() -> float:
+    # ru_maxrss is KiB on Linux, bytes on macOS.
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return rss / (1024.0 * 1024.0) if sys.platform == "darwin" else rss / 1024.0
+
+
+def handler(event: dict[str, Any], context: Any = None) -> dict[str, Any]:
+    started = time.perf_counter()
+    name, artifact = str(event["model"]), str(event["artifact"])
+    key = (name, artifact)
+    cold = key not in _MODELS
+    init_ms = 0.0
+    if cold:
+        _MODELS[key] = load_model(name, artifact)
+        init_ms = (time.perf_counter() - started) * 1000.0
+    model = _MODELS[key]
+    response: dict[str, Any] | None = None
+    if not event.get("warm"):
+        request = parse_v2_request(json.dumps(event["request"]).encode())
+        outputs = model.predict({t.name: t.array for t in request.inputs})
+        wanted = {o.name for o in request.outputs} or set(outputs)
+        datatypes = {m.name: m.datatype for m in model.outputs}
+        body, _ = encode_v2_response(
+            InferResponse(
+                tuple(Tensor.of(n, outputs[n], datatypes.get(n)) for n in outputs if n in wanted),
+                model_name=name,
+                id=request.id,
+            )
+        )
+        response = json.loads(body)
+    return {
+        "response": response,
+        "cold_start": cold,
+        "init_ms": init_ms,
+        "handler_ms": (time.perf_counter() - started) * 1000.0 - init_ms,
+        "max_memory_used_mb": _max_memory_used_mb(),
+    }

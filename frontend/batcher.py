@@ -1,0 +1,209 @@
+"""Per-instance SLO-aware dynamic batching in the front end (MArk section 4, "batching";
+DESIGN.md, "Batching").
+
+Each running instance has one batcher. Requests routed to it wait in its FIFO; a batch leaves
+when it is full (b rows, b from `provisioner.batching.slo_batch` at the rate routed to this
+instance) or when its oldest request has waited the plan's timeout (what the SLO budget leaves
+after T(b)), and only while fewer than `max_inflight` batches are outstanding on the instance,
+so the backlog stays here, visible to spill and retry, instead of in the worker's socket.
+
+The rate is an exponentially-decaying count of arrivals (time constant `window_s`): after each
+arrival at t the estimate is r(t) = r(t0) * exp(-(t - t0)/window_s) + 1/window_s, which is
+unbiased for a Poisson stream and decays to zero when traffic stops.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from collections import deque
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from frontend.protocol import InferRequest, batch_key, batch_size
+from provisioner.batching import BatchPlan
+
+__all__ = ["QueuedRequest", "RateEstimator", "InstanceBatcher", "take_batch", "answer_once"]
+
+
+@dataclass(eq=False, slots=True)
+class QueuedRequest:
+    """One client request between arrival and answer. `future` is resolved exactly once, by
+    whichever path answers it (instance, serverless or a 503)."""
+
+    model: str
+    request: InferRequest
+    arrival_s: float
+    deadline_s: float
+    future: asyncio.Future[Any]
+    rows: int = field(init=False)
+    key: tuple[Any, ...] | None = field(init=False)
+    attempts: int = 0
+
+    def __post_init__(self) -> None:
+        self.rows = batch_size(self.request) or 1
+        self.key = batch_key(self.request)
+
+    @property
+    def done(self) -> bool:
+        return self.future.done()
+
+
+class RateEstimator:
+    """Exponentially-decaying arrival rate (requests per second) over `window_s`."""
+
+    def __init__(self, window_s: float) -> None:
+        if not window_s > 0:
+            raise ValueError("window_s must be > 0")
+        self.window_s = window_s
+        self._rate_rps = 0.0
+        self._at_s: float | None = None
+
+    def rate_rps(self, now_s: float) -> float:
+        if self._at_s is None:
+            return 0.0
+        return self._rate_rps * math.exp(-max(now_s - self._at_s, 0.0) / self.window_s)
+
+    def observe(self, now_s: float, count: int = 1) -> None:
+        self._rate_rps = self.rate_rps(now_s) + count / self.window_s
+        self._at_s = now_s
+
+
+def take_batch(pending: deque[QueuedRequest], size: int) -> list[QueuedRequest]:
+    """Remove and return the oldest request and the next ones that batch with it, up to `size`
+    rows (the head always goes, even when it alone exceeds `size`); FIFO among the rest."""
+    head = pending.popleft()
+    batch = [head]
+    if head.key is None:
+        return batch
+    rows = head.rows
+    skipped: list[QueuedRequest] = []
+    while pending and rows < size:
+        item = pending.popleft()
+        if item.key == head.key and rows + item.rows <= size:
+            batch.append(item)
+            rows += item.rows
+        else:
+            skipped.append(item)
+            if item.key == head.key:
+                break
+    pending.extendleft(reversed(skipped))
+    return batch
+
+
+def _ready_rows(pending: deque[QueuedRequest], size: int) -> int:
+    head = pending[0]
+    if head.key is None:
+        return size
+    rows = 0
+    for item in pending:
+        if item.key == head.key:
+            rows += item.rows
+            if rows >= size:
+                break
+    return rows
+
+
+class InstanceBatcher:
+    """The batch former of one instance. `plan_for(rate_rps)` gives the current plan,
+    `dispatch(batch)` sends one batch (it must answer or re-route every request in it), and
+    `expire(request)` takes a request whose deadline passed before it could be sent."""
+
+    def __init__(
+        self,
+        *,
+        plan_for: Callable[[float], BatchPlan],
+        dispatch: Callable[[list[QueuedRequest]], Awaitable[None]],
+        expire: Callable[[QueuedRequest], None],
+        max_inflight: int,
+        window_s: float,
+        clock: Callable[[], float],
+    ) -> None:
+        self._plan_for = plan_for
+        self._dispatch = dispatch
+        self._expire = expire
+        self._max_inflight = max_inflight
+        self._clock = clock
+        self.rate = RateEstimator(window_s)
+        self.pending: deque[QueuedRequest] = deque()
+        self.inflight = 0
+        self._wake = asyncio.Event()
+        self._sends: set[asyncio.Task[None]] = set()
+        self._task = asyncio.create_task(self._run())
+
+    def offer(self, request: QueuedRequest) -> None:
+        """Queue a request, in arrival order (a re-routed request is older than the tail)."""
+        self.rate.observe(self._clock())
+        if self.pending and request.arrival_s < self.pending[-1].arrival_s:
+            index = next(i for i, q in enumerate(self.pending) if q.arrival_s > request.arrival_s)
+            self.pending.insert(index, request)
+        else:
+            self.pending.append(request)
+        self._wake.set()
+
+    def take_all(self) -> list[QueuedRequest]:
+        """Every request not yet sent (the instance left or was ejected): the caller re-routes."""
+        taken = [q for q in self.pending if not q.done]
+        self.pending.clear()
+        return taken
+
+    def plan(self) -> BatchPlan:
+        return self._plan_for(self.rate.rate_rps(self._clock()))
+
+    async def close(self) -> None:
+        """Stop forming batches; batches already sent finish and answer their requests."""
+        self._task.cancel()
+        await asyncio.gather(self._task, return_exceptions=True)
+        if self._sends:
+            await asyncio.gather(*self._sends, return_exceptions=True)
+
+    def _shed(self, now_s: float) -> None:
+        while self.pending and (self.pending[0].done or self.pending[0].deadline_s < now_s):
+            item = self.pending.popleft()
+            if not item.done:
+                self._expire(item)
+
+    async def _send(self, batch: list[QueuedRequest]) -> None:
+        try:
+            await self._dispatch(batch)
+        finally:
+            self.inflight -= 1
+            self._wake.set()
+
+    async def _run(self) -> None:
+        while True:
+            if not self.pending or self.inflight >= self._max_inflight:
+                self._wake.clear()
+                await self._wake.wait()
+                continue
+            now = self._clock()
+            self._shed(now)
+            if not self.pending:
+                continue
+            plan = self._plan_for(self.rate.rate_rps(now))
+            leave_at = self.pending[0].arrival_s + plan.timeout_ms / 1000.0
+            if _ready_rows(self.pending, plan.size) >= plan.size or now >= leave_at:
+                batch = take_batch(self.pending, plan.size)
+                self.inflight += 1
+                task = asyncio.create_task(self._send(batch))
+                self._sends.add(task)
+                task.add_done_callback(self._sends.discard)
+                continue
+            self._wake.clear()
+            try:
+                async with asyncio.timeout(leave_at - now):
+                    await self._wake.wait()
+            except TimeoutError:
+                pass
+
+
+def answer_once(request: QueuedRequest, result: object) -> bool:
+    """Resolve `request` unless something already did; True when this call answered it."""
+    if request.future.done():
+        return False
+    if isinstance(result, BaseException):
+        request.future.set_exception(result)
+    else:
+        request.future.set_result(result)
+    return True

@@ -1,0 +1,506 @@
+"""The data plane of one front-end process: per-model queues with deadlines, routing, batching,
+dispatch to instances, retry, ejection and the spill seam (DESIGN.md, "The flow of data" 1-3).
+
+A request gets a deadline (arrival + the model's SLO latency) and is routed by smooth weighted
+round-robin (weights: each instance's capacity at the SLO, `provisioner.capacity.capacity_rps`)
+to one instance's batcher (frontend/batcher.py), which sends it in an SLO-sized batch over the
+pooled client (frontend/backends.py). A call that fails (connection refused or reset, timeout,
+5xx) ejects the instance until its health check passes and re-routes every request of the batch
+to another instance while the deadline allows. Every request is answered exactly once: its
+future is resolved by whichever path gets there first and the others see it done.
+
+When a request cannot meet its deadline on the instances (no routable instance, a retry too late,
+a backlog past the deadline) it goes to the injected `spill` callable (the serverless pool, wired
+by `mark serve`), or, with none, is answered 503 with the reason.
+
+The fleet learns instances and models from the database (`sync_forever`), so front-end workers
+never hold the cloud provider; tests may call `set_models` / `set_instances` directly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from statistics import fmean
+from typing import Any, Protocol
+
+import aiohttp
+
+from frontend import metrics
+from frontend.backends import BackendClient, BackendRejected, BackendUnavailable, new_session
+from frontend.batcher import InstanceBatcher, QueuedRequest, answer_once
+from frontend.protocol import (
+    BackendError,
+    InferRequest,
+    InferResponse,
+    TensorMeta,
+    concat,
+    split,
+)
+from frontend.router import SmoothWeightedRoundRobin
+from mark.config import BatchingConfig
+from mark.errors import NotFound
+from mark.types import Instance, InstanceState, Model, Profile
+from provisioner.batching import BatchPlan, slo_batch
+from provisioner.capacity import capacity_rps
+
+__all__ = ["Fleet", "FleetSource", "Answer", "Unavailable", "Spill"]
+
+logger = logging.getLogger("mark.frontend.fleet")
+
+# Weight of an instance that cannot meet the SLO even alone: it still gets a trickle, so that a
+# fleet of only such instances serves rather than refusing everything.
+_MIN_WEIGHT = 1e-3
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    """A successful answer and who gave it (`instance` or `serverless`)."""
+
+    response: InferResponse
+    path: str
+    instance_id: str | None = None
+
+
+class Unavailable(Exception):
+    """The request could not be answered within its deadline and was not spilled (503)."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+Spill = Callable[[QueuedRequest, str], Awaitable[InferResponse]]
+"""Answers a request through the serverless pool: `(request, reason) -> response`."""
+
+
+class FleetSource(Protocol):
+    """Where the fleet reads models and instances (`mark.db.Database` is one)."""
+
+    async def list_models(self) -> list[Model]: ...
+
+    async def list_instances(
+        self, *, live_only: bool = True, model: str | None = None
+    ) -> list[Instance]: ...
+
+
+@dataclass(eq=False, slots=True)
+class _Link:
+    """One instance as one model's route target."""
+
+    instance: Instance
+    batcher: InstanceBatcher
+    profile: Profile | None
+    weight: float = 1.0
+    ejected: bool = False
+    closed: bool = False
+
+    @property
+    def id(self) -> str:
+        return self.instance.id
+
+    @property
+    def endpoint(self) -> str:
+        assert self.instance.endpoint is not None
+        return self.instance.endpoint
+
+
+@dataclass(eq=False, slots=True)
+class _ModelState:
+    model: Model
+    router: SmoothWeightedRoundRobin = field(default_factory=SmoothWeightedRoundRobin)
+    links: dict[str, _Link] = field(default_factory=dict)
+    waiting: deque[QueuedRequest] = field(default_factory=deque)
+    metadata: dict[str, Any] | None = None
+    inputs: tuple[TensorMeta, ...] = ()
+    metadata_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+    @property
+    def backend_name(self) -> str:
+        return self.model.backend.backend_model_name or self.model.name
+
+    def fastest_s(self) -> float:
+        """The least time any routable instance needs for one request (0 without profiles)."""
+        times = [
+            link.profile.service_ms(1) / 1000.0
+            for link in self.links.values()
+            if link.profile is not None and not link.ejected
+        ]
+        return min(times, default=0.0)
+
+
+def _serves(instance: Instance, model: str) -> bool:
+    return (
+        instance.state == InstanceState.RUNNING
+        and instance.endpoint is not None
+        and model in instance.models
+    )
+
+
+class Fleet:
+    """Must be created inside a running event loop (it owns an aiohttp session and tasks)."""
+
+    def __init__(
+        self,
+        config: BatchingConfig,
+        *,
+        spill: Spill | None = None,
+        session: aiohttp.ClientSession | None = None,
+    ) -> None:
+        self.config = config
+        self.spill = spill
+        self._loop = asyncio.get_running_loop()
+        self._own_session = session is None
+        self._session = session or new_session(
+            pool_size=config.pool_size, timeout_s=config.worker_timeout_s
+        )
+        self.client = BackendClient(self._session)
+        self._models: dict[str, _ModelState] = {}
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._sync: asyncio.Task[None] | None = None
+
+    # --- clock and housekeeping --------------------------------------------------------------
+
+    def now_s(self) -> float:
+        return self._loop.time()
+
+    def _spawn(self, coro: Awaitable[Any]) -> None:
+        task: asyncio.Task[Any] = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def close(self) -> None:
+        """Stop syncing and probing; answer everything still queued with 503."""
+        if self._sync is not None:
+            self._sync.cancel()
+        for name in list(self._models):
+            self._drop_model(name, "the front end is shutting down")
+        if self._tasks:
+            await asyncio.gather(*list(self._tasks), return_exceptions=True)
+        if self._own_session:
+            await self._session.close()
+
+    # --- fleet view ---------------------------------------------------------------------------
+
+    def model(self, name: str) -> Model:
+        state = self._models.get(name)
+        if state is None:
+            raise NotFound(f"unknown model {name!r}")
+        return state.model
+
+    def models(self) -> list[Model]:
+        return [s.model for s in self._models.values()]
+
+    def routable(self, name: str) -> list[str]:
+        """Ids of the instances currently taking this model's requests."""
+        state = self._models.get(name)
+        return list(state.router.weights) if state else []
+
+    def weights(self, name: str) -> dict[str, float]:
+        state = self._models.get(name)
+        return state.router.weights if state else {}
+
+    def start_sync(self, source: FleetSource, interval_s: float) -> None:
+        """Poll `source` every `interval_s` (models first, then instances) until close()."""
+        self._sync = asyncio.create_task(self.sync_forever(source, interval_s))
+
+    async def sync_forever(self, source: FleetSource, interval_s: float) -> None:
+        while True:
+            try:
+                models = await source.list_models()
+                instances = await source.list_instances(live_only=True)
+            except Exception:  # the database may be briefly unavailable; keep the last view
+                logger.exception("fleet sync failed; keeping the previous view")
+            else:
+                self.set_models(models)
+                self.set_instances(instances)
+            await asyncio.sleep(interval_s)
+
+    def set_models(self, models: Sequence[Model]) -> None:
+        """Replace the set of served models; removed models answer their queued requests 503."""
+        wanted = {m.name: m for m in models}
+        for name in set(self._models) - set(wanted):
+            self._drop_model(name, f"model {name!r} was removed")
+        for name, model in wanted.items():
+            state = self._models.get(name)
+            if state is None:
+                self._models[name] = _ModelState(model)
+            elif state.model != model:
+                if state.model.backend != model.backend:
+                    state.metadata, state.inputs = None, ()
+                state.model = model
+                for link in state.links.values():
+                    link.profile = model.profiles.get(link.instance.offering.instance_type)
+                self._reweigh(state)
+
+    def set_instances(self, instances: Sequence[Instance]) -> None:
+        """Make the running instances that serve each model its route targets; instances that
+        left, drain or terminate stop taking requests (their unsent requests are re-routed)."""
+        for name, state in self._models.items():
+            wanted = {i.id: i for i in instances if _serves(i, name)}
+            for link_id in list(state.links):
+                link = state.links[link_id]
+                current = wanted.get(link_id)
+                if current is None or current.endpoint != link.instance.endpoint:
+                    self._remove_link(state, link)
+                else:
+                    link.instance = current
+            joined = False
+            for instance_id, instance in wanted.items():
+                if instance_id not in state.links:
+                    self._add_link(state, instance)
+                    joined = True
+            if joined:
+                self._reweigh(state)
+                self._release_waiting(state)
+
+    # --- links --------------------------------------------------------------------------------
+
+    def _plan_for(
+        self, state: _ModelState, link_profile: Callable[[], Profile | None]
+    ) -> Callable[[float], BatchPlan]:
+        def plan(rate_rps: float) -> BatchPlan:
+            model = state.model
+            profile = link_profile()
+            if not self.config.enabled:
+                return BatchPlan(1, 0.0, profile.service_ms(1) if profile else 0.0)
+            if profile is None:
+                # No profile for this type: send whatever is waiting, as one batch, at once.
+                return BatchPlan(model.max_batch, 0.0, 0.0)
+            budget_ms = model.slo.latency_ms * self.config.slo_budget_fraction
+            return slo_batch(profile, budget_ms, rate_rps, model.max_batch)
+
+        return plan
+
+    def _add_link(self, state: _ModelState, instance: Instance) -> None:
+        holder: list[_Link] = []
+        batcher = InstanceBatcher(
+            plan_for=self._plan_for(state, lambda: holder[0].profile),
+            dispatch=lambda batch: self._dispatch(state, holder[0], batch),
+            expire=lambda q: self._cannot_meet(q, "its deadline passed while queued"),
+            max_inflight=self.config.max_inflight_batches,
+            window_s=self.config.rate_window_s,
+            clock=self.now_s,
+        )
+        link = _Link(instance, batcher, state.model.profiles.get(instance.offering.instance_type))
+        holder.append(link)
+        state.links[instance.id] = link
+
+    def _remove_link(self, state: _ModelState, link: _Link) -> None:
+        link.closed = True
+        state.links.pop(link.id, None)
+        state.router.remove(link.id)
+        for q in link.batcher.take_all():
+            self._route(q)
+        self._spawn(link.batcher.close())
+
+    def _reweigh(self, state: _ModelState) -> None:
+        """Weights = capacity at the SLO; instances without a profile get the mean of the
+        others (1.0 when none has one)."""
+        model = state.model
+        known = {
+            link.id: max(capacity_rps(link.profile, model.slo, model.max_batch), _MIN_WEIGHT)
+            for link in state.links.values()
+            if link.profile is not None
+        }
+        default = fmean(known.values()) if known else 1.0
+        for link in state.links.values():
+            link.weight = known.get(link.id, default)
+            if not link.ejected:
+                state.router.set(link.id, link.weight)
+
+    def _eject(self, state: _ModelState, link: _Link, reason: str) -> None:
+        if link.ejected or link.closed:
+            return
+        logger.warning("ejecting instance %s of %s: %s", link.id, state.model.name, reason)
+        link.ejected = True
+        state.router.remove(link.id)
+        for q in link.batcher.take_all():
+            self._route(q)
+        self._spawn(self._probe(state, link))
+
+    async def _probe(self, state: _ModelState, link: _Link) -> None:
+        """Health-check an ejected instance until it passes (then it rejoins) or leaves."""
+        interval_s = self.config.health_interval_s
+        while not link.closed:
+            await asyncio.sleep(interval_s)
+            if state.model.backend.protocol == "tfserving":
+                ok = await self.client.tf_ready(link.endpoint, state.backend_name, interval_s)
+            else:
+                ok = await self.client.ready(link.endpoint, interval_s)
+            if ok and not link.closed:
+                link.ejected = False
+                state.router.set(link.id, link.weight)
+                self._release_waiting(state)
+                return
+
+    # --- requests -----------------------------------------------------------------------------
+
+    async def infer(self, name: str, request: InferRequest) -> Answer:
+        """Answer one request (raises NotFound, Unavailable or BackendRejected)."""
+        state = self._models.get(name)
+        if state is None:
+            raise NotFound(f"unknown model {name!r}")
+        now = self.now_s()
+        q = QueuedRequest(
+            name, request, now, now + state.model.slo.latency_s, self._loop.create_future()
+        )
+        self._route(q)
+        result: Answer = await q.future
+        return result
+
+    def _route(self, q: QueuedRequest) -> None:
+        if q.done:
+            return
+        state = self._models.get(q.model)
+        if state is None:
+            answer_once(q, Unavailable(f"model {q.model!r} was removed"))
+            return
+        key = state.router.pick()
+        if key is None:
+            self._no_instance(state, q)
+        else:
+            state.links[key].batcher.offer(q)
+
+    def _no_instance(self, state: _ModelState, q: QueuedRequest) -> None:
+        if self.spill is not None:
+            self._spawn(self._spill(q, "no running instance"))
+            return
+        state.waiting.append(q)
+        self._loop.call_at(q.deadline_s, self._waiting_expired, state, q)
+
+    def _waiting_expired(self, state: _ModelState, q: QueuedRequest) -> None:
+        if q.done:
+            return
+        try:
+            state.waiting.remove(q)
+        except ValueError:
+            return
+        answer_once(
+            q,
+            Unavailable(
+                f"no running instance of model {q.model!r} could take the request within its "
+                f"SLO of {state.model.slo.latency_ms:g} ms, and spill is off"
+            ),
+        )
+
+    def _release_waiting(self, state: _ModelState) -> None:
+        waiting, state.waiting = state.waiting, deque()
+        for q in waiting:
+            self._route(q)
+
+    def _cannot_meet(self, q: QueuedRequest, why: str) -> None:
+        if q.done:
+            return
+        if self.spill is not None:
+            self._spawn(self._spill(q, why))
+        else:
+            answer_once(q, Unavailable(f"cannot meet the SLO deadline: {why}, and spill is off"))
+
+    async def _spill(self, q: QueuedRequest, reason: str) -> None:
+        assert self.spill is not None
+        try:
+            response = await self.spill(q, reason)
+        except Exception as exc:  # the pool failed too: the request still gets its one answer
+            answer_once(q, Unavailable(f"{reason}; spill to the serverless pool failed: {exc}"))
+            return
+        answer_once(q, Answer(response, "serverless"))
+
+    def _retry(self, state: _ModelState, q: QueuedRequest, why: str) -> None:
+        if self.now_s() + state.fastest_s() < q.deadline_s:
+            metrics.RETRIES.labels(q.model).inc()
+            self._route(q)
+        else:
+            self._cannot_meet(q, f"{why} and the deadline is too close to retry")
+
+    async def _dispatch(self, state: _ModelState, link: _Link, batch: list[QueuedRequest]) -> None:
+        live = [q for q in batch if not q.done]
+        if not live:
+            return
+        name = state.model.name
+        now = self.now_s()
+        for q in live:
+            q.attempts += 1
+            metrics.QUEUE_TIME.labels(name).observe(now - q.arrival_s)
+        metrics.BATCH_SIZE.labels(name).observe(len(live))
+        inflight = metrics.INSTANCE_INFLIGHT.labels(name, link.id)
+        inflight.inc(len(live))
+        try:
+            response = await self.client.infer(
+                link.endpoint,
+                state.model.backend.protocol,
+                state.backend_name,
+                concat([q.request for q in live]),
+                [m.name for m in state.inputs],
+            )
+            parts = split(response, [q.rows for q in live])
+        except BackendRejected as exc:
+            if len(live) == 1:
+                answer_once(live[0], exc)
+            else:  # find the request at fault: each alone, on the same instance
+                await asyncio.gather(*(self._dispatch(state, link, [q]) for q in live))
+            return
+        except (BackendUnavailable, BackendError) as exc:
+            metrics.INSTANCE_ERRORS.labels(name, link.id).inc()
+            self._eject(state, link, str(exc))
+            for q in live:
+                self._retry(state, q, f"instance {link.id} failed ({exc})")
+            return
+        finally:
+            inflight.dec(len(live))
+        for q, part in zip(live, parts, strict=True):
+            answer_once(
+                q,
+                Answer(
+                    InferResponse(part.outputs, name, part.model_version, q.request.id),
+                    "instance",
+                    link.id,
+                ),
+            )
+
+    # --- metadata -----------------------------------------------------------------------------
+
+    async def metadata(self, name: str) -> dict[str, Any] | None:
+        """The model's v2 metadata as an instance reports it (cached), None when no instance
+        can say (none running, or a TF Serving backend)."""
+        state = self._models.get(name)
+        if state is None:
+            raise NotFound(f"unknown model {name!r}")
+        if state.metadata is None and state.model.backend.protocol == "kserve-v2":
+            async with state.metadata_lock:
+                if state.metadata is None:
+                    await self._fetch_metadata(state)
+        return state.metadata
+
+    async def inputs(self, name: str) -> tuple[TensorMeta, ...]:
+        """Declared inputs for validation (empty when unknown: the instance validates)."""
+        await self.metadata(name)
+        return self._models[name].inputs if name in self._models else ()
+
+    async def _fetch_metadata(self, state: _ModelState) -> None:
+        for link in list(state.links.values()):
+            if link.ejected:
+                continue
+            try:
+                doc = await self.client.metadata(link.endpoint, state.backend_name, 2.0)
+                inputs = tuple(TensorMeta.from_json(i) for i in doc.get("inputs") or ())
+            except (BackendUnavailable, KeyError, TypeError, ValueError) as exc:
+                logger.info("metadata of %s from %s failed: %s", state.model.name, link.id, exc)
+                continue
+            state.metadata, state.inputs = doc, inputs
+            return
+
+    def _drop_model(self, name: str, reason: str) -> None:
+        state = self._models.pop(name)
+        for link in list(state.links.values()):
+            link.closed = True
+            state.router.remove(link.id)
+            for q in link.batcher.take_all():
+                answer_once(q, Unavailable(reason))
+            self._spawn(link.batcher.close())
+        for q in state.waiting:
+            answer_once(q, Unavailable(reason))
+        state.waiting.clear()

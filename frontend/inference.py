@@ -1,0 +1,189 @@
+"""Inference endpoints of the front end (a Sanic blueprint registered by `create_app`).
+
+KServe v2 / Open Inference Protocol: `GET /v2`, `GET /v2/models/{m}`, `GET /v2/models/{m}/ready`,
+`POST /v2/models/{m}/infer` (also under `/versions/{v}/`), JSON or binary tensor data, so
+`tritonclient.http` works unchanged; TF Serving REST: `POST /v1/models/{m}:predict`. Both become
+the same internal request and go through the process's `Fleet` (frontend/fleet.py).
+
+Errors are JSON `{"error": ...}`: 404 unknown model, 400 malformed body or a tensor that does not
+fit the model, 413 over `server.max_body_mb` (Sanic, before the body is read), 503 with the reason
+when the deadline cannot be met and nothing could spill it. Never a 500 for a caller's mistake.
+
+Listeners: before the server starts, each HTTP worker process builds its Fleet from
+`app.ctx.config` and syncs it from `app.ctx.db` (opened by create_app's listener), with
+`app.ctx.spill` (a `frontend.fleet.Spill`) when `mark serve` provides one; the fleet is
+`app.ctx.fleet`.
+"""
+
+from __future__ import annotations
+
+import time
+from importlib.metadata import version
+from typing import Any
+
+from sanic import Blueprint, Request, Sanic
+from sanic.response import HTTPResponse, json, raw
+
+from frontend import metrics
+from frontend.backends import BackendRejected
+from frontend.fleet import Answer, Fleet, Unavailable
+from frontend.protocol import (
+    HEADER_LENGTH,
+    InferRequest,
+    ProtocolError,
+    encode_tf_response,
+    encode_v2_response,
+    parse_tf_request,
+    parse_v2_request,
+    validate,
+)
+from mark.config import Config
+from mark.errors import NotFound
+
+__all__ = ["bp", "start_fleet", "stop_fleet"]
+
+bp = Blueprint("inference")
+
+_SERVER = {"name": "mark", "version": version("mark"), "extensions": ["binary_tensor_data"]}
+
+
+def _error(status: int, message: str) -> HTTPResponse:
+    return json({"error": message}, status=status)
+
+
+@bp.before_server_start
+async def start_fleet(app: Sanic) -> None:
+    config: Config = app.ctx.config
+    fleet = Fleet(config.batching, spill=getattr(app.ctx, "spill", None))
+    fleet.start_sync(app.ctx.db, config.batching.sync_interval_s)
+    app.ctx.fleet = fleet
+
+
+@bp.after_server_stop
+async def stop_fleet(app: Sanic) -> None:
+    fleet: Fleet | None = getattr(app.ctx, "fleet", None)
+    if fleet is not None:
+        await fleet.close()
+
+
+def _fleet(request: Request) -> Fleet:
+    fleet: Fleet = request.app.ctx.fleet
+    return fleet
+
+
+@bp.get("/v2")
+async def server_metadata(request: Request) -> HTTPResponse:
+    return json(_SERVER)
+
+
+@bp.get("/v2/models/<name:str>")
+@bp.get("/v2/models/<name:str>/versions/<model_version:str>", name="model_metadata_version")
+async def model_metadata(request: Request, name: str, model_version: str = "") -> HTTPResponse:
+    fleet = _fleet(request)
+    try:
+        model = fleet.model(name)
+        doc = await fleet.metadata(name)
+    except NotFound as exc:
+        return _error(404, str(exc))
+    meta = doc or {}
+    return json(
+        {
+            "name": model.name,
+            "versions": meta.get("versions") or ["1"],
+            "platform": meta.get("platform", "mark"),
+            "inputs": meta.get("inputs", []),
+            "outputs": meta.get("outputs", []),
+        }
+    )
+
+
+@bp.get("/v2/models/<name:str>/ready")
+@bp.get("/v2/models/<name:str>/versions/<model_version:str>/ready", name="model_ready_version")
+async def model_ready(request: Request, name: str, model_version: str = "") -> HTTPResponse:
+    fleet = _fleet(request)
+    try:
+        fleet.model(name)
+    except NotFound as exc:
+        return _error(404, str(exc))
+    ready = bool(fleet.routable(name)) or fleet.spill is not None
+    # The protocol: 200 when ready, a 4xx otherwise (Triton answers 400).
+    return json({"name": name, "ready": ready}, status=200 if ready else 400)
+
+
+async def _answer(request: Request, name: str, parsed: InferRequest) -> Answer | HTTPResponse:
+    """Run the request through the fleet; an HTTPResponse when it ends in an error."""
+    fleet = _fleet(request)
+    started = time.perf_counter()
+    slo_s = fleet.model(name).slo.latency_s
+    try:
+        answer = await fleet.infer(name, parsed)
+    except Unavailable as exc:
+        metrics.observe_answer(name, "none", 503, time.perf_counter() - started, slo_s)
+        return _error(503, exc.reason)
+    except BackendRejected as exc:
+        metrics.observe_answer(name, "none", exc.status, time.perf_counter() - started, None)
+        return _error(exc.status, exc.message)
+    metrics.observe_answer(name, answer.path, 200, time.perf_counter() - started, slo_s)
+    return answer
+
+
+def _header_length(request: Request) -> int | None:
+    value = request.headers.get(HEADER_LENGTH)
+    if value is None:
+        return None
+    try:
+        return int(value)
+    except ValueError as exc:
+        raise ProtocolError(f"{HEADER_LENGTH} must be an integer") from exc
+
+
+def _reject(name: str, status: int, message: str) -> HTTPResponse:
+    metrics.REQUESTS.labels(name, "none", str(status)).inc()
+    return _error(status, message)
+
+
+@bp.post("/v2/models/<name:str>/infer")
+@bp.post("/v2/models/<name:str>/versions/<model_version:str>/infer", name="infer_version")
+async def infer(request: Request, name: str, model_version: str = "") -> HTTPResponse:
+    fleet = _fleet(request)
+    try:
+        fleet.model(name)
+        parsed = parse_v2_request(request.body, _header_length(request))
+        validate(parsed, await fleet.inputs(name))
+    except NotFound as exc:
+        return _error(404, str(exc))
+    except ProtocolError as exc:
+        return _reject(name, 400, exc.message)
+    result = await _answer(request, name, parsed)
+    if isinstance(result, HTTPResponse):
+        return result
+    response = result.response
+    body, header_length = encode_v2_response(
+        response, parsed.binary_names([t.name for t in response.outputs])
+    )
+    headers: dict[str, Any] = {}
+    if header_length is not None:
+        headers[HEADER_LENGTH] = str(header_length)
+        return raw(body, headers=headers, content_type="application/octet-stream")
+    return raw(body, content_type="application/json")
+
+
+@bp.post("/v1/models/<target:str>")
+async def tf_predict(request: Request, target: str) -> HTTPResponse:
+    name, sep, verb = target.rpartition(":")
+    if not sep or verb != "predict":
+        return _error(404, f"unknown TF Serving method {target!r} (only :predict is served)")
+    fleet = _fleet(request)
+    try:
+        fleet.model(name)
+        inputs = await fleet.inputs(name)
+        parsed, fmt = parse_tf_request(request.body, inputs)
+        validate(parsed, inputs)
+    except NotFound as exc:
+        return _error(404, str(exc))
+    except ProtocolError as exc:
+        return _reject(name, 400, exc.message)
+    result = await _answer(request, name, parsed)
+    if isinstance(result, HTTPResponse):
+        return result
+    return raw(encode_tf_response(result.response, fmt), content_type="application/json")

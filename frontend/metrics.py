@@ -1,0 +1,87 @@
+"""Prometheus metrics of the inference path (served at `/metrics` by frontend/observability.py).
+
+Multiprocess-safe: `mark serve` sets PROMETHEUS_MULTIPROC_DIR before this module is imported, so
+each Sanic worker writes its own files and `/metrics` sums them; gauges use `livesum` (only live
+processes count). The control loop reads the observed arrival rate per model from
+`mark_inference_requests_total` (summed over `path` and `code`).
+
+`path` says who answered: `instance`, `serverless` (spilled), or `none` (rejected or failed).
+SLO attainment = `mark_inference_slo_total{met="true"}` / `mark_inference_slo_total`.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+__all__ = [
+    "REQUESTS",
+    "LATENCY",
+    "QUEUE_TIME",
+    "BATCH_SIZE",
+    "SLO",
+    "INSTANCE_INFLIGHT",
+    "INSTANCE_ERRORS",
+    "RETRIES",
+    "observe_answer",
+]
+
+_LATENCY_BUCKETS_S = (
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 0.75, 1.0, 1.5, 2.5, 5.0,
+    10.0,
+)  # fmt: skip
+
+REQUESTS = Counter(
+    "mark_inference_requests",
+    "Inference requests answered, by model, answering path and HTTP status.",
+    ["model", "path", "code"],
+)
+LATENCY = Histogram(
+    "mark_inference_latency_seconds",
+    "Time from arrival at the front end to the answer, by model and answering path.",
+    ["model", "path"],
+    buckets=_LATENCY_BUCKETS_S,
+)
+QUEUE_TIME = Histogram(
+    "mark_inference_queue_seconds",
+    "Time a request waited in the front end before its batch was sent.",
+    ["model"],
+    buckets=_LATENCY_BUCKETS_S,
+)
+BATCH_SIZE = Histogram(
+    "mark_inference_batch_size",
+    "Requests per batch sent to an instance.",
+    ["model"],
+    buckets=(1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 128, 256),
+)
+SLO = Counter(
+    "mark_inference_slo",
+    "Answered requests by whether they met the model's latency SLO.",
+    ["model", "met"],
+)
+INSTANCE_INFLIGHT = Gauge(
+    "mark_instance_inflight_requests",
+    "Requests sent to an instance and not yet answered.",
+    ["model", "instance"],
+    multiprocess_mode="livesum",
+)
+INSTANCE_ERRORS = Counter(
+    "mark_instance_errors",
+    "Failed calls to an instance (connection, timeout, 5xx), each followed by ejection.",
+    ["model", "instance"],
+)
+RETRIES = Counter(
+    "mark_inference_retries",
+    "Requests re-routed to another instance after a failed call.",
+    ["model"],
+)
+
+
+def observe_answer(
+    model: str, path: str, code: int, latency_s: float, slo_latency_s: float | None
+) -> None:
+    """Count one answer; SLO attainment only for answers (2xx) and 503s of known models."""
+    REQUESTS.labels(model, path, str(code)).inc()
+    LATENCY.labels(model, path).observe(latency_s)
+    if slo_latency_s is not None:
+        met = code == 200 and latency_s <= slo_latency_s
+        SLO.labels(model, "true" if met else "false").inc()

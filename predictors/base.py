@@ -1,0 +1,318 @@
+"""The one forecaster interface: fed request counts per time bucket, it forecasts the arrival rate
+of each bucket of a horizon, with an upper quantile that the provisioner buys capacity for.
+
+MArk (ATC'19, section 4.2) provisions ahead of demand because instances take minutes to start,
+and lets its users "plug any predictive algorithm that best suits the workload". Every algorithm
+here shares this base class, which owns what they all need and must agree on:
+
+- input checks (counts finite and >= 0, timestamps finite and exactly one bucket apart), so a bad
+  sample fails loudly with `InvalidValue` instead of poisoning a model;
+- the history of observed rates (requests per second = count / bucket_s);
+- the upper quantile. Each algorithm only supplies a mean path. After every observed bucket the
+  base class records the mean path the algorithm forecast from there, and when the actual rate of
+  a later bucket arrives it stores the error of every earlier forecast of that bucket, per lead
+  time (1..`error_horizon_buckets` buckets ahead). The upper quantile at lead k is the mean plus
+  the empirical q-quantile of the recent lead-k errors (a split-conformal band over a sliding
+  window). Errors are relative to the forecast level, with a floor of one request per bucket,
+  because both model error and burstiness grow with the rate; the band therefore follows the
+  day-night cycle instead of being sized for the peak. Leads past the tracked horizon widen as
+  sqrt(lead). Until `min_errors` errors exist for a lead the band is the Poisson one,
+  mean + z_q * sqrt(mean / bucket_s).
+
+`observe_many` is exactly a loop of `observe` (same checks, same state), so the incremental path
+and the bulk path agree bit for bit; the refitting forecasters refit on a fixed schedule of
+bucket counts, never at forecast time, for the same reason.
+"""
+
+from __future__ import annotations
+
+import math
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from statistics import NormalDist
+from typing import ClassVar
+
+import numpy as np
+from numpy.typing import NDArray
+
+from mark.errors import InvalidValue
+from mark.types import Forecast
+
+__all__ = ["Forecaster", "RateHistory"]
+
+# Timestamps may carry float noise from whoever produces them (virtual clocks, CSV round trips).
+_SPACING_TOLERANCE = 1e-6
+
+
+class RateHistory:
+    """The observed rates (requests per second), oldest first, bounded to `limit_buckets`.
+
+    Kept in a numpy buffer that doubles as it fills and is trimmed to the newest `limit_buckets`
+    values when it reaches twice that, so appends are amortised O(1) and windows are views.
+    """
+
+    def __init__(self, limit_buckets: int) -> None:
+        self._limit = limit_buckets
+        self._buffer: NDArray[np.float64] = np.empty(min(limit_buckets, 1024))
+        self._size = 0
+
+    def append(self, rate_rps: float) -> None:
+        if self._size == self._buffer.size:
+            if self._size >= 2 * self._limit:
+                self._buffer[: self._limit] = self._buffer[self._size - self._limit : self._size]
+                self._size = self._limit
+            else:
+                grown = np.empty(min(2 * self._buffer.size, 2 * self._limit))
+                grown[: self._size] = self._buffer[: self._size]
+                self._buffer = grown
+        self._buffer[self._size] = rate_rps
+        self._size += 1
+
+    def __len__(self) -> int:
+        return self._size
+
+    def values(self) -> NDArray[np.float64]:
+        """A read-only view of the retained rates, oldest first."""
+        view = self._buffer[: self._size]
+        view.flags.writeable = False
+        return view
+
+    def last(self, n: int) -> NDArray[np.float64]:
+        """The newest `n` rates (fewer when fewer are retained)."""
+        return self.values()[max(self._size - n, 0) :]
+
+
+class Forecaster(ABC):
+    """Base of every forecaster: one per model, fed one bucket at a time, in order.
+
+    Subclasses implement `_update` (take one observed rate) and `_mean_path` (the mean rate of
+    each of the next buckets); everything else, including the quantile band, lives here.
+
+    Parameters (keyword-only, shared by all forecasters):
+        bucket_s: width of one bucket in seconds; observations must be exactly this far apart.
+        error_window_buckets: how many recent errors per lead time size the quantile band.
+        error_horizon_buckets: the lead times whose errors are tracked (1..this).
+        min_errors: errors needed at a lead before the empirical band replaces the Poisson one.
+        history_limit_buckets: the most observed rates kept (a week of minutes by default).
+    """
+
+    name: ClassVar[str]
+
+    def __init__(
+        self,
+        *,
+        bucket_s: float = 60.0,
+        error_window_buckets: int = 360,
+        error_horizon_buckets: int = 10,
+        min_errors: int = 30,
+        history_limit_buckets: int = 7 * 24 * 60,
+    ) -> None:
+        if not (math.isfinite(bucket_s) and bucket_s > 0):
+            raise InvalidValue("bucket_s", f"must be a finite number > 0, got {bucket_s!r}")
+        for field, value, least in (
+            ("error_window_buckets", error_window_buckets, 2),
+            ("error_horizon_buckets", error_horizon_buckets, 1),
+            ("min_errors", min_errors, 1),
+            ("history_limit_buckets", history_limit_buckets, 2),
+        ):
+            _require_int(field, value, least)
+        self.bucket_s = float(bucket_s)
+        self._window = error_window_buckets
+        self._tracked = error_horizon_buckets
+        self._min_errors = min_errors
+        self.history_limit_buckets = history_limit_buckets
+        self.history = RateHistory(history_limit_buckets)
+        self._last_timestamp_s: float | None = None
+        self._observed = 0
+        # _paths[i % tracked] is the mean path forecast after observation i (tracked leads).
+        self._paths = np.zeros((self._tracked, self._tracked))
+        # _errors[k - 1] holds scaled lead-k errors in a ring; _error_counts[k - 1] how many.
+        self._errors = np.zeros((self._tracked, self._window))
+        self._error_counts = np.zeros(self._tracked, dtype=np.int64)
+        self._lead_index = np.arange(self._tracked)
+        self.latest_errors: NDArray[np.float64] = np.full(self._tracked, np.nan)
+
+    # -- the interface -------------------------------------------------------------------------
+
+    @property
+    def observed_buckets(self) -> int:
+        """How many buckets have been observed since creation."""
+        return self._observed
+
+    @property
+    def last_timestamp_s(self) -> float | None:
+        """Start of the newest observed bucket, or None before the first one."""
+        return self._last_timestamp_s
+
+    def observe(self, timestamp_s: float, count: float) -> None:
+        """Take the request count of the bucket starting at `timestamp_s` (one bucket after the
+        previous one). Raises InvalidValue for NaN, negative counts or uneven timestamps."""
+        self._check(timestamp_s, count)
+        self._accept(float(timestamp_s), float(count))
+
+    def observe_many(self, timestamps_s: Sequence[float], counts: Sequence[float]) -> None:
+        """Take many consecutive buckets at once: exactly `observe` on each, in order. The whole
+        batch is checked before any of it is taken, so a bad row leaves the state untouched."""
+        times = np.asarray(timestamps_s, dtype=np.float64)
+        values = np.asarray(counts, dtype=np.float64)
+        if times.ndim != 1 or times.shape != values.shape:
+            raise InvalidValue(
+                "counts",
+                f"need one count per timestamp, got {times.size} timestamps and "
+                f"{values.size} counts",
+            )
+        if times.size == 0:
+            return
+        bad = np.flatnonzero(~np.isfinite(values) | (values < 0))
+        if bad.size:
+            i = int(bad[0])
+            self._check_count(float(values[i]), where=f" (row {i})")
+        if not np.all(np.isfinite(times)):
+            i = int(np.flatnonzero(~np.isfinite(times))[0])
+            raise InvalidValue("timestamp_s", f"must be finite, got {times[i]!r} (row {i})")
+        self._check_timestamp(float(times[0]), where=" (row 0)")
+        gaps = np.diff(times)
+        uneven = np.flatnonzero(np.abs(gaps - self.bucket_s) > _SPACING_TOLERANCE * self.bucket_s)
+        if uneven.size:
+            i = int(uneven[0]) + 1
+            raise InvalidValue("timestamp_s", self._spacing_message(times[i - 1], times[i], i))
+        for t, c in zip(times.tolist(), values.tolist(), strict=True):
+            self._accept(t, c)
+
+    def forecast(self, horizon_buckets: int, quantile: float = 0.95) -> Forecast:
+        """Mean and upper-quantile rates (requests per second) of the next `horizon_buckets`
+        buckets; `start_s` is the start of the next bucket."""
+        _require_int("horizon_buckets", horizon_buckets, 1)
+        if not (0.0 < quantile < 1.0):
+            raise InvalidValue("quantile", f"must be in (0, 1), got {quantile!r}")
+        if self._last_timestamp_s is None:
+            raise InvalidValue(
+                "history", f"{self.name}: cannot forecast before any bucket has been observed"
+            )
+        mean = np.maximum(self._mean_path(horizon_buckets), 0.0)
+        upper = mean + self._band(mean, quantile)
+        return Forecast(
+            start_s=self._last_timestamp_s + self.bucket_s,
+            bucket_s=self.bucket_s,
+            mean_rps=tuple(mean.tolist()),
+            upper_rps=tuple(upper.tolist()),
+            quantile=quantile,
+        )
+
+    def mean_abs_error(self) -> float | None:
+        """Mean absolute scaled error over all tracked leads and the error window (None before
+        any error exists): the ensemble weighs members by it."""
+        filled = np.minimum(self._error_counts, self._window)
+        if not filled.any():
+            return None
+        total = sum(float(np.abs(self._errors[k, : filled[k]]).sum()) for k in range(self._tracked))
+        return total / float(filled.sum())
+
+    # -- hooks for the algorithms --------------------------------------------------------------
+
+    @abstractmethod
+    def _update(self, timestamp_s: float, count: float, rate_rps: float) -> None:
+        """Take one observed bucket; `self.history` already holds its rate as the newest."""
+
+    @abstractmethod
+    def _mean_path(self, horizon_buckets: int) -> NDArray[np.float64]:
+        """Mean rate (requests per second) of each of the next `horizon_buckets` buckets (bucket
+        indices `observed_buckets`, `observed_buckets + 1`, ...); only called after at least one
+        `_update`. May return values < 0 (they are clipped)."""
+
+    # -- the machinery -------------------------------------------------------------------------
+
+    def _error_unit(self, mean_rps: NDArray[np.float64]) -> NDArray[np.float64]:
+        """Errors are measured in units of the forecast level, floored at one request/bucket."""
+        return np.maximum(mean_rps, 1.0 / self.bucket_s)
+
+    def _accept(self, timestamp_s: float, count: float) -> None:
+        rate = count / self.bucket_s
+        n = self._observed
+        if n:
+            self._record_errors(n, rate)
+        self.history.append(rate)
+        self._update(timestamp_s, count, rate)  # sees observed_buckets == n, this bucket's index
+        self._observed = n + 1
+        self._last_timestamp_s = timestamp_s
+        self._paths[n % self._tracked] = np.maximum(self._mean_path(self._tracked), 0.0)
+
+    def _record_errors(self, n: int, actual_rps: float) -> None:
+        """Bucket n has arrived: score the forecasts of it made 1..tracked buckets earlier."""
+        leads = self._lead_index[: min(self._tracked, n)]  # lead - 1
+        predicted = self._paths[(n - 1 - leads) % self._tracked, leads]
+        errors = (actual_rps - predicted) / self._error_unit(predicted)
+        slots = self._error_counts[leads] % self._window
+        self._errors[leads, slots] = errors
+        self._error_counts[leads] += 1
+        self.latest_errors = np.full(self._tracked, np.nan)
+        self.latest_errors[leads] = errors
+
+    def _band(self, mean: NDArray[np.float64], quantile: float) -> NDArray[np.float64]:
+        """Width of the upper band above `mean` for each lead (see the module docstring)."""
+        horizon = mean.size
+        z = NormalDist().inv_cdf(quantile)
+        poisson = z * np.sqrt(np.maximum(mean, 1.0 / self.bucket_s) / self.bucket_s)
+        width = poisson.copy()
+        last_k = self._tracked - 1
+        leads = self._lead_index[(self._lead_index < horizon) | (self._lead_index == last_k)]
+        filled = np.minimum(self._error_counts[leads], self._window)
+        scaled_q = np.full(self._tracked, np.nan)
+        # Leads share a fill level once warmed up: one partition per distinct level.
+        for level in np.unique(filled[filled >= self._min_errors]).tolist():
+            rows = leads[filled == level]
+            scaled_q[rows] = _row_quantiles(self._errors[rows, :level], quantile)
+        scale = self._error_unit(mean)
+        for k in range(horizon):
+            if k < self._tracked:
+                q = scaled_q[k]
+                growth = 1.0
+            else:
+                q = scaled_q[last_k]
+                growth = math.sqrt((k + 1) / self._tracked)
+            if not np.isnan(q):
+                width[k] = max(q, 0.0) * growth * scale[k]
+        return width
+
+    def _check(self, timestamp_s: float, count: float) -> None:
+        self._check_count(count, where="")
+        if not math.isfinite(timestamp_s):
+            raise InvalidValue("timestamp_s", f"must be finite, got {timestamp_s!r}")
+        self._check_timestamp(timestamp_s, where="")
+
+    def _check_count(self, count: float, *, where: str) -> None:
+        if not math.isfinite(count):
+            raise InvalidValue("count", f"must be a finite number, got {count!r}{where}")
+        if count < 0:
+            raise InvalidValue("count", f"must be >= 0 requests, got {count!r}{where}")
+
+    def _check_timestamp(self, timestamp_s: float, *, where: str) -> None:
+        previous = self._last_timestamp_s
+        if previous is None:
+            return
+        if abs(timestamp_s - previous - self.bucket_s) > _SPACING_TOLERANCE * self.bucket_s:
+            raise InvalidValue("timestamp_s", self._spacing_message(previous, timestamp_s, None))
+
+    def _spacing_message(self, previous: float, got: float, row: int | None) -> str:
+        where = "" if row is None else f" (row {row})"
+        kind = "not increasing" if got <= previous else "uneven"
+        return (
+            f"timestamps are {kind}: expected {previous + self.bucket_s!r} (previous bucket "
+            f"{previous!r} + bucket_s {self.bucket_s!r}), got {got!r}{where}; observe every "
+            f"bucket in order, with a count of 0 for buckets without requests"
+        )
+
+
+def _require_int(field: str, value: int, least: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < least:
+        raise InvalidValue(field, f"must be an integer >= {least}, got {value!r}")
+
+
+def _row_quantiles(block: NDArray[np.float64], quantile: float) -> NDArray[np.float64]:
+    """The q-quantile of each row (numpy's default linear interpolation), by partial sort: the
+    band is computed every tick for every model, and np.quantile's generality costs 10x here."""
+    position = quantile * (block.shape[1] - 1)
+    lo = math.floor(position)
+    hi = min(lo + 1, block.shape[1] - 1)
+    part = np.partition(block, (lo, hi), axis=1)
+    return part[:, lo] + (position - lo) * (part[:, hi] - part[:, lo])

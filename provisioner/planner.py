@@ -1,0 +1,597 @@
+"""The greedy planner: a pure function from a fleet snapshot to actions, decisions and the state
+to carry to the next tick (DESIGN.md, "Greedy provisioning"; MArk's Algorithm 1).
+
+One `plan` call, in order:
+1. Draining instances whose drain time is over are terminated. Instances with an interruption
+   notice are drained (pending ones terminated) and their pool is avoided for
+   `pool_cooldown_s`; the greedy then replaces their capacity at once. Instances of models that
+   are no longer registered are drained.
+2. For each model, `planner_greedy.cover_demand` covers the forecast upper quantile over the
+   horizon from its live instances (free to keep while paid) and the eligible offerings
+   (available, pool not cooling down, spot allowed, type allowed or a backup type) whose
+   capacity at the SLO (`provisioner.capacity`, cached) is positive.
+3. A launch that the next tick could still make in time (the bucket it is first needed in
+   starts at or after now + tick + launch overhead) is deferred, not bought now.
+4. Budget: launches are accepted in increasing cost per request across all models while the
+   hourly price of every live instance plus the accepted launches stays within
+   `budget_per_hour`; each model left short gets a BUDGET_LIMITED decision with the demand left
+   uncovered, and keeps all its instances.
+5. Release: a running instance the greedy did not need is drained only when its paid time ends
+   within `release_window_s`, the model has launched nothing for `scale_in_hold_s` (no
+   launch/release flapping), nothing is deferred or uncovered for the model, and at least
+   `min_instances` stay. Otherwise it is held, and the decision says why.
+
+Every action comes with a Decision whose reason carries the numbers (forecast, capacity, cost
+per million requests).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from mark.config import PlannerConfig
+from mark.types import (
+    ActionKind,
+    Decision,
+    Forecast,
+    Instance,
+    InstanceState,
+    InstanceType,
+    Market,
+    Model,
+    Offering,
+)
+from provisioner.capacity import CapacityCache, slo_capacity
+from provisioner.planner_greedy import Candidates, Cover, Demand, cover_demand, demand_buckets
+
+__all__ = [
+    "ModelDemand",
+    "PlannerState",
+    "FleetSnapshot",
+    "Launch",
+    "Drain",
+    "Terminate",
+    "Action",
+    "Plan",
+    "plan",
+    "paid_until_s",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class ModelDemand:
+    model: Model
+    forecast: Forecast
+
+
+@dataclass(frozen=True, slots=True)
+class PlannerState:
+    """What the planner remembers between ticks: when each model last launched (the scale-in
+    hold starts there) and which pools were interrupted when (avoided for pool_cooldown_s)."""
+
+    last_launch_s: Mapping[str, float] = field(default_factory=dict)
+    preempted_pools: Mapping[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class FleetSnapshot:
+    """Everything `plan` sees. `interruptions` maps instance ids with a notice to the time the
+    cloud takes them back; `tick_s` is when the next plan runs (launches that can wait until
+    then are deferred)."""
+
+    now_s: float
+    models: Mapping[str, ModelDemand]
+    instances: tuple[Instance, ...]
+    offerings: tuple[Offering, ...]
+    instance_types: Mapping[str, InstanceType]
+    planner_state: PlannerState = field(default_factory=PlannerState)
+    interruptions: Mapping[str, float] = field(default_factory=dict)
+    tick_s: float = 60.0
+
+
+@dataclass(frozen=True, slots=True)
+class Launch:
+    model: str
+    offering: Offering
+    reason: str
+    expected_cost_usd: float
+    capacity_rps: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class Drain:
+    instance_id: str
+    model: str
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Terminate:
+    instance_id: str
+    model: str
+    reason: str
+
+
+Action = Launch | Drain | Terminate
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    actions: tuple[Action, ...]
+    decisions: tuple[Decision, ...]
+    state: PlannerState
+    deferred: tuple[Launch, ...] = ()
+
+
+def paid_until_s(instance: Instance, itype: InstanceType, now_s: float) -> float:
+    """End of the time already bought: billing runs from running (launch while pending),
+    charged at least `billing_minimum_s`, in steps of `billing_granularity_s` (EC2 Linux: per
+    second, 60 s minimum, so after the first minute this is ~now)."""
+    start = instance.running_at_s if instance.running_at_s is not None else instance.launched_at_s
+    billed = max(now_s - start, itype.billing_minimum_s)
+    step = itype.billing_granularity_s
+    return start + math.ceil(billed / step - 1e-9) * step
+
+
+def _per_million(usd_per_request: float) -> str:
+    return f"${usd_per_request * 1e6:.2f}/M req"
+
+
+def _model_of(instance: Instance) -> str:
+    return instance.models[0] if instance.models else ""
+
+
+@dataclass
+class _Builder:
+    """Accumulates actions and decisions in a deterministic order."""
+
+    now_s: float
+    actions: list[Action] = field(default_factory=list)
+    decisions: list[Decision] = field(default_factory=list)
+    deferred: list[Launch] = field(default_factory=list)
+
+    def decide(
+        self,
+        action: ActionKind,
+        reason: str,
+        *,
+        model: str | None = None,
+        instance_id: str | None = None,
+        offering_key: str | None = None,
+        expected_cost_usd: float = 0.0,
+        forecast_upper_rps: tuple[float, ...] = (),
+    ) -> None:
+        self.decisions.append(
+            Decision(
+                at_s=self.now_s,
+                action=action,
+                reason=reason,
+                model=model,
+                instance_id=instance_id,
+                offering_key=offering_key,
+                expected_cost_usd=expected_cost_usd,
+                forecast_upper_rps=forecast_upper_rps,
+            )
+        )
+
+    def terminate(self, inst: Instance, reason: str) -> None:
+        model = _model_of(inst)
+        self.actions.append(Terminate(instance_id=inst.id, model=model, reason=reason))
+        self.decide(
+            ActionKind.TERMINATE,
+            reason,
+            model=model or None,
+            instance_id=inst.id,
+            offering_key=inst.offering.key,
+        )
+
+    def drain(self, inst: Instance, reason: str) -> None:
+        model = _model_of(inst)
+        self.actions.append(Drain(instance_id=inst.id, model=model, reason=reason))
+        self.decide(
+            ActionKind.DRAIN,
+            reason,
+            model=model or None,
+            instance_id=inst.id,
+            offering_key=inst.offering.key,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class _ModelPlan:
+    name: str
+    demand: Demand
+    cover: Cover
+    live: tuple[Instance, ...]
+    offerings: tuple[Offering, ...]  # per candidate index (a live instance's own offering)
+    capacity_rps: np.ndarray  # per candidate index
+
+
+@dataclass
+class _TypeOfferings:
+    """The offerings of one type that can be bought now, as arrays for the greedy, with their
+    ready and cost rows per demand grid (the same for every model: computed once per plan)."""
+
+    itype: InstanceType
+    offerings: tuple[Offering, ...]
+    price_per_hour: np.ndarray
+    pool: np.ndarray
+    backup: np.ndarray
+    rows: dict[tuple[float, int], tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
+
+    def grid_rows(self, demand: Demand) -> tuple[np.ndarray, np.ndarray]:
+        key = (float(demand.durations_s[0]), len(demand.durations_s))
+        found = self.rows.get(key)
+        if found is None:
+            ready_at = demand.now_s + self.itype.launch_overhead_s
+            ready = ready_at <= demand.starts_s + 1e-6
+            end = demand.starts_s + demand.durations_s - demand.now_s
+            hold_s = np.maximum(end, self.itype.billing_minimum_s)
+            count = len(self.offerings)
+            found = (
+                np.tile(ready, (count, 1)),
+                np.outer(self.price_per_hour / 3600.0, hold_s),
+            )
+            self.rows[key] = found
+        return found
+
+
+def _spot_pools(snapshot: FleetSnapshot) -> dict[str, int]:
+    """Spot pools (type x zone) of the offerings and the live instances, numbered in key
+    order: the greedy caps spot capacity per pool by these numbers."""
+    keys = {o.key for o in snapshot.offerings if o.market == Market.SPOT}
+    keys.update(i.offering.key for i in snapshot.instances if i.offering.market == Market.SPOT)
+    return {key: n for n, key in enumerate(sorted(keys))}
+
+
+def _offering_table(
+    snapshot: FleetSnapshot,
+    config: PlannerConfig,
+    cooling: Mapping[str, float],
+    pool_of: Mapping[str, int],
+) -> dict[str, _TypeOfferings]:
+    """Eligible offerings per type: available, pool not cooling down, spot allowed, type
+    allowed or a backup type."""
+    primary = set(config.allowed_types)
+    backup = set(config.backup_types) - primary
+    grouped: dict[str, list[tuple[str, Offering]]] = {}
+    for offering in snapshot.offerings:
+        name = offering.instance_type
+        key = offering.key
+        if not offering.available or key in cooling or name not in snapshot.instance_types:
+            continue
+        if offering.market == Market.SPOT and not config.spot:
+            continue
+        if primary and name not in primary and name not in backup:
+            continue
+        grouped.setdefault(name, []).append((key, offering))
+    table = {}
+    for name, rows in sorted(grouped.items()):
+        rows.sort(key=lambda row: row[0])
+        table[name] = _TypeOfferings(
+            itype=snapshot.instance_types[name],
+            offerings=tuple(o for _, o in rows),
+            price_per_hour=np.array([o.price_per_hour for _, o in rows]),
+            pool=np.array([pool_of.get(key, -1) for key, _ in rows], dtype=int),
+            backup=np.full(len(rows), name in backup),
+        )
+    return table
+
+
+def _live_rows(
+    live: tuple[Instance, ...], snapshot: FleetSnapshot, demand: Demand
+) -> tuple[np.ndarray, np.ndarray]:
+    """Ready and cost rows of live instances: running ones serve now, pending ones once their
+    launch overhead has passed; keeping one costs only the time past what is already paid."""
+    now = snapshot.now_s
+    ready_at = []
+    paid = []
+    for inst in live:
+        itype = snapshot.instance_types.get(inst.offering.instance_type)
+        overhead = itype.launch_overhead_s if itype else 0.0
+        start = now if inst.state == InstanceState.RUNNING else inst.launched_at_s + overhead
+        ready_at.append(start)
+        paid.append(max(paid_until_s(inst, itype, now), now) if itype else now)
+    end = demand.starts_s + demand.durations_s
+    ready = np.array(ready_at)[:, None] <= demand.starts_s[None, :] + 1e-6
+    hold_s = np.maximum(end[None, :] - np.array(paid)[:, None], 0.0)
+    price = np.array([i.offering.price_per_hour for i in live]) / 3600.0
+    return ready, hold_s * price[:, None]
+
+
+def _candidates(
+    model: Model,
+    live: tuple[Instance, ...],
+    table: Mapping[str, _TypeOfferings],
+    pool_of: Mapping[str, int],
+    snapshot: FleetSnapshot,
+    demand: Demand,
+    cache: CapacityCache | None,
+) -> tuple[Candidates, tuple[Offering, ...]]:
+    def capacity(type_name: str) -> float:
+        profile = model.profiles.get(type_name)
+        if profile is None:
+            return 0.0
+        return slo_capacity(profile, model.slo, model.max_batch, cache).rate_rps
+
+    offerings: list[Offering] = [i.offering for i in live]
+    caps: list[float] = [capacity(i.offering.instance_type) for i in live]
+    ready: list[np.ndarray] = []
+    cost: list[np.ndarray] = []
+    prices: list[np.ndarray] = []
+    pool: list[np.ndarray] = []
+    backup: list[np.ndarray] = []
+    if live:
+        live_ready, live_cost = _live_rows(live, snapshot, demand)
+        ready.append(live_ready)
+        cost.append(live_cost)
+        prices.append(np.array([i.offering.price_per_hour for i in live]))
+        pool.append(np.array([pool_of.get(i.offering.key, -1) for i in live], dtype=int))
+        backup.append(np.zeros(len(live), dtype=bool))
+    for type_name in model.profiles:
+        block = table.get(type_name)
+        if block is None:
+            continue
+        cap = capacity(type_name)
+        if cap <= 0:
+            continue
+        block_ready, block_cost = block.grid_rows(demand)
+        offerings.extend(block.offerings)
+        caps.extend([cap] * len(block.offerings))
+        ready.append(block_ready)
+        cost.append(block_cost)
+        prices.append(block.price_per_hour)
+        pool.append(block.pool)
+        backup.append(block.backup)
+    nb = len(demand.starts_s)
+    existing = np.zeros(len(offerings), dtype=bool)
+    existing[: len(live)] = True
+    cands = Candidates(
+        capacity_rps=np.array(caps),
+        ready=np.concatenate(ready) if ready else np.zeros((0, nb), dtype=bool),
+        cost_usd=np.concatenate(cost) if cost else np.zeros((0, nb)),
+        price_per_hour=np.concatenate(prices) if prices else np.zeros(0),
+        existing=existing,
+        backup=np.concatenate(backup) if backup else np.zeros(0, dtype=bool),
+        pool=np.concatenate(pool) if pool else np.zeros(0, dtype=int),
+        pools=len(pool_of),
+    )
+    return cands, tuple(offerings)
+
+
+def plan(
+    snapshot: FleetSnapshot, config: PlannerConfig, cache: CapacityCache | None = None
+) -> Plan:
+    """Actions for this tick and why; pure (no I/O, no clock: `snapshot.now_s` is the time)."""
+    now = snapshot.now_s
+    out = _Builder(now)
+    state = snapshot.planner_state
+    cooling = {
+        key: at for key, at in state.preempted_pools.items() if now - at < config.pool_cooldown_s
+    }
+    live_by_model: dict[str, list[Instance]] = {}
+    spend_per_hour = 0.0
+    for inst in sorted(snapshot.instances, key=lambda i: i.id):
+        if not inst.live:
+            continue
+        spend_per_hour += inst.offering.price_per_hour
+        model = _model_of(inst)
+        if inst.state == InstanceState.DRAINING:
+            since = inst.draining_at_s if inst.draining_at_s is not None else now
+            if now - since >= config.drain_s:
+                out.terminate(inst, f"drained for {now - since:.0f} s (drain_s {config.drain_s:g})")
+            continue
+        notice = snapshot.interruptions.get(inst.id)
+        if notice is not None:
+            cooling[inst.offering.key] = now
+            why = (
+                f"interruption notice: {inst.offering.key} takes it back at +{notice - now:.0f} s;"
+                " replacing now and avoiding the pool for "
+                f"{config.pool_cooldown_s:.0f} s"
+            )
+            if inst.state == InstanceState.PENDING:
+                out.terminate(inst, why)
+            else:
+                out.drain(inst, why)
+            continue
+        if model not in snapshot.models:
+            why = f"model {model!r} is not registered any more"
+            if inst.state == InstanceState.PENDING:
+                out.terminate(inst, why)
+            else:
+                out.drain(inst, why)
+            continue
+        live_by_model.setdefault(model, []).append(inst)
+
+    pool_of = _spot_pools(snapshot)
+    table = _offering_table(snapshot, config, cooling, pool_of)
+    plans: list[_ModelPlan] = []
+    for name in sorted(snapshot.models):
+        entry = snapshot.models[name]
+        live = tuple(live_by_model.get(name, ()))
+        demand = demand_buckets(entry.forecast, now, config.horizon_s)
+        cands, offerings = _candidates(entry.model, live, table, pool_of, snapshot, demand, cache)
+        cover = cover_demand(
+            demand,
+            cands,
+            spot_max_share=config.spot_max_share if config.spot else 0.0,
+            spot_min_pools=config.spot_min_pools,
+            max_instances=config.max_instances_per_model,
+        )
+        cover = _with_floor(cover, cands, len(live), config.min_instances, demand)
+        plans.append(_ModelPlan(name, demand, cover, live, offerings, cands.capacity_rps))
+
+    launched = _buy(plans, snapshot, config, spend_per_hour, out)
+    for mp in plans:
+        _release(mp, snapshot, config, launched, out)
+    last_launch = dict(state.last_launch_s)
+    for name in launched.bought:
+        last_launch[name] = now
+    return Plan(
+        actions=tuple(out.actions),
+        decisions=tuple(out.decisions),
+        state=PlannerState(last_launch_s=last_launch, preempted_pools=cooling),
+        deferred=tuple(out.deferred),
+    )
+
+
+def _with_floor(cover: Cover, cands: Candidates, live: int, floor: int, demand: Demand) -> Cover:
+    """min_instances: when fewer than `floor` instances are live or planned, add launches of
+    the primary on-demand offering with the lowest price per unit of capacity (a model kept
+    warm with no forecast load)."""
+    missing = floor - live - len(cover.launches)
+    if missing <= 0:
+        return cover
+    new = np.flatnonzero(
+        ~cands.existing & ~cands.backup & (cands.pool < 0) & (cands.capacity_rps > 0)
+    )
+    if len(new) == 0:
+        return cover
+    k = int(new[np.argmin(cands.price_per_hour[new] / cands.capacity_rps[new])])
+    row = cands.ready[k] * cands.capacity_rps[k]
+    extra = tuple((k, math.inf, float(demand.starts_s[0])) for _ in range(missing))
+    rows = np.vstack([cover.launch_rps, np.tile(row, (missing, 1))])
+    return Cover(cover.kept, cover.launches + extra, cover.planned_rps + missing * row, rows)
+
+
+@dataclass
+class _Bought:
+    bought: set[str] = field(default_factory=set)  # models that launched this tick
+    held: set[str] = field(default_factory=set)  # models that keep everything this tick
+
+
+def _buy(
+    plans: list[_ModelPlan],
+    snapshot: FleetSnapshot,
+    config: PlannerConfig,
+    spend_per_hour: float,
+    out: _Builder,
+) -> _Bought:
+    now = snapshot.now_s
+    result = _Bought()
+    wanted: list[tuple[float, str, int, _ModelPlan]] = []
+    for mp in plans:
+        for idx, (k, ratio, needed_from) in enumerate(mp.cover.launches):
+            overhead = snapshot.instance_types[mp.offerings[k].instance_type].launch_overhead_s
+            if needed_from >= now + snapshot.tick_s + overhead:
+                out.deferred.append(_launch(mp, idx, snapshot, config, True))
+                result.held.add(mp.name)
+                continue
+            wanted.append((ratio, mp.name, idx, mp))
+    wanted.sort(key=lambda w: (w[0], w[1], w[2]))
+    dropped: dict[str, list[int]] = {}
+    budget = config.budget_per_hour
+    for _ratio, name, idx, mp in wanted:
+        offering = mp.offerings[mp.cover.launches[idx][0]]
+        price = offering.price_per_hour
+        if budget is not None and spend_per_hour + price > budget + 1e-9:
+            dropped.setdefault(name, []).append(idx)
+            continue
+        spend_per_hour += price
+        launch = _launch(mp, idx, snapshot, config, False)
+        out.actions.append(launch)
+        out.decide(
+            ActionKind.LAUNCH,
+            launch.reason,
+            model=name,
+            offering_key=offering.key,
+            expected_cost_usd=launch.expected_cost_usd,
+            forecast_upper_rps=tuple(mp.demand.upper_rps.tolist()),
+        )
+        result.bought.add(name)
+    for mp in plans:
+        if mp.name not in dropped:
+            continue
+        idxs = dropped[mp.name]
+        short = mp.cover.planned_rps - mp.cover.launch_rps[idxs].sum(axis=0)
+        uncovered = float(np.max(mp.demand.upper_rps - short, initial=0.0))
+        price = sum(mp.offerings[mp.cover.launches[i][0]].price_per_hour for i in idxs)
+        out.decide(
+            ActionKind.BUDGET_LIMITED,
+            f"budget ${budget:.2f}/h binds: {len(idxs)} launch(es) (${price:.3f}/h) not made; "
+            f"{uncovered:.1f} rps of the {mp.demand.peak_rps:.1f} rps forecast peak uncovered "
+            "(spill takes it); keeping every instance",
+            model=mp.name,
+            forecast_upper_rps=tuple(mp.demand.upper_rps.tolist()),
+        )
+        result.held.add(mp.name)
+    return result
+
+
+def _launch(
+    mp: _ModelPlan, idx: int, snapshot: FleetSnapshot, config: PlannerConfig, deferred: bool
+) -> Launch:
+    k, ratio, needed_from = mp.cover.launches[idx]
+    offering = mp.offerings[k]
+    capacity = float(mp.capacity_rps[k])
+    now = snapshot.now_s
+    itype = snapshot.instance_types[offering.instance_type]
+    cost = itype.charge_usd(config.horizon_s, offering.price_per_hour)
+    planned_before = float(np.max(mp.demand.upper_rps - mp.cover.planned_rps, initial=0.0))
+    per_request = (
+        "to keep min_instances"
+        if math.isinf(ratio)
+        else f"{_per_million(ratio)} (cheapest of {len(mp.offerings)} candidates)"
+    )
+    when = "deferred: the next tick still makes it in time" if deferred else "launching now"
+    reason = (
+        f"{when}: {offering.key} at ${offering.price_per_hour:.4f}/h for {mp.name}: "
+        f"forecast peak {mp.demand.peak_rps:.1f} rps over {config.horizon_s:.0f} s, needed from "
+        f"+{needed_from - now:.0f} s, capacity {capacity:.1f} rps at the SLO, "
+        f"{per_request}, ready after {itype.launch_overhead_s:.0f} s"
+        + (
+            f"; {planned_before:.1f} rps uncovered until new capacity is ready (spill)"
+            if planned_before > 0
+            else ""
+        )
+    )
+    return Launch(mp.name, offering, reason, cost, capacity)
+
+
+def _release(
+    mp: _ModelPlan, snapshot: FleetSnapshot, config: PlannerConfig, bought: _Bought, out: _Builder
+) -> None:
+    now = snapshot.now_s
+    kept_ids = {mp.live[k].id for k in mp.cover.kept}
+    surplus = [i for i in mp.live if i.id not in kept_ids and i.state == InstanceState.RUNNING]
+    if not surplus:
+        return
+    uncovered = float(np.max(mp.demand.upper_rps - mp.cover.planned_rps, initial=0.0))
+    last = snapshot.planner_state.last_launch_s.get(mp.name)
+    staying = len(mp.live) + len(mp.cover.launches)
+    peak = int(np.argmax(mp.demand.upper_rps))
+    for inst in surplus:
+        itype = snapshot.instance_types.get(inst.offering.instance_type)
+        paid_left = paid_until_s(inst, itype, now) - now if itype else 0.0
+        if mp.name in bought.held or mp.name in bought.bought:
+            why = "the model is launching, deferring or budget-limited this tick"
+        elif uncovered > 0:
+            why = f"{uncovered:.1f} rps of the forecast is uncovered without it"
+        elif paid_left > config.release_window_s:
+            window = config.release_window_s
+            why = f"{paid_left:.0f} s of paid time left (release window {window:g} s)"
+        elif last is not None and now - last < config.scale_in_hold_s:
+            why = f"last launch {now - last:.0f} s ago (scale-in hold {config.scale_in_hold_s:g} s)"
+        elif staying - 1 < config.min_instances:
+            why = f"min_instances {config.min_instances}"
+        else:
+            staying -= 1
+            out.drain(
+                inst,
+                f"not needed: the other instances cover the forecast peak "
+                f"{mp.demand.peak_rps:.1f} rps for the whole {config.horizon_s:.0f} s horizon "
+                f"(planned {float(mp.cover.planned_rps[peak]):.1f} rps there without it); "
+                f"paid time ends in {max(paid_left, 0.0):.0f} s",
+            )
+            continue
+        out.decide(
+            ActionKind.HOLD,
+            f"keeping surplus {inst.offering.key}: {why}",
+            model=mp.name,
+            instance_id=inst.id,
+            offering_key=inst.offering.key,
+        )

@@ -1,0 +1,76 @@
+"""Capacity at the SLO (provisioner/capacity.py)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from mark.types import Profile, Slo
+from provisioner.batching import slo_batch
+from provisioner.capacity import CapacityCache, capacity_rps, slo_capacity
+from provisioner.queueing import mdc_wait_prob
+from tests.test_queueing import simulate_waits
+
+SLO = Slo(latency_ms=600.0, percentile=0.98)
+
+
+def cpu(ms: float = 180.0, parallelism: int = 1) -> Profile:
+    return Profile(instance_type="c5.large", latency_ms={1: ms}, parallelism=parallelism)
+
+
+def gpu() -> Profile:
+    return Profile(
+        instance_type="p2.xlarge",
+        latency_ms={1: 40.0, 16: 120.0, 32: 200.0},
+        max_batch=32,
+        parallelism=4,
+    )
+
+
+def slo_met(profile: Profile, slo: Slo, max_batch: int, rate: float) -> bool:
+    b = slo_batch(profile, slo.latency_ms, rate, max_batch)
+    room_s = (slo.latency_ms - b.service_ms) / 1000
+    p = mdc_wait_prob(rate / b.size, b.service_ms / 1000, profile.parallelism, room_s)
+    return p >= slo.percentile
+
+
+def test_zero_when_one_request_alone_misses_the_slo() -> None:
+    assert capacity_rps(cpu(700.0), SLO, 1) == 0.0
+
+
+@pytest.mark.parametrize("profile,max_batch", [(cpu(), 1), (cpu(60.0, 2), 1), (gpu(), 32)])
+def test_capacity_is_the_edge_of_the_slo(profile: Profile, max_batch: int) -> None:
+    cache = CapacityCache()
+    cap = slo_capacity(profile, SLO, max_batch, cache)
+    assert cap.rate_rps > 0
+    # Every rate up to the capacity meets the SLO; a little above it does not.
+    for fraction in (0.05, 0.3, 0.7, 1.0):
+        assert slo_met(profile, SLO, max_batch, cap.rate_rps * fraction)
+    assert not slo_met(profile, SLO, max_batch, cap.rate_rps * 1.01)
+
+
+def test_unbatched_capacity_holds_in_simulation() -> None:
+    # One c5.large, no batching: a simulated M/D/1 at the capacity keeps 98% within the SLO.
+    profile = cpu()
+    rate = capacity_rps(profile, SLO, 1)
+    waits = simulate_waits(rate, 0.18, 1, 1_000_000, seed=11)
+    within = float(np.mean(waits + 0.18 <= SLO.latency_s))
+    assert within == pytest.approx(SLO.percentile, abs=0.01)
+
+
+def test_more_servers_looser_slo_and_batching_raise_capacity() -> None:
+    base = capacity_rps(cpu(), SLO, 1)
+    assert capacity_rps(cpu(parallelism=4), SLO, 1) > 3 * base
+    assert capacity_rps(cpu(), Slo(latency_ms=1200.0, percentile=0.98), 1) > base
+    assert capacity_rps(cpu(), Slo(latency_ms=600.0, percentile=0.9), 1) > base
+    assert capacity_rps(gpu(), SLO, 32) > capacity_rps(gpu(), SLO, 1)
+
+
+def test_cache_is_keyed_by_value() -> None:
+    cache = CapacityCache()
+    first = slo_capacity(cpu(), SLO, 1, cache)
+    again = slo_capacity(cpu(), Slo(latency_ms=600.0, percentile=0.98), 1, cache)
+    assert again == first
+    assert len(cache) == 1
+    slo_capacity(cpu(), SLO, 4, cache)
+    assert len(cache) == 2

@@ -1,0 +1,157 @@
+"""LocalCloud: real `mark worker` processes behind the CloudProvider interface."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from mark.config import CloudConfig
+from mark.errors import NotFound
+from mark.types import InstanceState, Market, Model
+from provisioner.cloud import MODELS_TAG, OWNER_TAG, CloudProvider
+from provisioner.local_cloud import LocalCloud
+from tests.dataplane import model, offering
+
+CONFIG = CloudConfig(launch_overhead_scale=0.001, zones=("us-east-1a",))
+
+
+async def _models(name: str) -> Model:
+    if name != "demo":
+        raise NotFound(f"unknown model {name!r}")
+    return model("demo")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
+    except OSError:
+        return False
+    return state not in ("Z", "X")
+
+
+async def test_launch_serve_bill_terminate(tmp_path: Path) -> None:
+    cloud = LocalCloud(CONFIG, models=_models, state_dir=tmp_path)
+    assert isinstance(cloud, CloudProvider)
+    offers = await cloud.offerings()
+    assert {o.market for o in offers} == {Market.ON_DEMAND, Market.SPOT}
+    try:
+        pending = await cloud.launch(offering("c5.large"), ["demo"])
+        assert pending.state == InstanceState.PENDING
+        assert pending.tags[OWNER_TAG] == "mark" and pending.tags[MODELS_TAG] == "demo"
+        inst = await cloud.wait_running(pending.id, 30)
+        assert inst.endpoint and inst.endpoint.startswith("http://127.0.0.1:")
+        assert [i.id for i in await cloud.list()] == [inst.id]
+        async with aiohttp.ClientSession() as s:
+            async with s.get(f"{inst.endpoint}/v2/models/demo") as r:
+                assert r.status == 200
+        (charge,) = cloud.charges(now_s=inst.launched_at_s + 30)
+        assert charge.seconds == pytest.approx(30)
+        assert charge.usd == pytest.approx(60 * 0.085 / 3600)  # the 60 s EC2 minimum
+        pid = cloud.pid(inst.id)
+        assert pid is not None and _alive(pid)
+        await cloud.terminate(inst.id)
+        await cloud.terminate(inst.id)  # already gone is success
+        await cloud.terminate("local-unknown")
+        assert await cloud.list() == []
+        assert not _alive(pid)
+    finally:
+        await cloud.close()
+
+
+async def test_spot_interruption_notice_then_kill(tmp_path: Path) -> None:
+    cloud = LocalCloud(CONFIG, models=_models, state_dir=tmp_path)
+    try:
+        inst = await cloud.wait_running((await cloud.launch(offering(), ["demo"])).id, 30)
+        notices = cloud.interruptions()
+        cloud.interrupt(inst.id, notice_s=0.2)
+        notice = await asyncio.wait_for(anext(notices), 5)
+        assert notice.instance_id == inst.id
+        assert notice.terminate_at_s == pytest.approx(notice.at_s + 0.2)
+        for _ in range(100):
+            if not await cloud.list():
+                break
+            await asyncio.sleep(0.05)
+        assert await cloud.list() == []
+        pid = cloud.pid(inst.id)
+        assert pid is not None and not _alive(pid)
+        with pytest.raises(NotFound):
+            cloud.interrupt(inst.id)
+    finally:
+        await cloud.close()
+
+
+async def test_failed_boot_terminates_and_unknown_model_raises(tmp_path: Path) -> None:
+    from mark.errors import CloudError
+
+    async def broken(name: str) -> Model:
+        return model(name, artifact="onnx:/nonexistent.onnx")
+
+    cloud = LocalCloud(CONFIG, models=broken, state_dir=tmp_path)
+    try:
+        inst = await cloud.launch(offering(), ["demo"])
+        with pytest.raises(CloudError, match="terminated"):
+            await cloud.wait_running(inst.id, 30)
+        assert await cloud.list() == []
+    finally:
+        await cloud.close()
+    cloud = LocalCloud(CONFIG, models=_models, state_dir=tmp_path)
+    with pytest.raises(CloudError):
+        await cloud.launch(offering(), ["nope"])
+
+
+async def test_restart_adopts_and_close_kills(tmp_path: Path) -> None:
+    first = LocalCloud(CONFIG, models=_models, state_dir=tmp_path)
+    inst = await first.wait_running((await first.launch(offering(), ["demo"])).id, 30)
+    second = LocalCloud(CONFIG, models=_models, state_dir=tmp_path)
+    assert [i.id for i in await second.list()] == [inst.id]
+    pid = second.pid(inst.id)
+    assert pid is not None
+    await second.close()
+    assert not _alive(pid)
+    await first.close()
+
+
+def test_no_worker_outlives_a_killed_control_plane(tmp_path: Path) -> None:
+    script = textwrap.dedent(
+        f"""
+        import asyncio, sys
+        from mark.config import CloudConfig
+        from provisioner.local_cloud import LocalCloud
+        from tests.dataplane import model, offering
+
+        async def models(name):
+            return model(name)
+
+        async def main():
+            cloud = LocalCloud(CloudConfig(launch_overhead_scale=0), models=models,
+                               state_dir={str(tmp_path)!r})
+            inst = await cloud.launch(offering(), ["demo"])
+            await cloud.wait_running(inst.id, 30)
+            print(cloud.pid(inst.id), flush=True)
+            await asyncio.sleep(60)
+
+        asyncio.run(main())
+        """
+    )
+    parent = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    try:
+        assert parent.stdout is not None
+        worker_pid = int(parent.stdout.readline())
+        assert _alive(worker_pid)
+        parent.send_signal(signal.SIGKILL)
+        parent.wait(10)
+        deadline = time.monotonic() + 10
+        while _alive(worker_pid) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not _alive(worker_pid)
+    finally:
+        parent.kill()
+        parent.wait()
