@@ -40,6 +40,9 @@ class QueuedRequest:
     rows: int = field(init=False)
     key: tuple[Any, ...] | None = field(init=False)
     attempts: int = 0
+    # Set once the request was sent to the serverless pool and that failed: it is not spilled a
+    # second time, and its 503 (if it comes to that) says why the pool could not answer.
+    spill_error: str | None = None
 
     def __post_init__(self) -> None:
         self.rows = batch_size(self.request) or 1
@@ -128,25 +131,37 @@ class InstanceBatcher:
         self.rate = RateEstimator(window_s)
         self.pending: deque[QueuedRequest] = deque()
         self.inflight = 0
+        self.inflight_requests = 0  # sent in those batches, not answered yet
         self._wake = asyncio.Event()
         self._sends: set[asyncio.Task[None]] = set()
         self._task = asyncio.create_task(self._run())
 
-    def offer(self, request: QueuedRequest) -> None:
-        """Queue a request, in arrival order (a re-routed request is older than the tail)."""
+    def offer(self, request: QueuedRequest) -> int:
+        """Queue a request, in arrival order (a re-routed request is older than the tail);
+        returns how many queued requests are ahead of it."""
         self.rate.observe(self._clock())
         if self.pending and request.arrival_s < self.pending[-1].arrival_s:
             index = next(i for i, q in enumerate(self.pending) if q.arrival_s > request.arrival_s)
             self.pending.insert(index, request)
         else:
+            index = len(self.pending)
             self.pending.append(request)
         self._wake.set()
+        return index
 
     def take_all(self) -> list[QueuedRequest]:
         """Every request not yet sent (the instance left or was ejected): the caller re-routes."""
         taken = [q for q in self.pending if not q.done]
         self.pending.clear()
         return taken
+
+    def remove(self, requests: list[QueuedRequest]) -> None:
+        """Take `requests` out of the queue (the spill monitor sent them to the pool)."""
+        if len(requests) == 1 and self.pending and self.pending[-1] is requests[0]:
+            self.pending.pop()
+            return
+        gone = {id(q) for q in requests}
+        self.pending = deque(q for q in self.pending if id(q) not in gone)
 
     def plan(self) -> BatchPlan:
         return self._plan_for(self.rate.rate_rps(self._clock()))
@@ -169,6 +184,7 @@ class InstanceBatcher:
             await self._dispatch(batch)
         finally:
             self.inflight -= 1
+            self.inflight_requests -= len(batch)
             self._wake.set()
 
     async def _run(self) -> None:
@@ -186,6 +202,7 @@ class InstanceBatcher:
             if _ready_rows(self.pending, plan.size) >= plan.size or now >= leave_at:
                 batch = take_batch(self.pending, plan.size)
                 self.inflight += 1
+                self.inflight_requests += len(batch)
                 task = asyncio.create_task(self._send(batch))
                 self._sends.add(task)
                 task.add_done_callback(self._sends.discard)

@@ -9,9 +9,14 @@ pooled client (frontend/backends.py). A call that fails (connection refused or r
 to another instance while the deadline allows. Every request is answered exactly once: its
 future is resolved by whichever path gets there first and the others see it done.
 
-When a request cannot meet its deadline on the instances (no routable instance, a retry too late,
-a backlog past the deadline) it goes to the injected `spill` callable (the serverless pool, wired
-by `mark serve`), or, with none, is answered 503 with the reason.
+The spill monitor (frontend/spill_monitor.py, the rule in frontend/spill.py) watches every queued
+request, at enqueue and every `spill.interval_ms`: one expected to miss its deadline on the
+instances goes to the serverless pool ("deadline"), as does one of a model with no running
+instance ("cold-fleet") and one queued on an instance that started draining ("draining"). A
+request past saving on the instances (a retry too late, its deadline passed while queued) goes to
+the pool when a slot is free. A spill that fails sends the request back to the instances while
+its deadline allows, else it is answered 503 with the reason; without a monitor such requests
+are answered 503 at once.
 
 The fleet learns instances and models from the database (`sync_forever`), so front-end workers
 never hold the cloud provider; tests may call `set_models` / `set_instances` directly.
@@ -22,7 +27,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from statistics import fmean
 from typing import Any, Protocol
@@ -41,13 +46,16 @@ from frontend.protocol import (
     split,
 )
 from frontend.router import SmoothWeightedRoundRobin
+from frontend.spill import SpillReason
+from frontend.spill_monitor import InstanceQueue, SpillMonitor
 from mark.config import BatchingConfig
 from mark.errors import NotFound
 from mark.types import Instance, InstanceState, Model, Profile
 from provisioner.batching import BatchPlan, slo_batch
 from provisioner.capacity import capacity_rps
+from provisioner.serverless import Throttled
 
-__all__ = ["Fleet", "FleetSource", "Answer", "Unavailable", "Spill"]
+__all__ = ["Fleet", "FleetSource", "Answer", "Unavailable"]
 
 logger = logging.getLogger("mark.frontend.fleet")
 
@@ -71,10 +79,6 @@ class Unavailable(Exception):
     def __init__(self, reason: str) -> None:
         super().__init__(reason)
         self.reason = reason
-
-
-Spill = Callable[[QueuedRequest, str], Awaitable[InferResponse]]
-"""Answers a request through the serverless pool: `(request, reason) -> response`."""
 
 
 class FleetSource(Protocol):
@@ -106,6 +110,22 @@ class _Link:
     def endpoint(self) -> str:
         assert self.instance.endpoint is not None
         return self.instance.endpoint
+
+    def queue(self, running_instances: int, *, draining: bool = False) -> InstanceQueue:
+        """This instance's backlog for the spill rule: throughput parallelism * b / T(b) at the
+        batcher's current plan (0 without a profile: no deadline estimate, nothing spills for
+        the deadline until the request expires)."""
+        plan = self.batcher.plan()
+        rate_rps = 0.0
+        if self.profile is not None and plan.service_ms > 0:
+            rate_rps = self.profile.parallelism * plan.size * 1000.0 / plan.service_ms
+        return InstanceQueue(
+            ahead=self.batcher.inflight_requests,
+            service_rate_rps=rate_rps,
+            batch_service_ms=plan.service_ms,
+            running_instances=running_instances,
+            draining=draining,
+        )
 
 
 @dataclass(eq=False, slots=True)
@@ -147,7 +167,7 @@ class Fleet:
         self,
         config: BatchingConfig,
         *,
-        spill: Spill | None = None,
+        spill: SpillMonitor | None = None,
         session: aiohttp.ClientSession | None = None,
     ) -> None:
         self.config = config
@@ -161,6 +181,10 @@ class Fleet:
         self._models: dict[str, _ModelState] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         self._sync: asyncio.Task[None] | None = None
+        self._watch: asyncio.Task[None] | None = None
+        if spill is not None:
+            spill.start()
+            self._watch = asyncio.create_task(self._watch_queues(spill.config.interval_ms / 1e3))
 
     # --- clock and housekeeping --------------------------------------------------------------
 
@@ -173,13 +197,17 @@ class Fleet:
         task.add_done_callback(self._tasks.discard)
 
     async def close(self) -> None:
-        """Stop syncing and probing; answer everything still queued with 503."""
-        if self._sync is not None:
-            self._sync.cancel()
+        """Stop syncing, probing and watching; answer everything still queued with 503; write
+        the spilled cost still due and close the pool."""
+        for task in (self._sync, self._watch):
+            if task is not None:
+                task.cancel()
         for name in list(self._models):
             self._drop_model(name, "the front end is shutting down")
         if self._tasks:
             await asyncio.gather(*list(self._tasks), return_exceptions=True)
+        if self.spill is not None:
+            await self.spill.close()
         if self._own_session:
             await self._session.close()
 
@@ -238,14 +266,16 @@ class Fleet:
 
     def set_instances(self, instances: Sequence[Instance]) -> None:
         """Make the running instances that serve each model its route targets; instances that
-        left, drain or terminate stop taking requests (their unsent requests are re-routed)."""
+        left, drain or terminate stop taking requests (their unsent requests are re-routed, or,
+        from a draining instance, spilled while the pool has room)."""
+        draining = {i.id for i in instances if i.state == InstanceState.DRAINING}
         for name, state in self._models.items():
             wanted = {i.id: i for i in instances if _serves(i, name)}
             for link_id in list(state.links):
                 link = state.links[link_id]
                 current = wanted.get(link_id)
                 if current is None or current.endpoint != link.instance.endpoint:
-                    self._remove_link(state, link)
+                    self._remove_link(state, link, draining=link_id in draining)
                 else:
                     link.instance = current
             joined = False
@@ -289,11 +319,15 @@ class Fleet:
         holder.append(link)
         state.links[instance.id] = link
 
-    def _remove_link(self, state: _ModelState, link: _Link) -> None:
+    def _remove_link(self, state: _ModelState, link: _Link, *, draining: bool = False) -> None:
         link.closed = True
         state.links.pop(link.id, None)
         state.router.remove(link.id)
-        for q in link.batcher.take_all():
+        queue = link.queue(len(state.router), draining=True) if draining else None
+        taken = link.batcher.take_all()
+        if queue is not None:
+            taken = self._spill_some(state, taken, queue)
+        for q in taken:
             self._route(q)
         self._spawn(link.batcher.close())
 
@@ -362,15 +396,36 @@ class Fleet:
         key = state.router.pick()
         if key is None:
             self._no_instance(state, q)
-        else:
-            state.links[key].batcher.offer(q)
+            return
+        link = state.links[key]
+        ahead = link.batcher.offer(q)
+        if self.spill is not None and q.spill_error is None:
+            self._check_one(state, link, q, ahead)
+
+    def _check_one(self, state: _ModelState, link: _Link, q: QueuedRequest, ahead: int) -> None:
+        """The enqueue check: the rule for `q` alone, `ahead` queued requests in front of it."""
+        assert self.spill is not None
+        queue = link.queue(len(state.router))
+        if queue.service_rate_rps <= 0:
+            return
+        position = InstanceQueue(
+            ahead=queue.ahead + ahead,
+            service_rate_rps=queue.service_rate_rps,
+            batch_service_ms=queue.batch_service_ms,
+            running_instances=queue.running_instances,
+        )
+        now = self.now_s()
+        chosen, _ = self.spill.select(
+            (q,), position, slo=state.model.slo, now_s=now, pool=self.spill.profile(q.model)
+        )
+        if chosen:
+            link.batcher.remove([q])
+            self._start_spills(state, chosen)
 
     def _no_instance(self, state: _ModelState, q: QueuedRequest) -> None:
-        if self.spill is not None:
-            self._spawn(self._spill(q, "no running instance"))
-            return
-        state.waiting.append(q)
-        self._loop.call_at(q.deadline_s, self._waiting_expired, state, q)
+        if self._spill_some(state, (q,), InstanceQueue()):
+            state.waiting.append(q)
+            self._loop.call_at(q.deadline_s, self._waiting_expired, state, q)
 
     def _waiting_expired(self, state: _ModelState, q: QueuedRequest) -> None:
         if q.done:
@@ -383,9 +438,16 @@ class Fleet:
             q,
             Unavailable(
                 f"no running instance of model {q.model!r} could take the request within its "
-                f"SLO of {state.model.slo.latency_ms:g} ms, and spill is off"
+                f"SLO of {state.model.slo.latency_ms:g} ms, and {self._no_spill_why(q)}"
             ),
         )
+
+    def _no_spill_why(self, q: QueuedRequest) -> str:
+        if q.spill_error is not None:
+            return f"the serverless pool failed: {q.spill_error}"
+        if self.spill is None:
+            return "spill is off"
+        return "the serverless pool has no free slot"
 
     def _release_waiting(self, state: _ModelState) -> None:
         waiting, state.waiting = state.waiting, deque()
@@ -393,21 +455,118 @@ class Fleet:
             self._route(q)
 
     def _cannot_meet(self, q: QueuedRequest, why: str) -> None:
+        """`q` cannot meet its deadline on the instances: the pool if it has room (a late
+        answer beats none), else 503 with the reason."""
         if q.done:
             return
-        if self.spill is not None:
-            self._spawn(self._spill(q, why))
-        else:
-            answer_once(q, Unavailable(f"cannot meet the SLO deadline: {why}, and spill is off"))
+        state = self._models.get(q.model)
+        if (
+            state is not None
+            and self.spill is not None
+            and q.spill_error is None
+            and self.spill.can_take(q.model)
+        ):
+            self._start_spills(state, [(q, SpillReason.DEADLINE)])
+            return
+        answer_once(
+            q, Unavailable(f"cannot meet the SLO deadline: {why}, and {self._no_spill_why(q)}")
+        )
 
-    async def _spill(self, q: QueuedRequest, reason: str) -> None:
+    # --- spill --------------------------------------------------------------------------------
+
+    def _spill_some(
+        self, state: _ModelState, requests: Iterable[QueuedRequest], queue: InstanceQueue
+    ) -> list[QueuedRequest]:
+        """Spill those of `requests` the rule picks; returns the others, in order."""
+        requests = [q for q in requests if not q.done]
+        if self.spill is None or not requests:
+            return requests
+        chosen, _ = self.spill.select(
+            requests,
+            queue,
+            slo=state.model.slo,
+            now_s=self.now_s(),
+            pool=self.spill.profile(state.model.name),
+        )
+        if not chosen:
+            return requests
+        self._start_spills(state, chosen)
+        spilled = {id(q) for q, _ in chosen}
+        return [q for q in requests if id(q) not in spilled]
+
+    def _start_spills(
+        self, state: _ModelState, chosen: Sequence[tuple[QueuedRequest, SpillReason]]
+    ) -> None:
+        assert self.spill is not None
+        for q, reason in chosen:
+            self.spill.reserve(q.model, reason)
+            self._spawn(self._spill(state, q, reason))
+
+    async def _spill(self, state: _ModelState, q: QueuedRequest, reason: SpillReason) -> None:
+        """Answer `q` from the pool; if that fails, back to the instances while its deadline
+        allows, else 503. A request still queued on an instance is answered by whichever path
+        finishes first (answer_once)."""
         assert self.spill is not None
         try:
-            response = await self.spill(q, reason)
-        except Exception as exc:  # the pool failed too: the request still gets its one answer
-            answer_once(q, Unavailable(f"{reason}; spill to the serverless pool failed: {exc}"))
+            response = await self.spill.spill(state.model, q, reason)
+        except Throttled:  # every slot busy: back in line, it may spill when one frees up
+            self._route(q)
+            return
+        except Exception as exc:  # the pool failed: the request still gets its one answer
+            logger.info("spill of a %s request (%s) failed: %s", q.model, reason, exc)
+            q.spill_error = f"{type(exc).__name__}: {exc}"
+            if q.done:
+                return
+            if self.now_s() + state.fastest_s() < q.deadline_s and q.model in self._models:
+                self._route(q)
+            else:
+                answer_once(
+                    q,
+                    Unavailable(
+                        f"spilled ({reason}) but the serverless pool failed: {q.spill_error}; "
+                        "the deadline is too close for the instances"
+                    ),
+                )
             return
         answer_once(q, Answer(response, "serverless"))
+
+    async def _watch_queues(self, interval_s: float) -> None:
+        """The periodic check: every queue of every model, at most every `interval_s`."""
+        while True:
+            await asyncio.sleep(interval_s)
+            try:
+                self._check_queues()
+            except Exception:  # never let the monitor die: the hot path depends on it
+                logger.exception("the spill monitor's queue check failed")
+
+    def _check_queues(self) -> None:
+        assert self.spill is not None
+        now = self.now_s()
+        for state in list(self._models.values()):
+            pool = self.spill.profile(state.model.name)
+            if pool.free_slots <= 0 or not pool.enabled:
+                continue
+            running = len(state.router)
+            for link in list(state.links.values()):
+                if link.ejected or link.closed or not link.batcher.pending:
+                    continue
+                queue = link.queue(running)
+                if queue.service_rate_rps <= 0:
+                    continue
+                chosen, pool = self.spill.select(
+                    link.batcher.pending, queue, slo=state.model.slo, now_s=now, pool=pool
+                )
+                if chosen:
+                    link.batcher.remove([q for q, _ in chosen])
+                    self._start_spills(state, chosen)
+            if state.waiting and running == 0:
+                chosen, pool = self.spill.select(
+                    state.waiting, InstanceQueue(), slo=state.model.slo, now_s=now, pool=pool
+                )
+                if chosen:
+                    spilled = {id(q) for q, _ in chosen}
+                    state.waiting = deque(q for q in state.waiting if id(q) not in spilled)
+                    self._start_spills(state, chosen)
 
     def _retry(self, state: _ModelState, q: QueuedRequest, why: str) -> None:
         if self.now_s() + state.fastest_s() < q.deadline_s:

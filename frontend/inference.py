@@ -10,9 +10,14 @@ fit the model, 413 over `server.max_body_mb` (Sanic, before the body is read), 5
 when the deadline cannot be met and nothing could spill it. Never a 500 for a caller's mistake.
 
 Listeners: before the server starts, each HTTP worker process builds its Fleet from
-`app.ctx.config` and syncs it from `app.ctx.db` (opened by create_app's listener), with
-`app.ctx.spill` (a `frontend.fleet.Spill`) when `mark serve` provides one; the fleet is
-`app.ctx.fleet`.
+`app.ctx.config` and syncs it from `app.ctx.db` (opened by create_app's listener); the fleet is
+`app.ctx.fleet`. With `spill.enabled` and a serverless provider, the fleet gets a spill monitor
+whose pool is `provisioner.serverless.build_pool(config.serverless, ...)`: AWS Lambda, or the
+control plane's local pool through its Lambda Invoke API at `serverless.local_host:local_port`
+(`mark serve` resolves port 0 before the workers start; with port 0 left unresolved, as when an
+app is built alone, there is no local pool to reach and spill is off). Spilled cost goes to the
+ledger through `app.ctx.db`. After the server stops, the fleet closes (503 for what is still
+queued, the last cost rows written, the pool's client closed).
 """
 
 from __future__ import annotations
@@ -37,10 +42,12 @@ from frontend.protocol import (
     parse_v2_request,
     validate,
 )
+from frontend.spill_monitor import ChargeSink, SpillLedger, SpillMonitor
 from mark.config import Config
 from mark.errors import NotFound
+from provisioner.serverless import build_pool
 
-__all__ = ["bp", "start_fleet", "stop_fleet"]
+__all__ = ["bp", "start_fleet", "stop_fleet", "spill_monitor"]
 
 bp = Blueprint("inference")
 
@@ -51,10 +58,28 @@ def _error(status: int, message: str) -> HTTPResponse:
     return json({"error": message}, status=status)
 
 
+def spill_monitor(config: Config, ledger_sink: ChargeSink) -> SpillMonitor | None:
+    """The spill monitor of one front-end process, None when spill is off or has nowhere to
+    go."""
+    if not config.spill.enabled:
+        return None
+    serverless = config.serverless
+    if serverless.provider == "local" and serverless.local_port == 0:
+        return None
+    pool = build_pool(
+        serverless,
+        local_endpoint_url=f"http://{serverless.local_host}:{serverless.local_port}",
+    )
+    if pool is None:
+        return None
+    ledger = SpillLedger(ledger_sink, flush_interval_s=config.spill.ledger_flush_s)
+    return SpillMonitor(pool, config.spill, ledger=ledger)
+
+
 @bp.before_server_start
 async def start_fleet(app: Sanic) -> None:
     config: Config = app.ctx.config
-    fleet = Fleet(config.batching, spill=getattr(app.ctx, "spill", None))
+    fleet = Fleet(config.batching, spill=spill_monitor(config, app.ctx.db))
     fleet.start_sync(app.ctx.db, config.batching.sync_interval_s)
     app.ctx.fleet = fleet
 

@@ -6,6 +6,8 @@ processes count). The control loop reads the observed arrival rate per model fro
 `mark_inference_requests_total` (summed over `path` and `code`).
 
 `path` says who answered: `instance`, `serverless` (spilled), or `none` (rejected or failed).
+Spills are also counted by reason (`mark_spill_total`), with their cost
+(`mark_spill_cost_usd_total`).
 SLO attainment = `mark_inference_slo_total{met="true"}` / `mark_inference_slo_total`.
 """
 
@@ -22,6 +24,9 @@ __all__ = [
     "INSTANCE_INFLIGHT",
     "INSTANCE_ERRORS",
     "RETRIES",
+    "SPILLS",
+    "SPILL_FAILURES",
+    "SPILL_COST",
     "observe_answer",
 ]
 
@@ -72,6 +77,23 @@ INSTANCE_ERRORS = Counter(
 RETRIES = Counter(
     "mark_inference_retries",
     "Requests re-routed to another instance after a failed call.",
+    ["model"],
+)
+
+SPILLS = Counter(
+    "mark_spill",
+    "Requests sent to the serverless pool, by model and reason (deadline, cold-fleet, draining).",
+    ["model", "reason"],
+)
+SPILL_FAILURES = Counter(
+    "mark_spill_failures",
+    "Spills the serverless pool did not answer (throttled, failed, too large); each request went "
+    "back to the instances or got a 503.",
+    ["model", "reason"],
+)
+SPILL_COST = Counter(
+    "mark_spill_cost_usd",
+    "What the serverless pool billed for spilled requests (per request plus GB-seconds).",
     ["model"],
 )
 

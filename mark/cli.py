@@ -22,6 +22,7 @@ COMMANDS: tuple[str, ...] = (
     "plan",
     "trace",
     "forecast_eval",
+    "simulate",
 )
 
 

@@ -1,9 +1,10 @@
 """Configuration: one TOML file plus `MARK_...` environment overrides over embedded defaults.
 
 Precedence (last wins): defaults, the TOML file, environment. An environment variable names
-section and key with a double underscore, `MARK_SERVER__PORT=9000`, `MARK_PLANNER__SPOT_MAX_SHARE=0.5`;
-a few common ones have short names (`MARK_ADMIN_TOKEN`, `MARK_DATABASE_URL`). Each section is a
-validated model, units in the key names; unknown keys are errors, so a typo never passes silently.
+section and key with a double underscore, `MARK_SERVER__PORT=9000`,
+`MARK_PLANNER__SPOT_MAX_SHARE=0.5`; a few common ones have short names (`MARK_ADMIN_TOKEN`,
+`MARK_DATABASE_URL`). Each section is a validated model, units in the key names; unknown keys
+are errors, so a typo never passes silently.
 """
 
 from __future__ import annotations
@@ -148,7 +149,7 @@ class PlannerConfig(_Section):
 class ForecastConfig(_Section):
     """Which forecaster each model gets (a name from predictors' registry) and its quantile."""
 
-    predictor: str = "ewma"
+    predictor: str = "arima"
     quantile: Annotated[float, Field(gt=0, lt=1)] = 0.95
     bucket_s: Annotated[float, Field(gt=0)] = 60.0
     schedule_file: str | None = None
@@ -176,6 +177,11 @@ class SpillConfig(_Section):
     enabled: bool = True
     margin_ms: Annotated[float, Field(ge=0)] = 20.0
     interval_ms: Annotated[float, Field(gt=0)] = 10.0
+    # frontend/spill_monitor.py: the pool's warm latency assumed until one has been observed,
+    # and how often the spilled cost is written to the ledger (batched off the hot path)
+    serverless_warm_ms: Annotated[float, Field(gt=0)] = 100.0
+    ledger_flush_s: Annotated[float, Field(gt=0)] = 1.0
+    throttle_backoff_ms: Annotated[float, Field(ge=0)] = 100.0  # pool full after a throttle
 
 
 class Config(_Section):

@@ -195,7 +195,7 @@ class Model(_Value):
                 raise InvalidValue(
                     "slo.latency_ms",
                     f"latency SLO {self.slo.latency_ms} ms is shorter than the fastest "
-                    f"profile ({fastest:.1f} ms): no instance type can meet it"
+                    f"profile ({fastest:.1f} ms): no instance type can meet it",
                 )
         return self
 

@@ -63,7 +63,8 @@ def demand_buckets(forecast: Forecast, now_s: float, horizon_s: float) -> Demand
         for k in range(count):
             lo = math.floor(offset + k + 1e-9)
             hi = math.ceil(offset + k + durations[k] / width - 1e-9) - 1
-            lo, hi = min(max(lo, 0), last), min(max(hi, lo), last)
+            lo = min(max(lo, 0), last)
+            hi = min(max(hi, lo), last)
             values[k] = max(upper[lo : hi + 1])
     starts = now_s + width * np.arange(count)
     return Demand(now_s, starts, np.array(durations), np.array(values))

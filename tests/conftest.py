@@ -14,8 +14,13 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+import boto3
 import pytest
+from moto.server import ThreadedMotoServer
+
+from tests.aws import FAKE_ENV
 
 PG_ENV = "MARK_TEST_PG_URL"
 
@@ -109,7 +114,11 @@ def start_serve(
     log_path = workdir / f"serve-{port}.log"
     log = open(log_path, "wb")
     proc = subprocess.Popen(
-        args, cwd=workdir, env=full_env, stdout=log, stderr=subprocess.STDOUT,
+        args,
+        cwd=workdir,
+        env=full_env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
         start_new_session=True,
     )
     base = f"http://127.0.0.1:{port}"
@@ -150,3 +159,28 @@ def serve_factory(tmp_path: Path) -> Iterator[object]:
     yield factory
     for s in started:
         stop_serve_process(s.process)
+
+
+@pytest.fixture(scope="session")
+def moto_url() -> Iterator[str]:
+    with pytest.MonkeyPatch.context() as env:
+        for key, value in FAKE_ENV.items():
+            env.setenv(key, value)
+        server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+        server.start()
+        host, port = server.get_host_and_port()
+        try:
+            yield f"http://{host}:{port}"
+        finally:
+            server.stop()
+
+
+@pytest.fixture(scope="session")
+def outside(moto_url: str) -> Any:
+    """A client standing for everything outside Mark: the console, AWS reclaiming spot."""
+    return boto3.client("ec2", endpoint_url=moto_url, region_name="us-east-1")
+
+
+@pytest.fixture(scope="session")
+def image_id(outside: Any) -> str:
+    return str(outside.describe_images(MaxResults=5)["Images"][0]["ImageId"])

@@ -9,6 +9,9 @@ import sys
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 
+from sanic import Sanic
+
+from mark.config import Config
 from mark.types import Instance, InstanceState, Market, Model, Offering, Profile, Slo
 
 LISTENING = "listening on "
@@ -52,6 +55,41 @@ async def workers(*arg_lists: Sequence[str]) -> AsyncIterator[list[WorkerProcess
         yield list(started)
     finally:
         await asyncio.gather(*(stop_worker(w) for w in started))
+
+
+@contextlib.asynccontextmanager
+async def front_end(config: Config) -> AsyncIterator[Sanic]:
+    """A real Mark front end in this event loop: the lead's create_app (with the inference
+    blueprint) serving on `config.server.port`, its Fleet syncing from `config.database.url`."""
+    import uuid
+
+    from frontend import inference
+    from frontend.app import create_app
+
+    app = create_app(config, name=f"t{uuid.uuid4().hex[:8]}")
+    app.config.TOUCHUP = False  # Sanic's code rewrite runs only once per process
+    if "inference" not in app.blueprints:
+        app.blueprint(inference.bp)
+    server = await app.create_server(
+        host="127.0.0.1", port=config.server.port, return_asyncio_server=True, access_log=False
+    )
+    assert server is not None
+    await server.startup()
+    await server.before_start()
+    await server.after_start()
+    try:
+        yield app
+    finally:
+        await server.before_stop()
+        await server.close()
+        await server.after_stop()
+
+
+async def wait_routable(app: Sanic, model_name: str, timeout_s: float = 10.0) -> None:
+    """Until the app's fleet routes `model_name` to an instance (it syncs from the database)."""
+    async with asyncio.timeout(timeout_s):
+        while not app.ctx.fleet.routable(model_name):
+            await asyncio.sleep(0.02)
 
 
 def offering(instance_type: str = "c5.large") -> Offering:

@@ -65,7 +65,10 @@ def test_model_round_trip_survives_restart(serve_factory: Any, db_url: str) -> N
     assert status == 200 and got == created
 
     status, patched = call(
-        served, "PATCH", "/admin/v1/models/inception", {"slo": {"latency_ms": 800, "percentile": 0.99}}
+        served,
+        "PATCH",
+        "/admin/v1/models/inception",
+        {"slo": {"latency_ms": 800, "percentile": 0.99}},
     )
     assert status == 200
     assert patched["slo"] == {"latency_ms": 800.0, "percentile": 0.99}

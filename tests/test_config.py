@@ -21,7 +21,7 @@ def test_embedded_defaults() -> None:
 def test_toml_then_environment_then_overrides(tmp_path: Path) -> None:
     path = tmp_path / "mark.toml"
     path.write_text(
-        '[server]\nport = 9000\nworkers = 2\n[planner]\nspot_max_share = 0.5\n'
+        "[server]\nport = 9000\nworkers = 2\n[planner]\nspot_max_share = 0.5\n"
         '[cloud]\nzones = ["us-east-1a"]\n'
     )
     env = {

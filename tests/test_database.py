@@ -7,8 +7,8 @@ import pytest
 from mark.db import Database
 from mark.errors import Conflict, NotFound
 from mark.types import (
-    ActionKind,
     AcceleratorKind,
+    ActionKind,
     BackendSpec,
     Decision,
     Instance,
@@ -28,14 +28,22 @@ MODEL = Model(
     profiles={
         "c5.large": Profile(instance_type="c5.large", latency_ms={1: 210.0}, source="slides"),
         "p2.xlarge": Profile(
-            instance_type="p2.xlarge", latency_ms={1: 120.0, 8: 200.0}, max_batch=16,
-            parallelism=1, estimated=True,
+            instance_type="p2.xlarge",
+            latency_ms={1: 120.0, 8: 200.0},
+            max_batch=16,
+            parallelism=1,
+            estimated=True,
         ),
     },
     max_batch=16,
 )
-SPOT = Offering(instance_type="c5.large", zone="us-east-1a", market=Market.SPOT,
-                price_per_hour=0.031, source="test")
+SPOT = Offering(
+    instance_type="c5.large",
+    zone="us-east-1a",
+    market=Market.SPOT,
+    price_per_hour=0.031,
+    source="test",
+)
 
 
 async def test_model_crud_round_trip(db_url: str) -> None:
@@ -45,8 +53,12 @@ async def test_model_crud_round_trip(db_url: str) -> None:
         assert await db.get_model(MODEL.name) == MODEL
         with pytest.raises(Conflict):
             await db.create_model(MODEL)
-        changed = MODEL.model_copy(update={"slo": Slo(latency_ms=700, percentile=0.99),
-                                           "profiles": {"c5.large": MODEL.profiles["c5.large"]}})
+        changed = MODEL.model_copy(
+            update={
+                "slo": Slo(latency_ms=700, percentile=0.99),
+                "profiles": {"c5.large": MODEL.profiles["c5.large"]},
+            }
+        )
         await db.update_model(changed)
         assert await db.list_models() == [changed]
         await db.delete_model(MODEL.name)
@@ -66,8 +78,13 @@ async def test_model_crud_round_trip(db_url: str) -> None:
 async def test_instance_lifecycle_is_audited(db_url: str) -> None:
     db = await Database.open(db_url)
     try:
-        i = Instance(id="i-1", offering=SPOT, models=("inception-v3",), launched_at_s=100.0,
-                     tags={"mark:owner": "test"})
+        i = Instance(
+            id="i-1",
+            offering=SPOT,
+            models=("inception-v3",),
+            launched_at_s=100.0,
+            tags={"mark:owner": "test"},
+        )
         await db.save_instance(i)
         r = i.transition(InstanceState.RUNNING, 150.0, endpoint="http://127.0.0.1:9001")
         await db.save_instance(r)
@@ -98,8 +115,14 @@ async def test_decisions_page_newest_first(db_url: str) -> None:
     try:
         await db.add_decisions(
             [
-                Decision(at_s=float(t), action=ActionKind.LAUNCH, reason=f"r{t}", model="a" if t % 2 else "b",
-                         expected_cost_usd=0.01 * t, forecast_upper_rps=(1.0, 2.0))
+                Decision(
+                    at_s=float(t),
+                    action=ActionKind.LAUNCH,
+                    reason=f"r{t}",
+                    model="a" if t % 2 else "b",
+                    expected_cost_usd=0.01 * t,
+                    forecast_upper_rps=(1.0, 2.0),
+                )
                 for t in range(10)
             ]
         )
@@ -115,14 +138,36 @@ async def test_decisions_page_newest_first(db_url: str) -> None:
 async def test_cost_ledger_and_catalog_tables(db_url: str) -> None:
     db = await Database.open(db_url)
     try:
-        await db.set_instance_charge(instance_id="i-1", model="a", instance_type="c5.large",
-                                     market="spot", seconds=60, usd=0.5, at_s=1)
-        await db.set_instance_charge(instance_id="i-1", model="a", instance_type="c5.large",
-                                     market="spot", seconds=120, usd=1.0, at_s=2)  # cumulative
-        await db.set_instance_charge(instance_id="i-2", model="b", instance_type="p2.xlarge",
-                                     market="on-demand", seconds=60, usd=2.0, at_s=2)
-        await db.charge_serverless(model="a", requests=10, gb_seconds=3.0, usd=0.25, at_s=3,
-                                   reason="deadline")
+        await db.set_instance_charge(
+            instance_id="i-1",
+            model="a",
+            instance_type="c5.large",
+            market="spot",
+            seconds=60,
+            usd=0.5,
+            at_s=1,
+        )
+        await db.set_instance_charge(
+            instance_id="i-1",
+            model="a",
+            instance_type="c5.large",
+            market="spot",
+            seconds=120,
+            usd=1.0,
+            at_s=2,
+        )  # cumulative
+        await db.set_instance_charge(
+            instance_id="i-2",
+            model="b",
+            instance_type="p2.xlarge",
+            market="on-demand",
+            seconds=60,
+            usd=2.0,
+            at_s=2,
+        )
+        await db.charge_serverless(
+            model="a", requests=10, gb_seconds=3.0, usd=0.25, at_s=3, reason="deadline"
+        )
         c = await db.costs()
         assert c.instances_usd == pytest.approx(3.0)
         assert c.serverless_usd == pytest.approx(0.25)
@@ -131,8 +176,14 @@ async def test_cost_ledger_and_catalog_tables(db_url: str) -> None:
         assert c.per_instance_type_usd == pytest.approx({"c5.large": 1.0, "p2.xlarge": 2.0})
         assert c.serverless_requests == 10
 
-        gpu = InstanceType(name="p2.xlarge", vcpus=4, memory_gib=61, accelerator=AcceleratorKind.GPU,
-                           accelerator_count=1, on_demand_price_per_hour=0.9)
+        gpu = InstanceType(
+            name="p2.xlarge",
+            vcpus=4,
+            memory_gib=61,
+            accelerator=AcceleratorKind.GPU,
+            accelerator_count=1,
+            on_demand_price_per_hour=0.9,
+        )
         await db.sync_instance_types([gpu])
         await db.sync_instance_types([gpu])
         assert await db.list_instance_types() == [gpu]

@@ -8,17 +8,13 @@ from __future__ import annotations
 
 import base64
 import logging
-import os
 import random
 import uuid
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from typing import Any
 
-import boto3
 import pytest
-from botocore.awsrequest import AWSResponse
-from moto.server import ThreadedMotoServer
 
 from mark.catalog import load_catalog
 from mark.config import CloudConfig
@@ -27,43 +23,10 @@ from mark.types import BackendSpec, InstanceState, Market, Model, Offering, Slo
 from provisioner.cloud import MODELS_TAG, OWNER_TAG, CloudProvider
 from provisioner.ec2 import Ec2Cloud
 from provisioner.reconcile import ReconcileKind, reconcile
+from tests.aws import ec2_error_xml, inject
 
 TYPES = ("c5.large", "c5.xlarge", "m5.large")
 ZONES = ("us-east-1a", "us-east-1b")
-FAKE_ENV = {
-    "AWS_ACCESS_KEY_ID": "testing",
-    "AWS_SECRET_ACCESS_KEY": "testing",
-    "AWS_SESSION_TOKEN": "testing",
-    "AWS_DEFAULT_REGION": "us-east-1",
-    "AWS_CONFIG_FILE": os.devnull,
-    "AWS_SHARED_CREDENTIALS_FILE": os.devnull,
-    "AWS_EC2_METADATA_DISABLED": "true",
-}
-
-
-@pytest.fixture(scope="session")
-def moto_url() -> Iterator[str]:
-    with pytest.MonkeyPatch.context() as env:
-        for key, value in FAKE_ENV.items():
-            env.setenv(key, value)
-        server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-        server.start()
-        host, port = server.get_host_and_port()
-        try:
-            yield f"http://{host}:{port}"
-        finally:
-            server.stop()
-
-
-@pytest.fixture(scope="session")
-def outside(moto_url: str) -> Any:
-    """A client standing for everything outside Mark: the console, AWS reclaiming spot."""
-    return boto3.client("ec2", endpoint_url=moto_url, region_name="us-east-1")
-
-
-@pytest.fixture(scope="session")
-def image_id(outside: Any) -> str:
-    return str(outside.describe_images(MaxResults=5)["Images"][0]["ImageId"])
 
 
 class Clock:
@@ -117,46 +80,6 @@ async def registered(name: str) -> Model:
         backend=BackendSpec(artifact=f"onnx:/models/{name} v1.onnx"),
         max_batch=8,
     )
-
-
-def ec2_error_xml(code: str, message: str) -> bytes:
-    return (
-        '<?xml version="1.0" encoding="UTF-8"?>\n<Response><Errors><Error>'
-        f"<Code>{code}</Code><Message>{message}</Message></Error></Errors>"
-        "<RequestID>8f7724cf-496f-496e-8fe3-example</RequestID></Response>"
-    ).encode()
-
-
-class _Raw:
-    def __init__(self, body: bytes) -> None:
-        self._body = body
-
-    def stream(self, **_: Any) -> Iterator[bytes]:
-        yield self._body
-
-
-def inject(
-    cloud: Ec2Cloud,
-    operation: str,
-    body: bytes,
-    *,
-    status: int = 400,
-    times: int = 1,
-    when: str = "",
-) -> list[str]:
-    """Answer the next `times` calls of `operation` whose request body contains `when` with
-    `body`; returns the log of answers."""
-    answered: list[str] = []
-
-    def hook(request: Any, **_: Any) -> AWSResponse | None:
-        body_text = request.body.decode() if isinstance(request.body, bytes) else request.body
-        if len(answered) >= times or when not in (body_text or ""):
-            return None
-        answered.append(operation)
-        return AWSResponse(request.url, status, {"Content-Type": "text/xml"}, _Raw(body))
-
-    cloud.client.meta.events.register(f"before-send.ec2.{operation}", hook)
-    return answered
 
 
 def offering(cloud_offers: list[Offering], itype: str, zone: str, market: Market) -> Offering:

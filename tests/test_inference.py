@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,15 +15,22 @@ import aiohttp
 import numpy as np
 import pytest
 
-from frontend import inference
-from frontend.app import create_app
 from frontend.fleet import Fleet
 from frontend.protocol import InferRequest, Tensor
 from mark.config import BatchingConfig, load_config
 from mark.db import Database
 from mark.worker.loaders import load_model
 from tests.conftest import free_port
-from tests.dataplane import linear_profile, model, running, spawn_worker, stop_worker, workers
+from tests.dataplane import (
+    front_end,
+    linear_profile,
+    model,
+    running,
+    spawn_worker,
+    stop_worker,
+    wait_routable,
+    workers,
+)
 
 MLP = load_model("reference", "builtin:mlp")
 
@@ -60,29 +66,12 @@ async def front(tmp_path: Path) -> AsyncIterator[Front]:
         await db.create_model(model("demo"))
         await db.create_model(model("cold", slo_ms=50.0))
         await db.save_instance(running("i-1", w.endpoint))
-        app = create_app(config, name=f"t{uuid.uuid4().hex[:8]}")
-        app.config.TOUCHUP = False  # Sanic's code rewrite runs only once per process
-        if "inference" not in app.blueprints:
-            app.blueprint(inference.bp)
-        server = await app.create_server(
-            host="127.0.0.1", port=port, return_asyncio_server=True, access_log=False
-        )
-        assert server is not None
-        await server.startup()
-        await server.before_start()
-        await server.after_start()
-        fleet: Fleet = app.ctx.fleet
-        for _ in range(200):
-            if fleet.routable("demo"):
-                break
-            await asyncio.sleep(0.02)
-        try:
-            yield Front(f"http://127.0.0.1:{port}", fleet, db)
-        finally:
-            await server.before_stop()
-            await server.close()
-            await server.after_stop()
-            await db.close()
+        async with front_end(config) as app:
+            await wait_routable(app, "demo")
+            try:
+                yield Front(f"http://127.0.0.1:{port}", app.ctx.fleet, db)
+            finally:
+                await db.close()
 
 
 async def test_v2_and_tf_serving_answers(front: Front) -> None:

@@ -26,8 +26,9 @@ GPU = Profile(instance_type="p2.xlarge", latency_ms={1: 120.0, 8: 200.0}, max_ba
 
 
 def offering(price: float = 0.085) -> Offering:
-    return Offering(instance_type="c5.large", zone="us-east-1a", market=Market.ON_DEMAND,
-                    price_per_hour=price)
+    return Offering(
+        instance_type="c5.large", zone="us-east-1a", market=Market.ON_DEMAND, price_per_hour=price
+    )
 
 
 def test_profile_fit_is_least_squares_line() -> None:
@@ -65,8 +66,11 @@ def test_slo_bounds(kwargs: dict[str, float], field: str) -> None:
 def test_model_rejects_slo_below_fastest_profile() -> None:
     with pytest.raises(ValidationError, match="shorter than the fastest profile"):
         Model(name="m", slo=Slo(latency_ms=100, percentile=0.98), profiles={"c5.large": CPU})
-    ok = Model(name="m", slo=Slo(latency_ms=600, percentile=0.98),
-               profiles={"c5.large": CPU, "p2.xlarge": GPU})
+    ok = Model(
+        name="m",
+        slo=Slo(latency_ms=600, percentile=0.98),
+        profiles={"c5.large": CPU, "p2.xlarge": GPU},
+    )
     assert set(ok.profiles) == {"c5.large", "p2.xlarge"}
 
 
@@ -84,13 +88,24 @@ def test_negative_prices_and_inconsistent_accelerators_rejected() -> None:
     with pytest.raises(ValidationError, match="greater than or equal"):
         InstanceType(name="x", vcpus=2, memory_gib=4, on_demand_price_per_hour=-1)
     with pytest.raises(ValidationError, match="accelerator_count"):
-        InstanceType(name="x", vcpus=2, memory_gib=4, on_demand_price_per_hour=1,
-                     accelerator=AcceleratorKind.GPU)
+        InstanceType(
+            name="x",
+            vcpus=2,
+            memory_gib=4,
+            on_demand_price_per_hour=1,
+            accelerator=AcceleratorKind.GPU,
+        )
 
 
 def test_billing_minimum_and_granularity() -> None:
-    t = InstanceType(name="c5.large", vcpus=2, memory_gib=4, on_demand_price_per_hour=0.085,
-                     billing_granularity_s=1, billing_minimum_s=60)
+    t = InstanceType(
+        name="c5.large",
+        vcpus=2,
+        memory_gib=4,
+        on_demand_price_per_hour=0.085,
+        billing_granularity_s=1,
+        billing_minimum_s=60,
+    )
     assert t.charge_usd(0) == 0.0
     assert t.charge_usd(10) == pytest.approx(60 * 0.085 / 3600)
     assert t.charge_usd(3600) == pytest.approx(0.085)

@@ -210,7 +210,10 @@ class ControlLoop:
                 refused = not await self._launch(action, now_s)
             elif isinstance(action, Drain):
                 inst = live.get(action.instance_id)
-                if inst is not None and inst.state in (InstanceState.RUNNING, InstanceState.PENDING):
+                if inst is not None and inst.state in (
+                    InstanceState.RUNNING,
+                    InstanceState.PENDING,
+                ):
                     target = (
                         InstanceState.DRAINING
                         if inst.state == InstanceState.RUNNING
@@ -249,7 +252,9 @@ class ControlLoop:
                 )
                 return False
             except CloudError as exc:
-                logger.warning("launch %s failed (attempt %d): %s", action.offering.key, attempt, exc)
+                logger.warning(
+                    "launch %s failed (attempt %d): %s", action.offering.key, attempt, exc
+                )
                 if attempt == self.config.control.apply_retries:
                     await self._record_error(
                         now_s, f"launch of {action.offering.key} failed: {exc}", action.model
@@ -284,14 +289,14 @@ class ControlLoop:
 
     # -- keeping the database in step with the cloud -------------------------------------
 
-    async def sync(self) -> None:
-        """Reconcile the database with the cloud and update the cost ledger."""
+    async def sync(self) -> bool:
+        """Reconcile the database with the cloud and update the cost ledger. True when live
+        capacity vanished (reclaimed without notice): the caller re-plans at once."""
+        lost = False
         async with self._lock:
             now = self.clock()
             records = await self.db.list_instances(live_only=False)
-            recent = [
-                r for r in records if r.live or (r.terminated_at_s or 0) > now - 3600.0
-            ]
+            recent = [r for r in records if r.live or (r.terminated_at_s or 0) > now - 3600.0]
             for step in reconcile(
                 recent, await self.cloud.list(), now, self.config.control.reconcile_grace_s
             ):
@@ -316,8 +321,15 @@ class ControlLoop:
                     await self.db.save_instance(step.instance)
                     if step.kind == ReconcileKind.MARK_VANISHED:
                         self.interruptions.pop(step.instance.id, None)
+                        lost = True
+                        await self._charge(step.instance, now)
             for inst in await self.db.list_instances():
                 await self._charge(inst, now)
+        return lost
+
+    async def sync_and_replan(self) -> None:
+        if await self.sync():
+            await self.tick()
 
     async def _charge(self, inst: Instance, now_s: float) -> None:
         itype = self._types.get(inst.offering.instance_type)

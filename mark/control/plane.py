@@ -115,13 +115,17 @@ async def _main(config: Config) -> None:
             scheduler.add_job(
                 control.tick, "interval", seconds=config.control.tick_s, id="tick", **job
             )
-        scheduler.add_job(control.sync, "interval", seconds=config.control.sync_s, id="sync", **job)
+        scheduler.add_job(
+            control.sync_and_replan, "interval", seconds=config.control.sync_s, id="sync", **job
+        )
         scheduler.add_job(
             publish_offerings, "interval", args=(db, cloud), seconds=config.control.tick_s, **job
         )
         scheduler.start()
         watcher = asyncio.create_task(control.watch_interruptions())
-        logger.info("control plane running (cloud %s, tick %.0f s)", cloud.name, config.control.tick_s)
+        logger.info(
+            "control plane running (cloud %s, tick %.0f s)", cloud.name, config.control.tick_s
+        )
         while not stop.is_set() and os.getppid() == parent:
             try:
                 await asyncio.wait_for(stop.wait(), timeout=1.0)
@@ -142,7 +146,9 @@ async def _start_serverless(config: Config, stack: AsyncExitStack) -> None:
 
     pool = LocalFunctionPool(config.serverless)
     stack.push_async_callback(pool.close)
-    server = InvokeServer(pool, host=config.serverless.local_host, port=config.serverless.local_port)
+    server = InvokeServer(
+        pool, host=config.serverless.local_host, port=config.serverless.local_port
+    )
     url = await server.start()
     stack.push_async_callback(server.close)
     logger.info("local serverless pool at %s", url)

@@ -18,7 +18,12 @@ from alembic.config import Config as AlembicConfig
 from sqlalchemy import delete, func, select
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
+from sqlalchemy.ext.asyncio import (
+    AsyncEngine,
+    AsyncSession,
+    async_sessionmaker,
+    create_async_engine,
+)
 
 from mark.db.tables import (
     DecisionRow,
@@ -149,7 +154,7 @@ class Database:
     async def open(cls, url: str, *, echo: bool = False) -> Database:
         """Connect and migrate to the newest schema. SQLite files get WAL so that several
         processes (HTTP workers, the control plane) read while one writes."""
-        if not (url.startswith("sqlite+aiosqlite://") or url.startswith("postgresql+asyncpg://")):
+        if not url.startswith(("sqlite+aiosqlite://", "postgresql+asyncpg://")):
             raise InvalidValue(
                 "database.url",
                 "must start with sqlite+aiosqlite:// or postgresql+asyncpg://, got " + url,

@@ -1,0 +1,201 @@
+"""One instance's request queue in virtual time: SLO-sized batches, FCFS over its parallel
+servers, deterministic service T(b) = a + c*b (MArk's model; DESIGN.md "Batching").
+
+The batch rule is the front end's (frontend/batcher.py): a batch leaves when `plan.size`
+requests wait or the oldest has waited `plan.timeout_ms`, and only when a server is free (the
+backlog fills the batch while the servers are busy, the model `provisioner.capacity` assumes).
+`plan` comes from `provisioner.batching.slo_batch` at the rate routed to the instance.
+
+Two paths compute the same thing:
+- `_batches`: a loop over batches (not requests), no spill. Its result is accepted when no new
+  request found more than `spill_position` requests ahead of it on arrival, i.e. when the spill
+  rule would have kept every request queued.
+- `_requests`: a loop over requests that asks the spill gate, in arrival order, for each request
+  whose position passes that bound (the gate applies `frontend.spill.spill_reason`), and sheds
+  requests whose deadline passed before their batch left (the front end's `_shed`).
+Batches that would start after `until_s` are not formed: their requests wait in the queue for the
+next call, so arrivals of the next segment can still join them.
+"""
+
+from __future__ import annotations
+
+import bisect
+import heapq
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from provisioner.batching import BatchPlan
+
+__all__ = ["ServedBatch", "SpillGate", "InstanceQueue"]
+
+# Called with (arrival_s, now_s, position ahead); True when the request went to the pool.
+SpillGate = Callable[[float, float, int], bool]
+# Called with the arrival times of requests shed at `now_s` (deadline passed while queued).
+ShedSink = Callable[[list[float], float], None]
+
+
+@dataclass(frozen=True, slots=True)
+class ServedBatch:
+    """Requests that left in batches during one call: arrival and completion times."""
+
+    arrival_s: np.ndarray
+    completion_s: np.ndarray
+
+    @property
+    def latency_ms(self) -> np.ndarray:
+        return (self.completion_s - self.arrival_s) * 1000.0
+
+
+@dataclass
+class InstanceQueue:
+    """FCFS queue of one instance with `servers` parallel servers."""
+
+    servers: int
+    a_ms: float
+    c_ms: float
+    free_s: list[float] = field(default_factory=list)
+    waiting: list[float] = field(default_factory=list)  # arrival times, oldest first
+
+    def __post_init__(self) -> None:
+        if not self.free_s:
+            self.free_s = [-math.inf] * self.servers
+        heapq.heapify(self.free_s)
+
+    @property
+    def backlog(self) -> int:
+        return len(self.waiting)
+
+    def busy_until_s(self) -> float:
+        return max(self.free_s)
+
+    def service_s(self, batch: int) -> float:
+        return (self.a_ms + self.c_ms * batch) / 1000.0
+
+    def offer(
+        self,
+        arrivals_s: np.ndarray,
+        plan: BatchPlan,
+        until_s: float,
+        *,
+        spill_position: float = math.inf,
+        gate: SpillGate | None = None,
+        deadline_s: float = math.inf,
+        shed: ShedSink | None = None,
+    ) -> ServedBatch:
+        """Queue `arrivals_s` (sorted, all >= the previous call's) and form every batch that
+        starts before `until_s`. `deadline_s` is the SLO latency in seconds (for shedding)."""
+        carried = len(self.waiting)
+        times = self.waiting + arrivals_s.tolist()
+        free = list(self.free_s)
+        served = self._batches(times, plan, until_s, free)
+        if gate is None or not arrivals_s.size:
+            self.free_s = free
+            return self._finish(times, served)
+        starts = np.repeat(served[1], served[2]) if served[0] else np.zeros(0)
+        arr = np.asarray(times)
+        new_idx = np.arange(carried, len(times))
+        started = np.minimum(np.searchsorted(starts, arr[carried:], side="right"), new_idx)
+        position = new_idx - started
+        if not position.size or int(position.max()) <= spill_position:
+            self.free_s = free
+            return self._finish(times, served)
+        return self._requests(
+            arrivals_s.tolist(), plan, until_s, spill_position, gate, deadline_s, shed
+        )
+
+    def flush(self, plan: BatchPlan) -> ServedBatch:
+        """Serve everything still waiting (no new arrivals will come)."""
+        return self.offer(np.zeros(0), plan, math.inf)
+
+    # -- the batch loop ------------------------------------------------------------------------
+
+    def _batches(
+        self, times: list[float], plan: BatchPlan, until_s: float, free: list[float]
+    ) -> tuple[int, np.ndarray, np.ndarray, np.ndarray]:
+        """Form batches over `times`; returns (served count, batch starts, sizes, ends)."""
+        size = plan.size
+        timeout_s = plan.timeout_ms / 1000.0
+        n = len(times)
+        head = 0
+        starts: list[float] = []
+        sizes: list[int] = []
+        ends: list[float] = []
+        a_s, c_s = self.a_ms / 1000.0, self.c_ms / 1000.0
+        while head < n:
+            server_free = free[0]
+            full_at = times[head + size - 1] if head + size <= n else math.inf
+            start = max(server_free, min(full_at, times[head] + timeout_s), times[head])
+            if start >= until_s:
+                break
+            count = min(size, bisect.bisect_right(times, start, head) - head)
+            end = start + a_s + c_s * count
+            heapq.heapreplace(free, end)
+            starts.append(start)
+            sizes.append(count)
+            ends.append(end)
+            head += count
+        return head, np.asarray(starts), np.asarray(sizes, dtype=np.int64), np.asarray(ends)
+
+    def _finish(
+        self, times: list[float], served: tuple[int, np.ndarray, np.ndarray, np.ndarray]
+    ) -> ServedBatch:
+        head, _starts, sizes, ends = served
+        self.waiting = times[head:]
+        return ServedBatch(np.asarray(times[:head]), np.repeat(ends, sizes))
+
+    # -- the request loop ----------------------------------------------------------------------
+
+    def _requests(
+        self,
+        arrivals: list[float],
+        plan: BatchPlan,
+        until_s: float,
+        spill_position: float,
+        gate: SpillGate,
+        deadline_s: float,
+        shed: ShedSink | None,
+    ) -> ServedBatch:
+        size = plan.size
+        timeout_s = plan.timeout_ms / 1000.0
+        a_s, c_s = self.a_ms / 1000.0, self.c_ms / 1000.0
+        free = self.free_s
+        waiting = self.waiting
+        head = 0  # waiting[head:] is the queue
+        out_arrival: list[float] = []
+        out_done: list[float] = []
+
+        def advance(limit_s: float) -> None:
+            nonlocal head
+            while head < len(waiting):
+                server_free = free[0]
+                first = waiting[head]
+                full_at = waiting[head + size - 1] if head + size <= len(waiting) else math.inf
+                start = max(server_free, min(full_at, first + timeout_s), first)
+                if start > limit_s:
+                    return
+                if shed is not None and first + deadline_s < start:
+                    late_end = head
+                    while late_end < len(waiting) and waiting[late_end] + deadline_s < start:
+                        late_end += 1
+                    shed(waiting[head:late_end], start)
+                    head = late_end
+                    continue
+                count = min(size, bisect.bisect_right(waiting, start, head) - head)
+                end = start + a_s + c_s * count
+                heapq.heapreplace(free, end)
+                out_arrival.extend(waiting[head : head + count])
+                out_done.extend([end] * count)
+                head += count
+
+        for t in arrivals:
+            advance(t)
+            position = len(waiting) - head
+            if position > spill_position and gate(t, t, position):
+                continue
+            waiting.append(t)
+        advance(until_s - 1e-12 if math.isfinite(until_s) else math.inf)
+        self.waiting = waiting[head:]
+        return ServedBatch(np.asarray(out_arrival), np.asarray(out_done))
