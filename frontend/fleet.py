@@ -499,7 +499,7 @@ class Fleet:
     ) -> None:
         assert self.spill is not None
         for q, reason in chosen:
-            self.spill.reserve(q.model, reason)
+            self.spill.reserve(q.model)
             self._spawn(self._spill(state, q, reason))
 
     async def _spill(self, state: _ModelState, q: QueuedRequest, reason: SpillReason) -> None:

@@ -82,7 +82,8 @@ RETRIES = Counter(
 
 SPILLS = Counter(
     "mark_spill",
-    "Requests sent to the serverless pool, by model and reason (deadline, cold-fleet, draining).",
+    "Requests answered by the serverless pool, by model and reason (deadline, cold-fleet, "
+    "draining).",
     ["model", "reason"],
 )
 SPILL_FAILURES = Counter(

@@ -232,11 +232,10 @@ class SpillMonitor:
         pool = self.profile(model)
         return pool.enabled and pool.free_slots > 0
 
-    def reserve(self, model: str, reason: SpillReason) -> None:
+    def reserve(self, model: str) -> None:
         """Take a slot for a spill about to start (call `spill` for it in the same step or
         soon after)."""
         self._launching[model] = self._launching.get(model, 0) + 1
-        metrics.SPILLS.labels(model, reason.value).inc()
 
     async def spill(self, model: Model, q: QueuedRequest, reason: SpillReason) -> InferResponse:
         """Answer `q` through the pool (after `reserve`); raises what the pool raised. A
@@ -256,6 +255,7 @@ class SpillMonitor:
         except Exception:
             metrics.SPILL_FAILURES.labels(name, reason.value).inc()
             raise
+        metrics.SPILLS.labels(name, reason.value).inc()
         metrics.SPILL_COST.labels(name).inc(invocation.cost_usd)
         if self.ledger is not None:
             self.ledger.record(name, reason.value, invocation)

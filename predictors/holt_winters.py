@@ -10,8 +10,8 @@ The model (Hyndman & Athanasopoulos, FPP3 section 8.3; statsmodels `ExponentialS
 statsmodels estimates alpha, beta, gamma and phi every `refit_every_buckets`; between fits the
 recursion above rolls the state forward in O(1) per bucket (it reproduces statsmodels' filter
 exactly, which the tests check). A daily season of minutes has m = 1440 initial seasonal values,
-too many to optimise: the first season of the fit window seeds them (deviations from its
-least-squares line, lightly smoothed; the line seeds level and trend) and the parameters are
+too many to optimise: the first season of the fit window seeds them (deviations from the level,
+lightly smoothed; the trend comes from the first two seasons' means) and the parameters are
 fitted on the rest of the window. Until the history holds
 one season plus `refit_every_buckets`, the season is off and this is a fitted Holt's linear method.
 """
@@ -74,11 +74,16 @@ class HoltWinters(RefittingForecaster):
         end = self.observed_buckets + 1  # bucket index one past the window's newest
         if window_rps.size >= m + self._refit_every:
             seed, fit_on = window_rps[:m], window_rps[m:]
-            # Classical decomposition of the seed season: a least-squares line is the level and
-            # trend at its end, the deviations from it the seasonal terms.
-            slope, intercept = np.polyfit(np.arange(m, dtype=np.float64), seed, 1)
-            line = intercept + slope * np.arange(m)
-            level0, trend0 = float(line[-1]), float(slope)
+            # Classical initialisation (Hyndman & Athanasopoulos, FPP2 section 7.6): the trend
+            # from the means of the first two seasons (0 with one season: the slope of a line
+            # through part of a wave is not a trend), the level at the seed's end, the seasonal
+            # terms as deviations from that level line.
+            level_mean = float(seed.mean())
+            trend0 = 0.0
+            if window_rps.size >= 2 * m + self._refit_every:
+                trend0 = (float(window_rps[m : 2 * m].mean()) - level_mean) / m
+            line = level_mean + trend0 * (np.arange(m) - (m - 1) / 2)
+            level0 = float(line[-1])
             season0 = _circular_smooth(seed - line, width=max(1, m // 96) | 1)
             seasonal = True
         else:

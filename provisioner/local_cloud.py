@@ -90,6 +90,9 @@ def _running(pid: int) -> bool:
     return state not in ("Z", "X")
 
 
+_BOOT_ESTIMATE_S = 3.0  # a Python worker's start-up on a loaded 2-core machine, until measured
+
+
 @dataclass(frozen=True, slots=True)
 class InstanceCharge:
     """What one instance has cost so far (for `Database.set_instance_charge`)."""
@@ -137,6 +140,7 @@ class LocalCloud:
         self.state_dir.mkdir(parents=True, exist_ok=True)
         self._workers: dict[str, _Worker] = {}
         self._notices: asyncio.Queue[InterruptionNotice] = asyncio.Queue()
+        self._boot_s = _BOOT_ESTIMATE_S
         self._adopt()
 
     # --- state file ---------------------------------------------------------------------------
@@ -175,7 +179,14 @@ class LocalCloud:
     # --- CloudProvider ------------------------------------------------------------------------
 
     async def instance_types(self) -> list[InstanceType]:
-        return list(self.catalog.instance_types.values())
+        """The catalog's types with this provider's own launch overhead: the catalog's scaled
+        by `cloud.launch_overhead_scale`, plus the worker process's boot time as measured here
+        (a slowly decaying maximum): the planner must plan with the delay it will get."""
+        scale = self.config.launch_overhead_scale
+        return [
+            t.model_copy(update={"launch_overhead_s": t.launch_overhead_s * scale + self._boot_s})
+            for t in self.catalog.instance_types.values()
+        ]
 
     async def offerings(self) -> list[Offering]:
         """Catalog prices: on-demand list prices and the spot sample in force now."""
@@ -303,9 +314,11 @@ class LocalCloud:
     async def _boot(self, worker: _Worker, overhead_s: float, models: Sequence[Model]) -> None:
         try:
             await asyncio.sleep(overhead_s)
+            started = time.monotonic()
             endpoint = await asyncio.wait_for(
                 self._start(worker, models), self.config.local_boot_timeout_s
             )
+            self._boot_s = max(self._boot_s * 0.7, time.monotonic() - started)
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # any failure to start ends the instance, never half-alive

@@ -427,6 +427,7 @@ def plan(
 
     launched = _buy(plans, snapshot, config, spend_per_hour, out)
     for mp in plans:
+        _report_unreachable(mp, launched, out)
         _release(mp, snapshot, config, launched, out)
     last_launch = dict(state.last_launch_s)
     for name in launched.bought:
@@ -436,6 +437,25 @@ def plan(
         decisions=tuple(out.decisions),
         state=PlannerState(last_launch_s=last_launch, preempted_pools=cooling),
         deferred=tuple(out.deferred),
+    )
+
+
+def _report_unreachable(mp: _ModelPlan, bought: _Bought, out: _Builder) -> None:
+    """Demand the greedy could not cover with anything (every candidate too late for it, or
+    excluded by caps) is said in the log, so an operator sees why the spill path carries it."""
+    if mp.name in bought.held or mp.name in bought.bought:
+        return  # budget-limited or launching: those decisions already say what is uncovered
+    gap = mp.demand.upper_rps - mp.cover.planned_rps
+    uncovered = float(np.max(gap, initial=0.0))
+    if uncovered <= 1e-6 * max(1.0, mp.demand.peak_rps):
+        return
+    first = int(np.argmax(gap > 1e-6 * max(1.0, mp.demand.peak_rps)))
+    out.decide(
+        ActionKind.HOLD,
+        f"{uncovered:.1f} rps of the {mp.demand.peak_rps:.1f} rps forecast peak cannot be covered "
+        f"from +{mp.demand.starts_s[first] - mp.demand.now_s:.0f} s: no offering can be ready in "
+        "time or every candidate is capped; requests beyond capacity spill to serverless",
+        model=mp.name,
     )
 
 

@@ -32,8 +32,12 @@ def register(subparsers: Any) -> None:
     p.add_argument("--market", choices=("ondemand", "spot", "mixed"), default="mixed")
     p.add_argument("--out", required=True, help="output directory")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--interruption-rate", type=float, default=0.02,
-                   help="spot interruptions per instance-hour (default 0.02)")
+    p.add_argument(
+        "--interruption-rate",
+        type=float,
+        default=0.02,
+        help="spot interruptions per instance-hour (default 0.02)",
+    )
     p.add_argument("--types", help="comma-separated instance types to consider")
     p.add_argument("--predictor", help="forecaster name (default: ForecastConfig's)")
     p.add_argument("--config", help="TOML config whose planner/forecast/spill sections apply")
@@ -114,9 +118,7 @@ def _run(args: argparse.Namespace) -> int:
         serverless_memory_mb=memory,
     )
     names = [n.strip() for n in args.policies.split(",") if n.strip()]
-    count = len(build_policies(scenario, [n for n in names if n != "oracle"])) + (
-        "oracle" in names
-    )
+    count = len(build_policies(scenario, [n for n in names if n != "oracle"])) + ("oracle" in names)
     console = Console()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -197,6 +197,10 @@ class ControlLoop:
                 break  # nothing refused: done; else re-plan with the refused pool unavailable
         self._last_tick_s = now
         self.last_plan = result
+        if result is not None and (result.actions or result.deferred):
+            logger.info(
+                "tick: %d actions, %d launches deferred", len(result.actions), len(result.deferred)
+            )
         return result
 
     async def _apply(self, result: Plan, now_s: float) -> bool:

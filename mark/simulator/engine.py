@@ -159,8 +159,10 @@ class _Engine:
             instance=inst,
             profile=profile,
             queue=InstanceQueue(profile.parallelism, profile.a_ms, profile.c_ms),
-            weight=max(slo_capacity(profile, self.model.slo, self.model.max_batch, self.cache)
-                       .rate_rps, 1e-3),
+            weight=max(
+                slo_capacity(profile, self.model.slo, self.model.max_batch, self.cache).rate_rps,
+                1e-3,
+            ),
             ready_s=launched + overhead,
             billed_from_s=now_s if ready_now else launched,
             price_per_hour=self.policy.price_per_hour(offering),
@@ -277,8 +279,9 @@ class _Engine:
             self.failed += count
             self.recorder.add(np.full(count, np.inf))
 
-    def route(self, times: np.ndarray, t0: float, t1: float, bucket_rate_rps: float,
-              share_out: float) -> None:
+    def route(
+        self, times: np.ndarray, t0: float, t1: float, bucket_rate_rps: float, share_out: float
+    ) -> None:
         if not times.size:
             return
         if share_out > 0:
@@ -287,9 +290,7 @@ class _Engine:
                 if not self.to_pool(t, t, None):
                     self.fail(1)
             times = times[~direct]
-        routable = [
-            s for s in self.fleet.values() if s.instance.state == InstanceState.RUNNING
-        ]
+        routable = [s for s in self.fleet.values() if s.instance.state == InstanceState.RUNNING]
         if not routable:
             if self.policy.spill:
                 for t in times.tolist():
@@ -306,6 +307,7 @@ class _Engine:
         self.pattern_offset = (self.pattern_offset + times.size) % pattern.size
         total = sum(weights)
         running = len(routable)
+        slo_s = self.model.slo.latency_s
         for index, sim in enumerate(routable):
             mine = times[slots == index]
             plan = self.plan_of(sim, bucket_rate_rps * sim.weight / total)
@@ -313,10 +315,14 @@ class _Engine:
                 servers = sim.profile.parallelism
                 limit = self.spill_position(plan, servers)
                 rate = servers * plan.size / (plan.service_ms / 1000.0)
-                slo_s = self.model.slo.latency_s
 
-                def gate(arrival: float, now: float, position: int, rate: float = rate,
-                         plan: BatchPlan = plan) -> bool:
+                def gate(
+                    arrival: float,
+                    now: float,
+                    position: int,
+                    rate: float = rate,
+                    plan: BatchPlan = plan,
+                ) -> bool:
                     view = QueueView(position, arrival + slo_s, rate, plan.service_ms, running)
                     return self.to_pool(arrival, now, view)
 
@@ -326,8 +332,13 @@ class _Engine:
                             self.fail(1)
 
                 served = sim.queue.offer(
-                    mine, plan, t1, spill_position=limit, gate=gate,
-                    deadline_s=slo_s, shed=shed,
+                    mine,
+                    plan,
+                    t1,
+                    spill_position=limit,
+                    gate=gate,
+                    deadline_s=slo_s,
+                    shed=shed,
                 )
             else:
                 served = sim.queue.offer(mine, plan, t1)
@@ -452,17 +463,14 @@ def run_policy(
     }
 
     def context(now_s: float, filled: int) -> PolicyContext:
-        offerings = tuple(
-            catalog.offerings(settings.zones, at_s=now_s, spot=True, types=types)
-        )
+        offerings = tuple(catalog.offerings(settings.zones, at_s=now_s, spot=True, types=types))
         return PolicyContext(
             now_s=now_s,
             model=model,
             instances=tuple(s.instance for s in eng.fleet.values()),
             instance_types=catalog.instance_types if filled > warm_windows else instant_types,
             offerings=offerings,
-            metrics=Metrics(window, starts[:filled], hist_arrivals[:filled],
-                            hist_ongoing[:filled]),
+            metrics=Metrics(window, starts[:filled], hist_arrivals[:filled], hist_ongoing[:filled]),
             cache=eng.cache,
             interruptions=dict(eng.interruptions),
             reclaimed=dict(eng.reclaimed),

@@ -108,7 +108,11 @@ class InstanceQueue:
 
     def flush(self, plan: BatchPlan) -> ServedBatch:
         """Serve everything still waiting (no new arrivals will come)."""
-        return self.offer(np.zeros(0), plan, math.inf)
+        return self.flush_after(np.zeros(0), plan)
+
+    def flush_after(self, arrivals_s: np.ndarray, plan: BatchPlan) -> ServedBatch:
+        """Queue `arrivals_s`, the last arrivals this instance gets, and serve them all."""
+        return self.offer(arrivals_s, plan, math.inf)
 
     # -- the batch loop ------------------------------------------------------------------------
 

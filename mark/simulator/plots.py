@@ -35,8 +35,7 @@ def write_plots(runs: Sequence[PolicyRun], slo: Slo, out: Path) -> list[Path]:
     fig.savefig(paths[0], dpi=110)
     plt.close(fig)
 
-    fig, axes = plt.subplots(len(runs), 1, figsize=(8, 2.2 * len(runs)), sharex=True,
-                             squeeze=False)
+    fig, axes = plt.subplots(len(runs), 1, figsize=(8, 2.2 * len(runs)), sharex=True, squeeze=False)
     for ax, run in zip(axes[:, 0], runs, strict=True):
         names = sorted(run.type_series)
         if names:

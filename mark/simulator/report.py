@@ -57,8 +57,17 @@ def summary_table(data: dict[str, Any], slo: Slo, baseline: str = "reactive") ->
     policies = data["policies"]
     ref = policies.get(baseline, {}).get("cost_usd")
     table = Table(title=f"SLO: {slo.percentile:.0%} of requests within {slo.latency_ms:g} ms")
-    for column in ("policy", "cost $", f"x {baseline}", "SLO attained", "p50 ms", "p99 ms",
-                   "spilled", "failed", "instance-hours"):
+    for column in (
+        "policy",
+        "cost $",
+        f"x {baseline}",
+        "SLO attained",
+        "p50 ms",
+        "p99 ms",
+        "spilled",
+        "failed",
+        "instance-hours",
+    ):
         table.add_column(column, justify="left" if column == "policy" else "right")
     for name, row in policies.items():
         ratio = f"{ref / row['cost_usd']:.2f}" if ref and row["cost_usd"] > 0 else "-"

@@ -74,15 +74,17 @@ def build_policies(scenario: Scenario, names: Sequence[str]) -> list[Policy]:
         if name == "mark":
             allowed = scenario.planner.allowed_types or types
             if market in ("ondemand", "mixed"):
-                planner = scenario.planner.model_copy(update={"spot": False, "allowed_types": allowed})
+                planner = scenario.planner.model_copy(
+                    update={"spot": False, "allowed_types": allowed}
+                )
                 policies.append(_mark("mark-ondemand", planner, scenario))
             if market in ("spot", "mixed"):
-                planner = scenario.planner.model_copy(update={"spot": True, "allowed_types": allowed})
+                planner = scenario.planner.model_copy(
+                    update={"spot": True, "allowed_types": allowed}
+                )
                 policies.append(_mark("mark-spot", planner, scenario))
         elif name == "reactive":
-            sagemaker = {
-                t: p for t, p in catalog.sagemaker_price_per_hour.items() if t in types
-            }
+            sagemaker = {t: p for t, p in catalog.sagemaker_price_per_hour.items() if t in types}
             if not sagemaker:
                 raise InvalidValue("types", "reactive needs a type with a SageMaker price")
             chosen, _ = cheapest_type(model, sagemaker, cache, batching=False)
@@ -96,9 +98,13 @@ def build_policies(scenario: Scenario, names: Sequence[str]) -> list[Policy]:
             if use_spot:
                 prices = {
                     t: min(
-                        (o.price_per_hour for o in catalog.offerings(
-                            scenario.settings.zones, scenario.trace.grid_s[0], True, (t,))
-                         if o.market.value == "spot"),
+                        (
+                            o.price_per_hour
+                            for o in catalog.offerings(
+                                scenario.settings.zones, scenario.trace.grid_s[0], True, (t,)
+                            )
+                            if o.market.value == "spot"
+                        ),
                         default=on_demand[t],
                     )
                     for t in types

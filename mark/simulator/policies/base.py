@@ -147,9 +147,7 @@ def cheapest_offering(
 ) -> Offering | None:
     """The cheapest available offering of a type and market, preferring pools not in `avoid`."""
     rows = [
-        o
-        for o in offerings
-        if o.instance_type == type_name and o.market == market and o.available
+        o for o in offerings if o.instance_type == type_name and o.market == market and o.available
     ]
     if not rows:
         return None

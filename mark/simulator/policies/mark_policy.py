@@ -53,7 +53,9 @@ class MarkPolicy:
         return self.control.tick_s
 
     def initial_state(self) -> MarkState:
-        return MarkState(create_forecaster(self.forecast.predictor, bucket_s=self.forecast.bucket_s))
+        return MarkState(
+            create_forecaster(self.forecast.predictor, bucket_s=self.forecast.bucket_s)
+        )
 
     def price_per_hour(self, offering: Offering) -> float:
         return offering.price_per_hour

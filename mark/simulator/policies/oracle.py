@@ -185,8 +185,9 @@ def solve_oracle(
         serverless_rps=np.maximum(x[s_off:], 0.0),
         rates_rps=rates_rps,
         objective_usd=float(result.fun),
-        lower_bound_usd=float(bound) if bound is not None and math.isfinite(bound) else
-        float(result.fun),
+        lower_bound_usd=float(bound)
+        if bound is not None and math.isfinite(bound)
+        else float(result.fun),
         overheads_s=tuple(float(o) for o in over_a),
     )
 

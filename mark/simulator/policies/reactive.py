@@ -102,8 +102,9 @@ class ReactivePolicy:
             and now - state.last_scale_in_s >= self.scale_in_cooldown_s
             and now - state.last_scale_out_s >= self.scale_out_cooldown_s
         ):
-            newest = sorted(active, key=lambda i: (i.state == InstanceState.RUNNING,
-                                                   -i.launched_at_s, i.id))
+            newest = sorted(
+                active, key=lambda i: (i.state == InstanceState.RUNNING, -i.launched_at_s, i.id)
+            )
             actions.extend(
                 Drain(i.id, ctx.model.name, "target tracking: scale in")
                 for i in newest[: len(active) - desired]

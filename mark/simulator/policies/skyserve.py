@@ -110,9 +110,7 @@ class SkyServePolicy:
                 if offering is None:
                     break
                 actions.append(Launch(model, offering, "spot replica (SpotHedge)", 0.0))
-                placed.append(
-                    Instance(id="planned", offering=offering, launched_at_s=ctx.now_s)
-                )
+                placed.append(Instance(id="planned", offering=offering, launched_at_s=ctx.now_s))
         elif len(spot) > spot_wanted:
             actions.extend(
                 Drain(i.id, model, "too many spot replicas")
@@ -156,7 +154,9 @@ class SkyServePolicy:
             key = inst.offering.key
             last_launch[key] = max(last_launch.get(key, -math.inf), inst.launched_at_s)
         active = [
-            o for o in rows if ctx.reclaimed.get(o.key, -math.inf) <= last_launch.get(o.key, -1)
+            o
+            for o in rows
+            if ctx.reclaimed.get(o.key, -math.inf) <= last_launch.get(o.key, -1)
             or o.key not in ctx.reclaimed
         ]
         if not active:

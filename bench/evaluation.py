@@ -1,0 +1,209 @@
+"""Reproduce the MArk evaluation (USENIX ATC'19, section 6) in the simulator and write
+docs/evaluation.md with its figures under docs/evaluation/.
+
+    .venv/bin/python bench/evaluation.py [--hours 4] [--models inception-v3,nasnet,...]
+
+For each model (the paper's four) on the Twitter-like diurnal trace (its first `--hours`, the
+paper ran 8 h) and the MMPP trace (4 h), every policy runs in the mixed market (MArk-ondemand
+and MArk-spot side by side); the on-demand oracle runs as a second pass, since MArk-ondemand is
+held to the cheapest on-demand plan. Then the surge traces (+75%, +100% unexpected load) for
+Inception-v3. Costs are normalised to `reactive` (SageMaker), as the paper's Table 5. The shipped
+traces are scaled per model so that the peak needs `--instances` c5.large instances (the
+paper's base type) at the SLO (the paper ran up to 42 c5 + 10 m5 + 12 p2 instances).
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import numpy as np
+
+from mark.catalog import load_catalog
+from mark.simulator.engine import PolicyRun, SimSettings
+from mark.simulator.plots import write_plots
+from mark.simulator.policies.base import unbatched_capacity_rps
+from mark.simulator.report import policy_summary
+from mark.simulator.runner import Scenario, simulate
+from provisioner.capacity import CapacityCache
+from traces import Trace, read_trace, shipped_trace
+
+ROOT = Path(__file__).resolve().parent.parent
+DOC = ROOT / "docs" / "evaluation.md"
+FIGURES = ROOT / "docs" / "evaluation"
+POLICIES = ["mark", "reactive", "queue", "skyserve", "static", "oracle"]
+PAPER_RATIO = {  # SageMaker / MArk cost, paper Table 5: (on-demand, spot)
+    "inception-v3": (3.63, 6.21),
+    "nasnet": (2.79, 5.91),
+    "lstm-ptb": (2.41, 6.64),
+    "opennmt-ende": (3.15, 7.83),
+}
+
+
+def _scaled(name: str, hours: float | None, model_name: str, target_instances: float) -> Trace:
+    full = read_trace(shipped_trace(name))
+    n = full.counts.size if hours is None else int(hours * 3600 / full.bucket_s)
+    catalog = load_catalog()
+    model = catalog.model(model_name).to_model()
+    cap = unbatched_capacity_rps(model, "c5.large", CapacityCache())
+    peak = float(full.rates_rps[:n].max())
+    scale = target_instances * cap / peak
+    return Trace(full.timestamps_s[:n], np.rint(full.counts[:n] * scale), full.bucket_s)
+
+
+def _run(model_name: str, trace: Trace, seed: int) -> tuple[dict[str, dict], list[PolicyRun]]:
+    catalog = load_catalog()
+    entry = catalog.model(model_name)
+    common = dict(
+        model=entry.to_model(),
+        trace=trace,
+        catalog=catalog,
+        settings=SimSettings(seed=seed, interruption_rate_per_hour=0.02),
+        serverless_latency_ms=entry.serverless_latency_ms,
+        serverless_memory_mb=entry.serverless_memory_mb,
+        oracle_time_limit_s=30.0,
+    )
+    runs = simulate(Scenario(market="mixed", **common), POLICIES)  # type: ignore[arg-type]
+    (od_oracle,) = simulate(Scenario(market="ondemand", **common), ["oracle"])  # type: ignore[arg-type]
+    od_oracle.name = "oracle-ondemand"
+    runs.append(od_oracle)
+    slo = entry.slo
+    return {r.name: policy_summary(r, slo) for r in runs}, runs
+
+
+def _table(rows: dict[str, dict], slo_pct: float) -> list[str]:
+    ref = rows["reactive"]["cost_usd"]
+    out = [
+        "| policy | cost $ | reactive / policy | SLO attained | p99 ms | spilled | failed |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for name, r in rows.items():
+        mark = "" if r["slo_attainment"] >= slo_pct else " (misses SLO)"
+        p99 = "-" if r["p99_ms"] is None else f"{r['p99_ms']:.0f}"
+        out.append(
+            f"| {name} | {r['cost_usd']:.2f} | {ref / r['cost_usd']:.2f}x | "
+            f"{r['slo_attainment']:.2%}{mark} | {p99} | {r['spilled']} | {r['failed']} |"
+        )
+    return out
+
+
+def _claims(rows: dict[str, dict], slo_pct: float) -> list[str]:
+    od, spot, sky = rows["mark-ondemand"], rows["mark-spot"], rows["skyserve"]
+    oracle = rows["oracle-ondemand"]
+    checks = [
+        ("MArk-ondemand meets the SLO", od["slo_attainment"] >= slo_pct),
+        (
+            f"MArk-ondemand within 25% of the on-demand oracle "
+            f"({od['cost_usd'] / oracle['cost_usd']:.2f}x)",
+            od["cost_usd"] <= 1.25 * oracle["cost_usd"],
+        ),
+        ("MArk-spot cheaper than MArk-ondemand", spot["cost_usd"] < od["cost_usd"]),
+        (
+            "MArk-spot cheaper than skyserve at SLO attainment at least as high",
+            spot["cost_usd"] < sky["cost_usd"] and spot["slo_attainment"] >= sky["slo_attainment"],
+        ),
+    ]
+    return [f"- {'holds' if ok else '**does not hold**'}: {text}" for text, ok in checks]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--hours", type=float, default=4.0)
+    parser.add_argument("--models", default=",".join(PAPER_RATIO))
+    parser.add_argument("--instances", type=float, default=20.0)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    FIGURES.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    command = (
+        f".venv/bin/python bench/evaluation.py --hours {args.hours:g} --models {args.models} "
+        f"--instances {args.instances:g} --seed {args.seed}"
+    )
+    lines = [
+        "# Evaluation: Mark against the baselines and the oracle",
+        "",
+        "Generated by `bench/evaluation.py` (do not edit by hand). Command:",
+        "",
+        f"    {command}",
+        "",
+        "Policies (docstrings in `mark/simulator/policies/`): `mark-ondemand`, `mark-spot` (the "
+        "live planner, forecaster, batching and spill rule), `reactive` (SageMaker target "
+        "tracking, 2x over-provisioning, ml.* prices), `queue` (Ray Serve defaults), `skyserve` "
+        "(SpotHedge), `static` (peak-provisioned), `oracle` (MILP lower bound, spot allowed) and "
+        "`oracle-ondemand` (the same, on-demand only). Spot interruptions: 0.02 per "
+        "instance-hour with a 2-minute notice. Each trace is scaled so its peak needs "
+        f"{args.instances:g} c5.large instances at the SLO.",
+        "",
+    ]
+    summary_rows: list[str] = []
+    experiments = [("twitter-like-diurnal-2d", args.hours), ("mmpp-4h", None)]
+    for model_name in args.models.split(","):
+        for trace_name, hours in experiments:
+            trace = _scaled(trace_name, hours, model_name, args.instances)
+            rows, runs = _run(model_name, trace, args.seed)
+            slo = load_catalog().model(model_name).slo
+            tag = f"{model_name}-{trace_name}"
+            write_plots(runs, slo, FIGURES)
+            for png in ("cost", "instances", "capacity", "latency_ccdf"):
+                (FIGURES / f"{png}.png").rename(FIGURES / f"{tag}-{png}.png")
+            lines += [
+                f"## {model_name} on {trace_name}" + (f" (first {hours:g} h)" if hours else ""),
+                "",
+                f"SLO {slo.percentile:.0%} within {slo.latency_ms:g} ms; "
+                f"{int(trace.counts.sum()):,} requests.",
+                "",
+                *_table(rows, slo.percentile),
+                "",
+                *_claims(rows, slo.percentile),
+                "",
+                f"![cost](evaluation/{tag}-cost.png) ![latency](evaluation/{tag}-latency_ccdf.png)",
+                "",
+            ]
+            ref = rows["reactive"]["cost_usd"]
+            paper_od, paper_spot = PAPER_RATIO[model_name]
+            summary_rows.append(
+                f"| {model_name} | {trace_name} | "
+                f"{ref / rows['mark-ondemand']['cost_usd']:.2f}x (paper {paper_od}x) | "
+                f"{ref / rows['mark-spot']['cost_usd']:.2f}x (paper {paper_spot}x) |"
+            )
+            print(f"{tag}: done at {time.perf_counter() - started:.0f} s", flush=True)
+    for surge in ("surge-75", "surge-100"):
+        trace = _scaled(surge, args.hours, "inception-v3", args.instances)
+        rows, _ = _run("inception-v3", trace, args.seed)
+        slo = load_catalog().model("inception-v3").slo
+        lines += [
+            f"## Unexpected load: {surge} (inception-v3, first {args.hours:g} h)",
+            "",
+            *_table(rows, slo.percentile),
+            "",
+            *_claims(rows, slo.percentile),
+            "",
+        ]
+        print(f"{surge}: done at {time.perf_counter() - started:.0f} s", flush=True)
+    lines[10:10] = [
+        "## Savings against SageMaker (reactive), ours vs the paper's Table 5",
+        "",
+        "| model | trace | MArk-ondemand | MArk-spot |",
+        "|---|---|---:|---:|",
+        *summary_rows,
+        "",
+        "Why ours differ from the paper's 3.6x (on-demand) and 7.8x (spot): the paper's "
+        "SageMaker ran CPU (c5) endpoints while MArk mixed in GPUs and batched; here the "
+        "baseline's single type is the cheapest per unit of capacity in our catalog, which "
+        "includes GPU and Inferentia types (g4dn, inf1) the paper did not have, so the "
+        "SageMaker baseline is already far cheaper per request than the paper's. Spot "
+        "savings are bounded by the catalog's synthetic spot discounts (55-75%), by the "
+        "planner's spot caps (spot_max_share 0.8 spread over spot_min_pools 2 pools: a "
+        "single large instance can exceed a pool's cap, so spot falls back to smaller "
+        "types), and by the on-demand share the planner keeps.",
+        "",
+        f"Total runtime: {time.perf_counter() - started:.0f} s.",
+        "",
+    ]
+    DOC.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    print(f"wrote {DOC}")
+
+
+if __name__ == "__main__":
+    main()
