@@ -8,7 +8,8 @@ TEST_STAMP := $(VENV)/.stamp-test
 # MLServer pins a protobuf that conflicts with ours. Installed once (stamp), from PyPI only.
 MLSERVER_VENV  := .venv-mlserver
 MLSERVER_STAMP := $(MLSERVER_VENV)/.stamp
-MLSERVER_PINS  := mlserver==1.7.1 mlserver-sklearn==1.7.1
+MLSERVER_PINS  := mlserver==1.7.1 mlserver-sklearn==1.7.1 scikit-learn==1.9.1 numpy==2.4.6 \
+                  pandas==3.1.1 scipy==1.17.1 joblib==1.6.0
 PYTEST_ARGS ?=
 
 .PHONY: run test lint bench clean

@@ -14,6 +14,7 @@ import asyncio
 import logging
 import os
 import signal
+import threading
 import time
 from collections.abc import Mapping
 from contextlib import AsyncExitStack
@@ -46,6 +47,18 @@ def run(config: Config) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     logging.getLogger("apscheduler").setLevel(logging.WARNING)
     asyncio.run(_main(config))
+
+
+_SHUTDOWN_GRACE_S = 20.0
+
+
+def _exit_if_stuck(grace_s: float) -> None:
+    """Clean-up (terminating local instances, closing pools) gets `grace_s`; a stuck step must
+    not keep `mark serve` from exiting. Local workers die with this process (parent-death
+    signal), so a forced exit still leaves none behind."""
+    timer = threading.Timer(grace_s, os._exit, args=(1,))
+    timer.daemon = True
+    timer.start()
 
 
 def observed_counts() -> Mapping[str, float]:
@@ -132,6 +145,7 @@ async def _main(config: Config) -> None:
             except TimeoutError:
                 pass
         logger.info("control plane stopping")
+        _exit_if_stuck(_SHUTDOWN_GRACE_S)
         scheduler.shutdown(wait=False)
         watcher.cancel()
         await asyncio.gather(watcher, return_exceptions=True)
