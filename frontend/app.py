@@ -8,6 +8,7 @@ serverless pool) runs in one separate process that `mark serve` starts (`mark.co
 from __future__ import annotations
 
 import logging
+import math
 import secrets
 import time
 from pathlib import Path
@@ -44,8 +45,8 @@ def admin_token_for(config: Config) -> str:
 def create_app(config: Config, *, name: str = "mark") -> Sanic:
     app = Sanic(name, configure_logging=True)
     app.config.REQUEST_MAX_SIZE = int(config.server.max_body_mb * 1024 * 1024)
-    app.config.REQUEST_TIMEOUT = config.server.request_timeout_s
-    app.config.RESPONSE_TIMEOUT = config.server.request_timeout_s
+    app.config.REQUEST_TIMEOUT = math.ceil(config.server.request_timeout_s)
+    app.config.RESPONSE_TIMEOUT = math.ceil(config.server.request_timeout_s)
     app.config.KEEP_ALIVE_TIMEOUT = 75
     app.config.FALLBACK_ERROR_FORMAT = "json"
     app.config.ACCESS_LOG = False

@@ -19,6 +19,7 @@ import asyncio
 import logging
 import math
 import time
+import zlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
@@ -26,7 +27,7 @@ import numpy as np
 
 from mark.config import Config
 from mark.db import Database
-from mark.errors import CloudError, InsufficientCapacity, MarkError
+from mark.errors import CloudError, InsufficientCapacity, InvalidValue, MarkError
 from mark.types import ActionKind, Decision, Forecast, Instance, InstanceState, InstanceType, Model
 from predictors.base import Forecaster
 from predictors.registry import create_forecaster
@@ -50,6 +51,7 @@ __all__ = ["ControlLoop", "Schedule"]
 logger = logging.getLogger("mark.control")
 
 _MAX_REPLANS = 5
+_REFIT_SPREAD_BUCKETS = 60
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,9 +117,7 @@ class ControlLoop:
             self._last_counts[model.name] = total
             forecaster = self.forecasters.get(model.name)
             if forecaster is None:
-                forecaster = create_forecaster(
-                    self.config.forecast.predictor, bucket_s=self.bucket_s
-                )
+                forecaster = self._new_forecaster(model.name)
                 self.forecasters[model.name] = forecaster
             if previous is None:
                 continue  # first sight: no interval to count over yet
@@ -129,6 +129,16 @@ class ControlLoop:
             del self.forecasters[gone]
             self._last_counts.pop(gone, None)
             self._stamps.pop(gone, None)
+
+    def _new_forecaster(self, model: str) -> Forecaster:
+        """Forecasters refitted on a schedule get a phase from the model's name, so that a
+        thousand models' fits spread over the schedule instead of landing on one tick."""
+        name, bucket_s = self.config.forecast.predictor, self.bucket_s
+        phase = zlib.crc32(model.encode()) % _REFIT_SPREAD_BUCKETS
+        try:
+            return create_forecaster(name, bucket_s=bucket_s, refit_phase_buckets=phase)
+        except InvalidValue:  # not a refitting forecaster: it takes no phase
+            return create_forecaster(name, bucket_s=bucket_s)
 
     def _forecast(self, model: Model, now_s: float) -> Forecast:
         buckets = max(1, math.ceil(self.config.planner.horizon_s / self.bucket_s))
