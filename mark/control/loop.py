@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from mark.config import Config
+from mark.control import metrics
 from mark.db import Database
 from mark.errors import CloudError, InsufficientCapacity, InvalidValue, MarkError
 from mark.types import ActionKind, Decision, Forecast, Instance, InstanceState, InstanceType, Model
@@ -178,6 +179,7 @@ class ControlLoop:
             await self._record_error(now, f"could not read offerings: {exc}")
             return None
         demands = {m.name: ModelDemand(m, self._forecast(m, now)) for m in models}
+        metrics.record_forecasts({n: d.forecast.peak_upper_rps for n, d in demands.items()})
         result: Plan | None = None
         for _ in range(_MAX_REPLANS):
             self.refused_pools = {k: t for k, t in self.refused_pools.items() if t > now}
@@ -203,6 +205,7 @@ class ControlLoop:
                 return None
             self.state = result.state
             await self.db.add_decisions(result.decisions)
+            metrics.record_decisions(result.decisions)
             if not await self._apply(result, now):
                 break  # nothing refused: done; else re-plan with the refused pool unavailable
         self._last_tick_s = now
@@ -337,8 +340,10 @@ class ControlLoop:
                         self.interruptions.pop(step.instance.id, None)
                         lost = True
                         await self._charge(step.instance, now)
-            for inst in await self.db.list_instances():
+            live = await self.db.list_instances()
+            for inst in live:
                 await self._charge(inst, now)
+            metrics.record_fleet(live)
         return lost
 
     async def sync_and_replan(self) -> None:
