@@ -44,6 +44,7 @@ def admin_token_for(config: Config) -> str:
 
 def create_app(config: Config, *, name: str = "mark") -> Sanic:
     app = Sanic(name, configure_logging=True)
+    app.config.AUTO_EXTEND = False  # sanic-ext is not used; it would add work to every request
     app.config.REQUEST_MAX_SIZE = int(config.server.max_body_mb * 1024 * 1024)
     app.config.REQUEST_TIMEOUT = math.ceil(config.server.request_timeout_s)
     app.config.RESPONSE_TIMEOUT = math.ceil(config.server.request_timeout_s)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import multiprocessing
 import os
 import signal
 import threading
@@ -44,6 +45,10 @@ def run(config: Config) -> None:
     """Entry point of the managed process. Stop signals are blocked until the event loop can
     handle them, so a signal during start-up is never lost nor half-handled."""
     signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+    # Sanic starts managed processes as daemons, and multiprocessing refuses children to a
+    # daemon; the local function pool's sandboxes are children of this process (and are
+    # reaped by it on the way out).
+    multiprocessing.current_process().daemon = False
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     logging.getLogger("apscheduler").setLevel(logging.WARNING)
     asyncio.run(_main(config))
