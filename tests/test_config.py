@@ -65,3 +65,17 @@ def test_missing_file_and_bad_env() -> None:
     with pytest.raises(InvalidValue) as info:
         load_config(environ={"MARK_SERVER__PORT": "abc"})
     assert info.value.field == "server.port"
+
+
+def test_readme_documents_every_key_with_its_default() -> None:
+    from pathlib import Path
+
+    from mark.commands.config import render_markdown
+
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    table = render_markdown(load_config(environ={}))
+    missing = [line for line in table.splitlines() if line.startswith("| `") and line not in readme]
+    assert not missing, (
+        "README's config table is stale; regenerate it with `mark config --format markdown`:\n"
+        + "\n".join(missing)
+    )

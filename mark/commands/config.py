@@ -42,16 +42,19 @@ def render_toml(config: Any) -> str:
 
 
 def render_markdown(config: Any) -> str:
-    lines = ["| key | default | section |", "| --- | --- | --- |"]
+    """One table per section, for the README (tests check that it lists every key)."""
+    lines: list[str] = []
     for section, values in config:
-        doc = (type(values).__doc__ or "").strip().splitlines()[0]
+        doc = " ".join((type(values).__doc__ or "").split())
+        lines += [f"**[{section}]** {doc}", "", "| key | default |", "| --- | --- |"]
         for key, value in values:
             shown = (
                 "unset"
                 if value is None
-                else json.dumps(value if not isinstance(value, tuple) else list(value))
+                else json.dumps(list(value) if isinstance(value, tuple) else value)
             )
-            lines.append(f"| `{section}.{key}` | `{shown}` | {doc} |")
+            lines.append(f"| `{section}.{key}` | `{shown}` |")
+        lines.append("")
     return "\n".join(lines)
 
 
