@@ -91,12 +91,24 @@ class Policy(Protocol):
     instances can be reclaimed (the oracle knows and avoids reclaims); `terminates_drained`: it
     terminates drained instances itself (the planner does, after drain_s)."""
 
-    name: str
-    interval_s: float
-    spill: bool
-    batching: bool
-    interruptible: bool
-    terminates_drained: bool
+    # Read-only (properties), so frozen dataclasses conform.
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def interval_s(self) -> float: ...
+
+    @property
+    def spill(self) -> bool: ...
+
+    @property
+    def batching(self) -> bool: ...
+
+    @property
+    def interruptible(self) -> bool: ...
+
+    @property
+    def terminates_drained(self) -> bool: ...
 
     def initial_state(self) -> Any: ...
 
