@@ -4,27 +4,39 @@ clients -> worker directly, side by side in one run, against the same two `mark 
 
 wrk (closed loop, C connections) is the load generator, so Python is not the client bottleneck;
 the offered load is set by the connection count. Added latency = target's p50/p99 minus the
-direct path's at the same load; throughput and p99 are reported as ratios to nginx's.
+direct path's at the same load; throughput and p99 are reported as ratios to nginx's. "CPU us/req"
+is the CPU time the Mark front end's processes used per answered request (less sensitive to
+other load on a shared machine than the throughput).
 
-    python bench/bench_frontend.py [--duration 10] [--connections 1,4,16]
+    python bench/bench_frontend.py [--duration 10] [--connections 1,4,16] [--workers 1]
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.harness import machine, require_tools, start_front, start_nginx, start_worker, wrk
+from bench.harness import (
+    cpu_s,
+    machine,
+    require_tools,
+    start_front,
+    start_nginx,
+    start_worker,
+    wrk,
+)
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--duration", type=int, default=10)
     parser.add_argument("--connections", default="1,4,16")
+    parser.add_argument("--workers", type=int, default=1, help="front-end processes")
     args = parser.parse_args()
     require_tools()
     loads = [int(c) for c in args.connections.split(",")]
@@ -36,18 +48,29 @@ def main() -> int:
         try:
             nginx = start_nginx([w.url for w in workers], work)
             procs.append(nginx)
-            front = start_front(model, [("c5.large", w.url) for w in workers], work)
+            upstreams = [("c5.large", w.url) for w in workers]
+            front = start_front(model, upstreams, work, workers=args.workers)
             procs.append(front)
+            fronts = [front, *front.others]
             path = "/v2/models/demo/infer"
             targets = {"direct": workers[0].url, "nginx": nginx.url, "mark": front.url}
-            print(f"# bench_frontend: {machine()}; wrk {args.duration}s per point")
+            print(
+                f"# bench_frontend: {machine()}; wrk {args.duration}s per point; "
+                f"Mark {args.workers} worker process(es); load average "
+                + " ".join(f"{x:.2f}" for x in os.getloadavg())
+            )
             print(f"{'conns':>5} {'target':>7} {'req/s':>9} {'p50 ms':>7} {'p99 ms':>7} "
-                  f"{'+p50 ms':>8} {'+p99 ms':>8} {'rps/nginx':>9} {'p99/nginx':>9}")  # fmt: skip
+                  f"{'+p50 ms':>8} {'+p99 ms':>8} {'rps/nginx':>9} {'p99/nginx':>9} "
+                  f"{'CPU us/req':>10}")  # fmt: skip
             for conns in loads:
-                got = {
-                    name: wrk(url + path, connections=conns, duration_s=args.duration, slo_ms=100)
-                    for name, url in targets.items()
-                }
+                got = {}
+                for name, url in targets.items():
+                    cpu_before_s = cpu_s(fronts)
+                    got[name] = wrk(
+                        url + path, connections=conns, duration_s=args.duration, slo_ms=100
+                    )
+                    cpu_req_us = (cpu_s(fronts) - cpu_before_s) / got[name]["requests"] * 1e6
+                    got[name]["cpu_us"] = cpu_req_us if name == "mark" else None
                 base = got["direct"]
                 added = {
                     n: ((r["p50_us"] - base["p50_us"]) / 1e3, (r["p99_us"] - base["p99_us"]) / 1e3)
@@ -61,6 +84,7 @@ def main() -> int:
                         f"{conns:>5} {name:>7} {r['rps']:>9.0f} {r['p50_us'] / 1e3:>7.2f} "
                         f"{r['p99_us'] / 1e3:>7.2f} {added[name][0]:>8.2f} {added[name][1]:>8.2f} "
                         f"{ratio_rps:>9.2f} {ratio_p99:>9.2f}"
+                        + (f" {r['cpu_us']:>10.0f}" if r["cpu_us"] is not None else "")
                         + (f"  errors={r['errors']}" if r["errors"] else "")
                     )
         finally:

@@ -7,6 +7,10 @@ first plan starts from nothing (it launches the whole fleet); its launches then 
 forecasts move, and the steady-state plan is timed. Capacities are computed once (cold run, also
 printed) and cached for the timed runs, as in the control loop.
 
+Each timed plan reports the median wall time and the median and best CPU time of the process
+(`time.process_time`): on a shared machine the wall time also counts waiting for a core, while
+the target is about one core's work, so the CPU figures are the ones to hold against 100 ms.
+
     .venv/bin/python bench/bench_planner.py [--models 1000] [--repeat 7]
 """
 
@@ -16,6 +20,7 @@ import argparse
 import os
 import statistics
 import time
+from collections.abc import Callable
 
 import numpy as np
 
@@ -129,6 +134,17 @@ def snapshot(models, fc, instances, offerings, types, now_s, state=None) -> Flee
     )
 
 
+def timed(run: Callable[[], object], repeat: int) -> tuple[float, float, float]:
+    """Median wall, median CPU and best CPU milliseconds of `repeat` calls."""
+    walls, cpus = [], []
+    for _ in range(repeat):
+        w0, c0 = time.perf_counter(), time.process_time()
+        run()
+        cpus.append(time.process_time() - c0)
+        walls.append(time.perf_counter() - w0)
+    return statistics.median(walls) * 1e3, statistics.median(cpus) * 1e3, min(cpus) * 1e3
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--models", type=int, default=1000)
@@ -161,15 +177,10 @@ def main() -> None:
     steady = snapshot(
         models, forecasts(models, later, rng), running, offerings, types, later, cold.state
     )
-    times = []
-    for _ in range(args.repeat):
-        t0 = time.perf_counter()
-        result = plan(steady, config, cache)
-        times.append(time.perf_counter() - t0)
-    t0 = time.perf_counter()
+    result = plan(steady, config, cache)
     again = plan(first, config, cache)
-    empty_warm_s = time.perf_counter() - t0
-    median_ms = statistics.median(times) * 1e3
+    steady_ms = timed(lambda: plan(steady, config, cache), args.repeat)
+    empty_ms = timed(lambda: plan(first, config, cache), args.repeat)
     print(f"load average {os.getloadavg()[0]:.1f} (this machine is shared: compare ratios)")
     print(
         f"fleet: {len(models)} models x {len(offerings)} offerings, {len(types)} types; "
@@ -179,15 +190,20 @@ def main() -> None:
         f"cold plan from empty (capacities computed): {cold_s * 1e3:9.1f} ms, "
         f"{len(launches)} launches"
     )
+    print(f"timed plans, {args.repeat} runs each: wall median / CPU median / CPU best (ms)")
     print(
-        f"warm plan from empty:                        {empty_warm_s * 1e3:9.1f} ms, "
-        f"{sum(isinstance(a, Launch) for a in again.actions)} launches"
+        "warm plan from empty:        {:7.1f} / {:7.1f} / {:7.1f}, ".format(*empty_ms)
+        + f"{sum(isinstance(a, Launch) for a in again.actions)} launches"
     )
     print(
-        f"steady plan, {len(running)} running (median of {args.repeat}): {median_ms:9.1f} ms, "
-        f"{len(result.actions)} actions, {len(result.decisions)} decisions"
+        f"steady plan, {len(running)} running: "
+        + "{:7.1f} / {:7.1f} / {:7.1f}, ".format(*steady_ms)
+        + f"{len(result.actions)} actions, {len(result.decisions)} decisions"
     )
-    print(f"target 100 ms: steady/target = {median_ms / 100.0:.2f}x")
+    print(
+        f"target 100 ms: CPU median / target = steady {steady_ms[1] / 100.0:.2f}x, "
+        f"warm from empty {empty_ms[1] / 100.0:.2f}x"
+    )
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ in the same run against the same workers and prints ratios. wrk and nginx come f
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import shutil
@@ -136,29 +137,47 @@ http {{
     return Proc(popen, url)
 
 
+@dataclass
+class Front(Proc):
+    """The front end: its first worker process, and the others sharing its port."""
+
+    others: list[Proc]
+
+    def stop(self) -> None:
+        for proc in self.others:
+            proc.stop()
+        super().stop()
+
+
 def start_front(model: dict[str, object], upstreams: Sequence[tuple[str, str]], workdir: Path,
-                batching: dict[str, object] | None = None) -> Proc:  # fmt: skip
-    """A real Mark front end (create_app + the inference blueprint, one Sanic worker) whose
-    database lists `upstreams` ((instance type, endpoint)) as running instances of `model`."""
+                batching: dict[str, object] | None = None, workers: int = 1) -> Front:  # fmt: skip
+    """A real Mark front end (create_app + the inference blueprint) whose database lists
+    `upstreams` ((instance type, endpoint)) as running instances of `model`. As under `mark serve`
+    with `server.workers = workers`: that many processes share the port (SO_REUSEPORT: the
+    kernel spreads connections) and the metrics are in multiprocess mode."""
     port = free_port()
-    spec = {"model": model, "upstreams": list(upstreams), "db": str(workdir / "bench.db"),
-            "port": port, "batching": batching or {}}  # fmt: skip
-    popen = subprocess.Popen(
-        [sys.executable, "-m", "bench.harness", json.dumps(spec)],
-        cwd=ROOT,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
-    )
+    metrics_dir = workdir / "metrics"
+    metrics_dir.mkdir(exist_ok=True)
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir)}
+    procs: list[Proc] = []
     url = f"http://127.0.0.1:{port}"
-    name = model["name"]
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        try:
-            with urllib.request.urlopen(f"{url}/v2/models/{name}/ready", timeout=1) as r:
-                if r.status == 200:
-                    return Proc(popen, url)
-        except OSError:
+    for index in range(workers):
+        ready = workdir / f"front-{index}.ready"
+        spec = {"model": model, "upstreams": list(upstreams), "db": str(workdir / "bench.db"),
+                "port": port, "batching": batching or {}, "seed": index == 0,
+                "ready_file": str(ready)}  # fmt: skip
+        popen = subprocess.Popen(
+            [sys.executable, "-m", "bench.harness", json.dumps(spec)], cwd=ROOT, env=env
+        )
+        procs.append(Proc(popen, url))
+        deadline = time.monotonic() + 60
+        while not ready.exists():
+            if time.monotonic() > deadline or popen.poll() is not None:
+                for proc in procs:
+                    proc.stop()
+                raise RuntimeError("the Mark front end did not become ready")
             time.sleep(0.1)
-    raise RuntimeError("the Mark front end did not become ready")
+    return Front(procs[0].popen, url, procs[1:])
 
 
 def wrk(url: str, *, connections: int, duration_s: int, slo_ms: float, threads: int = 1) -> dict:
@@ -175,6 +194,16 @@ def wrk(url: str, *, connections: int, duration_s: int, slo_ms: float, threads: 
     doc["rps"] = doc["requests"] / (doc["duration_us"] / 1e6)
     doc["goodput_rps"] = doc["rps"] * doc["within_slo"]
     return doc
+
+
+def cpu_s(procs: Sequence[Proc]) -> float:
+    """User + system CPU seconds the processes have used so far (Linux /proc)."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for proc in procs:
+        fields = Path(f"/proc/{proc.popen.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        total += int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15 of stat)
+    return total / ticks
 
 
 def machine() -> str:
@@ -197,30 +226,42 @@ async def _serve_front(spec: dict) -> None:
     from mark.types import Instance, InstanceState, Market, Model, Offering
 
     url = f"sqlite+aiosqlite:///{spec['db']}"
-    db = await Database.open(url)
-    model = Model.model_validate(spec["model"])
-    await db.create_model(model)
-    for i, (itype, endpoint) in enumerate(spec["upstreams"]):
-        offering = Offering(instance_type=itype, zone="local", market=Market.ON_DEMAND,
-                            price_per_hour=0.1)  # fmt: skip
-        await db.save_instance(
-            Instance(id=f"bench-{i}", offering=offering, models=(model.name,),
-                     state=InstanceState.RUNNING, endpoint=endpoint, launched_at_s=0.0)
-        )  # fmt: skip
-    await db.close()
+    if spec["seed"]:
+        db = await Database.open(url)
+        model = Model.model_validate(spec["model"])
+        await db.create_model(model)
+        for i, (itype, endpoint) in enumerate(spec["upstreams"]):
+            offering = Offering(instance_type=itype, zone="local", market=Market.ON_DEMAND,
+                                price_per_hour=0.1)  # fmt: skip
+            await db.save_instance(
+                Instance(id=f"bench-{i}", offering=offering, models=(model.name,),
+                         state=InstanceState.RUNNING, endpoint=endpoint, launched_at_s=0.0)
+            )  # fmt: skip
+        await db.close()
     config = load_config(
         server={"port": spec["port"]}, database={"url": url}, batching=spec["batching"]
     )
     app = create_app(config, name="bench")
     if "inference" not in app.blueprints:
         app.blueprint(inference.bp)
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    sock.bind(("127.0.0.1", spec["port"]))
     server = await app.create_server(
-        host="127.0.0.1", port=spec["port"], return_asyncio_server=True, access_log=False
+        sock=sock,
+        return_asyncio_server=True,
+        access_log=False,
+        asyncio_server_kwargs={"start_serving": False},  # listen once the fleet is built
     )
     assert server is not None
     await server.startup()
     await server.before_start()
     await server.after_start()
+    fleet = app.ctx.fleet
+    while not fleet.routable(spec["model"]["name"]):
+        await asyncio.sleep(0.05)
+    await server.start_serving()
+    Path(spec["ready_file"]).touch()
     await server.serve_forever()
 
 

@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import hmac
 import json as jsonlib
+import time
 from typing import Any
 
 from pydantic import BaseModel
 from sanic import Blueprint, Request
 from sanic.response import HTTPResponse, empty, json
 
+from frontend import observability
 from frontend.admin_schema import (
     ADMIN_ROUTES,
     Costs,
@@ -71,6 +73,7 @@ def _int_arg(request: Request, name: str, default: int, lo: int, hi: int) -> int
 
 @bp.on_request
 async def _authenticate(request: Request) -> HTTPResponse | None:
+    request.ctx.started_s = time.perf_counter()
     token: str = request.app.ctx.config.server.admin_token or request.app.ctx.admin_token
     header = request.headers.get("authorization", "")
     scheme, _, given = header.partition(" ")
@@ -79,6 +82,11 @@ async def _authenticate(request: Request) -> HTTPResponse | None:
         response.headers["WWW-Authenticate"] = 'Bearer realm="mark-admin"'
         return response
     return None
+
+
+@bp.on_response
+async def _count(request: Request, response: HTTPResponse) -> None:
+    observability.observe_admin(request, response.status)
 
 
 def _model_from_create(request: Request, spec: ModelCreate) -> Model:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import logging
 import math
 import secrets
-import time
 from pathlib import Path
 
 from sanic import Request, Sanic
@@ -65,15 +64,6 @@ def create_app(config: Config, *, name: str = "mark") -> Sanic:
         db: Database | None = getattr(app.ctx, "db", None)
         if db is not None:
             await db.close()
-
-    @app.on_request
-    async def _start_timer(request: Request) -> None:
-        request.ctx.started_s = time.perf_counter()
-
-    @app.on_response
-    async def _count_admin(request: Request, response: HTTPResponse) -> None:
-        if request.path.startswith("/admin/"):
-            observability.observe_admin(request, response.status)
 
     @app.get("/v2/health/live")
     async def live(request: Request) -> HTTPResponse:

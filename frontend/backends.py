@@ -5,6 +5,9 @@ runtimes, `mark worker`) or a TF Serving instance can serve a model.
 Failures are split by what the caller should do: `BackendUnavailable` (connection refused or
 reset, timeout, 5xx, an unparseable answer) means try another instance and eject this one;
 `BackendRejected` (4xx) means the request itself is at fault and goes back to the client.
+
+Per call, the hot path reuses the parsed URL of each (endpoint, model) and one header mapping;
+aiohttp's connector keeps connections alive and sets TCP_NODELAY on them.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import aiohttp
+from yarl import URL
 
 from frontend.protocol import (
     HEADER_LENGTH,
@@ -63,15 +67,28 @@ def _message(body: bytes) -> str:
     return text or "no detail"
 
 
+_JSON_HEADERS = {"Content-Type": "application/json"}
+
+
 class BackendClient:
     def __init__(self, session: aiohttp.ClientSession) -> None:
         self.session = session
+        self._urls: dict[tuple[str, str, Protocol], URL] = {}
 
-    async def _post(
-        self, url: str, body: bytes, headers: dict[str, str]
-    ) -> tuple[bytes, int | None]:
+    def _infer_url(self, endpoint: str, protocol: Protocol, model_name: str) -> URL:
+        key = (endpoint, model_name, protocol)
+        url = self._urls.get(key)
+        if url is None:
+            if protocol == "tfserving":
+                url = URL(f"{endpoint}/v1/models/{model_name}:predict")
+            else:
+                url = URL(f"{endpoint}/v2/models/{model_name}/infer")
+            self._urls[key] = url
+        return url
+
+    async def _post(self, url: URL, body: bytes) -> tuple[bytes, int | None]:
         try:
-            async with self.session.post(url, data=body, headers=headers) as resp:
+            async with self.session.post(url, data=body, headers=_JSON_HEADERS) as resp:
                 payload = await resp.read()
                 if 400 <= resp.status < 500 and resp.status not in (408, 429):
                     raise BackendRejected(resp.status, _error_text(payload))
@@ -91,17 +108,13 @@ class BackendClient:
         output_names: Sequence[str] = (),
     ) -> InferResponse:
         """One inference call; raises BackendUnavailable or BackendRejected."""
+        url = self._infer_url(endpoint, protocol, model_name)
         try:
             if protocol == "tfserving":
-                body = encode_tf_request(request)
-                url = f"{endpoint}/v1/models/{model_name}:predict"
-                payload, _ = await self._post(url, body, {"Content-Type": "application/json"})
+                payload, _ = await self._post(url, encode_tf_request(request))
                 return parse_tf_response(payload, output_names)
-            body, header_length = encode_v2_request(request)
-            url = f"{endpoint}/v2/models/{model_name}/infer"
-            payload, header_length = await self._post(
-                url, body, {"Content-Type": "application/json"}
-            )
+            body, _ = encode_v2_request(request)
+            payload, header_length = await self._post(url, body)
             return parse_v2_response(payload, header_length)
         except BackendError as exc:
             raise BackendUnavailable(str(exc)) from exc

@@ -140,9 +140,10 @@ class InstanceBatcher:
         self._sends: set[asyncio.Task[None]] = set()
         self._task = asyncio.create_task(self._run())
 
-    def offer(self, request: QueuedRequest) -> int:
+    def offer(self, request: QueuedRequest, *, wake: bool = True) -> int:
         """Queue a request, in arrival order (a re-routed request is older than the tail);
-        returns how many queued requests are ahead of it."""
+        returns how many queued requests are ahead of it. With `wake=False` the batch loop is
+        not told: the caller then either sends it itself (`claim`) or calls `wake()`."""
         self.rate.observe(self._clock())
         if self.pending and request.arrival_s < self.pending[-1].arrival_s:
             index = next(i for i, q in enumerate(self.pending) if q.arrival_s > request.arrival_s)
@@ -150,8 +151,30 @@ class InstanceBatcher:
         else:
             index = len(self.pending)
             self.pending.append(request)
-        self._wake.set()
+        if wake:
+            self._wake.set()
         return index
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def claim(self, request: QueuedRequest) -> list[QueuedRequest] | None:
+        """`request` as a batch of one for the caller to send itself (`await send(batch)`), when
+        it is alone in the queue and the batch loop would send it at once anyway (an idle
+        instance, or a plan that a batch of its rows already fills); else None. It spares the
+        hot path a wake-up of the batch loop and a task per request."""
+        if (
+            self.inflight >= self._max_inflight
+            or len(self.pending) != 1
+            or self.pending[0] is not request
+        ):
+            return None
+        if self.inflight > 0 and request.key is not None and request.rows < self.plan().size:
+            return None
+        self.pending.pop()
+        self.inflight += 1
+        self.inflight_requests += 1
+        return [request]
 
     def take_all(self) -> list[QueuedRequest]:
         """Every request not yet sent (the instance left or was ejected): the caller re-routes."""
@@ -183,7 +206,8 @@ class InstanceBatcher:
             if not item.done:
                 self._expire(item)
 
-    async def _send(self, batch: list[QueuedRequest]) -> None:
+    async def send(self, batch: list[QueuedRequest]) -> None:
+        """Dispatch a batch counted in `inflight` (taken by the batch loop, or by `claim`)."""
         try:
             await self._dispatch(batch)
         finally:
@@ -211,7 +235,7 @@ class InstanceBatcher:
                 batch = take_batch(self.pending, plan.size)
                 self.inflight += 1
                 self.inflight_requests += len(batch)
-                task = asyncio.create_task(self._send(batch))
+                task = asyncio.create_task(self.send(batch))
                 self._sends.add(task)
                 task.add_done_callback(self._sends.discard)
                 continue

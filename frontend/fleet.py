@@ -382,25 +382,34 @@ class Fleet:
         q = QueuedRequest(
             name, request, now, now + state.model.slo.latency_s, self._loop.create_future()
         )
-        self._route(q)
+        link = self._route(q, wake=False)
+        if link is not None:
+            batch = link.batcher.claim(q)
+            if batch is None:
+                link.batcher.wake()
+            else:  # an idle instance: send from this task, no hand-over to the batch loop
+                await link.batcher.send(batch)
         result: Answer = await q.future
         return result
 
-    def _route(self, q: QueuedRequest) -> None:
+    def _route(self, q: QueuedRequest, *, wake: bool = True) -> _Link | None:
+        """Queue `q` on the next instance (None when none takes it: answered, spilled or
+        waiting). With `wake=False` the caller must `claim` it or wake the batcher."""
         if q.done:
-            return
+            return None
         state = self._models.get(q.model)
         if state is None:
             answer_once(q, Unavailable(f"model {q.model!r} was removed"))
-            return
+            return None
         key = state.router.pick()
         if key is None:
             self._no_instance(state, q)
-            return
+            return None
         link = state.links[key]
-        ahead = link.batcher.offer(q)
+        ahead = link.batcher.offer(q, wake=wake)
         if self.spill is not None and q.spill_error is None:
             self._check_one(state, link, q, ahead)
+        return link
 
     def _check_one(self, state: _ModelState, link: _Link, q: QueuedRequest, ahead: int) -> None:
         """The enqueue check: the rule for `q` alone, `ahead` queued requests in front of it."""
@@ -570,7 +579,7 @@ class Fleet:
 
     def _retry(self, state: _ModelState, q: QueuedRequest, why: str) -> None:
         if self.now_s() + state.fastest_s() < q.deadline_s:
-            metrics.RETRIES.labels(q.model).inc()
+            metrics.child(metrics.RETRIES, q.model).inc()
             self._route(q)
         else:
             self._cannot_meet(q, f"{why} and the deadline is too close to retry")
@@ -581,11 +590,12 @@ class Fleet:
             return
         name = state.model.name
         now = self.now_s()
+        queue_time = metrics.child(metrics.QUEUE_TIME, name)
         for q in live:
             q.attempts += 1
-            metrics.QUEUE_TIME.labels(name).observe(now - q.arrival_s)
-        metrics.BATCH_SIZE.labels(name).observe(len(live))
-        inflight = metrics.INSTANCE_INFLIGHT.labels(name, link.id)
+            queue_time.observe(now - q.arrival_s)
+        metrics.child(metrics.BATCH_SIZE, name).observe(len(live))
+        inflight = metrics.child(metrics.INSTANCE_INFLIGHT, name, link.id)
         inflight.inc(len(live))
         try:
             response = await self.client.infer(
@@ -603,7 +613,7 @@ class Fleet:
                 await asyncio.gather(*(self._dispatch(state, link, [q]) for q in live))
             return
         except (BackendUnavailable, BackendError) as exc:
-            metrics.INSTANCE_ERRORS.labels(name, link.id).inc()
+            metrics.child(metrics.INSTANCE_ERRORS, name, link.id).inc()
             self._eject(state, link, str(exc))
             for q in live:
                 self._retry(state, q, f"instance {link.id} failed ({exc})")

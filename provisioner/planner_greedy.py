@@ -18,6 +18,7 @@ are considered only when no primary candidate can serve the window.
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -41,7 +42,19 @@ class Demand:
 
     @property
     def peak_rps(self) -> float:
-        return float(self.upper_rps.max(initial=0.0))
+        return float(np.maximum.reduce(self.upper_rps, initial=0.0))
+
+
+@functools.lru_cache(maxsize=64)
+def _grid(now_s: float, width_s: float, horizon_s: float) -> tuple[np.ndarray, np.ndarray]:
+    """Bucket starts and lengths over the horizon. Every model whose forecast has the same
+    bucket width gets the same grid in one plan, so it is built once and shared (read-only)."""
+    count = max(1, math.ceil(horizon_s / width_s - 1e-9))
+    durations = np.array([min(width_s, horizon_s - width_s * k) for k in range(count)])
+    starts = now_s + width_s * np.arange(count)
+    starts.setflags(write=False)
+    durations.setflags(write=False)
+    return starts, durations
 
 
 def demand_buckets(forecast: Forecast, now_s: float, horizon_s: float) -> Demand:
@@ -49,8 +62,8 @@ def demand_buckets(forecast: Forecast, now_s: float, horizon_s: float) -> Demand
     largest upper rate of the forecast buckets it overlaps (before the forecast: its first
     value; after it: its last), so a peak between bucket edges is never averaged away."""
     width = forecast.bucket_s
-    count = max(1, math.ceil(horizon_s / width - 1e-9))
-    durations = [min(width, horizon_s - width * k) for k in range(count)]
+    starts, durations = _grid(now_s, width, horizon_s)
+    count = len(durations)
     upper = forecast.upper_rps
     values = [0.0] * count
     offset = (now_s - forecast.start_s) / width
@@ -60,14 +73,13 @@ def demand_buckets(forecast: Forecast, now_s: float, horizon_s: float) -> Demand
         values = part + [upper[-1]] * (count - len(part)) if part else [upper[-1]] * count
     elif upper:
         last = len(upper) - 1
-        for k in range(count):
+        for k, duration in enumerate(durations.tolist()):
             lo = math.floor(offset + k + 1e-9)
-            hi = math.ceil(offset + k + durations[k] / width - 1e-9) - 1
+            hi = math.ceil(offset + k + duration / width - 1e-9) - 1
             lo = min(max(lo, 0), last)
             hi = min(max(hi, lo), last)
             values[k] = max(upper[lo : hi + 1])
-    starts = now_s + width * np.arange(count)
-    return Demand(now_s, starts, np.array(durations), np.array(values))
+    return Demand(now_s, starts, durations, np.array(values))
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,13 +87,15 @@ class Candidates:
     """Candidates of one model as parallel arrays over n candidates and the demand's buckets:
     live instances first (so that a tie keeps what runs), then offerings in a stable order.
 
-    `ready[i, t]`: candidate i serves bucket t (ready by its start). `cost_usd[i, t]`: what
-    holding i from now to the end of bucket t costs: a live instance pays only past its paid
-    time, a new one at least its billing minimum, launch overhead included. `pool` numbers spot
-    pools (-1: on-demand)."""
+    `ready[i, t]`: candidate i serves bucket t (ready by its start). `ready_rps[i, t]`: what it
+    serves there (`ready * capacity_rps`, built with the rows so that models sharing offering
+    rows share it too). `cost_usd[i, t]`: what holding i from now to the end of bucket t costs: a
+    live instance pays only past its paid time, a new one at least its billing minimum, launch
+    overhead included. `pool` numbers spot pools (-1: on-demand)."""
 
     capacity_rps: np.ndarray
     ready: np.ndarray
+    ready_rps: np.ndarray
     cost_usd: np.ndarray
     price_per_hour: np.ndarray
     existing: np.ndarray
@@ -112,27 +126,32 @@ def cover_demand(
     load = demand.upper_rps
     nb = len(load)
     planned = np.zeros(nb)
-    if len(cands.capacity_rps) == 0 or not load.any():
+    # np.count_nonzero and ufunc methods, not ndarray.any/np.argmin: those add a Python-level
+    # wrapper per call, and this loop runs a few times per model for every model each tick.
+    if len(cands.capacity_rps) == 0 or not np.count_nonzero(load):
         return Cover((), (), planned, np.zeros((0, nb)))
     cap = cands.capacity_rps
     ready = cands.ready
-    ready_cap = ready * cap[:, None]
+    ready_cap = cands.ready_rps
     cost_usd = cands.cost_usd
     durations = demand.durations_s
+    peak_rps = demand.peak_rps
     spot = cands.pool >= 0
-    spot_cap = spot_max_share * demand.peak_rps + _EPS_RPS
+    spot_cap = spot_max_share * peak_rps + _EPS_RPS
     pool_cap = spot_cap / spot_min_pools
     pool_used = np.zeros(cands.pools + 1)  # last slot: on-demand rows index it, never read
     spot_used = 0.0
     eligible = cap > 0
-    # Spot caps: a spot candidate fits only while it fits the model's cap and its pool's.
-    ok = eligible & (~spot | (cap <= pool_cap))
-    any_backup = bool(cands.backup.any())
+    # Spot caps: a spot candidate fits only while it fits the model's cap and its pool's. Until
+    # some spot is taken only the pool cap can exclude one: that mask holds for the whole run.
+    alone_fits = ~spot | (cap <= pool_cap)
+    ok: np.ndarray | None = eligible & alone_fits  # None: recompute before the next pick
+    any_backup = bool(np.count_nonzero(cands.backup))
     blocked = [False] * nb
     kept: list[int] = []
     launches: list[tuple[int, float, float]] = []
     rows: list[np.ndarray] = []
-    tol = _EPS_RPS * max(1.0, demand.peak_rps)
+    tol = _EPS_RPS * max(1.0, peak_rps)
     while len(kept) + len(launches) < max_instances:
         unserved = load - planned
         open_ = [u > tol and not b for u, b in zip(unserved.tolist(), blocked, strict=True)]
@@ -141,32 +160,31 @@ def cover_demand(
         tau = open_.index(True)
         e = open_.index(False, tau) if False in open_[tau:] else nb
         served = np.minimum(unserved[tau:e], ready_cap[:, tau:e]) @ durations[tau:e]
+        if ok is None:
+            fits = (spot_used + cap <= spot_cap) & (pool_used[cands.pool] + cap <= pool_cap)
+            ok = eligible & (~spot | fits)
         usable = ok & (served > 0)
         if any_backup:
             primary = usable & ~cands.backup
-            if primary.any():
+            if np.count_nonzero(primary):
                 usable = primary
-        if not usable.any():
+        if not np.count_nonzero(usable):
             blocked[tau:e] = [True] * (e - tau)
             continue
         ratio = np.where(usable, cost_usd[:, e - 1] / np.maximum(served, 1e-300), np.inf)
-        k = int(np.argmin(ratio))
+        k = int(ratio.argmin())
         planned = planned + ready_cap[k]
         if cands.existing[k]:
             kept.append(k)
-            eligible = eligible.copy()
-            eligible[k] = False
+            eligible[k] = False  # a live instance is kept once; offerings can be bought again
+            ok[k] = False
         else:
-            first = tau + int(np.argmax(ready[k, tau:e]))
+            first = tau + int(ready[k, tau:e].argmax())
             launches.append((k, float(ratio[k]), float(demand.starts_s[first])))
             rows.append(ready_cap[k])
         if spot[k]:
             spot_used += cap[k]
             pool_used[cands.pool[k]] += cap[k]
-        if spot_used > 0:
-            fits = (spot_used + cap <= spot_cap) & (pool_used[cands.pool] + cap <= pool_cap)
-            ok = eligible & (~spot | fits)
-        else:
-            ok = eligible & (~spot | (cap <= pool_cap))
+            ok = None  # the caps changed; most models stop here, so refit only if they go on
     launch_rps = np.array(rows) if rows else np.zeros((0, nb))
     return Cover(tuple(kept), tuple(launches), planned, launch_rps)

@@ -139,6 +139,10 @@ def test_each_class_of_bad_input_gets_a_clear_4xx(serve_factory: Any, tmp_path: 
     status, body = call(served, "POST", "/admin/v1/models", raw=b"x" * 50_000)
     assert status == 413 and "max_body_mb" in body["error"]
     assert "Traceback" not in served.log()
+    with urllib.request.urlopen(served.base_url + "/metrics", timeout=30) as r:
+        metrics = r.read().decode()
+    assert 'mark_admin_requests_total{method="GET",route="list_models",status="401"}' in metrics
+    assert 'route="create_model",status="422"' in metrics
 
 
 def test_fleet_listings_decisions_and_costs(serve_factory: Any, db_url: str) -> None:
