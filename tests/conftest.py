@@ -128,7 +128,10 @@ def start_serve(
             raise RuntimeError(f"mark serve exited with {proc.returncode}:\n{log_path.read_text()}")
         try:
             with urllib.request.urlopen(base + "/v2/health/ready", timeout=1) as r:
-                if r.status == 200:
+                if r.status == 200 and "control plane running" in log_path.read_text():
+                    # Sanic's manager loops forever if signalled before it has taken every
+                    # worker's start-up acknowledgement, which may trail the first answer.
+                    time.sleep(1.0)
                     return Served(base, token, workdir, proc, log_path)
         except OSError:
             time.sleep(0.2)
