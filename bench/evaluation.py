@@ -51,8 +51,10 @@ def _scaled(name: str, hours: float | None, model_name: str, target_instances: f
     c5 = [t for t in model.profiles if t.startswith("c5.")]
     best = min(
         (t for t in c5 if unbatched_capacity_rps(model, t, cache) > 0),
-        key=lambda t: catalog.instance_type(t).on_demand_price_per_hour
-        / unbatched_capacity_rps(model, t, cache),
+        key=lambda t: (
+            catalog.instance_type(t).on_demand_price_per_hour
+            / unbatched_capacity_rps(model, t, cache)
+        ),
     )
     cap = unbatched_capacity_rps(model, best, cache)
     peak = float(full.rates_rps[:n].max())
