@@ -20,8 +20,9 @@ import logging
 import math
 import time
 import zlib
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 import numpy as np
 
@@ -49,10 +50,18 @@ from traces import Trace, read_trace
 
 __all__ = ["ControlLoop", "Schedule"]
 
+T = TypeVar("T")
+
 logger = logging.getLogger("mark.control")
 
 _MAX_REPLANS = 5
 _REFIT_SPREAD_BUCKETS = 60
+
+
+async def _done(call: Awaitable[None]) -> bool:
+    """True once `call` finished: lets a None-returning call go through `_with_retries`."""
+    await call
+    return True
 
 
 @dataclass(frozen=True, slots=True)
@@ -246,54 +255,57 @@ class ControlLoop:
                     await self._terminate(inst, now_s)
         return refused
 
-    async def _launch(self, action: Launch, now_s: float) -> bool:
-        for attempt in range(self.config.control.apply_retries + 1):
+    async def _with_retries(self, what: str, call: Callable[[], Awaitable[T]]) -> T | None:
+        """`call` retried with exponential backoff on CloudError (control.apply_retries); None
+        after the last failure, which is logged and recorded as an ERROR decision. Capacity
+        refusals are not retried here: they re-plan."""
+        retries = self.config.control.apply_retries
+        for attempt in range(retries + 1):
             try:
-                instance = await self.cloud.launch(action.offering, [action.model])
-            except InsufficientCapacity as exc:
-                until = now_s + self.config.planner.pool_cooldown_s
-                self.refused_pools[action.offering.key] = until
-                await self.db.add_decisions(
-                    [
-                        Decision(
-                            at_s=now_s,
-                            action=ActionKind.ERROR,
-                            reason=(
-                                f"{action.offering.key} refused the launch ({exc}); "
-                                "falling back to the next pool or on-demand"
-                            ),
-                            model=action.model,
-                            offering_key=action.offering.key,
-                        )
-                    ]
-                )
-                return False
+                return await call()
+            except InsufficientCapacity:
+                raise
             except CloudError as exc:
-                logger.warning(
-                    "launch %s failed (attempt %d): %s", action.offering.key, attempt, exc
-                )
-                if attempt == self.config.control.apply_retries:
-                    await self._record_error(
-                        now_s, f"launch of {action.offering.key} failed: {exc}", action.model
-                    )
-                    return True
+                logger.warning("%s failed (attempt %d): %s", what, attempt, exc)
+                if attempt == retries:
+                    await self._record_error(self.clock(), f"{what} failed: {exc}")
+                    return None
                 await asyncio.sleep(min(2.0**attempt * 0.1, 5.0))
-            else:
-                await self.db.save_instance(instance)
-                return True
+        return None
+
+    async def _launch(self, action: Launch, now_s: float) -> bool:
+        """False when the pool refused for capacity (the caller re-plans without it)."""
+        key = action.offering.key
+        try:
+            instance = await self._with_retries(
+                f"launch of {key} for {action.model}",
+                lambda: self.cloud.launch(action.offering, [action.model]),
+            )
+        except InsufficientCapacity as exc:
+            self.refused_pools[key] = now_s + self.config.planner.pool_cooldown_s
+            await self.db.add_decisions(
+                [
+                    Decision(
+                        at_s=now_s,
+                        action=ActionKind.ERROR,
+                        reason=f"{key} refused the launch ({exc}); falling back to the next "
+                        "pool or on-demand",
+                        model=action.model,
+                        offering_key=key,
+                    )
+                ]
+            )
+            return False
+        if instance is not None:
+            await self.db.save_instance(instance)
         return True
 
     async def _terminate(self, inst: Instance, now_s: float) -> None:
-        for attempt in range(self.config.control.apply_retries + 1):
-            try:
-                await self.cloud.terminate(inst.id)
-                break
-            except CloudError as exc:
-                logger.warning("terminate %s failed (attempt %d): %s", inst.id, attempt, exc)
-                if attempt == self.config.control.apply_retries:
-                    await self._record_error(now_s, f"terminate {inst.id} failed: {exc}")
-                    return  # still recorded live: the next tick or reconciliation retries
-                await asyncio.sleep(min(2.0**attempt * 0.1, 5.0))
+        done_call = await self._with_retries(
+            f"terminate {inst.id}", lambda: _done(self.cloud.terminate(inst.id))
+        )
+        if done_call is None:
+            return  # still recorded live: the next tick or reconciliation retries
         done = inst.transition(InstanceState.TERMINATED, self.clock())
         await self.db.save_instance(done)
         self.interruptions.pop(inst.id, None)

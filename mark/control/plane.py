@@ -27,7 +27,14 @@ from mark.config import Config
 from mark.db import Database
 from mark.errors import Conflict
 
-__all__ = ["attach_control_plane", "run", "DEMO_MODEL", "observed_counts", "build_cloud"]
+__all__ = [
+    "attach_control_plane",
+    "run",
+    "DEMO_MODEL",
+    "observed_counts",
+    "build_cloud",
+    "publish_offerings",
+]
 
 logger = logging.getLogger("mark.control")
 
@@ -112,9 +119,10 @@ async def _main(config: Config) -> None:
     async with AsyncExitStack() as stack:
         db = await Database.open(config.database.url, echo=config.database.echo)
         stack.push_async_callback(db.close)
-        await publish_catalog(db, config)
         cloud = build_cloud(config, db)
         stack.push_async_callback(cloud.close)
+        await db.sync_instance_types(await cloud.instance_types())
+        await publish_offerings(db, cloud)
         await _start_serverless(config, stack)
 
         schedule = (
@@ -173,19 +181,9 @@ async def _start_serverless(config: Config, stack: AsyncExitStack) -> None:
     logger.info("local serverless pool at %s", url)
 
 
-async def publish_catalog(db: Database, config: Config) -> None:
-    """Instance types and offerings the admin API lists (the catalog until a cloud says more)."""
-    from mark.catalog import load_catalog
-
-    catalog = load_catalog()
-    await db.sync_instance_types(list(catalog.instance_types.values()))
-    now = time.time()
-    await db.replace_offerings(
-        catalog.offerings(config.cloud.zones, at_s=now, spot=config.planner.spot), now
-    )
-
-
 async def publish_offerings(db: Database, cloud: Any) -> None:
+    """The offerings and prices the admin API lists: the cloud's own (for the local cloud, the
+    catalog's), at start-up and every tick."""
     await db.replace_offerings(await cloud.offerings(), time.time())
 
 
