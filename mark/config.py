@@ -144,6 +144,10 @@ class PlannerConfig(_Section):
     drain_s: Annotated[float, Field(ge=0)] = 30.0
     pool_cooldown_s: Annotated[float, Field(ge=0)] = 600.0
     scale_in_hold_s: Annotated[float, Field(ge=0)] = 300.0
+    # cover the mean forecast, not its upper quantile, until the model's most cost-efficient
+    # type could be ready: a tail sooner than that is left to queueing and spill instead of
+    # stopgap instances costing many times more per request (provisioner/planner.py)
+    tail_after_lead: bool = True
 
 
 class ForecastConfig(_Section):

@@ -11,13 +11,19 @@ here shares this base class, which owns what they all need and must agree on:
 - the upper quantile. Each algorithm only supplies a mean path. After every observed bucket the
   base class records the mean path the algorithm forecast from there, and when the actual rate of
   a later bucket arrives it stores the error of every earlier forecast of that bucket, per lead
-  time (1..`error_horizon_buckets` buckets ahead). The upper quantile at lead k is the mean plus
-  the empirical q-quantile of the recent lead-k errors (a split-conformal band over a sliding
-  window). Errors are relative to the forecast level, with a floor of one request per bucket,
-  because both model error and burstiness grow with the rate; the band therefore follows the
-  day-night cycle instead of being sized for the peak. Leads past the tracked horizon widen as
-  sqrt(lead). Until `min_errors` errors exist for a lead the band is the Poisson one,
-  mean + z_q * sqrt(mean / bucket_s).
+  time (1..`error_horizon_buckets` buckets ahead), with the level that forecast predicted. The
+  upper quantile at lead k is the mean plus the empirical q-quantile of the recent lead-k errors
+  made at a similar level (a split-conformal band over a sliding window, calibrated per level:
+  Mondrian conformal prediction, Vovk et al. 2005, ch. 4). Errors are relative to the forecast
+  level, with a floor of one request per bucket, because both model error and burstiness grow
+  with the rate; the band therefore follows the day-night cycle instead of being sized for the
+  peak. Calibrating per level matters for regime-switching traffic (MMPP): a forecast made in
+  the quiet state misses the jump to the busy one by several times its level, and applied to a
+  forecast made in the busy state that relative error would predict a second jump of the same
+  size, which the traffic never makes. "Similar" is within a factor `LEVEL_FACTOR` of the
+  current level; with fewer than `min_errors` such errors, the `min_errors` errors nearest in
+  level. Leads past the tracked horizon widen as sqrt(lead). Until `min_errors` errors exist for
+  a lead the band is the Poisson one, mean + z_q * sqrt(mean / bucket_s).
 
 `observe_many` is exactly a loop of `observe` (same checks, same state), so the incremental path
 and the bulk path agree bit for bit; the refitting forecasters refit on a fixed schedule of
@@ -42,6 +48,8 @@ __all__ = ["Forecaster", "RateHistory"]
 
 # Timestamps may carry float noise from whoever produces them (virtual clocks, CSV round trips).
 _SPACING_TOLERANCE = 1e-6
+# Errors of forecasts whose level was within this factor of the current one size its band.
+LEVEL_FACTOR = 1.25
 
 
 class RateHistory:
@@ -128,6 +136,8 @@ class Forecaster(ABC):
         self._paths = np.zeros((self._tracked, self._tracked))
         # _errors[k - 1] holds scaled lead-k errors in a ring; _error_counts[k - 1] how many.
         self._errors = np.zeros((self._tracked, self._window))
+        # _log_levels[k - 1]: log of the error unit (forecast level) each error was scaled by.
+        self._log_levels = np.zeros((self._tracked, self._window))
         self._error_counts = np.zeros(self._tracked, dtype=np.int64)
         self._lead_index = np.arange(self._tracked)
         self.latest_errors: NDArray[np.float64] = np.full(self._tracked, np.nan)
@@ -241,9 +251,11 @@ class Forecaster(ABC):
         """Bucket n has arrived: score the forecasts of it made 1..tracked buckets earlier."""
         leads = self._lead_index[: min(self._tracked, n)]  # lead - 1
         predicted = self._paths[(n - 1 - leads) % self._tracked, leads]
-        errors = (actual_rps - predicted) / self._error_unit(predicted)
+        unit = self._error_unit(predicted)
+        errors = (actual_rps - predicted) / unit
         slots = self._error_counts[leads] % self._window
         self._errors[leads, slots] = errors
+        self._log_levels[leads, slots] = np.log(unit)
         self._error_counts[leads] += 1
         self.latest_errors = np.full(self._tracked, np.nan)
         self.latest_errors[leads] = errors
@@ -256,13 +268,12 @@ class Forecaster(ABC):
         width = poisson.copy()
         last_k = self._tracked - 1
         leads = self._lead_index[(self._lead_index < horizon) | (self._lead_index == last_k)]
-        filled = np.minimum(self._error_counts[leads], self._window)
-        scaled_q = np.full(self._tracked, np.nan)
-        # Leads share a fill level once warmed up: one partition per distinct level.
-        for level in np.unique(filled[filled >= self._min_errors]).tolist():
-            rows = leads[filled == level]
-            scaled_q[rows] = _row_quantiles(self._errors[rows, :level], quantile)
+        leads = leads[np.minimum(self._error_counts[leads], self._window) >= self._min_errors]
         scale = self._error_unit(mean)
+        scaled_q = np.full(self._tracked, np.nan)
+        if leads.size:
+            at = np.log(scale[np.minimum(leads, horizon - 1)])
+            scaled_q[leads] = self._level_quantiles(leads, at, quantile)
         for k in range(horizon):
             if k < self._tracked:
                 q = scaled_q[k]
@@ -273,6 +284,31 @@ class Forecaster(ABC):
             if not np.isnan(q):
                 width[k] = max(q, 0.0) * growth * scale[k]
         return width
+
+    def _level_quantiles(
+        self, leads: NDArray[np.int64], log_level: NDArray[np.float64], quantile: float
+    ) -> NDArray[np.float64]:
+        """The q-quantile of each lead's errors made at a level like `log_level` (one per lead):
+        within LEVEL_FACTOR of it, or else the `min_errors` nearest. One sort for all leads: the
+        band is computed every tick for every model."""
+        filled = np.minimum(self._error_counts[leads], self._window)
+        valid = np.arange(self._window)[None, :] < filled[:, None]
+        distance = np.where(valid, np.abs(self._log_levels[leads] - log_level[:, None]), np.inf)
+        chosen = distance <= math.log(LEVEL_FACTOR)
+        few = np.count_nonzero(chosen, axis=1) < self._min_errors
+        if few.any():
+            nearest = np.argpartition(distance[few], self._min_errors - 1, axis=1)
+            fallback = np.zeros((int(few.sum()), self._window), dtype=bool)
+            np.put_along_axis(fallback, nearest[:, : self._min_errors], True, axis=1)
+            chosen[few] = fallback
+        ordered = np.sort(np.where(chosen, self._errors[leads], np.inf), axis=1)
+        count = np.count_nonzero(chosen, axis=1)
+        position = quantile * (count - 1)
+        lo = np.floor(position).astype(np.int64)
+        hi = np.minimum(lo + 1, count - 1)
+        rows = np.arange(leads.size)
+        low, high = ordered[rows, lo], ordered[rows, hi]
+        return low + (position - lo) * (high - low)
 
     def _check(self, timestamp_s: float, count: float) -> None:
         self._check_count(count, where="")
@@ -306,13 +342,3 @@ class Forecaster(ABC):
 def _require_int(field: str, value: int, least: int) -> None:
     if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < least:
         raise InvalidValue(field, f"must be an integer >= {least}, got {value!r}")
-
-
-def _row_quantiles(block: NDArray[np.float64], quantile: float) -> NDArray[np.float64]:
-    """The q-quantile of each row (numpy's default linear interpolation), by partial sort: the
-    band is computed every tick for every model, and np.quantile's generality costs 10x here."""
-    position = quantile * (block.shape[1] - 1)
-    lo = math.floor(position)
-    hi = min(lo + 1, block.shape[1] - 1)
-    part = np.partition(block, (lo, hi), axis=1)
-    return part[:, lo] + (position - lo) * (part[:, hi] - part[:, lo])

@@ -323,6 +323,17 @@ class _OfferingRows:
     pools: int
     built: dict[tuple[_GridKey, tuple[tuple[str, float], ...]], _Rows] = field(default_factory=dict)
 
+    def efficient_lead_s(self, caps: Mapping[str, float]) -> float:
+        """Launch overhead of the eligible type with the lowest price per unit of capacity at
+        the SLO (its cheapest offering), for a model with capacities `caps`; 0 without one."""
+        best = (math.inf, 0.0)
+        for name, cap in caps.items():
+            block = self.table.get(name)
+            if cap > 0 and block is not None:
+                ratio = float(block.price_per_hour.min()) / cap
+                best = min(best, (ratio, block.itype.launch_overhead_s))
+        return best[1]
+
     def get(self, demand: Demand, caps: Mapping[str, float]) -> _Rows:
         """Rows of the eligible offerings of the types in `caps` (in its order) that have a
         positive capacity; `caps` holds the model's capacity per profiled type."""
@@ -564,11 +575,12 @@ def plan(
     for name in sorted(snapshot.models):
         wanted = snapshot.models[name]
         slo, max_batch = wanted.model.slo, wanted.model.max_batch
-        demand = demand_buckets(wanted.forecast, now, config.horizon_s)
         caps = {
             type_name: capacities.get(profile, slo, max_batch).rate_rps
             for type_name, profile in wanted.model.profiles.items()
         }
+        lead = offered.efficient_lead_s(caps) if config.tail_after_lead else 0.0
+        demand = demand_buckets(wanted.forecast, now, config.horizon_s, now + lead)
         inputs.append(_ModelInput(name, demand, caps, offered.get(demand, caps)))
     plans: list[_ModelPlan] = []
     for item, rows in zip(inputs, _fleet_candidates(inputs, live_rows), strict=True):

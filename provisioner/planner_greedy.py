@@ -12,8 +12,14 @@ first window [tau, e) of consecutive unserved buckets and add the candidate with
 counting only buckets it is ready for. A window no candidate can serve (every launch would be
 too late, or caps exclude all) is left uncovered and reported. Spot candidates obey two caps
 per model: all spot capacity <= spot_max_share * peak demand, and each pool's spot capacity <=
-that cap / spot_min_pools, so spot is spread over at least spot_min_pools pools. Backup types
-are considered only when no primary candidate can serve the window.
+that cap / spot_min_pools, so spot is spread over at least spot_min_pools pools; the first
+instance of a pool is exempt (one accelerator instance often exceeds a pool's share of a
+model's demand). Whatever spot is taken, the plan is hedged as SpotHedge does (Mao et al.,
+EuroSys 2025): losing any one spot pool must leave 1 - spot_max_share / spot_min_pools of the
+demand covered, and the greedy goes on buying, outside that pool, until it does. With small
+instances the caps already guarantee this; with large ones the hedge is what buys a second spot
+instance in another pool, still cheaper than one on-demand instance at typical discounts.
+Backup types are considered only when no primary candidate can serve the window.
 """
 
 from __future__ import annotations
@@ -57,29 +63,48 @@ def _grid(now_s: float, width_s: float, horizon_s: float) -> tuple[np.ndarray, n
     return starts, durations
 
 
-def demand_buckets(forecast: Forecast, now_s: float, horizon_s: float) -> Demand:
+def demand_buckets(
+    forecast: Forecast, now_s: float, horizon_s: float, mean_before_s: float = -math.inf
+) -> Demand:
     """Resample the forecast onto buckets of its own width starting at now, each taking the
-    largest upper rate of the forecast buckets it overlaps (before the forecast: its first
-    value; after it: its last), so a peak between bucket edges is never averaged away."""
+    largest rate of the forecast buckets it overlaps (before the forecast: its first value;
+    after it: its last), so a peak between bucket edges is never averaged away. Buckets that
+    start before `mean_before_s` take the mean forecast, the others the upper quantile (the
+    planner passes the lead time of the model's most cost-efficient type: see planner.py)."""
     width = forecast.bucket_s
     starts, durations = _grid(now_s, width, horizon_s)
+    upper = _resample(forecast.upper_rps, forecast.start_s, width, now_s, horizon_s, durations)
+    if mean_before_s > now_s:
+        near = starts < mean_before_s
+        mean = _resample(forecast.mean_rps, forecast.start_s, width, now_s, horizon_s, durations)
+        upper = np.where(near, np.minimum(mean, upper), upper)
+    return Demand(now_s, starts, durations, upper)
+
+
+def _resample(
+    values: tuple[float, ...],
+    start_s: float,
+    width: float,
+    now_s: float,
+    horizon_s: float,
+    durations: np.ndarray,
+) -> np.ndarray:
     count = len(durations)
-    upper = forecast.upper_rps
-    values = [0.0] * count
-    offset = (now_s - forecast.start_s) / width
-    if upper and offset == int(offset) and 0 <= offset and horizon_s % width == 0:
+    out = [0.0] * count
+    offset = (now_s - start_s) / width
+    if values and offset == int(offset) and 0 <= offset and horizon_s % width == 0:
         # Aligned grid (the control loop asks for forecasts starting now): a plain slice.
-        part = list(upper[int(offset) : int(offset) + count])
-        values = part + [upper[-1]] * (count - len(part)) if part else [upper[-1]] * count
-    elif upper:
-        last = len(upper) - 1
+        part = list(values[int(offset) : int(offset) + count])
+        out = part + [values[-1]] * (count - len(part)) if part else [values[-1]] * count
+    elif values:
+        last = len(values) - 1
         for k, duration in enumerate(durations.tolist()):
             lo = math.floor(offset + k + 1e-9)
             hi = math.ceil(offset + k + duration / width - 1e-9) - 1
             lo = min(max(lo, 0), last)
             hi = min(max(hi, lo), last)
-            values[k] = max(upper[lo : hi + 1])
-    return Demand(now_s, starts, durations, np.array(values))
+            out[k] = max(values[lo : hi + 1])
+    return np.array(out)
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,13 +164,14 @@ def cover_demand(
     spot = cands.pool >= 0
     spot_cap = spot_max_share * peak_rps + _EPS_RPS
     pool_cap = spot_cap / spot_min_pools
+    # What must survive the loss of any one spot pool (the hedge): the same share of demand the
+    # caps guarantee when instances are small next to them.
+    keep = 1.0 - spot_max_share / spot_min_pools
     pool_used = np.zeros(cands.pools + 1)  # last slot: on-demand rows index it, never read
+    pool_rps = np.zeros((cands.pools + 1, nb))  # spot capacity per pool and bucket
     spot_used = 0.0
     eligible = cap > 0
-    # Spot caps: a spot candidate fits only while it fits the model's cap and its pool's. Until
-    # some spot is taken only the pool cap can exclude one: that mask holds for the whole run.
-    alone_fits = ~spot | (cap <= pool_cap)
-    ok: np.ndarray | None = eligible & alone_fits  # None: recompute before the next pick
+    ok: np.ndarray | None = eligible.copy()  # None: recompute before the next pick
     any_backup = bool(np.count_nonzero(cands.backup))
     blocked = [False] * nb
     kept: list[int] = []
@@ -154,6 +180,13 @@ def cover_demand(
     tol = _EPS_RPS * max(1.0, peak_rps)
     while len(kept) + len(launches) < max_instances:
         unserved = load - planned
+        worst_pool: np.ndarray | None = None
+        if spot_used > 0 and keep > 0:
+            spot_rows = pool_rps[:-1]
+            deficit = keep * load - (planned - spot_rows.max(axis=0))
+            if np.count_nonzero(deficit > unserved + tol):
+                unserved = np.maximum(unserved, deficit)
+                worst_pool = spot_rows.argmax(axis=0)
         open_ = [u > tol and not b for u, b in zip(unserved.tolist(), blocked, strict=True)]
         if True not in open_:
             break
@@ -161,9 +194,20 @@ def cover_demand(
         e = open_.index(False, tau) if False in open_[tau:] else nb
         served = np.minimum(unserved[tau:e], ready_cap[:, tau:e]) @ durations[tau:e]
         if ok is None:
-            fits = (spot_used + cap <= spot_cap) & (pool_used[cands.pool] + cap <= pool_cap)
+            # A spot candidate fits while it keeps the model's spot capacity within spot_cap
+            # and its pool's within pool_cap; the first instance of a pool always fits (an
+            # instance larger than a pool's share would otherwise rule spot out), and the hedge
+            # above then buys what the loss of that pool would leave uncovered.
+            first = pool_used[cands.pool] == 0
+            fits = first | (
+                (spot_used + cap <= spot_cap) & (pool_used[cands.pool] + cap <= pool_cap)
+            )
             ok = eligible & (~spot | fits)
         usable = ok & (served > 0)
+        if worst_pool is not None:
+            # Capacity in a pool that is the largest in some bucket of the window is lost with
+            # that pool: it cannot hedge against it.
+            usable = usable & ~np.isin(cands.pool, worst_pool[tau:e])
         if any_backup:
             primary = usable & ~cands.backup
             if np.count_nonzero(primary):
@@ -179,12 +223,13 @@ def cover_demand(
             eligible[k] = False  # a live instance is kept once; offerings can be bought again
             ok[k] = False
         else:
-            first = tau + int(ready[k, tau:e].argmax())
-            launches.append((k, float(ratio[k]), float(demand.starts_s[first])))
+            first_bucket = tau + int(ready[k, tau:e].argmax())
+            launches.append((k, float(ratio[k]), float(demand.starts_s[first_bucket])))
             rows.append(ready_cap[k])
         if spot[k]:
             spot_used += cap[k]
             pool_used[cands.pool[k]] += cap[k]
+            pool_rps[cands.pool[k]] += ready_cap[k]
             ok = None  # the caps changed; most models stop here, so refit only if they go on
     launch_rps = np.array(rows) if rows else np.zeros((0, nb))
     return Cover(tuple(kept), tuple(launches), planned, launch_rps)

@@ -278,3 +278,62 @@ def test_paid_until_follows_the_billing_rules() -> None:
     assert paid_until_s(inst, per_second, NOW + 100) == pytest.approx(NOW + 100)
     hourly = itype("c5.large", 0.085, billing_granularity_s=3600.0)
     assert paid_until_s(inst, hourly, NOW) == pytest.approx(NOW - 30 + 3600)
+
+
+# A cost-efficient type that is slow to launch (an accelerator) and a small one that is quick.
+BIG = itype("big", 0.5, launch_overhead_s=210.0)
+SMALL = itype("small", 0.34, launch_overhead_s=110.0)
+SIZED = {"big": BIG, "small": SMALL}
+SIZED_PROFILES = {
+    "big": Profile(instance_type="big", latency_ms={1: 180.0}, parallelism=20),
+    "small": Profile(instance_type="small", latency_ms={1: 180.0}),
+}
+
+
+def sized_offering(name: str, zone: str = "us-east-1a", spot: bool = False) -> Offering:
+    price = SIZED[name].on_demand_price_per_hour * (0.35 if spot else 1.0)
+    market = Market.SPOT if spot else Market.ON_DEMAND
+    return Offering(instance_type=name, zone=zone, market=market, price_per_hour=price)
+
+
+def sized_snapshot(
+    mean: float, upper: float, instances=(), spot: bool = False, types=SIZED
+) -> FleetSnapshot:
+    m = Model(name="nasnet", slo=SLO, profiles=SIZED_PROFILES, max_batch=1)
+    f = Forecast(start_s=NOW, bucket_s=60.0, mean_rps=(mean,) * 5, upper_rps=(upper,) * 5)
+    offerings = tuple(
+        sized_offering(n, z, s) for n in SIZED for z in ZONES for s in (False, True)[: 1 + spot]
+    )
+    return FleetSnapshot(
+        now_s=NOW,
+        models={"nasnet": ModelDemand(model=m, forecast=f)},
+        instances=tuple(instances),
+        offerings=offerings,
+        instance_types=types,
+    )
+
+
+def test_a_near_term_tail_buys_no_stopgaps_only_efficient_capacity_for_later() -> None:
+    big_rps = capacity_rps(SIZED_PROFILES["big"], SLO, 1)
+    live = instance("i-big", sized_offering("big"), name="nasnet")
+    snap = sized_snapshot(mean=0.9 * big_rps, upper=1.1 * big_rps, instances=[live])
+    # The tail of the forecast (upper > capacity, mean within it) in buckets before a big
+    # instance could be ready is not covered by small ones costing ~14x more per request...
+    got = launches(run(snap, spot=False))
+    assert [a.offering.instance_type for a in got] == ["big"]
+    # ...which is what covering the upper quantile everywhere did.
+    stopgaps = launches(run(snap, spot=False, tail_after_lead=False))
+    assert "small" in {a.offering.instance_type for a in stopgaps}
+
+
+def test_spot_is_hedged_across_pools_when_one_instance_exceeds_a_pool_share() -> None:
+    big_rps = capacity_rps(SIZED_PROFILES["big"], SLO, 1)
+    instant = {n: t.model_copy(update={"launch_overhead_s": 0.0}) for n, t in SIZED.items()}
+    snap = sized_snapshot(mean=0.5 * big_rps, upper=0.5 * big_rps, spot=True, types=instant)
+    got = launches(run(snap, spot_max_share=0.8, spot_min_pools=2))
+    # One big instance holds more than a pool's share (0.4 of demand): instead of falling back to
+    # on-demand, spot is bought in two pools, so losing either leaves the demand covered, for
+    # 0.7 of one on-demand instance's price.
+    assert [a.offering.market for a in got] == [Market.SPOT, Market.SPOT]
+    assert len({a.offering.key for a in got}) == 2
+    assert sum(a.offering.price_per_hour for a in got) < BIG.on_demand_price_per_hour

@@ -203,3 +203,28 @@ def test_upper_quantile_covers_at_its_nominal_rate(name: str) -> None:
         assert result.under_rate <= 0.075
     else:
         assert 0.025 <= result.under_rate <= 0.075, result.under_rate
+
+
+def test_band_is_calibrated_per_level_on_regime_switching_traffic() -> None:
+    """MMPP-like traffic: a quiet state (2 rps) and a busy one (10 rps). Errors made in the quiet
+    state include the jump to the busy one (4x the level); scaled to the busy level they would
+    predict a second jump to ~50 rps that the traffic never makes. Calibrated per level, the busy
+    state's band stays near its own spread, and the band still covers about 95% there."""
+    rng = np.random.default_rng(7)
+    levels = np.repeat(np.tile([2.0, 10.0], 20), 30)  # 40 regimes of 30 buckets
+    counts = rng.poisson(levels * BUCKET_S).astype(float)
+    forecaster = make("last")
+    busy_upper: list[float] = []
+    busy_actual: list[float] = []
+    for i, c in enumerate(counts):
+        if i >= 600 and levels[i] == 10.0 and levels[i - 1] == 10.0:
+            busy_upper.append(forecaster.forecast(1, 0.95).upper_rps[0])
+            busy_actual.append(c / BUCKET_S)
+        forecaster.observe(BUCKET_S * i, c)
+    assert max(busy_upper) < 13.0  # not 10 * (1 + the quiet state's 4x jump)
+    covered = np.mean(np.array(busy_actual) <= np.array(busy_upper))
+    assert covered >= 0.9
+    # In the quiet state the band keeps room for the jump it has seen (more than Poisson's).
+    quiet = forecaster.forecast(1, 0.95)
+    assert forecaster.history.last(1)[0] < 3.0 or levels[-1] == 10.0
+    assert quiet.upper_rps[0] > quiet.mean_rps[0]

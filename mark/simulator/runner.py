@@ -26,7 +26,7 @@ from mark.simulator.policies import (
     StaticPolicy,
     solve_oracle,
 )
-from mark.simulator.policies.base import cheapest_type, unbatched_capacity_rps
+from mark.simulator.policies.base import ceil_div, cheapest_type, unbatched_capacity_rps
 from mark.simulator.workload import Arrivals
 from mark.types import Model
 from provisioner.capacity import CapacityCache
@@ -91,7 +91,9 @@ def build_policies(scenario: Scenario, names: Sequence[str]) -> list[Policy]:
             policies.append(ReactivePolicy(chosen, sagemaker[chosen]))
         elif name == "queue":
             chosen, _ = cheapest_type(model, on_demand, cache, batching=False)
-            policies.append(QueuePolicy(chosen))
+            peak = float(scenario.trace.rates_rps.max(initial=0.0))
+            need = ceil_div(peak, unbatched_capacity_rps(model, chosen, cache))
+            policies.append(QueuePolicy(chosen, max_replicas=max(1, 2 * need)))
         elif name == "skyserve":
             use_spot = market != "ondemand"
             prices = on_demand

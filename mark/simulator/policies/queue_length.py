@@ -5,7 +5,11 @@ python/ray/serve/autoscaling_policy.py, DESIGN.md "Peers"):
 - target_ongoing_requests 2 per replica; metrics pushed every 10 s (metrics_interval_s),
   averaged over a 30 s look-back (look_back_period_s);
 - desired replicas = ceil(total ongoing / target), at least min_replicas (1 here, so the
-  comparison with the others is not about scale-to-zero);
+  comparison with the others is not about scale-to-zero) and at most max_replicas. Ray's
+  default max_replicas is 1, so every user sets it; here it is twice the replicas the trace's
+  peak needs at the unbatched capacity (`runner.build_policies`). Without a bound the policy
+  runs away whenever replicas take minutes to start: requests queued meanwhile count as
+  ongoing, and tens of thousands of replicas are asked for;
 - upscale_delay_s 30 and downscale_delay_s 600: a decision counter, as in
   `_apply_delay_logic`, must point the same way for that long before the count changes;
 - one replica per instance, on-demand, of the type with the lowest EC2 price per unit of
@@ -35,6 +39,7 @@ class QueuePolicy:
     upscale_delay_s: float = 30.0
     downscale_delay_s: float = 600.0
     min_replicas: int = 1
+    max_replicas: int = 1000
     spill: bool = False
     batching: bool = False
     interruptible: bool = True
@@ -62,7 +67,8 @@ class QueuePolicy:
             rate = float(arrivals.sum()) / (arrivals.size * ctx.metrics.window_s)
             profile = ctx.model.profiles[self.instance_type]
             total_ongoing = rate * profile.service_ms(1) / 1000.0 * 2
-        desired = max(self.min_replicas, math.ceil(total_ongoing / self.target_ongoing_requests))
+        wanted = math.ceil(total_ongoing / self.target_ongoing_requests)
+        desired = min(max(self.min_replicas, wanted), self.max_replicas)
         counter = state
         actions: list[Action] = []
         if not ctx.instances:
