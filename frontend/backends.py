@@ -1,13 +1,13 @@
-"""The front end's HTTP client to instances: one pooled aiohttp session speaking each model's
-backend protocol (KServe v2 JSON, or TF Serving REST), so any v2 server (Triton, MLServer, KServe
-runtimes, `mark worker`) or a TF Serving instance can serve a model.
+"""The front end's HTTP client to instances, speaking each model's backend protocol (KServe v2
+JSON, or TF Serving REST), so any v2 server (Triton, MLServer, KServe runtimes, `mark worker`)
+or a TF Serving instance can serve a model. Inference calls go through the lean keep-alive pool
+of frontend/http_pool.py; health checks and metadata through one pooled aiohttp session.
 
 Failures are split by what the caller should do: `BackendUnavailable` (connection refused or
 reset, timeout, 5xx, an unparseable answer) means try another instance and eject this one;
 `BackendRejected` (4xx) means the request itself is at fault and goes back to the client.
 
-Per call, the hot path reuses the parsed URL of each (endpoint, model) and one header mapping;
-aiohttp's connector keeps connections alive and sets TCP_NODELAY on them.
+Per call, the hot path reuses the request line and headers of each (endpoint, model).
 """
 
 from __future__ import annotations
@@ -18,8 +18,8 @@ from collections.abc import Sequence
 from typing import Any
 
 import aiohttp
-from yarl import URL
 
+from frontend.http_pool import HttpError, HttpPool
 from frontend.protocol import (
     HEADER_LENGTH,
     BackendError,
@@ -67,37 +67,38 @@ def _message(body: bytes) -> str:
     return text or "no detail"
 
 
-_JSON_HEADERS = {"Content-Type": "application/json"}
-
-
 class BackendClient:
-    def __init__(self, session: aiohttp.ClientSession) -> None:
+    def __init__(self, session: aiohttp.ClientSession, http: HttpPool) -> None:
         self.session = session
-        self._urls: dict[tuple[str, str, Protocol], URL] = {}
+        self.http = http
+        self._paths: dict[tuple[str, Protocol], str] = {}
 
-    def _infer_url(self, endpoint: str, protocol: Protocol, model_name: str) -> URL:
-        key = (endpoint, model_name, protocol)
-        url = self._urls.get(key)
-        if url is None:
+    def _infer_path(self, protocol: Protocol, model_name: str) -> str:
+        key = (model_name, protocol)
+        path = self._paths.get(key)
+        if path is None:
             if protocol == "tfserving":
-                url = URL(f"{endpoint}/v1/models/{model_name}:predict")
+                path = f"/v1/models/{model_name}:predict"
             else:
-                url = URL(f"{endpoint}/v2/models/{model_name}/infer")
-            self._urls[key] = url
-        return url
+                path = f"/v2/models/{model_name}/infer"
+            self._paths[key] = path
+        return path
 
-    async def _post(self, url: URL, body: bytes) -> tuple[bytes, int | None]:
+    async def _post(self, endpoint: str, path: str, body: bytes) -> tuple[bytes, int | None]:
         try:
-            async with self.session.post(url, data=body, headers=_JSON_HEADERS) as resp:
-                payload = await resp.read()
-                if 400 <= resp.status < 500 and resp.status not in (408, 429):
-                    raise BackendRejected(resp.status, _error_text(payload))
-                if resp.status != 200:
-                    raise BackendUnavailable(f"{url}: HTTP {resp.status}: {_message(payload)}")
-                raw = resp.headers.get(HEADER_LENGTH)
-                return payload, int(raw) if raw is not None else None
-        except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
-            raise BackendUnavailable(f"{url}: {type(exc).__name__}: {exc}") from exc
+            answer = await self.http.post(endpoint, path, body)
+        except HttpError as exc:
+            raise BackendUnavailable(f"{endpoint}{path}: {exc}") from exc
+        status, payload = answer.status, answer.body
+        if 400 <= status < 500 and status not in (408, 429):
+            raise BackendRejected(status, _error_text(payload))
+        if status != 200:
+            raise BackendUnavailable(f"{endpoint}{path}: HTTP {status}: {_message(payload)}")
+        raw = answer.header_length
+        try:
+            return payload, int(raw) if raw is not None else None
+        except ValueError as exc:
+            raise BackendUnavailable(f"{endpoint}{path}: bad {HEADER_LENGTH}: {raw!r}") from exc
 
     async def infer(
         self,
@@ -108,16 +109,29 @@ class BackendClient:
         output_names: Sequence[str] = (),
     ) -> InferResponse:
         """One inference call; raises BackendUnavailable or BackendRejected."""
-        url = self._infer_url(endpoint, protocol, model_name)
+        path = self._infer_path(protocol, model_name)
         try:
             if protocol == "tfserving":
-                payload, _ = await self._post(url, encode_tf_request(request))
+                payload, _ = await self._post(endpoint, path, encode_tf_request(request))
                 return parse_tf_response(payload, output_names)
             body, _ = encode_v2_request(request)
-            payload, header_length = await self._post(url, body)
+            payload, header_length = await self._post(endpoint, path, body)
             return parse_v2_response(payload, header_length)
         except BackendError as exc:
             raise BackendUnavailable(str(exc)) from exc
+
+    async def infer_v2_raw(
+        self, endpoint: str, model_name: str, body: bytes
+    ) -> tuple[bytes, int | None]:
+        """Forward a client's v2 JSON body as is; the instance's answer comes back unparsed
+        (its body and Inference-Header-Content-Length). Only a body that is not a JSON object
+        is refused here (BackendUnavailable): parsing the rest is the client's business."""
+        payload, header_length = await self._post(
+            endpoint, self._infer_path("kserve-v2", model_name), body
+        )
+        if not payload.lstrip()[:1] == b"{":
+            raise BackendUnavailable(f"{endpoint}: the v2 answer is not a JSON object")
+        return payload, header_length
 
     async def ready(self, endpoint: str, timeout_s: float) -> bool:
         """GET /v2/health/ready (v2) answered 200 within `timeout_s`."""

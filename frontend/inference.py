@@ -182,6 +182,11 @@ async def infer(request: Request, name: str, model_version: str = "") -> HTTPRes
     result = await _answer(request, name, parsed)
     if isinstance(result, HTTPResponse):
         return result
+    if result.body is not None:  # the instance's own answer to the client's own body
+        if result.header_length is not None:
+            length = {HEADER_LENGTH: str(result.header_length)}
+            return raw(result.body, headers=length, content_type="application/octet-stream")
+        return raw(result.body, content_type="application/json")
     response = result.response
     body, header_length = encode_v2_response(
         response, parsed.binary_names([t.name for t in response.outputs])

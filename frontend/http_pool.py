@@ -1,0 +1,213 @@
+"""A lean keep-alive HTTP/1.1 client for the one call on the inference hot path: POST a body to
+an instance and read its answer.
+
+Why not aiohttp here: its client costs ~300 us of CPU per call on the 2-core benchmark VM, more
+than half of the front end's whole per-request budget, while one asyncio protocol per connection
+with httptools' parser (Sanic's own dependency) does the same call for ~75 us
+(bench/bench_frontend.py). Health checks and metadata stay on aiohttp: they are rare.
+
+What it does and does not do: HTTP/1.1 with Content-Length or chunked answers (every v2 and TF
+Serving server answers so), plain TCP or TLS by the endpoint's scheme, at most `limit` calls in
+flight per process, idle connections reused per endpoint. A call that fails on a reused
+connection before any byte of the answer arrived is tried once more on a fresh connection: the
+instance closing an idle keep-alive connection is not the instance failing (inference is
+idempotent, so resending is safe). Every other failure is an `HttpError` for the caller to
+retry elsewhere.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+from dataclasses import dataclass
+from typing import cast
+from urllib.parse import urlsplit
+
+import httptools
+
+__all__ = ["HttpError", "HttpAnswer", "HttpPool"]
+
+_HEADER = b"inference-header-content-length"
+
+
+class HttpError(Exception):
+    """The call got no complete HTTP answer: refused, reset, closed early, garbled, timed out."""
+
+
+@dataclass(frozen=True, slots=True)
+class HttpAnswer:
+    status: int
+    body: bytes
+    header_length: bytes | None  # the v2 binary extension's Inference-Header-Content-Length
+
+
+class _Connection(asyncio.Protocol):
+    """One keep-alive connection; one call at a time."""
+
+    def __init__(self, key: tuple[str, int, bool]) -> None:
+        self.key = key
+        self.transport: asyncio.Transport | None = None
+        self.parser = httptools.HttpResponseParser(self)
+        self.waiter: asyncio.Future[HttpAnswer] | None = None
+        self.closed = False
+        self.received = False
+        self.reused = False
+        self._status = 0
+        self._chunks: list[bytes] = []
+        self._header_length: bytes | None = None
+
+    # asyncio.Protocol
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
+
+    def data_received(self, data: bytes) -> None:
+        self.received = True
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserError as exc:
+            self._fail(HttpError(f"malformed HTTP answer: {exc}"))
+            self.close()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self._fail(HttpError(f"connection closed before the answer was complete ({exc or 'EOF'})"))
+
+    # httptools callbacks
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        if len(name) == len(_HEADER) and name.lower() == _HEADER:
+            self._header_length = value
+
+    def on_headers_complete(self) -> None:
+        self._status = self.parser.get_status_code()
+
+    def on_body(self, body: bytes) -> None:
+        self._chunks.append(body)
+
+    def on_message_complete(self) -> None:
+        answer = HttpAnswer(self._status, b"".join(self._chunks), self._header_length)
+        self._chunks = []
+        self._header_length = None
+        if not self.parser.should_keep_alive():
+            self.close()
+        waiter, self.waiter = self.waiter, None
+        if waiter is not None and not waiter.done():
+            waiter.set_result(answer)
+
+    # the call
+
+    def send(self, data: bytes) -> asyncio.Future[HttpAnswer]:
+        assert self.transport is not None
+        waiter: asyncio.Future[HttpAnswer] = asyncio.get_running_loop().create_future()
+        self.waiter = waiter
+        self.received = False
+        self.transport.write(data)
+        return waiter
+
+    def close(self) -> None:
+        self.closed = True
+        if self.transport is not None:
+            self.transport.close()
+
+    def _fail(self, error: HttpError) -> None:
+        waiter, self.waiter = self.waiter, None
+        if waiter is not None and not waiter.done():
+            waiter.set_exception(error)
+
+
+class HttpPool:
+    """Keep-alive connections to many endpoints ("http://host:port" or "https://..."); must be
+    used from one event loop."""
+
+    def __init__(self, *, limit: int, timeout_s: float) -> None:
+        self._slots = asyncio.Semaphore(limit)
+        self._timeout_s = timeout_s
+        self._idle: dict[tuple[str, int, bool], list[_Connection]] = {}
+        self._keys: dict[str, tuple[str, int, bool]] = {}
+        self._heads: dict[tuple[str, str, str], bytes] = {}
+        self._tls: ssl.SSLContext | None = None
+
+    def _key(self, endpoint: str) -> tuple[str, int, bool]:
+        key = self._keys.get(endpoint)
+        if key is None:
+            parts = urlsplit(endpoint)
+            if parts.scheme not in ("http", "https") or not parts.hostname:
+                raise HttpError(f"not an http(s) endpoint: {endpoint!r}")
+            tls = parts.scheme == "https"
+            key = (parts.hostname, parts.port or (443 if tls else 80), tls)
+            self._keys[endpoint] = key
+        return key
+
+    def _head(self, endpoint: str, path: str, content_type: str) -> bytes:
+        found = self._heads.get((endpoint, path, content_type))
+        if found is None:
+            host, port, _tls = self._key(endpoint)
+            found = (
+                f"POST {path} HTTP/1.1\r\nHost: {host}:{port}\r\n"
+                f"Content-Type: {content_type}\r\nContent-Length: "
+            ).encode("latin-1")
+            self._heads[(endpoint, path, content_type)] = found
+        return found
+
+    async def post(
+        self, endpoint: str, path: str, body: bytes, content_type: str = "application/json"
+    ) -> HttpAnswer:
+        """POST `body` to endpoint + path; raises HttpError when no complete answer came."""
+        data = b"%b%d\r\n\r\n%b" % (self._head(endpoint, path, content_type), len(body), body)
+        key = self._key(endpoint)
+        async with self._slots:
+            try:
+                async with asyncio.timeout(self._timeout_s):
+                    return await self._call(key, data)
+            except TimeoutError as exc:
+                raise HttpError(f"no answer within {self._timeout_s:g} s") from exc
+
+    async def _call(self, key: tuple[str, int, bool], data: bytes) -> HttpAnswer:
+        conn = await self._acquire(key)
+        try:
+            answer = await conn.send(data)
+        except HttpError:
+            conn.close()
+            if not (conn.reused and not conn.received):
+                raise
+            conn = await self._connect(key)  # the instance closed an idle connection
+            try:
+                answer = await conn.send(data)
+            except BaseException:
+                conn.close()
+                raise
+        except BaseException:  # cancelled or timed out mid-call: the connection is unusable
+            conn.close()
+            raise
+        if not conn.closed:
+            conn.reused = True
+            self._idle.setdefault(key, []).append(conn)
+        return answer
+
+    async def _acquire(self, key: tuple[str, int, bool]) -> _Connection:
+        idle = self._idle.get(key)
+        while idle:
+            conn = idle.pop()
+            if not conn.closed:
+                return conn
+        return await self._connect(key)
+
+    async def _connect(self, key: tuple[str, int, bool]) -> _Connection:
+        host, port, tls = key
+        if tls and self._tls is None:
+            self._tls = ssl.create_default_context()
+        loop = asyncio.get_running_loop()
+        try:
+            _, conn = await loop.create_connection(
+                lambda: _Connection(key), host, port, ssl=self._tls if tls else None
+            )
+        except OSError as exc:
+            raise HttpError(f"cannot connect to {host}:{port}: {exc}") from exc
+        return conn
+
+    async def close(self) -> None:
+        for idle in self._idle.values():
+            for conn in idle:
+                conn.close()
+        self._idle.clear()
