@@ -3,12 +3,15 @@ clients -> worker directly, side by side in one run, against the same two `mark 
 (native speed, builtin:mlp).
 
 wrk (closed loop, C connections) is the load generator, so Python is not the client bottleneck;
-the offered load is set by the connection count. Added latency = target's p50/p99 minus the
-direct path's at the same load; throughput and p99 are reported as ratios to nginx's. "CPU us/req"
-is the CPU time the Mark front end's processes used per answered request (less sensitive to
-other load on a shared machine than the throughput).
+the offered load is set by the connection count. A second table paces the load below
+saturation (`--paced`: 8 connections, each pausing after every answer so that together they
+offer about that many requests per second), where the added latency target applies. Added
+latency = target's p50/p99 minus the direct path's at the same load; throughput and p99 are
+reported as ratios to nginx's. "CPU us/req" is the CPU time the Mark front end's processes used
+per answered request (less sensitive to other load on a shared machine than the throughput).
 
-    python bench/bench_frontend.py [--duration 10] [--connections 1,4,16] [--workers 1]
+    python bench/bench_frontend.py [--duration 10] [--connections 1,4,16] [--paced 250,1000]
+                                   [--workers 1]
 """
 
 from __future__ import annotations
@@ -31,11 +34,14 @@ from bench.harness import (
     wrk,
 )
 
+PACED_CONNECTIONS = 8
+
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--duration", type=int, default=10)
     parser.add_argument("--connections", default="1,4,16")
+    parser.add_argument("--paced", default="250,1000", help="offered req/s below saturation")
     parser.add_argument("--workers", type=int, default=1, help="front-end processes")
     args = parser.parse_args()
     require_tools()
@@ -86,6 +92,30 @@ def main() -> int:
                         f"{ratio_rps:>9.2f} {ratio_p99:>9.2f}"
                         + (f" {r['cpu_us']:>10.0f}" if r["cpu_us"] is not None else "")
                         + (f"  errors={r['errors']}" if r["errors"] else "")
+                    )
+            paced = [int(r) for r in args.paced.split(",") if r]
+            if paced:
+                print(f"\n# paced below saturation: {PACED_CONNECTIONS} connections")
+                print(f"{'offered':>7} {'target':>7} {'req/s':>9} {'p50 ms':>7} {'p99 ms':>7} "
+                      f"{'+p50 ms':>8} {'+p99 ms':>8}")  # fmt: skip
+            for rate in paced:
+                pause_ms = max(1, round(PACED_CONNECTIONS * 1000 / rate))
+                got = {
+                    name: wrk(
+                        url + path,
+                        connections=PACED_CONNECTIONS,
+                        duration_s=args.duration,
+                        slo_ms=100,
+                        delay_ms=pause_ms,
+                    )  # fmt: skip
+                    for name, url in targets.items()
+                }
+                base = got["direct"]
+                for name, r in got.items():
+                    print(
+                        f"{rate:>7} {name:>7} {r['rps']:>9.0f} {r['p50_us'] / 1e3:>7.2f} "
+                        f"{r['p99_us'] / 1e3:>7.2f} {(r['p50_us'] - base['p50_us']) / 1e3:>8.2f} "
+                        f"{(r['p99_us'] - base['p99_us']) / 1e3:>8.2f}"
                     )
         finally:
             for p in reversed(procs):

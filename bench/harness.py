@@ -33,6 +33,10 @@ WRK_LUA = """
 wrk.method = "POST"
 wrk.headers["Content-Type"] = "application/json"
 wrk.body = os.getenv("BENCH_BODY")
+local pause_ms = tonumber(os.getenv("BENCH_DELAY_MS") or "0")
+if pause_ms > 0 then
+  delay = function() return pause_ms end
+end
 done = function(summary, latency, requests)
   local slo = tonumber(os.getenv("BENCH_SLO_US"))
   local lo, hi = 0.0, 100.0
@@ -180,10 +184,14 @@ def start_front(model: dict[str, object], upstreams: Sequence[tuple[str, str]], 
     return Front(procs[0].popen, url, procs[1:])
 
 
-def wrk(url: str, *, connections: int, duration_s: int, slo_ms: float, threads: int = 1) -> dict:
+def wrk(url: str, *, connections: int, duration_s: int, slo_ms: float, threads: int = 1,
+        delay_ms: int = 0) -> dict:  # fmt: skip
+    """Closed loop over `connections`; with `delay_ms` each connection pauses that long after
+    every answer (wrk's delay() hook), which paces the offered load below saturation."""
     with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as fh:
         fh.write(WRK_LUA)
-    env = {**os.environ, "BENCH_BODY": BODY, "BENCH_SLO_US": str(int(slo_ms * 1000))}
+    env = {**os.environ, "BENCH_BODY": BODY, "BENCH_SLO_US": str(int(slo_ms * 1000)),
+           "BENCH_DELAY_MS": str(delay_ms)}  # fmt: skip
     out = subprocess.run(
         ["wrk", f"-t{threads}", f"-c{connections}", f"-d{duration_s}s", "-s", fh.name, url],
         capture_output=True, text=True, env=env, check=True,

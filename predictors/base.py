@@ -303,12 +303,10 @@ class Forecaster(ABC):
             chosen[few] = fallback
         ordered = np.sort(np.where(chosen, self._errors[leads], np.inf), axis=1)
         count = np.count_nonzero(chosen, axis=1)
-        position = quantile * (count - 1)
-        lo = np.floor(position).astype(np.int64)
-        hi = np.minimum(lo + 1, count - 1)
-        rows = np.arange(leads.size)
-        low, high = ordered[rows, lo], ordered[rows, hi]
-        return low + (position - lo) * (high - low)
+        # The split-conformal rank, ceil((n + 1) q): covers at least q for exchangeable errors
+        # whatever n (interpolating at q (n - 1) under-covers the few errors of one level).
+        rank = np.minimum(np.ceil((count + 1) * quantile).astype(np.int64), count) - 1
+        return ordered[np.arange(leads.size), rank]
 
     def _check(self, timestamp_s: float, count: float) -> None:
         self._check_count(count, where="")

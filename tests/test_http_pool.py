@@ -110,7 +110,7 @@ async def test_a_reused_connection_dropped_before_answering_is_retried_once() ->
 async def test_connection_close_answers_and_chunked_bodies() -> None:
     chunked = (
         b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
-        b"5\r\n{\"a\":\r\n3\r\n 1}\r\n0\r\n\r\n"
+        b'5\r\n{"a":\r\n3\r\n 1}\r\n0\r\n\r\n'
     )
     async with serving(lambda _b, _n: chunked) as (server, url):
         pool = HttpPool(limit=8, timeout_s=5)
@@ -153,7 +153,7 @@ async def test_refused_timed_out_and_cut_short_calls_raise_http_error() -> None:
         await pool.post(slow, "/x", b"{}")
     srv.close()
 
-    cut = b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n{\"partial"
+    cut = b'HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n{"partial'
     async with serving(lambda _b, _n: cut) as (_server, url):
         task = asyncio.create_task(pool.post(url, "/x", b"{}"))
         await asyncio.sleep(0.1)
