@@ -146,7 +146,14 @@ async def test_stepped_forecast_is_bought_ahead_on_spot_over_pools(
     spot = [i for i in live if i.offering.market == Market.SPOT]
     assert spot, "spot is cheaper per request than on-demand here"
     assert len({i.offering.key for i in spot}) >= 2
-    assert _capacity(spot) <= 0.8 * STEP_RPS + 1e-6
+    pools: dict[str, list[Any]] = {}
+    for i in spot:
+        pools.setdefault(i.offering.key, []).append(i)
+    # The planner's spot rule (provisioner/planner_greedy.py): a pool holds one instance, or
+    # several within its share (0.8 / 2 pools); losing any one pool leaves 60% of the step.
+    assert all(len(p) == 1 or _capacity(p) <= 0.4 * STEP_RPS + 1e-6 for p in pools.values())
+    largest = max(_capacity(p) for p in pools.values())
+    assert _capacity(live) - largest >= 0.6 * STEP_RPS - 1e-6
     listed = {i.id for i in await cloud.list()}
     assert {i.id for i in live} == listed
     decisions, _ = await db.list_decisions(limit=200)
@@ -195,10 +202,16 @@ async def test_interruption_is_replaced_at_once_and_step_scaled_in_after(
         clock.now_s += 60.0
         await loop.tick()
         await loop.sync()
-    # Scaled in. One instance may stay: after minutes of zero requests the forecaster's upper
-    # quantile is still ~0.03 rps (a Poisson bound on an unseen rate), which the planner covers.
+    # Scaled in. After minutes of zero requests the forecaster's upper quantile is still ~0.03
+    # rps (a Poisson bound on an unseen rate), which the planner covers: with one on-demand
+    # instance, or with spot hedged over two pools (two spot c5s cost less than one on-demand).
     left = await db.list_instances()
-    assert len(left) <= 1 and len(before) >= 5
+    assert len(before) >= 5
+    assert len(left) <= 1 or (
+        len(left) == 2
+        and all(i.offering.market == Market.SPOT for i in left)
+        and len({i.offering.key for i in left}) == 2
+    )
     assert {i.id for i in await cloud.list()} == {i.id for i in left}
     decisions, _ = await db.list_decisions(limit=500)
     kinds = {d.action for d in decisions}

@@ -3,7 +3,9 @@ servers, deterministic service T(b) = a + c*b (MArk's model; DESIGN.md "Batching
 
 The batch rule is the front end's (frontend/batcher.py): a batch leaves when `plan.size`
 requests wait or the oldest has waited `plan.timeout_ms`, and only when a server is free (the
-backlog fills the batch while the servers are busy, the model `provisioner.capacity` assumes).
+backlog fills the batch while the servers are busy, the model `provisioner.capacity` assumes);
+and at once, with what waits, when every server is idle (the front end is work-conserving: an
+instance with nothing in flight never waits for a batch to fill).
 `plan` comes from `provisioner.batching.slo_batch` at the rate routed to the instance.
 
 Two paths compute the same thing:
@@ -141,6 +143,9 @@ class InstanceQueue:
             taken += 1
             full_at = times[head + size - 1] if head + size <= n else math.inf
             start = max(server_free, min(full_at, times[head] + timeout_s), times[head])
+            idle_at = max(max(free), times[head])  # work-conserving: nothing in flight
+            if idle_at < start:
+                start = idle_at
             if start >= until_s:
                 break
             count = min(size, bisect.bisect_right(times, start, head) - head)
@@ -221,6 +226,9 @@ class InstanceQueue:
                 first = waiting[head]
                 full_at = waiting[head + size - 1] if head + size <= len(waiting) else math.inf
                 start = max(server_free, min(full_at, first + timeout_s), first)
+                idle_at = max(max(free), first)  # work-conserving: nothing in flight
+                if idle_at < start:
+                    start = idle_at
                 if start > limit_s:
                     return
                 if shed is not None and first + deadline_s < start:
