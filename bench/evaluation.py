@@ -1,7 +1,7 @@
 """Reproduce the MArk evaluation (USENIX ATC'19, section 6) in the simulator and write
 docs/evaluation.md with its figures under docs/evaluation/.
 
-    .venv/bin/python bench/evaluation.py [--hours 4] [--models inception-v3,nasnet,...]
+    .venv/bin/python bench/evaluation.py [--hours 8] [--models inception-v3,nasnet,...]
 
 For each model (the paper's four) on the Twitter-like diurnal trace (its first `--hours`, the
 paper ran 8 h) and the MMPP trace (4 h), every policy runs in the mixed market (MArk-ondemand
@@ -119,9 +119,9 @@ def _claims(rows: dict[str, dict], slo_pct: float) -> list[str]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--hours", type=float, default=4.0)
+    parser.add_argument("--hours", type=float, default=8.0)
     parser.add_argument("--models", default=",".join(PAPER_RATIO))
-    parser.add_argument("--instances", type=float, default=20.0)
+    parser.add_argument("--instances", type=float, default=10.0)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     FIGURES.mkdir(parents=True, exist_ok=True)
