@@ -285,6 +285,7 @@ def _offering_table(
 
 
 _GridKey = tuple[float, int]
+_Shape = tuple[tuple[str, float], ...]  # (type, capacity at the SLO) a model can be served on
 
 
 def _grid_key(demand: Demand) -> _GridKey:
@@ -321,23 +322,29 @@ class _OfferingRows:
 
     table: Mapping[str, _TypeOfferings]
     pools: int
-    built: dict[tuple[_GridKey, tuple[tuple[str, float], ...]], _Rows] = field(default_factory=dict)
+    built: dict[tuple[_GridKey, _Shape], _Rows] = field(default_factory=dict)
+    leads: dict[_Shape, float] = field(default_factory=dict)
 
-    def efficient_lead_s(self, caps: Mapping[str, float]) -> float:
-        """Launch overhead of the eligible type with the lowest price per unit of capacity at
-        the SLO (its cheapest offering), for a model with capacities `caps`; 0 without one."""
-        best = (math.inf, 0.0)
-        for name, cap in caps.items():
-            block = self.table.get(name)
-            if cap > 0 and block is not None:
+    def shape(self, caps: Mapping[str, float]) -> _Shape:
+        """The eligible types of `caps` (a model's capacity per profiled type) with a positive
+        capacity, in its order: what a model's offering rows depend on."""
+        return tuple((name, cap) for name, cap in caps.items() if cap > 0 and name in self.table)
+
+    def efficient_lead_s(self, shape: _Shape) -> float:
+        """Launch overhead of the type of `shape` with the lowest price per unit of capacity at
+        the SLO (its cheapest offering); 0 without one. Cached per shape, as the rows are."""
+        found = self.leads.get(shape)
+        if found is None:
+            best = (math.inf, 0.0)
+            for name, cap in shape:
+                block = self.table[name]
                 ratio = float(block.price_per_hour.min()) / cap
                 best = min(best, (ratio, block.itype.launch_overhead_s))
-        return best[1]
+            found = self.leads[shape] = best[1]
+        return found
 
-    def get(self, demand: Demand, caps: Mapping[str, float]) -> _Rows:
-        """Rows of the eligible offerings of the types in `caps` (in its order) that have a
-        positive capacity; `caps` holds the model's capacity per profiled type."""
-        shape = tuple((name, cap) for name, cap in caps.items() if cap > 0 and name in self.table)
+    def get(self, demand: Demand, shape: _Shape) -> _Rows:
+        """Rows of the eligible offerings of the types in `shape`, in its order."""
         key = (_grid_key(demand), shape)
         found = self.built.get(key)
         if found is None:
@@ -579,9 +586,10 @@ def plan(
             type_name: capacities.get(profile, slo, max_batch).rate_rps
             for type_name, profile in wanted.model.profiles.items()
         }
-        lead = offered.efficient_lead_s(caps) if config.tail_after_lead else 0.0
+        shape = offered.shape(caps)
+        lead = offered.efficient_lead_s(shape) if config.tail_after_lead else 0.0
         demand = demand_buckets(wanted.forecast, now, config.horizon_s, now + lead)
-        inputs.append(_ModelInput(name, demand, caps, offered.get(demand, caps)))
+        inputs.append(_ModelInput(name, demand, caps, offered.get(demand, shape)))
     plans: list[_ModelPlan] = []
     for item, rows in zip(inputs, _fleet_candidates(inputs, live_rows), strict=True):
         name, demand, cands = item.name, item.demand, rows.cands

@@ -180,14 +180,14 @@ def cover_demand(
     tol = _EPS_RPS * max(1.0, peak_rps)
     while len(kept) + len(launches) < max_instances:
         unserved = load - planned
-        worst_pool: np.ndarray | None = None
-        if spot_used > 0 and keep > 0:
-            spot_rows = pool_rps[:-1]
-            deficit = keep * load - (planned - spot_rows.max(axis=0))
-            if np.count_nonzero(deficit > unserved + tol):
-                unserved = np.maximum(unserved, deficit)
-                worst_pool = spot_rows.argmax(axis=0)
         open_ = [u > tol and not b for u, b in zip(unserved.tolist(), blocked, strict=True)]
+        worst_pool: np.ndarray | None = None
+        if True not in open_ and spot_used > 0 and keep > 0:
+            # The demand is covered: now the hedge, what the loss of the largest pool leaves.
+            spot_rows = pool_rps[:-1]
+            unserved = keep * load - (planned - spot_rows.max(axis=0))
+            open_ = [u > tol and not b for u, b in zip(unserved.tolist(), blocked, strict=True)]
+            worst_pool = spot_rows.argmax(axis=0)
         if True not in open_:
             break
         tau = open_.index(True)
@@ -207,7 +207,9 @@ def cover_demand(
         if worst_pool is not None:
             # Capacity in a pool that is the largest in some bucket of the window is lost with
             # that pool: it cannot hedge against it.
-            usable = usable & ~np.isin(cands.pool, worst_pool[tau:e])
+            lost = np.zeros(cands.pools + 1, dtype=bool)
+            lost[worst_pool[tau:e]] = True
+            usable = usable & ~lost[cands.pool]
         if any_backup:
             primary = usable & ~cands.backup
             if np.count_nonzero(primary):
