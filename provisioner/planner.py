@@ -7,7 +7,11 @@ One `plan` call, in order:
    `pool_cooldown_s`; the greedy then replaces their capacity at once. Instances of models that
    are no longer registered are drained.
 2. For each model, `planner_greedy.cover_demand` covers the forecast upper quantile over the
-   horizon from its live instances (free to keep while paid) and the eligible offerings
+   horizon (the mean until the model's most cost-efficient type could be ready, with
+   `tail_after_lead`: a nearer tail would only buy stopgaps costing many times more per
+   request, and queueing and spill take it instead), spot hedged against the loss of a pool,
+   from its live instances (free to keep while paid; spot at its pool's current price) and the
+   eligible offerings
    (available, pool not cooling down, spot allowed, type allowed or a backup type) whose
    capacity at the SLO (`provisioner.capacity`, cached) is positive. Candidate rows are built
    once per plan, not per model (issue 6: 1,000 models x 100 offerings in under 100 ms): one
@@ -137,6 +141,16 @@ def paid_until_s(instance: Instance, itype: InstanceType, now_s: float) -> float
     billed = max(now_s - start, itype.billing_minimum_s)
     step = itype.billing_granularity_s
     return start + math.ceil(billed / step - 1e-9) * step
+
+
+def price_now(instance: Instance, prices: Mapping[str, float]) -> float:
+    """What a live instance costs per hour now, given the offerings' current prices by key: a
+    spot instance pays its pool's current price (EC2 bills spot at the market price, not at
+    the price it was launched at), so it is compared with a new launch in the same pool at the
+    same price."""
+    if instance.offering.market == Market.SPOT:
+        return prices.get(instance.offering.key, instance.offering.price_per_hour)
+    return instance.offering.price_per_hour
 
 
 def _per_million(usd_per_request: float) -> str:
@@ -398,6 +412,7 @@ class _LiveRows:
         live_by_model: Mapping[str, list[Instance]],
         snapshot: FleetSnapshot,
         pool_of: Mapping[str, int],
+        prices: Mapping[str, float],
     ) -> _LiveRows:
         now = snapshot.now_s
         instances: dict[str, tuple[Instance, ...]] = {}
@@ -419,7 +434,7 @@ class _LiveRows:
             span=span,
             ready_at_s=np.array(ready_at),
             paid_until_s=np.array(paid),
-            price_per_hour=np.array([i.offering.price_per_hour for i in every]),
+            price_per_hour=np.array([price_now(i, prices) for i in every]),
             pool=np.array([pool_of.get(i.offering.key, -1) for i in every], dtype=int),
         )
 
@@ -541,10 +556,11 @@ def plan(
     }
     live_by_model: dict[str, list[Instance]] = {}
     spend_per_hour = 0.0
+    prices = {o.key: o.price_per_hour for o in snapshot.offerings}
     for inst in sorted(snapshot.instances, key=lambda i: i.id):
         if not inst.live:
             continue
-        spend_per_hour += inst.offering.price_per_hour
+        spend_per_hour += price_now(inst, prices)
         model = _model_of(inst)
         if inst.state == InstanceState.DRAINING:
             since = inst.draining_at_s if inst.draining_at_s is not None else now
@@ -576,7 +592,7 @@ def plan(
     pool_of = _spot_pools(snapshot)
     table = _offering_table(snapshot, config, cooling, pool_of)
     offered = _OfferingRows(table, len(pool_of))
-    live_rows = _LiveRows.of(live_by_model, snapshot, pool_of)
+    live_rows = _LiveRows.of(live_by_model, snapshot, pool_of, prices)
     capacities = DEFAULT_CACHE if cache is None else cache
     inputs: list[_ModelInput] = []
     for name in sorted(snapshot.models):

@@ -45,6 +45,9 @@ class Demand:
     starts_s: np.ndarray
     durations_s: np.ndarray
     upper_rps: np.ndarray
+    # The first bucket that takes the upper quantile (before it: the mean, see demand_buckets);
+    # the spot hedge applies from there too.
+    tail_from: int = 0
 
     @property
     def peak_rps(self) -> float:
@@ -74,11 +77,13 @@ def demand_buckets(
     width = forecast.bucket_s
     starts, durations = _grid(now_s, width, horizon_s)
     upper = _resample(forecast.upper_rps, forecast.start_s, width, now_s, horizon_s, durations)
+    tail_from = 0
     if mean_before_s > now_s:
         near = starts < mean_before_s
+        tail_from = int(np.count_nonzero(near))
         mean = _resample(forecast.mean_rps, forecast.start_s, width, now_s, horizon_s, durations)
         upper = np.where(near, np.minimum(mean, upper), upper)
-    return Demand(now_s, starts, durations, upper)
+    return Demand(now_s, starts, durations, upper, tail_from)
 
 
 def _resample(
@@ -183,9 +188,13 @@ def cover_demand(
         open_ = [u > tol and not b for u, b in zip(unserved.tolist(), blocked, strict=True)]
         worst_pool: np.ndarray | None = None
         if True not in open_ and spot_used > 0 and keep > 0:
-            # The demand is covered: now the hedge, what the loss of the largest pool leaves.
+            # The demand is covered: now the hedge, what the loss of the largest pool leaves,
+            # from the first bucket the efficient type can reach (nearer, a pool's loss comes
+            # with a two-minute notice and is replaced at once; hedging it with stopgaps would
+            # cost many times the risk).
             spot_rows = pool_rps[:-1]
             unserved = keep * load - (planned - spot_rows.max(axis=0))
+            unserved[: demand.tail_from] = 0.0
             open_ = [u > tol and not b for u, b in zip(unserved.tolist(), blocked, strict=True)]
             worst_pool = spot_rows.argmax(axis=0)
         if True not in open_:

@@ -337,3 +337,35 @@ def test_spot_is_hedged_across_pools_when_one_instance_exceeds_a_pool_share() ->
     assert [a.offering.market for a in got] == [Market.SPOT, Market.SPOT]
     assert len({a.offering.key for a in got}) == 2
     assert sum(a.offering.price_per_hour for a in got) < BIG.on_demand_price_per_hour
+
+
+def test_a_live_spot_instance_is_priced_at_its_pool_s_current_price() -> None:
+    # The pool's spot price fell since launch: EC2 bills the live instance at the new price
+    # too, so keeping it beats launching an identical one in the same pool.
+    launched = offering("c5.large", "us-east-1a", spot=True, price_per_hour=0.04)
+    live = [instance("i-spot", launched)]
+    cheaper = offering("c5.large", "us-east-1a", spot=True, price_per_hour=0.03)
+    demand = 0.5 * cap("c5.large")
+    # Launches are ready at once here, so a new instance serves every bucket the live one does
+    # and only the price tells them apart.
+    instant = {n: t.model_copy(update={"launch_overhead_s": 0.0}) for n, t in TYPES.items()}
+    snap = snapshot(
+        models={"resnet": (model(types=("c5.large",)), forecast(*[demand] * 5))},
+        instances=live,
+        offerings=(cheaper, offering("c5.large", "us-east-1b")),
+        instance_types=instant,
+    )
+    p = run(snap, spot_max_share=1.0, spot_min_pools=1)
+    assert not launches(p)
+    assert not [a for a in p.actions if isinstance(a, Drain)]
+
+
+def test_the_hedge_buys_no_stopgaps_before_the_efficient_type_can_be_ready() -> None:
+    big_rps = capacity_rps(SIZED_PROFILES["big"], SLO, 1)
+    live = instance("i-big", sized_offering("big", "us-east-1a", spot=True), name="nasnet")
+    snap = sized_snapshot(mean=0.5 * big_rps, upper=0.5 * big_rps, instances=[live], spot=True)
+    got = launches(run(snap, spot_max_share=0.8, spot_min_pools=2))
+    # The live instance covers the demand; the hedge against losing its pool is a big spot
+    # instance in another pool, for the buckets it can reach, not small ones before that.
+    assert [(a.offering.instance_type, a.offering.market) for a in got] == [("big", Market.SPOT)]
+    assert got[0].offering.zone != "us-east-1a"
