@@ -50,6 +50,7 @@ class _Connection(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.parser = httptools.HttpResponseParser(self)
         self.waiter: asyncio.Future[HttpAnswer] | None = None
+        self.idle_in: list[_Connection] | None = None  # the pool's idle list holding it
         self.closed = False
         self.received = False
         self.reused = False
@@ -72,6 +73,9 @@ class _Connection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
+        if self.idle_in is not None:  # closed while idle (the instance left): forget it
+            self.idle_in.remove(self)
+            self.idle_in = None
         self._fail(HttpError(f"connection closed before the answer was complete ({exc or 'EOF'})"))
 
     # httptools callbacks
@@ -194,15 +198,16 @@ class HttpPool:
             raise
         if not conn.closed:
             conn.reused = True
-            self._idle.setdefault(key, []).append(conn)
+            conn.idle_in = self._idle.setdefault(key, [])
+            conn.idle_in.append(conn)
         return answer
 
     async def _acquire(self, key: tuple[str, int, bool]) -> _Connection:
         idle = self._idle.get(key)
-        while idle:
-            conn = idle.pop()
-            if not conn.closed:
-                return conn
+        if idle:
+            conn = idle.pop()  # idle connections that closed have left the list already
+            conn.idle_in = None
+            return conn
         return await self._connect(key)
 
     async def _connect(self, key: tuple[str, int, bool]) -> _Connection:
@@ -219,7 +224,7 @@ class HttpPool:
         return conn
 
     async def close(self) -> None:
-        for idle in self._idle.values():
-            for conn in idle:
+        for idle in list(self._idle.values()):
+            for conn in list(idle):
                 conn.close()
         self._idle.clear()

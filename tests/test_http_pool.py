@@ -162,3 +162,15 @@ async def test_refused_timed_out_and_cut_short_calls_raise_http_error() -> None:
         with pytest.raises(HttpError, match="closed before the answer was complete"):
             await task
     await pool.close()
+
+
+async def test_idle_connections_an_instance_closed_are_forgotten() -> None:
+    async with serving(lambda _b, _n: answer(b"{}")) as (server, url):
+        pool = HttpPool(limit=8, timeout_s=5)
+        await asyncio.gather(*(pool.post(url, "/x", b"1") for _ in range(3)))
+        assert server.connections == 3
+        for w in server.writers:  # the instance goes away
+            w.close()
+        await asyncio.sleep(0.05)
+        assert pool._idle[pool._key(url)] == []  # nothing held for an instance that is gone
+        await pool.close()
