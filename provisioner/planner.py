@@ -194,26 +194,18 @@ class _Builder:
             )
         )
 
-    def terminate(self, inst: Instance, reason: str) -> None:
+    def retire(self, inst: Instance, reason: str) -> None:
+        """Take `inst` out of service: a running instance drains first (its queue empties), a
+        pending one or one whose drain is over is terminated."""
         model = _model_of(inst)
-        self.actions.append(Terminate(instance_id=inst.id, model=model, reason=reason))
+        action: Drain | Terminate
+        if inst.state == InstanceState.RUNNING:
+            kind, action = ActionKind.DRAIN, Drain(inst.id, model, reason)
+        else:
+            kind, action = ActionKind.TERMINATE, Terminate(inst.id, model, reason)
+        self.actions.append(action)
         self.decide(
-            ActionKind.TERMINATE,
-            reason,
-            model=model or None,
-            instance_id=inst.id,
-            offering_key=inst.offering.key,
-        )
-
-    def drain(self, inst: Instance, reason: str) -> None:
-        model = _model_of(inst)
-        self.actions.append(Drain(instance_id=inst.id, model=model, reason=reason))
-        self.decide(
-            ActionKind.DRAIN,
-            reason,
-            model=model or None,
-            instance_id=inst.id,
-            offering_key=inst.offering.key,
+            kind, reason, model=model or None, instance_id=inst.id, offering_key=inst.offering.key
         )
 
 
@@ -565,7 +557,7 @@ def plan(
         if inst.state == InstanceState.DRAINING:
             since = inst.draining_at_s if inst.draining_at_s is not None else now
             if now - since >= config.drain_s:
-                out.terminate(inst, f"drained for {now - since:.0f} s (drain_s {config.drain_s:g})")
+                out.retire(inst, f"drained for {now - since:.0f} s (drain_s {config.drain_s:g})")
             continue
         notice = snapshot.interruptions.get(inst.id)
         if notice is not None:
@@ -575,17 +567,11 @@ def plan(
                 " replacing now and avoiding the pool for "
                 f"{config.pool_cooldown_s:.0f} s"
             )
-            if inst.state == InstanceState.PENDING:
-                out.terminate(inst, why)
-            else:
-                out.drain(inst, why)
+            out.retire(inst, why)
             continue
         if model not in snapshot.models:
             why = f"model {model!r} is not registered any more"
-            if inst.state == InstanceState.PENDING:
-                out.terminate(inst, why)
-            else:
-                out.drain(inst, why)
+            out.retire(inst, why)
             continue
         live_by_model.setdefault(model, []).append(inst)
 
@@ -797,7 +783,7 @@ def _release(
             why = f"min_instances {config.min_instances}"
         else:
             staying -= 1
-            out.drain(
+            out.retire(
                 inst,
                 f"not needed: the other instances cover the forecast peak "
                 f"{mp.demand.peak_rps:.1f} rps for the whole {config.horizon_s:.0f} s horizon "
