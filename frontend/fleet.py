@@ -211,6 +211,7 @@ class Fleet:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._sync: asyncio.Task[None] | None = None
         self._watch: asyncio.Task[None] | None = None
+        self._flush = asyncio.create_task(self._flush_metrics())
         if spill is not None:
             spill.start()
             self._watch = asyncio.create_task(self._watch_queues(spill.config.interval_ms / 1e3))
@@ -228,7 +229,7 @@ class Fleet:
     async def close(self) -> None:
         """Stop syncing, probing and watching; answer everything still queued with 503; write
         the spilled cost still due and close the pool."""
-        for task in (self._sync, self._watch):
+        for task in (self._sync, self._watch, self._flush):
             if task is not None:
                 task.cancel()
         for name in list(self._models):
@@ -240,6 +241,16 @@ class Fleet:
         await self._http.close()
         if self._own_session:
             await self._session.close()
+        metrics.flush()
+
+    async def _flush_metrics(self) -> None:
+        """Write the buffered per-request metrics every FLUSH_INTERVAL_S (frontend/metrics.py)."""
+        while True:
+            await asyncio.sleep(metrics.FLUSH_INTERVAL_S)
+            try:
+                metrics.flush()
+            except Exception:  # a full disk must not stop the flushes that follow
+                logger.exception("writing the buffered metrics failed")
 
     # --- fleet view ---------------------------------------------------------------------------
 
@@ -623,10 +634,10 @@ class Fleet:
         queue_time = metrics.child(metrics.QUEUE_TIME, name)
         for q in live:
             q.attempts += 1
-            queue_time.observe(now - q.arrival_s)
-        metrics.child(metrics.BATCH_SIZE, name).observe(len(live))
+            metrics.observe(queue_time, now - q.arrival_s)
+        metrics.observe(metrics.child(metrics.BATCH_SIZE, name), len(live))
         inflight = metrics.child(metrics.INSTANCE_INFLIGHT, name, link.id)
-        inflight.inc(len(live))
+        metrics.add(inflight, len(live))
         protocol = state.model.backend.protocol
         forward = live[0].request.raw if len(live) == 1 else None
         if protocol != "kserve-v2" or state.backend_name != name:
@@ -660,7 +671,7 @@ class Fleet:
                 self._retry(state, q, f"instance {link.id} failed ({exc})")
             return
         finally:
-            inflight.dec(len(live))
+            metrics.add(inflight, -len(live))
         for q, part in zip(live, parts, strict=True):
             answer_once(
                 q,

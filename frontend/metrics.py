@@ -9,10 +9,20 @@ processes count). The control loop reads the observed arrival rate per model fro
 Spills are also counted by reason (`mark_spill_total`), with their cost
 (`mark_spill_cost_usd_total`).
 SLO attainment = `mark_inference_slo_total{met="true"}` / `mark_inference_slo_total`.
+
+The per-request series (answers, latency, SLO, queue time, batch size, in-flight) are buffered:
+the hot path adds to plain dicts (`add`, `observe`), and `flush` writes the totals every
+FLUSH_INTERVAL_S (the fleet's task), before every scrape of this process and at shutdown. In
+multiprocess mode each write to a metric is a locked write to a memory-mapped file, so writing
+per request cost about 17 us of the front end's ~270 us per request at 16 connections (a third
+of that per histogram observation); a flush writes each series once. Another worker's latest
+fraction of a second may be missing from a scrape; nothing is lost.
 """
 
 from __future__ import annotations
 
+from bisect import bisect_left
+from collections import Counter as Tally
 from functools import lru_cache
 from typing import Any
 
@@ -33,7 +43,13 @@ __all__ = [
     "SPILL_COST",
     "observe_answer",
     "child",
+    "add",
+    "observe",
+    "flush",
+    "FLUSH_INTERVAL_S",
 ]
+
+FLUSH_INTERVAL_S = 0.25
 
 _LATENCY_BUCKETS_S = (
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 0.75, 1.0, 1.5, 2.5, 5.0,
@@ -112,12 +128,59 @@ def child(metric: MetricWrapperBase, *labels: str) -> Any:
     return metric.labels(*labels)
 
 
+_added: dict[Any, float] = {}  # counter or gauge child -> what to add at the next flush
+_observed: dict[Any, list[float]] = {}  # histogram child -> observations since the last flush
+
+
+def add(series: Any, amount: float = 1.0) -> None:
+    """Add `amount` to a counter or gauge child (a `child(...)`) at the next flush."""
+    _added[series] = _added.get(series, 0.0) + amount
+
+
+def observe(series: Any, value: float) -> None:
+    """Observe `value` on a histogram child at the next flush."""
+    found = _observed.get(series)
+    if found is None:
+        _observed[series] = [value]
+    else:
+        found.append(value)
+
+
+def flush() -> None:
+    """Write what `add` and `observe` buffered: one write per series and bucket."""
+    added = list(_added.items())
+    observed = list(_observed.items())
+    _added.clear()
+    _observed.clear()
+    for series, amount in added:
+        if amount:
+            series.inc(amount)
+    for series, values in observed:
+        _observe_all(series, values)
+
+
+def _observe_all(series: Any, values: list[float]) -> None:
+    """`series.observe(v)` for every v, with one write per bucket. prometheus-client has no
+    bulk observe, so this fills the child's buckets and sum as `Histogram.observe` does (the
+    first bucket whose bound is >= v); should a release rename them, it observes one by one."""
+    bounds = getattr(series, "_upper_bounds", None)
+    buckets = getattr(series, "_buckets", None)
+    total = getattr(series, "_sum", None)
+    if bounds is None or buckets is None or total is None:
+        for value in values:
+            series.observe(value)
+        return
+    for index, count in Tally(bisect_left(bounds, v) for v in values).items():
+        buckets[index].inc(count)
+    total.inc(sum(values))
+
+
 def observe_answer(
     model: str, path: str, code: int, latency_s: float, slo_latency_s: float | None
 ) -> None:
     """Count one answer; SLO attainment only for answers (2xx) and 503s of known models."""
-    child(REQUESTS, model, path, str(code)).inc()
-    child(LATENCY, model, path).observe(latency_s)
+    add(child(REQUESTS, model, path, str(code)))
+    observe(child(LATENCY, model, path), latency_s)
     if slo_latency_s is not None:
         met = code == 200 and latency_s <= slo_latency_s
-        child(SLO, model, "true" if met else "false").inc()
+        add(child(SLO, model, "true" if met else "false"))

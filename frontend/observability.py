@@ -23,6 +23,8 @@ from prometheus_client.process_collector import ProcessCollector
 from sanic import Blueprint, Request
 from sanic.response import HTTPResponse, raw
 
+from frontend import metrics as inference_metrics
+
 __all__ = ["bp", "ADMIN_REQUESTS", "ADMIN_LATENCY", "observe_admin"]
 
 bp = Blueprint("observability")
@@ -56,4 +58,5 @@ def observe_admin(request: Request, status: int) -> None:
 
 @bp.get("/metrics")
 async def metrics(request: Request) -> HTTPResponse:
+    inference_metrics.flush()  # this process's buffered answers count in its own scrape
     return raw(generate_latest(_registry()), content_type=CONTENT_TYPE_LATEST)

@@ -32,6 +32,7 @@ import math
 import struct
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from itertools import accumulate, pairwise
 from typing import Any, Literal
 
 import numpy as np
@@ -613,17 +614,14 @@ def split(response: InferResponse, sizes: Sequence[int]) -> list[InferResponse]:
             raise BackendError(
                 f"output {t.name!r} has shape {list(t.shape)}, expected {total} rows"
             )
-    bounds = np.cumsum([0, *sizes])
+    bounds = list(accumulate(sizes, initial=0))  # Python ints: numpy scalars slice 3x slower
     return [
         InferResponse(
-            tuple(
-                Tensor(t.name, t.datatype, t.array[bounds[i] : bounds[i + 1]])
-                for t in response.outputs
-            ),
+            tuple(Tensor(t.name, t.datatype, t.array[lo:hi]) for t in response.outputs),
             response.model_name,
             response.model_version,
         )
-        for i in range(len(sizes))
+        for lo, hi in pairwise(bounds)
     ]
 
 

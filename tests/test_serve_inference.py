@@ -136,8 +136,13 @@ async def test_a_burst_spills_to_the_local_pool_and_is_billed(
             if costs["serverless_requests"] >= 24:
                 break
             await asyncio.sleep(0.2)
-        async with s.get(f"{served.base_url}/metrics") as r:
-            text = await r.text()
+        for _ in range(50):  # each HTTP worker writes its answers' metrics every 0.25 s
+            async with s.get(f"{served.base_url}/metrics") as r:
+                text = await r.text()
+            answered = _metric(text, "mark_inference_requests_total", path="serverless")
+            if answered >= 24:
+                break
+            await asyncio.sleep(0.2)
     for i, (status, doc, latency_s) in enumerate(results):
         assert status == 200, (doc, served.log()[-4000:])
         assert latency_s <= slo_ms / 1000.0
