@@ -219,7 +219,13 @@ def _as_array(data: Any, datatype: str, name: str) -> np.ndarray:
 
 
 def _shape(raw: Any, name: str) -> tuple[int, ...]:
-    if not isinstance(raw, list) or not all(isinstance(d, int) and d >= 0 for d in raw):
+    bad = type(raw) is not list
+    if not bad:
+        for d in raw:
+            if type(d) is not int or d < 0:  # JSON integers only (not true/false)
+                bad = True
+                break
+    if bad:
         raise ProtocolError(f"input {name!r}: shape must be a list of non-negative integers", name)
     if math.prod(raw) > _MAX_ELEMENTS:
         raise ProtocolError(f"input {name!r}: tensor too large", name)
@@ -227,6 +233,9 @@ def _shape(raw: Any, name: str) -> tuple[int, ...]:
 
 
 def _shaped(arr: np.ndarray, shape: tuple[int, ...], name: str) -> np.ndarray:
+    """`arr` (any nesting) as `shape`, which must hold exactly its values."""
+    if arr.shape == shape:
+        return arr
     if arr.size != math.prod(shape):
         raise ProtocolError(
             f"input {name!r}: {arr.size} values do not fill shape {list(shape)}", name
@@ -348,8 +357,8 @@ def _parse_tensors(raw: Any, rest: bytes, what: str) -> tuple[list[Tensor], int]
             arr = _as_array(item["data"], datatype, name)
         else:
             raise ProtocolError(f"input {name!r}: needs 'data' or binary_data_size", name)
-        tensors.append(Tensor(name, datatype, _shaped(arr.reshape(-1), shape, name)))
-    if len({t.name for t in tensors}) != len(tensors):
+        tensors.append(Tensor(name, datatype, _shaped(arr, shape, name)))
+    if len(tensors) > 1 and len({t.name for t in tensors}) != len(tensors):
         raise ProtocolError(f"duplicate names in '{what}'")
     return tensors, offset
 
