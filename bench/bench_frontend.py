@@ -10,8 +10,13 @@ latency = target's p50/p99 minus the direct path's at the same load; throughput 
 reported as ratios to nginx's. "CPU us/req" is the CPU time the Mark front end's processes used
 per answered request (less sensitive to other load on a shared machine than the throughput).
 
-    python bench/bench_frontend.py [--duration 10] [--connections 1,4,16] [--paced 250,1000]
-                                   [--workers 1]
+The targets are measured in interleaved rounds (direct, nginx, Mark, then again), and each figure
+is the median over rounds of that round's value, difference or ratio: on a shared VM whose speed
+drifts by a third within minutes, one long run per target compared Mark and nginx at different
+speeds (the same code measured 245 and 339 us of CPU per request ten minutes apart).
+
+    python bench/bench_frontend.py [--duration 4] [--rounds 3] [--connections 1,4,16]
+                                   [--paced 250,1000] [--workers 1]
 """
 
 from __future__ import annotations
@@ -20,11 +25,16 @@ import argparse
 import os
 import sys
 import tempfile
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
+from statistics import median
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.harness import (
+    Proc,
     cpu_s,
     machine,
     require_tools,
@@ -39,7 +49,8 @@ PACED_CONNECTIONS = 8
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--duration", type=int, default=10)
+    parser.add_argument("--duration", type=int, default=4, help="seconds per target and round")
+    parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--connections", default="1,4,16")
     parser.add_argument("--paced", default="250,1000", help="offered req/s below saturation")
     parser.add_argument("--workers", type=int, default=1, help="front-end processes")
@@ -61,37 +72,24 @@ def main() -> int:
             path = "/v2/models/demo/infer"
             targets = {"direct": workers[0].url, "nginx": nginx.url, "mark": front.url}
             print(
-                f"# bench_frontend: {machine()}; wrk {args.duration}s per point; "
-                f"Mark {args.workers} worker process(es); load average "
-                + " ".join(f"{x:.2f}" for x in os.getloadavg())
+                f"# bench_frontend: {machine()}; {args.rounds} interleaved rounds of wrk "
+                f"{args.duration}s per target and point; Mark {args.workers} worker process(es); "
+                "load average " + " ".join(f"{x:.2f}" for x in os.getloadavg())
             )
             print(f"{'conns':>5} {'target':>7} {'req/s':>9} {'p50 ms':>7} {'p99 ms':>7} "
                   f"{'+p50 ms':>8} {'+p99 ms':>8} {'rps/nginx':>9} {'p99/nginx':>9} "
                   f"{'CPU us/req':>10}")  # fmt: skip
             for conns in loads:
-                got = {}
-                for name, url in targets.items():
-                    cpu_before_s = cpu_s(fronts)
-                    got[name] = wrk(
-                        url + path, connections=conns, duration_s=args.duration, slo_ms=100
-                    )
-                    cpu_req_us = (cpu_s(fronts) - cpu_before_s) / got[name]["requests"] * 1e6
-                    got[name]["cpu_us"] = cpu_req_us if name == "mark" else None
-                base = got["direct"]
-                added = {
-                    n: ((r["p50_us"] - base["p50_us"]) / 1e3, (r["p99_us"] - base["p99_us"]) / 1e3)
-                    for n, r in got.items()
-                }
-                for name, r in got.items():
-                    ratio_rps = r["rps"] / got["nginx"]["rps"]
-                    # p99 ratio of whole latencies: the added parts can be <= 0 under noise
-                    ratio_p99 = r["p99_us"] / got["nginx"]["p99_us"]
+                run = partial(_load, path=path, connections=conns, duration_s=args.duration)
+                got = _rounds(targets, args.rounds, fronts, run)
+                for name, row in _summary(got).items():
+                    cpu = got[name][0].get("cpu_us")
                     print(
-                        f"{conns:>5} {name:>7} {r['rps']:>9.0f} {r['p50_us'] / 1e3:>7.2f} "
-                        f"{r['p99_us'] / 1e3:>7.2f} {added[name][0]:>8.2f} {added[name][1]:>8.2f} "
-                        f"{ratio_rps:>9.2f} {ratio_p99:>9.2f}"
-                        + (f" {r['cpu_us']:>10.0f}" if r["cpu_us"] is not None else "")
-                        + (f"  errors={r['errors']}" if r["errors"] else "")
+                        f"{conns:>5} {name:>7} {row['rps']:>9.0f} {row['p50']:>7.2f} "
+                        f"{row['p99']:>7.2f} {row['+p50']:>8.2f} {row['+p99']:>8.2f} "
+                        f"{row['rps/nginx']:>9.2f} {row['p99/nginx']:>9.2f}"
+                        + (f" {cpu:>10.0f}" if cpu is not None else "")
+                        + (f"  errors={row['errors']}" if row["errors"] else "")
                     )
             paced = [int(r) for r in args.paced.split(",") if r]
             if paced:
@@ -100,27 +98,70 @@ def main() -> int:
                       f"{'+p50 ms':>8} {'+p99 ms':>8}")  # fmt: skip
             for rate in paced:
                 pause_ms = max(1, round(PACED_CONNECTIONS * 1000 / rate))
-                got = {
-                    name: wrk(
-                        url + path,
-                        connections=PACED_CONNECTIONS,
-                        duration_s=args.duration,
-                        slo_ms=100,
-                        delay_ms=pause_ms,
-                    )  # fmt: skip
-                    for name, url in targets.items()
-                }
-                base = got["direct"]
-                for name, r in got.items():
+                run = partial(
+                    _load, path=path, connections=PACED_CONNECTIONS,
+                    duration_s=args.duration, delay_ms=pause_ms,
+                )  # fmt: skip
+                got = _rounds(targets, args.rounds, fronts, run)
+                for name, row in _summary(got).items():
                     print(
-                        f"{rate:>7} {name:>7} {r['rps']:>9.0f} {r['p50_us'] / 1e3:>7.2f} "
-                        f"{r['p99_us'] / 1e3:>7.2f} {(r['p50_us'] - base['p50_us']) / 1e3:>8.2f} "
-                        f"{(r['p99_us'] - base['p99_us']) / 1e3:>8.2f}"
+                        f"{rate:>7} {name:>7} {row['rps']:>9.0f} {row['p50']:>7.2f} "
+                        f"{row['p99']:>7.2f} {row['+p50']:>8.2f} {row['+p99']:>8.2f}"
                     )
         finally:
             for p in reversed(procs):
                 p.stop()
     return 0
+
+
+Doc = dict[str, Any]
+
+
+def _load(url: str, *, path: str, connections: int, duration_s: int, delay_ms: int = 0) -> Doc:
+    return wrk(
+        url + path, connections=connections, duration_s=duration_s, slo_ms=100, delay_ms=delay_ms
+    )
+
+
+def _rounds(
+    targets: dict[str, str], rounds: int, fronts: list[Proc], run: Callable[[str], Doc]
+) -> dict[str, list[Doc]]:
+    """`run` against every target in turn, `rounds` times over: the targets of one round are
+    measured within seconds of each other, so a slow spell of a shared machine falls on all of
+    them (the ratios are taken per round). Mark's rounds carry its front end's CPU per
+    answered request over all rounds (`cpu_us`, on the first)."""
+    got: dict[str, list[Doc]] = {name: [] for name in targets}
+    cpu_total_s, answered = 0.0, 0
+    for _ in range(rounds):
+        for name, url in targets.items():
+            cpu_before_s = cpu_s(fronts)
+            got[name].append(run(url))
+            if name == "mark":
+                cpu_total_s += cpu_s(fronts) - cpu_before_s
+                answered += got[name][-1]["requests"]
+    if "mark" in got and answered:
+        got["mark"][0]["cpu_us"] = cpu_total_s / answered * 1e6
+    return got
+
+
+def _summary(got: dict[str, list[Doc]]) -> dict[str, dict[str, float]]:
+    """Per target, the median over rounds of its figures and of its per-round differences to
+    the direct path and ratios to nginx."""
+    out = {}
+    for name, runs in got.items():
+        pairs = list(zip(runs, got["direct"], got["nginx"], strict=True))
+        out[name] = {
+            "rps": median(r["rps"] for r in runs),
+            "p50": median(r["p50_us"] for r in runs) / 1e3,
+            "p99": median(r["p99_us"] for r in runs) / 1e3,
+            "+p50": median(r["p50_us"] - d["p50_us"] for r, d, _ in pairs) / 1e3,
+            "+p99": median(r["p99_us"] - d["p99_us"] for r, d, _ in pairs) / 1e3,
+            "rps/nginx": median(r["rps"] / n["rps"] for r, _, n in pairs),
+            # p99 ratio of whole latencies: the added parts can be <= 0 under noise
+            "p99/nginx": median(r["p99_us"] / n["p99_us"] for r, _, n in pairs),
+            "errors": sum(r["errors"] for r in runs),
+        }
+    return out
 
 
 if __name__ == "__main__":
