@@ -5,7 +5,8 @@ Each running instance has one batcher. Requests routed to it wait in its FIFO; a
 when it is full (b rows, b from `provisioner.batching.slo_batch` at the rate routed to this
 instance), when its oldest request has waited the plan's timeout (what the SLO budget leaves
 after T(b)), or at once when the instance has nothing in flight (work-conserving: an idle
-instance never waits for a batch to fill; while it works, the next batch fills behind it), and
+instance never waits for a batch to fill; while it works, the next batch fills behind it; when
+more than b rows wait by then, it takes up to `backlog_take` of them in one batch), and
 only while fewer than `max_inflight` batches are outstanding on the instance, so the backlog
 stays here, visible to spill and retry, instead of in the worker's socket. Without the idle
 rule, a few closed-loop clients (fewer than b) would wait out the whole timeout on every batch:
@@ -26,7 +27,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from frontend.protocol import InferRequest, batch_key, batch_size
-from provisioner.batching import BatchPlan
+from provisioner.batching import BatchPlan, backlog_take
 
 __all__ = ["QueuedRequest", "RateEstimator", "InstanceBatcher", "take_batch", "answer_once"]
 
@@ -232,7 +233,9 @@ class InstanceBatcher:
                 or now >= leave_at
                 or _ready_rows(self.pending, plan.size) >= plan.size
             ):
-                batch = take_batch(self.pending, plan.size)
+                waiting = _ready_rows(self.pending, max(plan.size, plan.backlog_size))
+                waited_ms = (now - self.pending[0].arrival_s) * 1000.0
+                batch = take_batch(self.pending, backlog_take(plan, waiting, waited_ms))
                 self.inflight += 1
                 self.inflight_requests += len(batch)
                 task = asyncio.create_task(self.send(batch))

@@ -72,6 +72,44 @@ async def test_batches_leave_when_full_or_at_the_timeout() -> None:
     await batcher.close()
 
 
+async def test_a_backlog_behind_a_busy_instance_leaves_as_one_batch() -> None:
+    """A rate that sizes batches at one still sends what queued behind a busy instance together
+    (provisioner.batching.backlog_take), not one request per round trip."""
+    loop = asyncio.get_running_loop()
+    sent: list[int] = []
+    release = asyncio.Event()
+
+    async def dispatch(batch: list[QueuedRequest]) -> None:
+        sent.append(len(batch))
+        await release.wait()
+        for q in batch:
+            q.future.set_result(None)
+
+    plan = BatchPlan(
+        size=1, timeout_ms=900.0, service_ms=101.0, backlog_size=8, budget_ms=1000.0,
+        per_request_ms=1.0,
+    )  # fmt: skip
+    batcher = InstanceBatcher(
+        plan_for=lambda rate: plan,
+        dispatch=dispatch,
+        expire=lambda q: q.future.set_exception(TimeoutError()),
+        max_inflight=1,
+        window_s=1.0,
+        clock=loop.time,
+    )
+    first = _queued(loop)
+    batcher.offer(first)
+    await asyncio.sleep(0.01)  # in flight, held until released
+    behind = [_queued(loop) for _ in range(3)]
+    for q in behind:
+        batcher.offer(q)
+    await asyncio.sleep(0.01)
+    release.set()
+    await asyncio.gather(first.future, *(q.future for q in behind))
+    assert sent == [1, 3]
+    await batcher.close()
+
+
 async def test_expired_requests_are_handed_back_not_sent() -> None:
     loop = asyncio.get_running_loop()
     expired: list[QueuedRequest] = []

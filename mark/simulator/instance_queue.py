@@ -3,7 +3,9 @@ servers, deterministic service T(b) = a + c*b (MArk's model; DESIGN.md "Batching
 
 The batch rule is the front end's (frontend/batcher.py): a batch leaves when `plan.size`
 requests wait or the oldest has waited `plan.timeout_ms`, and only when a server is free (the
-backlog fills the batch while the servers are busy, the model `provisioner.capacity` assumes);
+backlog fills the batch while the servers are busy, the model `provisioner.capacity` assumes;
+a backlog larger than `plan.size` leaves in one batch of up to `backlog_take`, which capacity
+does not count on);
 and at once, with what waits, when every server is idle (the front end is work-conserving: an
 instance with nothing in flight never waits for a batch to fill).
 `plan` comes from `provisioner.batching.slo_batch` at the rate routed to the instance.
@@ -29,7 +31,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from provisioner.batching import BatchPlan
+from provisioner.batching import BatchPlan, backlog_take
 
 __all__ = ["ServedBatch", "SpillGate", "InstanceQueue"]
 
@@ -134,7 +136,7 @@ class InstanceQueue:
         # free first is the one of the request `servers` places back, and the rest is a Lindley
         # recursion per residue class, vectorised below (the baselines do not batch; a
         # request-by-request loop made them the simulator's slowest policies).
-        settled_at = max(free) if size == 1 else math.inf
+        settled_at = max(free) if size == 1 and plan.backlog_size <= 1 else math.inf
         taken = 0
         while head < n:
             server_free = free[0]
@@ -148,7 +150,8 @@ class InstanceQueue:
                 start = idle_at
             if start >= until_s:
                 break
-            count = min(size, bisect.bisect_right(times, start, head) - head)
+            ready = bisect.bisect_right(times, start, head) - head
+            count = min(backlog_take(plan, ready, (start - times[head]) * 1000.0), ready)
             end = start + a_s + c_s * count
             heapq.heapreplace(free, end)
             starts.append(start)
@@ -238,7 +241,8 @@ class InstanceQueue:
                     shed(waiting[head:late_end], start)
                     head = late_end
                     continue
-                count = min(size, bisect.bisect_right(waiting, start, head) - head)
+                ready = bisect.bisect_right(waiting, start, head) - head
+                count = min(backlog_take(plan, ready, (start - first) * 1000.0), ready)
                 end = start + a_s + c_s * count
                 heapq.heapreplace(free, end)
                 out_arrival.extend(waiting[head : head + count])
