@@ -1,16 +1,19 @@
 """Front-end overhead and throughput: clients -> Mark -> workers, clients -> nginx -> workers and
 clients -> worker directly, side by side in one run, against the same two `mark worker`s
-(native speed, builtin:mlp).
+(native speed, builtin:mlp). A fourth target, `sanic`, is bench/sanic_proxy.py: a bare Sanic
+process forwarding bodies through Mark's instance client, the floor of any Sanic front end, so
+the table separates what Python and Sanic cost from what Mark's own work costs.
 
 wrk (closed loop, C connections) is the load generator, so Python is not the client bottleneck;
 the offered load is set by the connection count. A second table paces the load below
 saturation (`--paced`: 8 connections, each pausing after every answer so that together they
 offer about that many requests per second), where the added latency target applies. Added
 latency = target's p50/p99 minus the direct path's at the same load; throughput and p99 are
-reported as ratios to nginx's. "CPU us/req" is the CPU time the Mark front end's processes used
-per answered request (less sensitive to other load on a shared machine than the throughput).
+reported as ratios to nginx's. "CPU us/req" is the CPU time the front end's processes (Mark's,
+the bare Sanic proxy's) used per answered request (less sensitive to other load on a shared
+machine than the throughput).
 
-The targets are measured in interleaved rounds (direct, nginx, Mark, then again), and each figure
+The targets are measured in interleaved rounds (direct, nginx, sanic, Mark, then again); a figure
 is the median over rounds of that round's value, difference or ratio: on a shared VM whose speed
 drifts by a third within minutes, one long run per target compared Mark and nginx at different
 speeds (the same code measured 245 and 339 us of CPU per request ten minutes apart).
@@ -40,6 +43,7 @@ from bench.harness import (
     require_tools,
     start_front,
     start_nginx,
+    start_sanic_proxy,
     start_worker,
     wrk,
 )
@@ -65,12 +69,19 @@ def main() -> int:
         try:
             nginx = start_nginx([w.url for w in workers], work)
             procs.append(nginx)
+            floor = start_sanic_proxy([w.url for w in workers])
+            procs.append(floor)
             upstreams = [("c5.large", w.url) for w in workers]
             front = start_front(model, upstreams, work, workers=args.workers)
             procs.append(front)
-            fronts = [front, *front.others]
+            cpu_of = {"sanic": [floor], "mark": [front, *front.others]}
             path = "/v2/models/demo/infer"
-            targets = {"direct": workers[0].url, "nginx": nginx.url, "mark": front.url}
+            targets = {
+                "direct": workers[0].url,
+                "nginx": nginx.url,
+                "sanic": floor.url,
+                "mark": front.url,
+            }
             print(
                 f"# bench_frontend: {machine()}; {args.rounds} interleaved rounds of wrk "
                 f"{args.duration}s per target and point; Mark {args.workers} worker process(es); "
@@ -81,7 +92,7 @@ def main() -> int:
                   f"{'CPU us/req':>10}")  # fmt: skip
             for conns in loads:
                 run = partial(_load, path=path, connections=conns, duration_s=args.duration)
-                got = _rounds(targets, args.rounds, fronts, run)
+                got = _rounds(targets, args.rounds, cpu_of, run)
                 for name, row in _summary(got).items():
                     cpu = got[name][0].get("cpu_us")
                     print(
@@ -102,7 +113,7 @@ def main() -> int:
                     _load, path=path, connections=PACED_CONNECTIONS,
                     duration_s=args.duration, delay_ms=pause_ms,
                 )  # fmt: skip
-                got = _rounds(targets, args.rounds, fronts, run)
+                got = _rounds(targets, args.rounds, cpu_of, run)
                 for name, row in _summary(got).items():
                     print(
                         f"{rate:>7} {name:>7} {row['rps']:>9.0f} {row['p50']:>7.2f} "
@@ -124,23 +135,29 @@ def _load(url: str, *, path: str, connections: int, duration_s: int, delay_ms: i
 
 
 def _rounds(
-    targets: dict[str, str], rounds: int, fronts: list[Proc], run: Callable[[str], Doc]
+    targets: dict[str, str],
+    rounds: int,
+    cpu_of: dict[str, list[Proc]],
+    run: Callable[[str], Doc],
 ) -> dict[str, list[Doc]]:
     """`run` against every target in turn, `rounds` times over: the targets of one round are
     measured within seconds of each other, so a slow spell of a shared machine falls on all of
-    them (the ratios are taken per round). Mark's rounds carry its front end's CPU per
-    answered request over all rounds (`cpu_us`, on the first)."""
+    them (the ratios are taken per round). The targets in `cpu_of` carry the CPU their
+    processes used per answered request over all rounds (`cpu_us`, on their first round)."""
     got: dict[str, list[Doc]] = {name: [] for name in targets}
-    cpu_total_s, answered = 0.0, 0
+    used_s = dict.fromkeys(cpu_of, 0.0)
+    answered = dict.fromkeys(cpu_of, 0)
     for _ in range(rounds):
         for name, url in targets.items():
-            cpu_before_s = cpu_s(fronts)
+            procs = cpu_of.get(name, [])
+            before_s = cpu_s(procs)
             got[name].append(run(url))
-            if name == "mark":
-                cpu_total_s += cpu_s(fronts) - cpu_before_s
-                answered += got[name][-1]["requests"]
-    if "mark" in got and answered:
-        got["mark"][0]["cpu_us"] = cpu_total_s / answered * 1e6
+            if name in cpu_of:
+                used_s[name] += cpu_s(procs) - before_s
+                answered[name] += got[name][-1]["requests"]
+    for name in cpu_of:
+        if answered[name]:
+            got[name][0]["cpu_us"] = used_s[name] / answered[name] * 1e6
     return got
 
 

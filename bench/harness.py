@@ -141,6 +141,16 @@ http {{
     return Proc(popen, url)
 
 
+def start_sanic_proxy(upstreams: Sequence[str]) -> Proc:
+    """bench/sanic_proxy.py: a bare Sanic forwarder, the floor of a Sanic front end."""
+    port = free_port()
+    cmd = [sys.executable, "-m", "bench.sanic_proxy", str(port), ",".join(upstreams)]
+    popen = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    wait_http(f"{url}/v2/health/ready")
+    return Proc(popen, url)
+
+
 @dataclass
 class Front(Proc):
     """The front end: its first worker process, and the others sharing its port."""
