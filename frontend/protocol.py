@@ -219,13 +219,8 @@ def _as_array(data: Any, datatype: str, name: str) -> np.ndarray:
 
 
 def _shape(raw: Any, name: str) -> tuple[int, ...]:
-    bad = type(raw) is not list
-    if not bad:
-        for d in raw:
-            if type(d) is not int or d < 0:  # JSON integers only (not true/false)
-                bad = True
-                break
-    if bad:
+    # JSON integers only (type, not isinstance: true/false are not dimensions)
+    if type(raw) is not list or not all(type(d) is int and d >= 0 for d in raw):
         raise ProtocolError(f"input {name!r}: shape must be a list of non-negative integers", name)
     if math.prod(raw) > _MAX_ELEMENTS:
         raise ProtocolError(f"input {name!r}: tensor too large", name)
