@@ -9,7 +9,10 @@ the offered load is set by the connection count. A second table paces the load b
 saturation (`--paced`: 8 connections, each pausing after every answer so that together they
 offer about that many requests per second), where the added latency target applies. Added
 latency = target's p50/p99 minus the direct path's at the same load; throughput and p99 are
-reported as ratios to nginx's. "CPU us/req" is the CPU time the front end's processes (Mark's,
+reported as ratios to nginx's. "peak" is each target's throughput at saturation: the most
+requests/s it answered at any connection count of the sweep, as a ratio to nginx's peak (a
+closed loop at few connections is bound by each request's latency, not by what the proxy can
+carry). "CPU us/req" is the CPU time the front end's processes (Mark's,
 the bare Sanic proxy's) used per answered request (less sensitive to other load on a shared
 machine than the throughput).
 
@@ -18,7 +21,7 @@ is the median over rounds of that round's value, difference or ratio: on a share
 drifts by a third within minutes, one long run per target compared Mark and nginx at different
 speeds (the same code measured 245 and 339 us of CPU per request ten minutes apart).
 
-    python bench/bench_frontend.py [--duration 4] [--rounds 3] [--connections 1,4,16]
+    python bench/bench_frontend.py [--duration 4] [--rounds 3] [--connections 1,4,16,64]
                                    [--paced 250,1000] [--workers 1]
 """
 
@@ -55,7 +58,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--duration", type=int, default=4, help="seconds per target and round")
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--connections", default="1,4,16")
+    parser.add_argument("--connections", default="1,4,16,64")
     parser.add_argument("--paced", default="250,1000", help="offered req/s below saturation")
     parser.add_argument("--workers", type=int, default=1, help="front-end processes")
     args = parser.parse_args()
@@ -90,10 +93,12 @@ def main() -> int:
             print(f"{'conns':>5} {'target':>7} {'req/s':>9} {'p50 ms':>7} {'p99 ms':>7} "
                   f"{'+p50 ms':>8} {'+p99 ms':>8} {'rps/nginx':>9} {'p99/nginx':>9} "
                   f"{'CPU us/req':>10}")  # fmt: skip
+            peak = dict.fromkeys(targets, 0.0)
             for conns in loads:
                 run = partial(_load, path=path, connections=conns, duration_s=args.duration)
                 got = _rounds(targets, args.rounds, cpu_of, run)
                 for name, row in _summary(got).items():
+                    peak[name] = max(peak[name], row["rps"])
                     cpu = got[name][0].get("cpu_us")
                     print(
                         f"{conns:>5} {name:>7} {row['rps']:>9.0f} {row['p50']:>7.2f} "
@@ -102,6 +107,11 @@ def main() -> int:
                         + (f" {cpu:>10.0f}" if cpu is not None else "")
                         + (f"  errors={row['errors']}" if row["errors"] else "")
                     )
+            if loads:
+                print("\n# peak: the most req/s at any connection count above, and its ratio "
+                      "to nginx's peak")  # fmt: skip
+                for name, rps in peak.items():
+                    print(f"{'peak':>5} {name:>7} {rps:>9.0f} {rps / peak['nginx']:>5.2f}")
             paced = [int(r) for r in args.paced.split(",") if r]
             if paced:
                 print(f"\n# paced below saturation: {PACED_CONNECTIONS} connections")

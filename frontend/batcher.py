@@ -162,7 +162,8 @@ class InstanceBatcher:
     def claim(self, request: QueuedRequest) -> list[QueuedRequest] | None:
         """`request` as a batch of one for the caller to send itself (`await send(batch)`), when
         it is alone in the queue and the batch loop would send it at once anyway (an idle
-        instance, or a plan that a batch of its rows already fills); else None. It spares the
+        instance, a plan that a batch of its rows already fills, or one with no time to wait,
+        as for a model without a profile on this type); else None. It spares the
         hot path a wake-up of the batch loop and a task per request."""
         if (
             self.inflight >= self._max_inflight
@@ -170,8 +171,10 @@ class InstanceBatcher:
             or self.pending[0] is not request
         ):
             return None
-        if self.inflight > 0 and request.key is not None and request.rows < self.plan().size:
-            return None
+        if self.inflight > 0 and request.key is not None:
+            plan = self.plan()
+            if request.rows < plan.size and plan.timeout_ms > 0:
+                return None
         self.pending.pop()
         self.inflight += 1
         self.inflight_requests += 1
@@ -214,7 +217,8 @@ class InstanceBatcher:
         finally:
             self.inflight -= 1
             self.inflight_requests -= len(batch)
-            self._wake.set()
+            if self.pending:  # a slot for what waits; with nothing waiting, no loop wake-up
+                self._wake.set()
 
     async def _run(self) -> None:
         while True:

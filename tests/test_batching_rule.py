@@ -4,6 +4,8 @@ by T(b) alone for a backlog that already waits, where that ends the backlog soon
 from __future__ import annotations
 
 import numpy as np
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from mark.catalog import load_catalog
 from mark.simulator.instance_queue import InstanceQueue
@@ -53,3 +55,27 @@ def test_the_catalog_gpu_profiles_batch_a_backlog_and_cpu_ones_do_not() -> None:
     inception = load_catalog().model("inception-v3").to_model()
     cpu = slo_batch(inception.profiles["c5.large"], 480.0, 1.0, inception.max_batch)
     assert cpu.backlog_size == 0  # T(b) = 12.6 + 197.4 b ms: a batch only delays its oldest
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    t1=st.floats(0.01, 2000.0),
+    slope=st.floats(0.0, 200.0),
+    budget_ms=st.floats(0.0, 5000.0),
+    rate_rps=st.floats(1e-6, 1e6) | st.sampled_from([1e-300, 5e-324]),
+    cap=st.integers(1, 64),
+)
+def test_the_batch_size_is_the_largest_that_fits_as_testing_every_size_finds(
+    t1: float, slope: float, budget_ms: float, rate_rps: float, cap: int
+) -> None:
+    """slo_batch solves for b in closed form; it must agree with the definition, every size from
+    2 up tried in turn, including where rounding puts a size exactly on the budget."""
+    profile = Profile(
+        instance_type="x", latency_ms={1: t1, cap: t1 + slope * (cap - 1)}, max_batch=cap
+    )
+    expected = 1
+    for b in range(2, cap + 1):
+        if (b - 1) / rate_rps * 1000.0 + profile.service_ms(b) > budget_ms:
+            break
+        expected = b
+    assert slo_batch(profile, budget_ms, rate_rps, cap).size == expected
