@@ -55,7 +55,7 @@ from mark.errors import NotFound
 from mark.types import Instance, InstanceState, Model, Profile
 from provisioner.batching import BatchPlan, slo_batch
 from provisioner.capacity import capacity_rps
-from provisioner.serverless import Throttled
+from provisioner.serverless import InputRejected, Throttled
 
 __all__ = ["Fleet", "FleetSource", "Answer", "Unavailable"]
 
@@ -561,6 +561,9 @@ class Fleet:
             response = await self.spill.spill(state.model, q, reason)
         except Throttled:  # every slot busy: back in line, it may spill when one frees up
             self._route(q)
+            return
+        except InputRejected as exc:  # the caller's mistake, as an instance would say (400)
+            answer_once(q, BackendRejected(exc.status, exc.message))
             return
         except Exception as exc:  # the pool failed: the request still gets its one answer
             logger.info("spill of a %s request (%s) failed: %s", q.model, reason, exc)

@@ -35,7 +35,7 @@ from frontend.protocol import InferResponse
 from frontend.spill import QueueView, ServerlessProfile, SpillReason, spill_reason
 from mark.config import SpillConfig
 from mark.types import Model, Slo
-from provisioner.serverless import Invocation, ServerlessPool, Throttled, infer
+from provisioner.serverless import InputRejected, Invocation, ServerlessPool, Throttled, infer
 
 __all__ = ["InstanceQueue", "select_spills", "ChargeSink", "SpillLedger", "SpillMonitor"]
 
@@ -248,6 +248,9 @@ class SpillMonitor:
             self._launching.pop(name, None)
         try:
             response, invocation = await infer(self.pool, model, q.request)
+        except InputRejected as exc:  # answered (400), and billed like any invocation
+            self._charge(name, reason, exc.invocation)
+            raise
         except Throttled:
             self._full_until_s = self._clock() + self.config.throttle_backoff_ms / 1000.0
             metrics.SPILL_FAILURES.labels(name, reason.value).inc()
@@ -255,11 +258,14 @@ class SpillMonitor:
         except Exception:
             metrics.SPILL_FAILURES.labels(name, reason.value).inc()
             raise
+        self._charge(name, reason, invocation)
+        return InferResponse(response.outputs, name, response.model_version, q.request.id)
+
+    def _charge(self, name: str, reason: SpillReason, invocation: Invocation) -> None:
         metrics.SPILLS.labels(name, reason.value).inc()
         metrics.SPILL_COST.labels(name).inc(invocation.cost_usd)
         if self.ledger is not None:
             self.ledger.record(name, reason.value, invocation)
-        return InferResponse(response.outputs, name, response.model_version, q.request.id)
 
     async def warm(self, model: Model, count: int) -> int:
         """Load `model` in `count` functions at once before an expected surge (MArk pings

@@ -59,6 +59,7 @@ __all__ = [
     "PayloadTooLarge",
     "Throttled",
     "FunctionError",
+    "InputRejected",
     "LocalFunctionPool",
     "LambdaPool",
     "InvokeServer",
@@ -92,6 +93,18 @@ class FunctionError(CloudError):
     def __init__(self, error_type: str, message: str) -> None:
         super().__init__(f"{error_type}: {message}")
         self.error_type = error_type
+
+
+class InputRejected(MarkError):
+    """The function refused the request as not fitting the model (the caller's mistake: 400).
+    The invocation ran and is billed: `invocation` carries its cost."""
+
+    status = 400
+
+    def __init__(self, message: str, invocation: Invocation) -> None:
+        super().__init__(message)
+        self.message = message
+        self.invocation = invocation
 
 
 @dataclass(frozen=True, slots=True)
@@ -654,8 +667,12 @@ def spill_event(model: Model, request: InferRequest) -> dict[str, Any]:
 async def infer(
     pool: ServerlessPool, model: Model, request: InferRequest
 ) -> tuple[InferResponse, Invocation]:
-    """Answer `request` through the pool; the invocation carries the cost for the ledger."""
+    """Answer `request` through the pool; the invocation carries the cost for the ledger.
+    Raises InputRejected when the function found the request does not fit the model."""
     invocation = await pool.invoke(spill_event(model, request))
+    rejected = invocation.result.get("rejected")
+    if rejected:
+        raise InputRejected(str(rejected), invocation)
     response = invocation.result.get("response")
     if not isinstance(response, dict):
         raise FunctionError("Mark.NoResponse", "the handler returned no v2 response")

@@ -152,9 +152,13 @@ async def test_unknown_function_and_function_errors_come_back_as_lambda_does(
     assert raised.value.response["Error"]["Code"] == "ResourceNotFoundException"
     client.close()
     pool = LambdaPool(ServerlessConfig(), endpoint_url=url, unsigned=True)
-    with pytest.raises(FunctionError) as failed:
-        await pool.invoke({"model": "demo", "artifact": "builtin:mlp", "request": {}})
-    assert failed.value.error_type == "ProtocolError"
+    with pytest.raises(FunctionError) as failed:  # the handler raises on an event without one
+        await pool.invoke({"model": "demo", "request": {}})
+    assert failed.value.error_type == "KeyError"
+    # A request that does not fit the model is no failure of the function: it says why.
+    refused = await pool.invoke({"model": "demo", "artifact": "builtin:mlp", "request": {}})
+    assert refused.result["response"] is None
+    assert refused.result["rejected"] == "'inputs' is required"
     await pool.close()
 
 

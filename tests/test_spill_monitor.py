@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 from prometheus_client import REGISTRY
 
+from frontend.backends import BackendRejected
 from frontend.batcher import QueuedRequest
 from frontend.fleet import Answer, Fleet, Unavailable
 from frontend.protocol import InferRequest, Tensor
@@ -139,6 +140,24 @@ async def test_cold_fleet_spills_to_the_pool_and_the_cost_reaches_the_ledger(
     assert answer.path == "serverless"
     np.testing.assert_allclose(answer.response.outputs[0].array, _expected(rows), rtol=1e-5)
     assert _spills("demo", "cold-fleet") == before + 1
+    costs = await spillway.db.costs()
+    assert costs.serverless_requests == 1 and costs.serverless_usd > 0
+
+
+async def test_a_spilled_request_that_does_not_fit_the_model_gets_a_400_and_is_billed(
+    spillway: Spillway,
+) -> None:
+    """With no instance yet, the front end has no metadata to check a request against; the
+    function checks it, and a wrong shape is the caller's 400, not a failed spill's 503."""
+    fleet = Fleet(BatchingConfig(), spill=_monitor(spillway))
+    fleet.set_models([model("demo", slo_ms=30_000.0)])
+    try:
+        with pytest.raises(BackendRejected) as rejected:
+            await fleet.infer("demo", _request(np.zeros((1, 3))))
+    finally:
+        await fleet.close()
+    assert rejected.value.status == 400
+    assert "shape" in rejected.value.message and "[-1, 16]" in rejected.value.message
     costs = await spillway.db.costs()
     assert costs.serverless_requests == 1 and costs.serverless_usd > 0
 

@@ -12,10 +12,13 @@ or, to warm a sandbox before an expected surge (MArk pings Lambda concurrently):
 where V2_REQUEST is a KServe v2 / Open Inference Protocol infer request in JSON.
 
 Result:
-    {"response": V2_RESPONSE | null, "cold_start": bool, "init_ms": float, "handler_ms": float,
-     "max_memory_used_mb": float}
-`cold_start` is true when this sandbox loaded the model for this call; `init_ms` is what loading
-took (the model stays loaded for the sandbox's later calls, as Lambda keeps module state).
+    {"response": V2_RESPONSE | null, "rejected": MESSAGE | null, "cold_start": bool,
+     "init_ms": float, "handler_ms": float, "max_memory_used_mb": float}
+`rejected` says why the request does not fit the model (malformed, or an input of the wrong
+name, datatype or shape): the caller's mistake, which an instance answers with 400, so the front
+end answers it so too rather than counting a failed function. `cold_start` is true when this
+sandbox loaded the model for this call; `init_ms` is what loading took (the model stays loaded
+for the sandbox's later calls, as Lambda keeps module state).
 Models are loaded with the reference worker's loaders (`mark.worker.loaders.load_model`), so a
 spilled request gets the answer an instance would give.
 """
@@ -28,7 +31,14 @@ import sys
 import time
 from typing import Any
 
-from frontend.protocol import InferResponse, Tensor, encode_v2_response, parse_v2_request
+from frontend.protocol import (
+    InferResponse,
+    ProtocolError,
+    Tensor,
+    encode_v2_response,
+    parse_v2_request,
+    validate,
+)
 from mark.worker.loaders import ServedModel, load_model
 
 _MODELS: dict[tuple[str, str], ServedModel] = {}
@@ -51,8 +61,14 @@ def handler(event: dict[str, Any], context: Any = None) -> dict[str, Any]:
         init_ms = (time.perf_counter() - started) * 1000.0
     model = _MODELS[key]
     response: dict[str, Any] | None = None
+    rejected: str | None = None
     if not event.get("warm"):
-        request = parse_v2_request(json.dumps(event["request"]).encode())
+        try:
+            request = parse_v2_request(json.dumps(event["request"]).encode())
+            validate(request, model.inputs)
+        except ProtocolError as exc:
+            rejected = exc.message
+    if not event.get("warm") and rejected is None:
         outputs = model.predict({t.name: t.array for t in request.inputs})
         wanted = {o.name for o in request.outputs} or set(outputs)
         datatypes = {m.name: m.datatype for m in model.outputs}
@@ -66,6 +82,7 @@ def handler(event: dict[str, Any], context: Any = None) -> dict[str, Any]:
         response = json.loads(body)
     return {
         "response": response,
+        "rejected": rejected,
         "cold_start": cold,
         "init_ms": init_ms,
         "handler_ms": (time.perf_counter() - started) * 1000.0 - init_ms,
