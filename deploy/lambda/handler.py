@@ -32,6 +32,7 @@ import time
 from typing import Any
 
 from frontend.protocol import (
+    InferRequest,
     InferResponse,
     ProtocolError,
     Tensor,
@@ -48,6 +49,21 @@ def _max_memory_used_mb() -> float:
     # ru_maxrss is KiB on Linux, bytes on macOS.
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return rss / (1024.0 * 1024.0) if sys.platform == "darwin" else rss / 1024.0
+
+
+def _predict(model: ServedModel, name: str, request: InferRequest) -> dict[str, Any]:
+    outputs = model.predict({t.name: t.array for t in request.inputs})
+    wanted = {o.name for o in request.outputs} or set(outputs)
+    datatypes = {m.name: m.datatype for m in model.outputs}
+    body, _ = encode_v2_response(
+        InferResponse(
+            tuple(Tensor.of(n, outputs[n], datatypes.get(n)) for n in outputs if n in wanted),
+            model_name=name,
+            id=request.id,
+        )
+    )
+    response: dict[str, Any] = json.loads(body)
+    return response
 
 
 def handler(event: dict[str, Any], context: Any = None) -> dict[str, Any]:
@@ -68,18 +84,8 @@ def handler(event: dict[str, Any], context: Any = None) -> dict[str, Any]:
             validate(request, model.inputs)
         except ProtocolError as exc:
             rejected = exc.message
-    if not event.get("warm") and rejected is None:
-        outputs = model.predict({t.name: t.array for t in request.inputs})
-        wanted = {o.name for o in request.outputs} or set(outputs)
-        datatypes = {m.name: m.datatype for m in model.outputs}
-        body, _ = encode_v2_response(
-            InferResponse(
-                tuple(Tensor.of(n, outputs[n], datatypes.get(n)) for n in outputs if n in wanted),
-                model_name=name,
-                id=request.id,
-            )
-        )
-        response = json.loads(body)
+        else:
+            response = _predict(model, name, request)
     return {
         "response": response,
         "rejected": rejected,
