@@ -24,8 +24,8 @@ from collections.abc import Callable
 
 import numpy as np
 
-from mark.config import PlannerConfig
-from mark.types import (
+from mark.core.config import PlannerConfig
+from mark.core.types import (
     AcceleratorKind,
     Forecast,
     Instance,
@@ -37,8 +37,8 @@ from mark.types import (
     Profile,
     Slo,
 )
-from provisioner.capacity import CapacityCache
-from provisioner.planner import FleetSnapshot, Launch, ModelDemand, plan
+from provisioner.policy.capacity import CapacityCache
+from provisioner.policy.planner import FleetSnapshot, Launch, ModelDemand, plan
 
 ZONES = ("us-east-1a", "us-east-1b", "us-east-1c")
 

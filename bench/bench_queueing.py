@@ -14,9 +14,9 @@ import os
 import statistics
 import time
 
-from mark.types import Profile, Slo
-from provisioner.capacity import CapacityCache, slo_capacity
-from provisioner.queueing import _waiting_room, mdc_wait_prob
+from mark.core.types import Profile, Slo
+from provisioner.policy.capacity import CapacityCache, slo_capacity
+from provisioner.policy.queueing import _waiting_room, mdc_wait_prob
 
 
 def main() -> None:

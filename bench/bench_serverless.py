@@ -20,10 +20,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import numpy as np
 
-from frontend.protocol import InferRequest, Tensor
-from mark.config import ServerlessConfig
-from mark.types import BackendSpec, Model, Slo
-from provisioner.serverless import InvokeServer, LambdaPool, LocalFunctionPool, spill_event
+from mark.core.config import ServerlessConfig
+from mark.core.protocol import InferRequest, Tensor
+from mark.core.types import BackendSpec, Model, Slo
+from provisioner.adapters.serverless import InvokeServer, LambdaPool, LocalFunctionPool, spill_event
 
 MODEL = Model(name="demo", slo=Slo(latency_ms=500, percentile=0.98), backend=BackendSpec())
 

@@ -15,8 +15,8 @@ import time
 
 import numpy as np
 
-from mark.catalog import load_catalog
-from mark.simulator.runner import Scenario, simulate
+from mark.apps.simulator.runner import Scenario, simulate
+from mark.core.catalog import load_catalog
 from traces import Trace, read_trace, shipped_trace
 
 

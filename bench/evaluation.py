@@ -22,16 +22,16 @@ from pathlib import Path
 
 import numpy as np
 
-from mark.catalog import load_catalog
-from mark.config import ForecastConfig, PlannerConfig
-from mark.simulator.engine import PolicyRun, SimSettings
-from mark.simulator.plots import write_plots
-from mark.simulator.policies.base import unbatched_capacity_rps
-from mark.simulator.report import policy_summary
-from mark.simulator.runner import Scenario, simulate
+from mark.apps.simulator.engine import PolicyRun, SimSettings
+from mark.apps.simulator.plots import write_plots
+from mark.apps.simulator.policies.base import unbatched_capacity_rps
+from mark.apps.simulator.report import policy_summary
+from mark.apps.simulator.runner import Scenario, simulate
+from mark.core.catalog import load_catalog
+from mark.core.config import ForecastConfig, PlannerConfig
 from predictors.backtest import backtest, best_forecaster
 from predictors.registry import available_forecasters
-from provisioner.capacity import CapacityCache
+from provisioner.policy.capacity import CapacityCache
 from traces import Trace, read_trace, shipped_trace
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -161,7 +161,8 @@ def main() -> None:
         "",
         f"    {command}",
         "",
-        "Policies (docstrings in `mark/simulator/policies/`): `mark-ondemand`, `mark-spot` (the "
+        "Policies (docstrings in `mark/apps/simulator/policies/`): "
+        "`mark-ondemand`, `mark-spot` (the "
         "live planner, forecaster, batching and spill rule), `reactive` (SageMaker target "
         "tracking, 2x over-provisioning, ml.* prices), `queue` (Ray Serve defaults), `skyserve` "
         "(SpotHedge), `static` (peak-provisioned), `oracle` (MILP lower bound, spot allowed) and "
@@ -240,7 +241,8 @@ def main() -> None:
         "savings follow the catalog's synthetic spot discounts (55-75%) less the hedge: "
         "where one accelerator instance carries more than a pool's share of a model "
         "(spot_max_share 0.8 over spot_min_pools 2), the planner buys spot in a second pool "
-        "so that losing either pool leaves the demand covered (`provisioner/planner_greedy.py`).",
+        "so that losing either pool leaves the demand covered "
+        "(`provisioner/policy/planner_greedy.py`).",
         "",
         "What keeps MArk-ondemand near the oracle on the bursty MMPP trace: the forecaster's "
         "upper band is calibrated per level (`predictors/base.py`), so a forecast made in the "
@@ -271,7 +273,7 @@ def main() -> None:
         "(serverless is no rescue at 3.1 s); MArk-spot then attained 99.998% against "
         "SkyServe's 100%. Requests that already wait now leave together, as many as keep the "
         "oldest within the budget, where the profile's fixed cost exceeds its per-request "
-        "cost (`provisioner/batching.py`, shared by the front end and the simulator).",
+        "cost (`provisioner/policy/batching.py`, shared by the front end and the simulator).",
         "",
         *gaps,
         f"Total runtime: {time.perf_counter() - started:.0f} s.",

@@ -100,7 +100,7 @@ class Proc:
 
 def start_worker(*args: str) -> Proc:
     port = free_port()
-    cmd = [sys.executable, "-m", "mark.cli", "worker", "--port", str(port), *args]
+    cmd = [sys.executable, "-m", "mark.apps.cli", "worker", "--port", str(port), *args]
     popen = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
     wait_http(f"{url}/v2/health/ready")
@@ -239,9 +239,9 @@ def machine() -> str:
 async def _serve_front(spec: dict) -> None:
     from frontend import inference
     from frontend.app import create_app
-    from mark.config import load_config
-    from mark.db import Database
-    from mark.types import Instance, InstanceState, Market, Model, Offering
+    from mark.adapters.db import Database
+    from mark.core.config import load_config
+    from mark.core.types import Instance, InstanceState, Market, Model, Offering
 
     url = f"sqlite+aiosqlite:///{spec['db']}"
     if spec["seed"]:

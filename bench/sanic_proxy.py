@@ -1,6 +1,6 @@
 """The floor of any Sanic front end, for bench_frontend: one Sanic process that forwards each
 request's body, unread, round-robin to the workers through Mark's own instance client
-(`frontend/http_pool.py`) and answers with theirs. No parsing, checks, batching, routing
+(`mark/adapters/http_pool.py`) and answers with theirs. No parsing, checks, batching, routing
 weights, spill or metrics: what Mark costs above this is its own work, and what this costs
 above nginx is Python, Sanic and the extra process hop.
 
@@ -15,7 +15,7 @@ import sys
 from sanic import Request, Sanic
 from sanic.response import HTTPResponse, json, raw
 
-from frontend.http_pool import HttpPool
+from mark.adapters.http_pool import HttpPool
 
 
 def build(upstreams: list[str]) -> Sanic:

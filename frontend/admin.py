@@ -29,9 +29,9 @@ from frontend.admin_schema import (
     openapi_document,
 )
 from frontend.errors import error_response
-from mark.db import Database
-from mark.errors import InvalidValue, NotFound
-from mark.types import Model
+from mark.adapters.db import Database
+from mark.core.errors import InvalidValue, NotFound
+from mark.core.types import Model
 
 __all__ = ["bp", "openapi_bp"]
 
@@ -92,7 +92,7 @@ async def _count(request: Request, response: HTTPResponse) -> None:
 def _model_from_create(request: Request, spec: ModelCreate) -> Model:
     profiles = dict(spec.profiles)
     if spec.profiles_from is not None:
-        from mark.catalog import load_catalog
+        from mark.core.catalog import load_catalog
 
         try:
             entry = load_catalog().model(spec.profiles_from)

@@ -11,7 +11,7 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from mark.types import (
+from mark.core.types import (
     MODEL_NAME_PATTERN,
     BackendSpec,
     Decision,

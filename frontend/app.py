@@ -2,7 +2,7 @@
 
 `create_app(config)` is the factory every HTTP worker process calls. Each worker opens the
 database and syncs its view of the fleet from it; the control plane (cloud provider, control loop,
-serverless pool) runs in one separate process that `mark serve` starts (`mark.control`).
+serverless pool) runs in one separate process that `mark serve` starts (`mark.apps.control`).
 """
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ from sanic.response import HTTPResponse, json
 
 from frontend import admin, inference, observability
 from frontend.errors import install_error_handlers
-from mark.config import Config
-from mark.db import Database
+from mark.adapters.db import Database
+from mark.core.config import Config
 
 __all__ = ["create_app", "admin_token_for"]
 

@@ -2,7 +2,7 @@
 DESIGN.md, "Batching").
 
 Each running instance has one batcher. Requests routed to it wait in its FIFO; a batch leaves
-when it is full (b rows, b from `provisioner.batching.slo_batch` at the rate routed to this
+when it is full (b rows, b from `provisioner.policy.batching.slo_batch` at the rate routed to this
 instance), when its oldest request has waited the plan's timeout (what the SLO budget leaves
 after T(b)), or at once when the instance has nothing in flight (work-conserving: an idle
 instance never waits for a batch to fill; while it works, the next batch fills behind it; when
@@ -26,8 +26,8 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from frontend.protocol import InferRequest, batch_key, batch_size
-from provisioner.batching import BatchPlan, backlog_take
+from mark.core.protocol import InferRequest, batch_key, batch_size
+from provisioner.policy.batching import BatchPlan, backlog_take
 
 __all__ = ["QueuedRequest", "RateEstimator", "InstanceBatcher", "take_batch", "answer_once"]
 

@@ -13,7 +13,7 @@ from sanic import Request, Sanic
 from sanic.exceptions import SanicException
 from sanic.response import HTTPResponse, json
 
-from mark.errors import Conflict, InvalidTransition, InvalidValue, NotFound
+from mark.core.errors import Conflict, InvalidTransition, InvalidValue, NotFound
 
 __all__ = ["error_response", "install_error_handlers", "validation_details"]
 

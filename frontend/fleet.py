@@ -2,14 +2,16 @@
 dispatch to instances, retry, ejection and the spill seam (DESIGN.md, "The flow of data" 1-3).
 
 A request gets a deadline (arrival + the model's SLO latency) and is routed by smooth weighted
-round-robin (weights: each instance's capacity at the SLO, `provisioner.capacity.capacity_rps`)
+round-robin (weights: each instance's capacity at the SLO,
+`provisioner.policy.capacity.capacity_rps`)
 to one instance's batcher (frontend/batcher.py), which sends it in an SLO-sized batch over the
-pooled client (frontend/backends.py). A call that fails (connection refused or reset, timeout,
+pooled client (mark/adapters/backends.py). A call that fails (connection refused or reset, timeout,
 5xx) ejects the instance until its health check passes and re-routes every request of the batch
 to another instance while the deadline allows. Every request is answered exactly once: its
 future is resolved by whichever path gets there first and the others see it done.
 
-The spill monitor (frontend/spill_monitor.py, the rule in frontend/spill.py) watches every queued
+The spill monitor (frontend/spill_monitor.py, the rule in provisioner/policy/spill.py) watches
+every queued
 request, at enqueue and every `spill.interval_ms`: one expected to miss its deadline on the
 instances goes to the serverless pool ("deadline"), as does one of a model with no running
 instance ("cold-fleet") and one queued on an instance that started draining ("draining"). A
@@ -35,10 +37,13 @@ from typing import Any, Protocol
 import aiohttp
 
 from frontend import metrics
-from frontend.backends import BackendClient, BackendRejected, BackendUnavailable, new_session
 from frontend.batcher import InstanceBatcher, QueuedRequest, answer_once
-from frontend.http_pool import HttpPool
-from frontend.protocol import (
+from frontend.spill_monitor import InstanceQueue, SpillMonitor
+from mark.adapters.backends import BackendClient, BackendRejected, BackendUnavailable, new_session
+from mark.adapters.http_pool import HttpPool
+from mark.core.config import BatchingConfig
+from mark.core.errors import NotFound
+from mark.core.protocol import (
     BackendError,
     InferRequest,
     InferResponse,
@@ -47,15 +52,12 @@ from frontend.protocol import (
     parse_v2_response,
     split,
 )
-from frontend.router import SmoothWeightedRoundRobin
-from frontend.spill import SpillReason
-from frontend.spill_monitor import InstanceQueue, SpillMonitor
-from mark.config import BatchingConfig
-from mark.errors import NotFound
-from mark.types import Instance, InstanceState, Model, Profile
-from provisioner.batching import BatchPlan, slo_batch
-from provisioner.capacity import capacity_rps
-from provisioner.serverless import InputRejected, Throttled
+from mark.core.types import Instance, InstanceState, Model, Profile
+from provisioner.adapters.serverless import InputRejected, Throttled
+from provisioner.policy.batching import BatchPlan, slo_batch
+from provisioner.policy.capacity import capacity_rps
+from provisioner.policy.routing import SmoothWeightedRoundRobin
+from provisioner.policy.spill import SpillReason
 
 __all__ = ["Fleet", "FleetSource", "Answer", "Unavailable"]
 
@@ -110,7 +112,7 @@ class Unavailable(Exception):
 
 
 class FleetSource(Protocol):
-    """Where the fleet reads models and instances (`mark.db.Database` is one)."""
+    """Where the fleet reads models and instances (`mark.adapters.db.Database` is one)."""
 
     async def list_models(self) -> list[Model]: ...
 

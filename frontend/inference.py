@@ -12,7 +12,8 @@ when the deadline cannot be met and nothing could spill it. Never a 500 for a ca
 Listeners: before the server starts, each HTTP worker process builds its Fleet from
 `app.ctx.config` and syncs it from `app.ctx.db` (opened by create_app's listener); the fleet is
 `app.ctx.fleet`. With `spill.enabled` and a serverless provider, the fleet gets a spill monitor
-whose pool is `provisioner.serverless.build_pool(config.serverless, ...)`: AWS Lambda, or the
+whose pool is `provisioner.adapters.serverless.build_pool(config.serverless, ...)`: AWS Lambda, or
+the
 control plane's local pool through its Lambda Invoke API at `serverless.local_host:local_port`
 (`mark serve` resolves port 0 before the workers start; with port 0 left unresolved, as when an
 app is built alone, there is no local pool to reach and spill is off). Spilled cost goes to the
@@ -30,9 +31,12 @@ from sanic import Blueprint, Request, Sanic
 from sanic.response import HTTPResponse, json, raw
 
 from frontend import metrics
-from frontend.backends import BackendRejected
 from frontend.fleet import Answer, Fleet, Unavailable
-from frontend.protocol import (
+from frontend.spill_monitor import ChargeSink, SpillLedger, SpillMonitor
+from mark.adapters.backends import BackendRejected
+from mark.core.config import Config
+from mark.core.errors import NotFound
+from mark.core.protocol import (
     HEADER_LENGTH,
     InferRequest,
     ProtocolError,
@@ -42,10 +46,7 @@ from frontend.protocol import (
     parse_v2_request,
     validate,
 )
-from frontend.spill_monitor import ChargeSink, SpillLedger, SpillMonitor
-from mark.config import Config
-from mark.errors import NotFound
-from provisioner.serverless import build_pool
+from provisioner.adapters.serverless import build_pool
 
 __all__ = ["bp", "start_fleet", "stop_fleet", "spill_monitor"]
 

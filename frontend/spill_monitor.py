@@ -2,7 +2,8 @@
 
 The fleet (frontend/fleet.py) asks it about every queued request at enqueue and every
 `spill.interval_ms`; what to do with one request is decided by the pure rule
-`frontend.spill.spill_reason`, the one the simulator runs too. This module adds what the rule
+`provisioner.policy.spill.spill_reason`, the one the simulator runs too. This module adds what the
+rule
 cannot know alone:
 
 - `select_spills` walks one instance's FIFO from the head. A request's position counts the
@@ -12,7 +13,8 @@ cannot know alone:
   walk goes and the walk stops when the pool is full. Positions count requests (a request of
   several rows counts once), rates are requests per second at the batch size b of the current
   plan: parallelism * b / T(b).
-- `SpillMonitor` holds the process's serverless pool (`provisioner.serverless.build_pool`: AWS
+- `SpillMonitor` holds the process's serverless pool (`provisioner.adapters.serverless.build_pool`:
+  AWS
   Lambda, or the control plane's local pool through its Lambda Invoke API), sends spilled
   requests to it, counts them by reason in Prometheus and hands their cost to the ledger.
 - `SpillLedger` batches the cost rows: one `Database.charge_serverless` row per model and reason
@@ -31,11 +33,17 @@ from typing import Protocol
 
 from frontend import metrics
 from frontend.batcher import QueuedRequest
-from frontend.protocol import InferResponse
-from frontend.spill import QueueView, ServerlessProfile, SpillReason, spill_reason
-from mark.config import SpillConfig
-from mark.types import Model, Slo
-from provisioner.serverless import InputRejected, Invocation, ServerlessPool, Throttled, infer
+from mark.core.config import SpillConfig
+from mark.core.protocol import InferResponse
+from mark.core.types import Model, Slo
+from provisioner.adapters.serverless import (
+    InputRejected,
+    Invocation,
+    ServerlessPool,
+    Throttled,
+    infer,
+)
+from provisioner.policy.spill import QueueView, ServerlessProfile, SpillReason, spill_reason
 
 __all__ = ["InstanceQueue", "select_spills", "ChargeSink", "SpillLedger", "SpillMonitor"]
 
@@ -99,7 +107,7 @@ def select_spills(
 
 
 class ChargeSink(Protocol):
-    """Where spilled cost goes (`mark.db.Database` is one)."""
+    """Where spilled cost goes (`mark.adapters.db.Database` is one)."""
 
     async def charge_serverless(
         self, *, model: str, requests: int, gb_seconds: float, usd: float, at_s: float, reason: str

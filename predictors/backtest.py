@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from mark.errors import InvalidValue
+from mark.core.errors import InvalidValue
 from predictors.base import _require_int
 from predictors.registry import create_forecaster
 from traces.format import Trace

@@ -41,8 +41,8 @@ from typing import ClassVar
 import numpy as np
 from numpy.typing import NDArray
 
-from mark.errors import InvalidValue
-from mark.types import Forecast
+from mark.core.errors import InvalidValue
+from mark.core.types import Forecast
 
 __all__ = ["Forecaster", "RateHistory"]
 

@@ -19,7 +19,7 @@ from typing import Any, Literal
 import numpy as np
 from numpy.typing import NDArray
 
-from mark.errors import InvalidValue
+from mark.core.errors import InvalidValue
 from predictors.base import Forecaster
 
 __all__ = ["Ensemble", "DEFAULT_MEMBERS"]

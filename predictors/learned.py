@@ -29,7 +29,7 @@ import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 from numpy.typing import NDArray
 
-from mark.errors import InvalidValue
+from mark.core.errors import InvalidValue
 from predictors.base import _require_int
 from predictors.refit import RefittingForecaster
 

@@ -18,7 +18,7 @@ from collections.abc import Callable
 from importlib.metadata import EntryPoint, entry_points
 from typing import Any
 
-from mark.errors import InvalidValue
+from mark.core.errors import InvalidValue
 from predictors.base import Forecaster
 
 __all__ = ["ENTRY_POINT_GROUP", "BUILTIN_FORECASTERS", "available_forecasters", "create_forecaster"]

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from mark.errors import InvalidValue
+from mark.core.errors import InvalidValue
 from predictors.base import Forecaster, _require_int
 
 __all__ = ["LastValue", "MovingMax", "Ewma"]

@@ -9,7 +9,7 @@ from typing import Any
 
 from botocore.awsrequest import AWSResponse
 
-from provisioner.ec2 import Ec2Cloud
+from provisioner.adapters.ec2 import Ec2Cloud
 
 FAKE_ENV = {
     "AWS_ACCESS_KEY_ID": "testing",

@@ -105,7 +105,7 @@ def start_serve(
         **(env or {}),
     }
     full_env.pop("PROMETHEUS_MULTIPROC_DIR", None)
-    args = [sys.executable, "-m", "mark.cli", "serve", "--port", str(port)]
+    args = [sys.executable, "-m", "mark.apps.cli", "serve", "--port", str(port)]
     if config_text is not None:
         cfg = workdir / "mark.toml"
         cfg.write_text(config_text)

@@ -11,8 +11,8 @@ from dataclasses import dataclass
 
 from sanic import Sanic
 
-from mark.config import Config
-from mark.types import Instance, InstanceState, Market, Model, Offering, Profile, Slo
+from mark.core.config import Config
+from mark.core.types import Instance, InstanceState, Market, Model, Offering, Profile, Slo
 
 LISTENING = "listening on "
 
@@ -29,7 +29,7 @@ class WorkerProcess:
 
 async def spawn_worker(*args: str) -> WorkerProcess:
     process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "mark.cli", "worker", "--port", "0", *args,
+        sys.executable, "-m", "mark.apps.cli", "worker", "--port", "0", *args,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
     )  # fmt: skip

@@ -177,7 +177,7 @@ def test_openapi_matches_the_routes(serve_factory: Any, tmp_path: Any) -> None:
     assert status == 200 and doc["openapi"].startswith("3.")
     documented = {(m.upper(), p) for p, ops in doc["paths"].items() for m in ops}
     from frontend.app import create_app
-    from mark.config import load_config
+    from mark.core.config import load_config
 
     app = create_app(load_config(environ={}, server={"admin_token": "x"}), name="openapi_check")
     routed = set()

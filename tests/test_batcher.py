@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from frontend.batcher import InstanceBatcher, QueuedRequest, RateEstimator, take_batch
-from frontend.protocol import InferRequest, Tensor
-from provisioner.batching import BatchPlan
+from mark.core.protocol import InferRequest, Tensor
+from provisioner.policy.batching import BatchPlan
 
 
 def _queued(loop: asyncio.AbstractEventLoop, rows: int = 1, width: int = 16) -> QueuedRequest:
@@ -74,7 +74,7 @@ async def test_batches_leave_when_full_or_at_the_timeout() -> None:
 
 async def test_a_backlog_behind_a_busy_instance_leaves_as_one_batch() -> None:
     """A rate that sizes batches at one still sends what queued behind a busy instance together
-    (provisioner.batching.backlog_take), not one request per round trip."""
+    (provisioner.policy.batching.backlog_take), not one request per round trip."""
     loop = asyncio.get_running_loop()
     sent: list[int] = []
     release = asyncio.Event()

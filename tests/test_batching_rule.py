@@ -1,4 +1,4 @@
-"""The batch-size rule (provisioner/batching.py): sized by the rate for requests to come, and
+"""The batch-size rule (provisioner/policy/batching.py): sized by the rate for requests to come, and
 by T(b) alone for a backlog that already waits, where that ends the backlog sooner."""
 
 from __future__ import annotations
@@ -7,10 +7,10 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mark.catalog import load_catalog
-from mark.simulator.instance_queue import InstanceQueue
-from mark.types import Profile
-from provisioner.batching import backlog_take, slo_batch
+from mark.apps.simulator.instance_queue import InstanceQueue
+from mark.core.catalog import load_catalog
+from mark.core.types import Profile
+from provisioner.policy.batching import backlog_take, slo_batch
 
 GPU = Profile(instance_type="g4dn.xlarge", latency_ms={1: 381.0, 32: 629.0}, max_batch=32)
 CPU = Profile(instance_type="c5.large", latency_ms={1: 200.0, 4: 800.0}, max_batch=4)

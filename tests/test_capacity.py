@@ -1,14 +1,14 @@
-"""Capacity at the SLO (provisioner/capacity.py)."""
+"""Capacity at the SLO (provisioner/policy/capacity.py)."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from mark.types import Profile, Slo
-from provisioner.batching import slo_batch
-from provisioner.capacity import CapacityCache, capacity_rps, slo_capacity
-from provisioner.queueing import mdc_wait_prob
+from mark.core.types import Profile, Slo
+from provisioner.policy.batching import slo_batch
+from provisioner.policy.capacity import CapacityCache, capacity_rps, slo_capacity
+from provisioner.policy.queueing import mdc_wait_prob
 from tests.test_queueing import simulate_waits
 
 SLO = Slo(latency_ms=600.0, percentile=0.98)

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from mark.catalog import (
+from mark.core.catalog import (
     DEFAULT_DIRECTORY,
     INSTANCE_TYPES_FILE,
     LAMBDA_FILE,
@@ -23,8 +23,8 @@ from mark.catalog import (
     CatalogError,
     load_catalog,
 )
-from mark.errors import InvalidValue, NotFound
-from mark.types import AcceleratorKind, InstanceType, Market, Model, Profile
+from mark.core.errors import InvalidValue, NotFound
+from mark.core.types import AcceleratorKind, InstanceType, Market, Model, Profile
 
 PAPER_MODELS = ("inception-v3", "inception-resnet-v2", "nasnet", "lstm-ptb", "opennmt-ende")
 ALL_FILES = (INSTANCE_TYPES_FILE, SAGEMAKER_FILE, LAMBDA_FILE, SPOT_FILE, PROFILES_FILE)

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from mark.config import load_config
-from mark.errors import InvalidValue
+from mark.core.config import load_config
+from mark.core.errors import InvalidValue
 
 
 def test_embedded_defaults() -> None:
@@ -70,7 +70,7 @@ def test_missing_file_and_bad_env() -> None:
 def test_readme_documents_every_key_with_its_default() -> None:
     from pathlib import Path
 
-    from mark.commands.config import render_markdown
+    from mark.apps.commands.config import render_markdown
 
     readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
     table = render_markdown(load_config(environ={}))

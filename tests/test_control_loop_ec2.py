@@ -14,12 +14,12 @@ from typing import Any
 import numpy as np
 import pytest
 
-from mark.catalog import load_catalog
-from mark.config import CloudConfig, Config
-from mark.control.loop import ControlLoop, Schedule
-from mark.db import Database
-from mark.types import ActionKind, InstanceState, Market, Model
-from provisioner.ec2 import Ec2Cloud
+from mark.adapters.db import Database
+from mark.apps.control.loop import ControlLoop, Schedule
+from mark.core.catalog import load_catalog
+from mark.core.config import CloudConfig, Config
+from mark.core.types import ActionKind, InstanceState, Market, Model
+from provisioner.adapters.ec2 import Ec2Cloud
 from tests.aws import ec2_error_xml, inject
 from tests.test_ec2 import TYPES, ZONES
 from traces import Trace
@@ -125,7 +125,7 @@ async def _run_until_covered(loop: ControlLoop, clock: Any, ticks: int) -> None:
 
 
 def _capacity(instances: list[Any]) -> float:
-    from provisioner.capacity import capacity_rps
+    from provisioner.policy.capacity import capacity_rps
 
     model = inception()
     return sum(
@@ -149,7 +149,7 @@ async def test_stepped_forecast_is_bought_ahead_on_spot_over_pools(
     pools: dict[str, list[Any]] = {}
     for i in spot:
         pools.setdefault(i.offering.key, []).append(i)
-    # The planner's spot rule (provisioner/planner_greedy.py): a pool holds one instance, or
+    # The planner's spot rule (provisioner/policy/planner_greedy.py): a pool holds one instance, or
     # several within its share (0.8 / 2 pools); losing any one pool leaves 60% of the step.
     assert all(len(p) == 1 or _capacity(p) <= 0.4 * STEP_RPS + 1e-6 for p in pools.values())
     largest = max(_capacity(p) for p in pools.values())

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from mark.db import Database
-from mark.errors import Conflict, NotFound
-from mark.types import (
+from mark.adapters.db import Database
+from mark.core.errors import Conflict, NotFound
+from mark.core.types import (
     AcceleratorKind,
     ActionKind,
     BackendSpec,

@@ -12,7 +12,7 @@ from prometheus_client import REGISTRY
 
 import frontend.metrics  # noqa: F401  (registers the inference metrics)
 import frontend.observability  # noqa: F401
-import mark.control.metrics  # noqa: F401
+import mark.apps.control.metrics  # noqa: F401
 
 DEPLOY = Path(__file__).resolve().parent.parent / "deploy"
 SUFFIXES = {"counter": ("_total",), "histogram": ("_bucket", "_sum", "_count"), "gauge": ("",)}

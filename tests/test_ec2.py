@@ -1,4 +1,4 @@
-"""Ec2Cloud (provisioner/ec2.py) driven with boto3 through moto's server on loopback.
+"""Ec2Cloud (provisioner/adapters/ec2.py) driven with boto3 through moto's server on loopback.
 
 Errors AWS returns are injected at the wire: a botocore `before-send` hook answers the chosen
 action with the XML body EC2 sends, so boto3's own parsing, retry and error path run on it.
@@ -16,13 +16,13 @@ from typing import Any
 
 import pytest
 
-from mark.catalog import load_catalog
-from mark.config import CloudConfig
-from mark.errors import CloudError, InsufficientCapacity
-from mark.types import BackendSpec, InstanceState, Market, Model, Offering, Slo
-from provisioner.cloud import MODELS_TAG, OWNER_TAG, CloudProvider
-from provisioner.ec2 import Ec2Cloud
-from provisioner.reconcile import ReconcileKind, reconcile
+from mark.core.catalog import load_catalog
+from mark.core.config import CloudConfig
+from mark.core.errors import CloudError, InsufficientCapacity
+from mark.core.types import BackendSpec, InstanceState, Market, Model, Offering, Slo
+from provisioner.adapters.cloud import MODELS_TAG, OWNER_TAG, CloudProvider
+from provisioner.adapters.ec2 import Ec2Cloud
+from provisioner.policy.reconcile import ReconcileKind, reconcile
 from tests.aws import ec2_error_xml, inject
 
 TYPES = ("c5.large", "c5.xlarge", "m5.large")

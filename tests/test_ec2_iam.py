@@ -25,7 +25,7 @@ def camel(snake: str) -> str:
 
 
 def test_ec2_policy_covers_every_call_of_the_provider() -> None:
-    called = set(CALL.findall((ROOT / "provisioner" / "ec2.py").read_text()))
+    called = set(CALL.findall((ROOT / "provisioner" / "adapters" / "ec2.py").read_text()))
     assert {"run_instances", "terminate_instances", "describe_instances"} <= called
     granted = actions("mark-ec2-policy.json")
     assert {f"ec2:{camel(c)}" for c in called} - granted == set()

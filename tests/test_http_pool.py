@@ -1,4 +1,4 @@
-"""The lean HTTP client of the inference hot path (frontend/http_pool.py) against real TCP
+"""The lean HTTP client of the inference hot path (mark/adapters/http_pool.py) against real TCP
 servers on loopback that answer as the test scripts them: keep-alive reuse, the instance closing
 an idle connection, `Connection: close`, chunked answers, the v2 binary header, refusals,
 timeouts and answers cut short."""
@@ -12,7 +12,7 @@ from contextlib import asynccontextmanager
 
 import pytest
 
-from frontend.http_pool import HttpError, HttpPool
+from mark.adapters.http_pool import HttpError, HttpPool
 
 Handler = Callable[[bytes, int], bytes | None]  # (request body, connection's call n) -> answer
 

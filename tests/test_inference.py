@@ -16,10 +16,10 @@ import numpy as np
 import pytest
 
 from frontend.fleet import Fleet
-from frontend.protocol import InferRequest, Tensor
-from mark.config import BatchingConfig, load_config
-from mark.db import Database
-from mark.worker.loaders import load_model
+from mark.adapters.db import Database
+from mark.apps.worker.loaders import load_model
+from mark.core.config import BatchingConfig, load_config
+from mark.core.protocol import InferRequest, Tensor
 from tests.conftest import free_port
 from tests.dataplane import (
     front_end,

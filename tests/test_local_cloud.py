@@ -13,11 +13,11 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from mark.config import CloudConfig
-from mark.errors import NotFound
-from mark.types import InstanceState, Market, Model
-from provisioner.cloud import MODELS_TAG, OWNER_TAG, CloudProvider
-from provisioner.local_cloud import LocalCloud
+from mark.core.config import CloudConfig
+from mark.core.errors import NotFound
+from mark.core.types import InstanceState, Market, Model
+from provisioner.adapters.cloud import MODELS_TAG, OWNER_TAG, CloudProvider
+from provisioner.adapters.local_cloud import LocalCloud
 from tests.dataplane import model, offering
 
 CONFIG = CloudConfig(launch_overhead_scale=0.001, zones=("us-east-1a",))
@@ -89,7 +89,7 @@ async def test_spot_interruption_notice_then_kill(tmp_path: Path) -> None:
 
 
 async def test_failed_boot_terminates_and_unknown_model_raises(tmp_path: Path) -> None:
-    from mark.errors import CloudError
+    from mark.core.errors import CloudError
 
     async def broken(name: str) -> Model:
         return model(name, artifact="onnx:/nonexistent.onnx")
@@ -123,8 +123,8 @@ def test_no_worker_outlives_a_killed_control_plane(tmp_path: Path) -> None:
     script = textwrap.dedent(
         f"""
         import asyncio, sys
-        from mark.config import CloudConfig
-        from provisioner.local_cloud import LocalCloud
+        from mark.core.config import CloudConfig
+        from provisioner.adapters.local_cloud import LocalCloud
         from tests.dataplane import model, offering
 
         async def models(name):

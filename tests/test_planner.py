@@ -1,4 +1,4 @@
-"""The greedy planner (provisioner/planner.py) on hand-built snapshots: no clock, no I/O."""
+"""The greedy planner (provisioner/policy/planner.py) on hand-built snapshots: no clock, no I/O."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import random
 
 import pytest
 
-from mark.config import PlannerConfig
-from mark.types import (
+from mark.core.config import PlannerConfig
+from mark.core.types import (
     ActionKind,
     Forecast,
     Instance,
@@ -20,8 +20,8 @@ from mark.types import (
     Profile,
     Slo,
 )
-from provisioner.capacity import CapacityCache, capacity_rps
-from provisioner.planner import (
+from provisioner.policy.capacity import CapacityCache, capacity_rps
+from provisioner.policy.planner import (
     Drain,
     FleetSnapshot,
     Launch,

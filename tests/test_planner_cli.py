@@ -7,14 +7,14 @@ import sys
 
 import pytest
 
-from mark.commands.plan import parse_forecasts, parse_running
-from mark.errors import InvalidValue
-from mark.types import Market
+from mark.apps.commands.plan import parse_forecasts, parse_running
+from mark.core.errors import InvalidValue
+from mark.core.types import Market
 
 
 def mark(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "mark.cli", *args], capture_output=True, text=True, timeout=120
+        [sys.executable, "-m", "mark.apps.cli", *args], capture_output=True, text=True, timeout=120
     )
 
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from mark.types import ActionKind, InstanceState, Market
-from provisioner.planner import Drain, Launch, Plan
+from mark.core.types import ActionKind, InstanceState, Market
+from provisioner.policy.planner import Drain, Launch, Plan
 from tests.test_planner import (
     NOW,
     TYPES,

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from mark.cli import main
-from mark.commands.forecast_eval import parse_duration_s
+from mark.apps.cli import main
+from mark.apps.commands.forecast_eval import parse_duration_s
 from predictors import available_forecasters, create_forecaster
 from traces import read_trace
 
@@ -88,7 +88,7 @@ def test_console_script_runs_forecast_eval_on_a_shipped_trace(tmp_path: Path) ->
         [
             sys.executable,
             "-m",
-            "mark.cli",
+            "mark.apps.cli",
             "forecast-eval",
             "--trace",
             "mmpp-4h",

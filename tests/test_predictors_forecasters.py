@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from mark.errors import InvalidValue
+from mark.core.errors import InvalidValue
 from predictors import available_forecasters, create_forecaster
 from predictors.backtest import backtest
 from traces import Trace

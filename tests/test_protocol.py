@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from frontend.protocol import (
+from mark.core.protocol import (
     BackendError,
     InferRequest,
     InferResponse,

@@ -1,4 +1,4 @@
-"""M/D/c waiting time (provisioner/queueing.py) against closed forms and a simulation."""
+"""M/D/c waiting time (provisioner/policy/queueing.py) against closed forms and a simulation."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import math
 import numpy as np
 import pytest
 
-from mark.errors import InvalidValue
-from provisioner.queueing import mdc_mean_wait, mdc_wait_prob
+from mark.core.errors import InvalidValue
+from provisioner.policy.queueing import mdc_mean_wait, mdc_wait_prob
 
 # Absolute tolerance of P(W <= t) against the simulation: 2M customers per case (the slowest,
 # c=1 at rho=0.95, relaxes over ~1/(1-sqrt(rho))^2 service times, leaving a few hundred

@@ -1,12 +1,13 @@
-"""Reconciliation (provisioner/reconcile.py): each crash window, and properties over fleets."""
+"""Reconciliation (provisioner/policy/reconcile.py): each crash window, and properties over
+fleets."""
 
 from __future__ import annotations
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mark.types import Instance, InstanceState, Market, Offering
-from provisioner.reconcile import ReconcileKind, reconcile
+from mark.core.types import Instance, InstanceState, Market, Offering
+from provisioner.policy.reconcile import ReconcileKind, reconcile
 
 OFFER = Offering(
     instance_type="c5.large", zone="us-east-1a", market=Market.SPOT, price_per_hour=0.034

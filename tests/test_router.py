@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from frontend.router import SmoothWeightedRoundRobin
+from provisioner.policy.routing import SmoothWeightedRoundRobin
 
 
 def test_nginx_sequence_is_smooth() -> None:

@@ -14,7 +14,7 @@ from typing import Any
 import aiohttp
 import numpy as np
 
-from mark.worker.loaders import load_model
+from mark.apps.worker.loaders import load_model
 from tests.conftest import Served
 
 # The body of the README's curl (section "Quick start").

@@ -1,4 +1,5 @@
-"""The serverless pools (provisioner/serverless.py) end to end: boto3's Lambda client -> the
+"""The serverless pools (provisioner/adapters/serverless.py) end to end: boto3's Lambda client ->
+the
 Invoke API on loopback -> the local pool's spawned sandboxes running deploy/lambda/handler.py."""
 
 from __future__ import annotations
@@ -17,12 +18,12 @@ from botocore import UNSIGNED
 from botocore.config import Config as BotoConfig
 from botocore.exceptions import ClientError
 
-from frontend.protocol import InferRequest, Tensor
-from mark.catalog import load_catalog
-from mark.config import ServerlessConfig
-from mark.types import BackendSpec, Model, Slo
-from mark.worker.loaders import load_model
-from provisioner.serverless import (
+from mark.apps.worker.loaders import load_model
+from mark.core.catalog import load_catalog
+from mark.core.config import ServerlessConfig
+from mark.core.protocol import InferRequest, Tensor
+from mark.core.types import BackendSpec, Model, Slo
+from provisioner.adapters.serverless import (
     FunctionError,
     InvokeServer,
     LambdaPool,

@@ -11,13 +11,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mark.catalog import load_catalog
-from mark.simulator.engine import SimSettings
-from mark.simulator.instance_queue import InstanceQueue
-from mark.simulator.report import policy_summary
-from mark.simulator.runner import Scenario, simulate
-from provisioner.batching import BatchPlan
-from provisioner.queueing import mdc_wait_prob
+from mark.apps.simulator.engine import SimSettings
+from mark.apps.simulator.instance_queue import InstanceQueue
+from mark.apps.simulator.report import policy_summary
+from mark.apps.simulator.runner import Scenario, simulate
+from mark.core.catalog import load_catalog
+from provisioner.policy.batching import BatchPlan
+from provisioner.policy.queueing import mdc_wait_prob
 from traces import Trace, read_trace, shipped_trace, write_trace
 
 CATALOG = load_catalog()
@@ -110,7 +110,7 @@ def _cli(trace: Path, out: Path) -> dict[str, object]:
         [
             sys.executable,
             "-m",
-            "mark.cli",
+            "mark.apps.cli",
             "simulate",
             "--trace",
             str(trace),

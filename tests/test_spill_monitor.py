@@ -17,17 +17,17 @@ import numpy as np
 import pytest
 from prometheus_client import REGISTRY
 
-from frontend.backends import BackendRejected
 from frontend.batcher import QueuedRequest
 from frontend.fleet import Answer, Fleet, Unavailable
-from frontend.protocol import InferRequest, Tensor
-from frontend.spill import ServerlessProfile, SpillReason
 from frontend.spill_monitor import InstanceQueue, SpillLedger, SpillMonitor, select_spills
-from mark.config import BatchingConfig, ServerlessConfig, SpillConfig
-from mark.db import Database
-from mark.types import InstanceState, Slo
-from mark.worker.loaders import load_model
-from provisioner.serverless import InvokeServer, LocalFunctionPool, build_pool
+from mark.adapters.backends import BackendRejected
+from mark.adapters.db import Database
+from mark.apps.worker.loaders import load_model
+from mark.core.config import BatchingConfig, ServerlessConfig, SpillConfig
+from mark.core.protocol import InferRequest, Tensor
+from mark.core.types import InstanceState, Slo
+from provisioner.adapters.serverless import InvokeServer, LocalFunctionPool, build_pool
+from provisioner.policy.spill import ServerlessProfile, SpillReason
 from tests.dataplane import linear_profile, model, running, workers
 
 MLP = load_model("reference", "builtin:mlp")

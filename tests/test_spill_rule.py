@@ -1,11 +1,13 @@
-"""The pure spill rule (frontend/spill.py): examples from DESIGN.md's formula and properties."""
+"""The pure spill rule (provisioner/policy/spill.py): examples from DESIGN.md's formula and
+properties."""
 
 from __future__ import annotations
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from frontend.spill import (
+from mark.core.types import Slo
+from provisioner.policy.spill import (
     QueueView,
     ServerlessProfile,
     SpillReason,
@@ -13,7 +15,6 @@ from frontend.spill import (
     should_spill,
     spill_reason,
 )
-from mark.types import Slo
 
 SLO = Slo(latency_ms=500, percentile=0.98)
 WARM = ServerlessProfile(warm_ms=100, cold_start_ms=800, idle_warm=2, free_slots=4)

@@ -18,8 +18,8 @@ import aiohttp
 import numpy as np
 import pytest
 
-from mark.config import load_config
-from mark.db import Database
+from mark.adapters.db import Database
+from mark.core.config import load_config
 from tests.conftest import free_port
 from tests.dataplane import front_end, model, running, wait_routable
 

@@ -8,7 +8,7 @@ from statistics import NormalDist
 import numpy as np
 import pytest
 
-from mark.errors import InvalidValue
+from mark.core.errors import InvalidValue
 from traces import DATA_DIR, Trace, generators, read_trace, shipped_trace, write_trace
 
 

@@ -7,8 +7,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
-from mark.errors import InvalidTransition
-from mark.types import (
+from mark.core.errors import InvalidTransition
+from mark.core.types import (
     AcceleratorKind,
     Forecast,
     Instance,

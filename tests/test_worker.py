@@ -13,9 +13,9 @@ import aiohttp
 import numpy as np
 import pytest
 
-from frontend.protocol import HEADER_LENGTH, parse_v2_response
-from mark.errors import InvalidValue
-from mark.worker.loaders import load_model
+from mark.apps.worker.loaders import load_model
+from mark.core.errors import InvalidValue
+from mark.core.protocol import HEADER_LENGTH, parse_v2_response
 from tests.dataplane import spawn_worker, stop_worker, workers
 
 ROW = [0.25 * i for i in range(16)]
@@ -135,7 +135,7 @@ async def test_onnx_and_sklearn_artifacts(tmp_path: Path) -> None:
 )
 def test_refuses_with_a_clear_error(args: list[str], fragment: str) -> None:
     done = subprocess.run(
-        [sys.executable, "-m", "mark.cli", "worker", "--port", "0", *args],
+        [sys.executable, "-m", "mark.apps.cli", "worker", "--port", "0", *args],
         capture_output=True,
         text=True,
         timeout=60,

@@ -15,7 +15,7 @@ def shipped_trace(name: str) -> Path:
     """Path of a trace shipped under traces/data/ (`name` with or without `.csv`)."""
     path = DATA_DIR / (name if name.endswith(".csv") else f"{name}.csv")
     if not path.is_file():
-        from mark.errors import InvalidValue
+        from mark.core.errors import InvalidValue
 
         available = sorted(p.stem for p in DATA_DIR.glob("*.csv"))
         raise InvalidValue("trace", f"no shipped trace {name!r}; shipped: {', '.join(available)}")

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 from numpy.typing import NDArray
 
-from mark.errors import InvalidValue
+from mark.core.errors import InvalidValue
 
 __all__ = ["Trace", "read_trace", "write_trace"]
 

@@ -19,8 +19,8 @@ import math
 import numpy as np
 from numpy.typing import NDArray
 
-from mark.errors import InvalidValue
-from mark.types import require_finite
+from mark.core.errors import InvalidValue
+from mark.core.types import require_finite
 from traces.format import Trace
 
 __all__ = [

@@ -2,7 +2,8 @@
 
 The same file runs in two places:
 - on AWS Lambda, packaged with the `mark` package (container image or zip; see README.md);
-- in the local function pool (`provisioner.serverless.LocalFunctionPool`), where each sandbox is
+- in the local function pool (`provisioner.adapters.serverless.LocalFunctionPool`), where each
+  sandbox is
   a fresh spawned process that imports this file, as a Lambda sandbox would.
 
 Event (JSON, at most 6 MB in a synchronous invoke):
@@ -19,7 +20,7 @@ name, datatype or shape): the caller's mistake, which an instance answers with 4
 end answers it so too rather than counting a failed function. `cold_start` is true when this
 sandbox loaded the model for this call; `init_ms` is what loading took (the model stays loaded
 for the sandbox's later calls, as Lambda keeps module state).
-Models are loaded with the reference worker's loaders (`mark.worker.loaders.load_model`), so a
+Models are loaded with the reference worker's loaders (`mark.apps.worker.loaders.load_model`), so a
 spilled request gets the answer an instance would give.
 """
 
@@ -31,7 +32,8 @@ import sys
 import time
 from typing import Any
 
-from frontend.protocol import (
+from mark.apps.worker.loaders import ServedModel, load_model
+from mark.core.protocol import (
     InferRequest,
     InferResponse,
     ProtocolError,
@@ -40,7 +42,6 @@ from frontend.protocol import (
     parse_v2_request,
     validate,
 )
-from mark.worker.loaders import ServedModel, load_model
 
 _MODELS: dict[tuple[str, str], ServedModel] = {}
 

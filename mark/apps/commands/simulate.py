@@ -1,0 +1,148 @@
+"""`mark simulate`: replay a trace against autoscaling policies in virtual time.
+
+    mark simulate --trace traces/data/twitter-like-diurnal-2d.csv --model inception-v3 \\
+        --policies mark,reactive,queue,skyserve,static,oracle --market mixed --out out/
+
+Writes OUT/summary.json (DESIGN.md's shape), four PNG figures, and prints a table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+__all__ = ["register"]
+
+
+def register(subparsers: Any) -> None:
+    p = subparsers.add_parser(
+        "simulate",
+        help="replay a trace against policies in virtual time",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--trace", required=True, help="trace CSV (timestamp_s,requests[,model])")
+    p.add_argument("--model", required=True, help="catalog model name (profiles.json)")
+    p.add_argument("--profile", help="JSON file with a custom model: {name, slo, profiles: [...]}")
+    p.add_argument("--slo-ms", type=float, help="latency SLO in ms (default: the catalog's)")
+    p.add_argument("--percentile", type=float, help="SLO percentile, e.g. 0.98 (default: catalog)")
+    p.add_argument("--policies", default="mark,reactive,queue,skyserve,static,oracle")
+    p.add_argument("--market", choices=("ondemand", "spot", "mixed"), default="mixed")
+    p.add_argument("--out", required=True, help="output directory")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--interruption-rate",
+        type=float,
+        default=0.02,
+        help="spot interruptions per instance-hour (default 0.02)",
+    )
+    p.add_argument("--types", help="comma-separated instance types to consider")
+    p.add_argument("--predictor", help="forecaster name (default: ForecastConfig's)")
+    p.add_argument("--config", help="TOML config whose planner/forecast/spill sections apply")
+    p.set_defaults(func=_run)
+
+
+def _model(args: argparse.Namespace) -> tuple[Any, float, int]:
+    from mark.core.catalog import load_catalog
+    from mark.core.errors import InvalidValue
+    from mark.core.types import Model, Slo
+
+    catalog = load_catalog()
+    if args.profile:
+        data = json.loads(Path(args.profile).read_text(encoding="utf-8"))
+        serverless = data.pop("serverless", {})
+        profiles = data.get("profiles", {})
+        if isinstance(profiles, list):
+            data["profiles"] = {p["instance_type"]: p for p in profiles}
+        model = Model.model_validate(data)
+        latency = float(serverless.get("latency_ms", 0.0))
+        memory = int(serverless.get("memory_mb", 3008))
+    else:
+        entry = catalog.model(args.model)
+        model = entry.to_model()
+        latency, memory = entry.serverless_latency_ms, entry.serverless_memory_mb
+    if args.slo_ms is not None or args.percentile is not None:
+        slo = Slo(
+            latency_ms=args.slo_ms if args.slo_ms is not None else model.slo.latency_ms,
+            percentile=args.percentile if args.percentile is not None else model.slo.percentile,
+        )
+        model = model.model_copy(update={"slo": slo})
+    if not model.profiles:
+        raise InvalidValue("profile", "the model has no instance type profiles")
+    return model, latency, memory
+
+
+def _run(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from mark.apps.simulator.engine import SimSettings
+    from mark.apps.simulator.plots import write_plots
+    from mark.apps.simulator.report import summary, summary_table, write_summary
+    from mark.apps.simulator.runner import Scenario, build_policies, simulate
+    from mark.core.catalog import load_catalog
+    from mark.core.config import load_config
+    from mark.core.types import require_finite
+    from traces import read_trace
+
+    require_finite("interruption_rate", args.interruption_rate, minimum=0.0)
+    config = load_config(args.config)
+    model, latency, memory = _model(args)
+    trace = read_trace(args.trace)
+    if trace.models is not None:
+        trace = trace.for_model(model.name) if model.name in trace.model_names else trace.total()
+    forecast = config.forecast
+    if args.predictor:
+        forecast = forecast.model_copy(update={"predictor": args.predictor})
+    settings = SimSettings(
+        zones=config.cloud.zones,
+        types=tuple(t for t in (args.types or "").split(",") if t),
+        seed=args.seed,
+        interruption_rate_per_hour=args.interruption_rate,
+        interruption_notice_s=config.cloud.interruption_notice_s,
+        batching=config.batching,
+        spill=config.spill,
+        serverless_keep_warm_s=config.serverless.keep_warm_s,
+    )
+    scenario = Scenario(
+        model=model,
+        trace=trace,
+        catalog=load_catalog(),
+        market=args.market,
+        settings=settings,
+        planner=config.planner,
+        forecast=forecast,
+        serverless_latency_ms=latency,
+        serverless_memory_mb=memory,
+    )
+    names = [n.strip() for n in args.policies.split(",") if n.strip()]
+    count = len(build_policies(scenario, [n for n in names if n != "oracle"])) + ("oracle" in names)
+    console = Console()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    with Progress(
+        TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(), console=console
+    ) as bar:
+        task = bar.add_task("simulating", total=trace.duration_s * count)
+
+        def tick(name: str, seconds: float) -> None:
+            bar.update(task, advance=seconds, description=f"simulating {name}")
+
+        runs = simulate(scenario, names, progress=tick)
+    meta = {
+        "trace": str(args.trace),
+        "model": model.name,
+        "slo_ms": model.slo.latency_ms,
+        "percentile": model.slo.percentile,
+        "market": args.market,
+        "seed": args.seed,
+        "interruption_rate_per_hour": args.interruption_rate,
+    }
+    data = summary(runs, model.slo, meta)
+    write_summary(out / "summary.json", data)
+    write_plots(runs, model.slo, out)
+    console.print(summary_table(data, model.slo))
+    console.print(f"wrote {out / 'summary.json'} and plots in {out}")
+    return 0

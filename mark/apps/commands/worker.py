@@ -1,0 +1,134 @@
+"""`mark worker`: run the reference KServe v2 model server (what local instances are).
+
+    mark worker --model demo=builtin:mlp --port 0 --instance-type c5.large
+
+`--model [NAME=]ARTIFACT` may repeat; `--port 0` picks a free port. Once serving, the worker
+prints one line `mark-worker listening on http://HOST:PORT` to stdout (the local cloud reads the
+port from it) and stops cleanly on SIGTERM or SIGINT.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import signal
+import socket
+from pathlib import Path
+from typing import Any
+
+__all__ = ["register", "parse_model_specs", "parse_profiles"]
+
+
+def register(subparsers: Any) -> None:
+    parser = subparsers.add_parser(
+        "worker",
+        help="run the reference KServe v2 model server",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "--model",
+        action="append",
+        required=True,
+        metavar="[NAME=]ARTIFACT",
+        help="builtin:mlp, onnx:PATH, sklearn:PATH or torchscript:PATH (repeatable)",
+    )
+    parser.add_argument("--port", type=int, required=True, help="TCP port (0: any free port)")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument(
+        "--instance-type",
+        default=None,
+        help="pace each batch to this type's profile T(b) = a + c*b (default: native speed)",
+    )
+    parser.add_argument(
+        "--profiles",
+        default=None,
+        metavar="JSON|FILE",
+        help="explicit profiles by model name, overriding the catalog's (needs --instance-type)",
+    )
+    parser.add_argument("--max-batch", type=int, default=64, help="most rows per executed batch")
+    parser.add_argument("--max-body-mb", type=float, default=64.0)
+    parser.set_defaults(func=run)
+
+
+def parse_model_specs(specs: list[str]) -> dict[str, str]:
+    """`[NAME=]ARTIFACT` flags to {name: artifact}; the name defaults from the artifact."""
+    from mark.apps.worker.loaders import default_name
+    from mark.core.errors import InvalidValue
+
+    out: dict[str, str] = {}
+    for spec in specs:
+        name, sep, artifact = spec.partition("=")
+        if not sep or ":" in name:
+            name, artifact = default_name(spec), spec
+        if not name or name in out:
+            raise InvalidValue("model", f"model name {name!r} is empty or given twice")
+        out[name] = artifact
+    return out
+
+
+def parse_profiles(raw: str | None) -> dict[str, Any]:
+    """{name: Profile} from inline JSON or a JSON file."""
+    from mark.core.errors import InvalidValue
+    from mark.core.types import Profile
+
+    if raw is None:
+        return {}
+    text = Path(raw).read_text() if not raw.lstrip().startswith("{") else raw
+    try:
+        doc = json.loads(text)
+        return {name: Profile.model_validate(p) for name, p in doc.items()}
+    except (json.JSONDecodeError, ValueError, AttributeError) as exc:
+        raise InvalidValue("profiles", f"not a JSON object of profiles: {exc}") from exc
+
+
+async def _serve(args: argparse.Namespace) -> None:
+    from importlib.metadata import version
+
+    from aiohttp import web
+
+    from mark.apps.worker.loaders import load_model
+    from mark.apps.worker.pacing import resolve_profiles
+    from mark.apps.worker.server import SERVER_NAME, build_app
+    from mark.core.errors import InvalidValue
+
+    specs = parse_model_specs(args.model)
+    explicit = parse_profiles(args.profiles)
+    if explicit and args.instance_type is None:
+        raise InvalidValue("profiles", "--profiles needs --instance-type")
+    profiles = resolve_profiles(specs, args.instance_type, explicit) if args.instance_type else {}
+    models = [load_model(name, artifact) for name, artifact in specs.items()]
+    app = build_app(
+        models,
+        profiles=profiles,
+        max_batch=args.max_batch,
+        max_body_mb=args.max_body_mb,
+        version=version("mark"),
+    )
+    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    await runner.setup()
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((args.host, args.port))
+    await web.SockSite(runner, sock, backlog=1024).start()
+    port = sock.getsockname()[1]
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    print(f"{SERVER_NAME} listening on http://{args.host}:{port}", flush=True)
+    try:
+        await stop.wait()
+    finally:
+        await runner.cleanup()
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        import uvloop
+    except ImportError:
+        asyncio.run(_serve(args))
+    else:
+        uvloop.run(_serve(args))
+    return 0

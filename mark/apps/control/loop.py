@@ -1,0 +1,420 @@
+"""The control loop: observe, forecast, plan, apply, record (DESIGN.md "The flow of data", 4-5).
+
+The loop is the edge around the pure planner. Each `tick` reads the observed request counts per
+model, feeds one forecaster per model, builds a `FleetSnapshot`, calls
+`provisioner.policy.planner.plan`
+and applies its actions through the `CloudProvider`, persisting every decision, every instance
+transition and the cost ledger. `sync` (run more often) makes the database agree with the cloud
+(`provisioner.policy.reconcile`). Failure rules:
+- a planning error never stops serving: it is logged as an ERROR decision and the tick ends;
+- an apply error is retried (`control.apply_retries`) and logged; a launch the cloud refuses for
+  capacity marks that pool unavailable and re-plans at once, so the planner falls back to the
+  next pool, a backup type or on-demand;
+- a launched instance is saved as soon as the provider returns it; if the process dies before
+  that, reconciliation finds it by its ownership tag.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import time
+import zlib
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from typing import TypeVar
+
+import numpy as np
+
+from mark.adapters.db import Database
+from mark.apps.control import metrics
+from mark.core.config import Config
+from mark.core.errors import CloudError, InsufficientCapacity, InvalidValue, MarkError
+from mark.core.types import (
+    ActionKind,
+    Decision,
+    Forecast,
+    Instance,
+    InstanceState,
+    InstanceType,
+    Model,
+)
+from predictors.base import Forecaster
+from predictors.registry import create_forecaster
+from provisioner.adapters.cloud import CloudProvider, InterruptionNotice
+from provisioner.policy.capacity import CapacityCache
+from provisioner.policy.planner import (
+    Drain,
+    FleetSnapshot,
+    Launch,
+    ModelDemand,
+    Plan,
+    PlannerState,
+    Terminate,
+    plan,
+)
+from provisioner.policy.reconcile import ReconcileKind, reconcile
+from traces import Trace, read_trace
+
+__all__ = ["ControlLoop", "Schedule"]
+
+T = TypeVar("T")
+
+logger = logging.getLogger("mark.apps.control")
+
+_MAX_REPLANS = 5
+_REFIT_SPREAD_BUCKETS = 60
+
+
+async def _done(call: Awaitable[None]) -> bool:
+    """True once `call` finished: lets a None-returning call go through `_with_retries`."""
+    await call
+    return True
+
+
+@dataclass(frozen=True, slots=True)
+class Schedule:
+    """Known future demand (events, campaigns, batch jobs) from a trace file whose timestamps are
+    epoch seconds: the loop provisions for max(forecast, schedule) so a step the operator knows
+    about is bought ahead of time, as a forecast that sees it would."""
+
+    trace: Trace
+
+    @classmethod
+    def load(cls, path: str) -> Schedule:
+        return cls(read_trace(path))
+
+    def rates(self, model: str, start_s: float, bucket_s: float, buckets: int) -> np.ndarray:
+        t = self.trace
+        mask = np.ones(len(t.timestamps_s), dtype=bool)
+        if t.models is not None:
+            mask = np.array([m == model for m in t.models])
+        times = t.timestamps_s[mask]
+        rates = t.counts[mask] / t.bucket_s
+        out = np.zeros(buckets)
+        for k in range(buckets):
+            lo, hi = start_s + k * bucket_s, start_s + (k + 1) * bucket_s
+            sel = (times + t.bucket_s > lo) & (times < hi)
+            if sel.any():
+                out[k] = float(rates[sel].max())
+        return out
+
+
+@dataclass
+class ControlLoop:
+    db: Database
+    cloud: CloudProvider
+    config: Config
+    counts: Callable[[], Mapping[str, float]]
+    """Cumulative requests observed per model (the front ends' counters)."""
+    schedule: Schedule | None = None
+    clock: Callable[[], float] = time.time
+    state: PlannerState = field(default_factory=PlannerState)
+    forecasters: dict[str, Forecaster] = field(default_factory=dict)
+    interruptions: dict[str, float] = field(default_factory=dict)
+    refused_pools: dict[str, float] = field(default_factory=dict)
+    cache: CapacityCache = field(default_factory=CapacityCache)
+    last_plan: Plan | None = None
+    _last_counts: dict[str, float] = field(default_factory=dict)
+    _stamps: dict[str, float] = field(default_factory=dict)
+    _last_tick_s: float | None = None
+    _lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    _types: dict[str, InstanceType] = field(default_factory=dict)
+
+    @property
+    def bucket_s(self) -> float:
+        return self.config.control.tick_s
+
+    # -- observing and forecasting --------------------------------------------------------
+
+    def _observe(self, models: list[Model], now_s: float) -> None:
+        totals = self.counts()
+        for model in models:
+            total = float(totals.get(model.name, 0.0))
+            previous = self._last_counts.get(model.name)
+            self._last_counts[model.name] = total
+            forecaster = self.forecasters.get(model.name)
+            if forecaster is None:
+                forecaster = self._new_forecaster(model.name)
+                self.forecasters[model.name] = forecaster
+            if previous is None:
+                continue  # first sight: no interval to count over yet
+            # Forecasters need evenly spaced buckets: a late tick still counts as the next one.
+            stamp = self._stamps.get(model.name, now_s)
+            forecaster.observe(stamp, max(total - previous, 0.0))
+            self._stamps[model.name] = stamp + forecaster.bucket_s
+        for gone in set(self.forecasters) - {m.name for m in models}:
+            del self.forecasters[gone]
+            self._last_counts.pop(gone, None)
+            self._stamps.pop(gone, None)
+
+    def _new_forecaster(self, model: str) -> Forecaster:
+        """Forecasters refitted on a schedule get a phase from the model's name, so that a
+        thousand models' fits spread over the schedule instead of landing on one tick."""
+        name, bucket_s = self.config.forecast.predictor, self.bucket_s
+        phase = zlib.crc32(model.encode()) % _REFIT_SPREAD_BUCKETS
+        try:
+            return create_forecaster(name, bucket_s=bucket_s, refit_phase_buckets=phase)
+        except InvalidValue:  # not a refitting forecaster: it takes no phase
+            return create_forecaster(name, bucket_s=bucket_s)
+
+    def _forecast(self, model: Model, now_s: float) -> Forecast:
+        buckets = max(1, math.ceil(self.config.planner.horizon_s / self.bucket_s))
+        forecaster = self.forecasters[model.name]
+        quantile = self.config.forecast.quantile
+        if forecaster.observed_buckets > 0:
+            base = forecaster.forecast(buckets, quantile)
+            mean, upper, start = np.array(base.mean_rps), np.array(base.upper_rps), base.start_s
+        else:
+            mean, upper, start = np.zeros(buckets), np.zeros(buckets), now_s
+        if self.schedule is not None:
+            known = self.schedule.rates(model.name, now_s, self.bucket_s, buckets)
+            mean, upper = np.maximum(mean, known), np.maximum(upper, known)
+        return Forecast(
+            start_s=start,
+            bucket_s=self.bucket_s,
+            mean_rps=tuple(float(v) for v in mean),
+            upper_rps=tuple(float(v) for v in upper),
+            quantile=quantile,
+        )
+
+    # -- the tick -------------------------------------------------------------------------
+
+    async def tick(self) -> Plan | None:
+        async with self._lock:
+            return await self._tick()
+
+    async def _tick(self) -> Plan | None:
+        now = self.clock()
+        models = await self.db.list_models()
+        self._observe(models, now)
+        if not self._types:
+            self._types = {t.name: t for t in await self.cloud.instance_types()}
+        try:
+            offerings = await self.cloud.offerings()
+        except MarkError as exc:
+            await self._record_error(now, f"could not read offerings: {exc}")
+            return None
+        demands = {m.name: ModelDemand(m, self._forecast(m, now)) for m in models}
+        metrics.record_forecasts({n: d.forecast.peak_upper_rps for n, d in demands.items()})
+        result: Plan | None = None
+        for _ in range(_MAX_REPLANS):
+            self.refused_pools = {k: t for k, t in self.refused_pools.items() if t > now}
+            offers = tuple(
+                o.model_copy(update={"available": False}) if o.key in self.refused_pools else o
+                for o in offerings
+            )
+            snapshot = FleetSnapshot(
+                now_s=now,
+                models=demands,
+                instances=tuple(await self.db.list_instances()),
+                offerings=offers,
+                instance_types=self._types,
+                planner_state=self.state,
+                interruptions=dict(self.interruptions),
+                tick_s=self.bucket_s,
+            )
+            try:
+                result = plan(snapshot, self.config.planner, self.cache)
+            except Exception as exc:  # a planning bug must not stop serving
+                logger.exception("planning failed")
+                await self._record_error(now, f"planning failed: {exc!r}")
+                return None
+            self.state = result.state
+            await self.db.add_decisions(result.decisions)
+            metrics.record_decisions(result.decisions)
+            if not await self._apply(result, now):
+                break  # nothing refused: done; else re-plan with the refused pool unavailable
+        self._last_tick_s = now
+        self.last_plan = result
+        if result is not None and (result.actions or result.deferred):
+            logger.info(
+                "tick: %d actions, %d launches deferred", len(result.actions), len(result.deferred)
+            )
+        return result
+
+    async def _apply(self, result: Plan, now_s: float) -> bool:
+        """Carry out the actions; True when a launch was refused for capacity (re-plan)."""
+        refused = False
+        live = {i.id: i for i in await self.db.list_instances()}
+        for action in result.actions:
+            if isinstance(action, Launch):
+                if refused:
+                    continue  # the re-plan decides the rest with the refused pool excluded
+                refused = not await self._launch(action, now_s)
+            elif isinstance(action, Drain):
+                inst = live.get(action.instance_id)
+                if inst is not None and inst.state in (
+                    InstanceState.RUNNING,
+                    InstanceState.PENDING,
+                ):
+                    target = (
+                        InstanceState.DRAINING
+                        if inst.state == InstanceState.RUNNING
+                        else InstanceState.TERMINATED
+                    )
+                    if target == InstanceState.TERMINATED:
+                        await self._terminate(inst, now_s)
+                    else:
+                        await self.db.save_instance(inst.transition(target, now_s))
+            elif isinstance(action, Terminate):
+                inst = live.get(action.instance_id)
+                if inst is not None:
+                    await self._terminate(inst, now_s)
+        return refused
+
+    async def _with_retries(self, what: str, call: Callable[[], Awaitable[T]]) -> T | None:
+        """`call` retried with exponential backoff on CloudError (control.apply_retries); None
+        after the last failure, which is logged and recorded as an ERROR decision. Capacity
+        refusals are not retried here: they re-plan."""
+        retries = self.config.control.apply_retries
+        for attempt in range(retries + 1):
+            try:
+                return await call()
+            except InsufficientCapacity:
+                raise
+            except CloudError as exc:
+                logger.warning("%s failed (attempt %d): %s", what, attempt, exc)
+                if attempt == retries:
+                    await self._record_error(self.clock(), f"{what} failed: {exc}")
+                    return None
+                await asyncio.sleep(min(2.0**attempt * 0.1, 5.0))
+        return None
+
+    async def _launch(self, action: Launch, now_s: float) -> bool:
+        """False when the pool refused for capacity (the caller re-plans without it)."""
+        key = action.offering.key
+        try:
+            instance = await self._with_retries(
+                f"launch of {key} for {action.model}",
+                lambda: self.cloud.launch(action.offering, [action.model]),
+            )
+        except InsufficientCapacity as exc:
+            self.refused_pools[key] = now_s + self.config.planner.pool_cooldown_s
+            await self.db.add_decisions(
+                [
+                    Decision(
+                        at_s=now_s,
+                        action=ActionKind.ERROR,
+                        reason=f"{key} refused the launch ({exc}); falling back to the next "
+                        "pool or on-demand",
+                        model=action.model,
+                        offering_key=key,
+                    )
+                ]
+            )
+            return False
+        if instance is not None:
+            await self.db.save_instance(instance)
+        return True
+
+    async def _terminate(self, inst: Instance, now_s: float) -> None:
+        done_call = await self._with_retries(
+            f"terminate {inst.id}", lambda: _done(self.cloud.terminate(inst.id))
+        )
+        if done_call is None:
+            return  # still recorded live: the next tick or reconciliation retries
+        done = inst.transition(InstanceState.TERMINATED, self.clock())
+        await self.db.save_instance(done)
+        self.interruptions.pop(inst.id, None)
+        await self._charge(done, self.clock())
+
+    async def _record_error(self, now_s: float, reason: str, model: str | None = None) -> None:
+        await self.db.add_decisions(
+            [Decision(at_s=now_s, action=ActionKind.ERROR, reason=reason, model=model)]
+        )
+
+    # -- keeping the database in step with the cloud -------------------------------------
+
+    async def sync(self) -> bool:
+        """Reconcile the database with the cloud and update the cost ledger. True when live
+        capacity vanished (reclaimed without notice): the caller re-plans at once."""
+        lost = False
+        async with self._lock:
+            now = self.clock()
+            records = await self.db.list_instances(live_only=False)
+            recent = [r for r in records if r.live or (r.terminated_at_s or 0) > now - 3600.0]
+            for step in reconcile(
+                recent, await self.cloud.list(), now, self.config.control.reconcile_grace_s
+            ):
+                if step.kind == ReconcileKind.TERMINATE_UNTRACKED:
+                    await self.cloud.terminate(step.instance.id)
+                    known = any(r.id == step.instance.id for r in records)
+                    ended = step.instance.transition(InstanceState.TERMINATED, now)
+                    await self.db.save_instance(ended)
+                    if not known:
+                        await self.db.add_decisions(
+                            [
+                                Decision(
+                                    at_s=now,
+                                    action=ActionKind.TERMINATE,
+                                    reason=f"reconcile: {step.reason}",
+                                    instance_id=step.instance.id,
+                                    offering_key=step.instance.offering.key,
+                                )
+                            ]
+                        )
+                else:
+                    await self.db.save_instance(step.instance)
+                    if step.kind == ReconcileKind.MARK_VANISHED:
+                        self.interruptions.pop(step.instance.id, None)
+                        lost = True
+                        await self._charge(step.instance, now)
+            live = await self.db.list_instances()
+            for inst in live:
+                await self._charge(inst, now)
+            metrics.record_fleet(live)
+        return lost
+
+    async def sync_and_replan(self) -> None:
+        if await self.sync():
+            await self.tick()
+
+    async def _charge(self, inst: Instance, now_s: float) -> None:
+        itype = self._types.get(inst.offering.instance_type)
+        if itype is None:
+            return
+        end = inst.terminated_at_s if inst.terminated_at_s is not None else now_s
+        seconds = max(end - inst.launched_at_s, 0.0)
+        await self.db.set_instance_charge(
+            instance_id=inst.id,
+            model=inst.models[0] if inst.models else "",
+            instance_type=itype.name,
+            market=inst.offering.market.value,
+            seconds=seconds,
+            usd=itype.charge_usd(seconds, inst.offering.price_per_hour),
+            at_s=now_s,
+        )
+
+    async def on_interruption(self, notice: InterruptionNotice) -> None:
+        """Replace at once: record the notice and plan now rather than at the next tick."""
+        self.interruptions[notice.instance_id] = notice.terminate_at_s
+        await self.db.add_decisions(
+            [
+                Decision(
+                    at_s=notice.at_s,
+                    action=ActionKind.DRAIN,
+                    reason=(
+                        f"interruption notice ({notice.reason}); the cloud takes it back at "
+                        f"+{notice.terminate_at_s - notice.at_s:.0f} s"
+                    ),
+                    instance_id=notice.instance_id,
+                )
+            ]
+        )
+        await self.tick()
+
+    async def watch_interruptions(self) -> None:
+        async for notice in self.cloud.interruptions():
+            try:
+                await self.on_interruption(notice)
+            except Exception:
+                logger.exception("handling interruption of %s failed", notice.instance_id)
+
+    async def release_all(self) -> None:
+        """Terminate and record every live instance (local cloud at shutdown: no worker process
+        outlives `mark serve`)."""
+        now = self.clock()
+        for inst in await self.db.list_instances():
+            await self._terminate(inst, now)

@@ -1,0 +1,218 @@
+"""The control-plane process of `mark serve`.
+
+Sanic's manager starts it beside the HTTP workers (`attach_control_plane`). It opens the
+database, builds the cloud provider and the serverless pool, reconciles the database with the
+cloud, registers the demo model when asked, and runs the control loop under APScheduler until
+SIGTERM/SIGINT (or its parent dies). On the local cloud it then terminates and records every
+instance it runs, so that no worker process outlives `mark serve`; on EC2 the fleet keeps serving
+and the next control plane adopts it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import multiprocessing
+import os
+import signal
+import threading
+import time
+from collections.abc import Mapping
+from contextlib import AsyncExitStack
+from typing import Any
+
+from sanic import Sanic
+
+from mark.adapters.db import Database
+from mark.core.config import Config
+from mark.core.errors import Conflict
+
+__all__ = [
+    "attach_control_plane",
+    "run",
+    "DEMO_MODEL",
+    "observed_counts",
+    "build_cloud",
+    "publish_offerings",
+]
+
+logger = logging.getLogger("mark.apps.control")
+
+DEMO_MODEL = "demo"
+REQUESTS_METRIC = "mark_inference_requests"
+
+
+def attach_control_plane(app: Sanic, config: Config) -> None:
+    @app.main_process_ready
+    async def _start(app: Sanic, _: Any) -> None:
+        app.manager.manage("MarkControlPlane", run, {"config": config})
+
+
+def run(config: Config) -> None:
+    """Entry point of the managed process. Stop signals are blocked until the event loop can
+    handle them, so a signal during start-up is never lost nor half-handled."""
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+    # Sanic starts managed processes as daemons, and multiprocessing refuses children to a
+    # daemon; the local function pool's sandboxes are children of this process (and are
+    # reaped by it on the way out).
+    multiprocessing.current_process().daemon = False
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    logging.getLogger("apscheduler").setLevel(logging.WARNING)
+    asyncio.run(_main(config))
+
+
+_SHUTDOWN_GRACE_S = 20.0
+
+
+def _exit_if_stuck(grace_s: float) -> None:
+    """Clean-up (terminating local instances, closing pools) gets `grace_s`; a stuck step must
+    not keep `mark serve` from exiting. Local workers die with this process (parent-death
+    signal), so a forced exit still leaves none behind."""
+    timer = threading.Timer(grace_s, os._exit, args=(1,))
+    timer.daemon = True
+    timer.start()
+
+
+def observed_counts() -> Mapping[str, float]:
+    """Cumulative inference requests per model, summed over every HTTP worker's multiprocess
+    metric files (and over path and status code)."""
+    from prometheus_client import CollectorRegistry
+    from prometheus_client.multiprocess import MultiProcessCollector
+
+    if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        return {}
+    registry = CollectorRegistry()
+    MultiProcessCollector(registry)
+    totals: dict[str, float] = {}
+    for metric in registry.collect():
+        if metric.name != REQUESTS_METRIC:
+            continue
+        for sample in metric.samples:
+            if sample.name.endswith("_total"):
+                model = sample.labels.get("model", "")
+                totals[model] = totals.get(model, 0.0) + sample.value
+    return totals
+
+
+def build_cloud(config: Config, db: Database) -> Any:
+    if config.cloud.provider == "ec2":
+        from provisioner.adapters.ec2 import Ec2Cloud
+
+        return Ec2Cloud(config.cloud, models=db.get_model)
+    from provisioner.adapters.local_cloud import LocalCloud
+
+    return LocalCloud(config.cloud, models=db.get_model)
+
+
+async def _main(config: Config) -> None:
+    from apscheduler.schedulers.asyncio import AsyncIOScheduler
+
+    from mark.apps.control.loop import ControlLoop, Schedule
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})
+    parent = os.getppid()
+
+    async with AsyncExitStack() as stack:
+        db = await Database.open(config.database.url, echo=config.database.echo)
+        stack.push_async_callback(db.close)
+        cloud = build_cloud(config, db)
+        stack.push_async_callback(cloud.close)
+        await db.sync_instance_types(await cloud.instance_types())
+        await publish_offerings(db, cloud)
+        await _start_serverless(config, stack)
+
+        schedule = (
+            Schedule.load(config.forecast.schedule_file) if config.forecast.schedule_file else None
+        )
+        control = ControlLoop(db, cloud, config, observed_counts, schedule=schedule)
+        if config.cloud.provider == "local":
+            stack.push_async_callback(control.release_all)
+        await control.sync()
+        if config.server.demo:
+            await start_demo(db, control)
+
+        scheduler = AsyncIOScheduler()
+        job = {"max_instances": 1, "coalesce": True, "misfire_grace_time": None}
+        if config.control.enabled:
+            scheduler.add_job(
+                control.tick, "interval", seconds=config.control.tick_s, id="tick", **job
+            )
+        scheduler.add_job(
+            control.sync_and_replan, "interval", seconds=config.control.sync_s, id="sync", **job
+        )
+        scheduler.add_job(
+            publish_offerings, "interval", args=(db, cloud), seconds=config.control.tick_s, **job
+        )
+        scheduler.start()
+        watcher = asyncio.create_task(control.watch_interruptions())
+        logger.info(
+            "control plane running (cloud %s, tick %.0f s)", cloud.name, config.control.tick_s
+        )
+        while not stop.is_set() and os.getppid() == parent:
+            try:
+                await asyncio.wait_for(stop.wait(), timeout=1.0)
+            except TimeoutError:
+                pass
+        logger.info("control plane stopping")
+        _exit_if_stuck(_SHUTDOWN_GRACE_S)
+        scheduler.shutdown(wait=False)
+        watcher.cancel()
+        await asyncio.gather(watcher, return_exceptions=True)
+
+
+async def _start_serverless(config: Config, stack: AsyncExitStack) -> None:
+    """The local function pool and its Lambda Invoke API, which the HTTP workers call at
+    127.0.0.1:serverless.local_port (resolved by `mark serve` before the processes start)."""
+    if config.serverless.provider != "local":
+        return
+    from provisioner.adapters.serverless import InvokeServer, LocalFunctionPool
+
+    pool = LocalFunctionPool(config.serverless)
+    stack.push_async_callback(pool.close)
+    server = InvokeServer(
+        pool, host=config.serverless.local_host, port=config.serverless.local_port
+    )
+    url = await server.start()
+    stack.push_async_callback(server.close)
+    logger.info("local serverless pool at %s", url)
+
+
+async def publish_offerings(db: Database, cloud: Any) -> None:
+    """The offerings and prices the admin API lists: the cloud's own (for the local cloud, the
+    catalog's), at start-up and every tick."""
+    await db.replace_offerings(await cloud.offerings(), time.time())
+
+
+async def start_demo(db: Database, control: Any) -> None:
+    """Register the demo model (builtin MLP, SLO 100 ms at p99) and start one local instance of
+    `cloud.local_instance_type` for it, so a newcomer can curl an inference at once."""
+    from mark.core.catalog import load_catalog
+    from mark.core.types import BackendSpec, Market, Model, Slo
+
+    entry = load_catalog().model(DEMO_MODEL)
+    model = Model(
+        name=DEMO_MODEL,
+        slo=Slo(latency_ms=100.0, percentile=0.99),
+        backend=BackendSpec(protocol="kserve-v2", artifact="builtin:mlp"),
+        profiles=dict(entry.profiles),
+        max_batch=32,
+    )
+    try:
+        await db.create_model(model)
+    except Conflict:
+        logger.info("demo model already registered")
+    if await db.list_instances(model=DEMO_MODEL):
+        return
+    itype = control.config.cloud.local_instance_type
+    offering = next(
+        o
+        for o in await control.cloud.offerings()
+        if o.instance_type == itype and o.market == Market.ON_DEMAND
+    )
+    instance = await control.cloud.launch(offering, [DEMO_MODEL])
+    await db.save_instance(instance)
+    logger.info("demo instance %s launching on %s", instance.id, offering.key)

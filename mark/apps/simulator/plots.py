@@ -1,0 +1,80 @@
+"""The PNG figures of a simulation, after the MArk paper's: cost over time, instances by type
+over time, demand against capacity at the SLO, and the latency CCDF of every policy."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from mark.apps.simulator.engine import PolicyRun  # noqa: E402
+from mark.core.types import Slo  # noqa: E402
+
+__all__ = ["write_plots"]
+
+
+def _hours(run: PolicyRun) -> np.ndarray:
+    t = run.series["time_s"]
+    return (t - t[0]) / 3600.0 if t.size else t
+
+
+def write_plots(runs: Sequence[PolicyRun], slo: Slo, out: Path) -> list[Path]:
+    """Write the four figures into `out`; returns their paths."""
+    paths = [out / n for n in ("cost.png", "instances.png", "capacity.png", "latency_ccdf.png")]
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    for run in runs:
+        ax.plot(_hours(run), run.series["cost_usd"], label=run.name)
+    ax.set(xlabel="hours", ylabel="cumulative cost (USD)", title="Cost over time")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(paths[0], dpi=110)
+    plt.close(fig)
+
+    fig, axes = plt.subplots(len(runs), 1, figsize=(8, 2.2 * len(runs)), sharex=True, squeeze=False)
+    for ax, run in zip(axes[:, 0], runs, strict=True):
+        names = sorted(run.type_series)
+        if names:
+            ax.stackplot(_hours(run), *[run.type_series[n] for n in names], labels=names)
+            ax.legend(loc="upper right", fontsize=7)
+        ax.set_ylabel(run.name, fontsize=8)
+    axes[-1, 0].set_xlabel("hours")
+    fig.suptitle("Instances by type")
+    fig.tight_layout()
+    fig.savefig(paths[1], dpi=110)
+    plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    if runs:
+        demand = runs[0].series["demand_rps"]
+        window = 6
+        smooth = np.convolve(demand, np.ones(window) / window, mode="same")
+        ax.plot(_hours(runs[0]), smooth, color="black", lw=1.5, label="demand (1-min mean)")
+    for run in runs:
+        ax.plot(_hours(run), run.series["capacity_rps"], lw=1, label=f"{run.name} capacity")
+    ax.set(xlabel="hours", ylabel="requests/s", title="Demand vs capacity at the SLO")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(paths[2], dpi=110)
+    plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    for run in runs:
+        lat = np.sort(run.latencies_ms[np.isfinite(run.latencies_ms)])
+        if lat.size:
+            step = max(1, lat.size // 4000)
+            xs = lat[::step]
+            ccdf = 1.0 - np.arange(0, lat.size, step) / lat.size
+            ax.semilogy(xs, ccdf, label=run.name)
+    ax.axvline(slo.latency_ms, color="grey", ls="--", label="SLO")
+    ax.axhline(1 - slo.percentile, color="grey", ls=":")
+    ax.set(xlabel="latency (ms)", ylabel="P(latency > x)", title="Latency CCDF")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(paths[3], dpi=110)
+    plt.close(fig)
+    return paths

@@ -1,0 +1,84 @@
+"""The simulated workload: a trace's buckets replayed as a Poisson process (seeded), and the
+market the instances are bought in (catalog prices and spot history, seeded interruptions).
+
+Arrivals: within each bucket, the bucket's request count (its fractional part drawn as a
+Bernoulli) placed uniformly at random: a Poisson process conditioned on the trace's count, so
+every policy sees the same arrivals for the same seed and the trace's totals are kept.
+
+Interruptions: each spot instance's lifetime until the cloud reclaims it is exponential with
+`interruption_rate_per_hour` (drawn at launch from the run's own generator), with a 2-minute
+notice before (EC2's; CloudConfig.interruption_notice_s).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from mark.core.catalog import Catalog
+from traces import Trace
+
+__all__ = ["Arrivals", "spot_charge_usd"]
+
+
+@dataclass
+class Arrivals:
+    """Arrival times bucket by bucket, generated lazily and identically for a given seed."""
+
+    trace: Trace
+    seed: int
+
+    def __post_init__(self) -> None:
+        self._rng = np.random.default_rng([self.seed, 0])
+        self._grid = self.trace.grid_s
+        counts = np.zeros(self._grid.size)
+        index = np.rint((self.trace.timestamps_s - self._grid[0]) / self.trace.bucket_s)
+        counts[index.astype(np.int64)] = self.trace.counts
+        self.counts = counts
+
+    @property
+    def start_s(self) -> float:
+        return float(self._grid[0])
+
+    @property
+    def bucket_s(self) -> float:
+        return self.trace.bucket_s
+
+    @property
+    def buckets(self) -> int:
+        return int(self._grid.size)
+
+    def bucket(self, index: int) -> np.ndarray:
+        """Sorted arrival times of bucket `index` (call in order: the generator is shared)."""
+        count = self.counts[index]
+        whole = int(math.floor(count))
+        n = whole + int(self._rng.random() < count - whole)
+        start = float(self._grid[index])
+        return np.sort(start + self.trace.bucket_s * self._rng.random(n))
+
+
+def spot_charge_usd(
+    catalog: Catalog, type_name: str, zone: str, start_s: float, end_s: float
+) -> float:
+    """What a spot instance costs from start to end: the spot price in force, integrated over
+    the price history's steps, with the type's billing minimum and granularity applied to the
+    total (EC2 Linux: per second, 60 s minimum)."""
+    itype = catalog.instance_type(type_name)
+    seconds = max(end_s - start_s, 0.0)
+    if seconds <= 0:
+        return 0.0
+    step_s = 3600.0
+    edges = [start_s]
+    t = (math.floor(start_s / step_s) + 1) * step_s
+    while t < end_s:
+        edges.append(t)
+        t += step_s
+    edges.append(end_s)
+    dollars = 0.0
+    for a, b in zip(edges, edges[1:], strict=False):
+        price = catalog.spot_price(type_name, zone, a)
+        dollars += (b - a) * (price if price is not None else itype.on_demand_price_per_hour)
+    mean_price = dollars / seconds
+    return itype.charge_usd(seconds, mean_price)

@@ -1,0 +1,265 @@
+"""Configuration: one TOML file plus `MARK_...` environment overrides over embedded defaults.
+
+Precedence (last wins): defaults, the TOML file, environment. An environment variable names
+section and key with a double underscore, `MARK_SERVER__PORT=9000`,
+`MARK_PLANNER__SPOT_MAX_SHARE=0.5`; a few common ones have short names (`MARK_ADMIN_TOKEN`,
+`MARK_DATABASE_URL`). Each section is a validated model, units in the key names; unknown keys
+are errors, so a typo never passes silently.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from mark.core.errors import InvalidValue
+
+__all__ = [
+    "Config",
+    "ServerConfig",
+    "DatabaseConfig",
+    "ControlLoopConfig",
+    "CloudConfig",
+    "ServerlessConfig",
+    "PlannerConfig",
+    "ForecastConfig",
+    "BatchingConfig",
+    "SpillConfig",
+    "load_config",
+    "ENV_PREFIX",
+    "ENV_SHORTCUTS",
+]
+
+ENV_PREFIX = "MARK_"
+ENV_SHORTCUTS: Mapping[str, tuple[str, str]] = {
+    "MARK_ADMIN_TOKEN": ("server", "admin_token"),
+    "MARK_DATABASE_URL": ("database", "url"),
+    "MARK_HOST": ("server", "host"),
+    "MARK_PORT": ("server", "port"),
+}
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class ServerConfig(_Section):
+    """The one HTTP port: inference, admin API and metrics."""
+
+    host: str = "127.0.0.1"
+    port: Annotated[int, Field(ge=0, le=65535)] = 8000
+    workers: Annotated[int, Field(ge=1, le=64)] = 1
+    admin_token: str | None = None
+    max_body_mb: Annotated[float, Field(gt=0, le=1024)] = 64.0
+    request_timeout_s: Annotated[float, Field(gt=0)] = 60.0
+    demo: bool = False
+
+
+class DatabaseConfig(_Section):
+    """SQLite file by default; `postgresql+asyncpg://...` when several front ends share a fleet."""
+
+    url: str = "sqlite+aiosqlite:///./mark.db"
+    echo: bool = False
+
+
+class ControlLoopConfig(_Section):
+    """The APScheduler job that forecasts, plans and applies (MArk decides every minute)."""
+
+    enabled: bool = True
+    tick_s: Annotated[float, Field(gt=0)] = 60.0
+    apply_retries: Annotated[int, Field(ge=0, le=20)] = 3
+    reconcile_grace_s: Annotated[float, Field(ge=0)] = 300.0
+    sync_s: Annotated[float, Field(gt=0)] = 2.0
+
+
+class CloudConfig(_Section):
+    """Which CloudProvider buys instances. `local` runs real `mark worker` processes here."""
+
+    provider: Literal["local", "ec2"] = "local"
+    region: str = "us-east-1"
+    zones: tuple[str, ...] = ("us-east-1a", "us-east-1b", "us-east-1c")
+    endpoint_url: str | None = None
+    dry_run: bool = False
+    launch_template: str | None = None
+    image_id: str | None = None
+    subnet_ids: tuple[str, ...] = ()
+    security_group_ids: tuple[str, ...] = ()
+    instance_profile_arn: str | None = None
+    launch_overhead_scale: Annotated[float, Field(ge=0)] = 0.01
+    interruption_notice_s: Annotated[float, Field(ge=0)] = 120.0
+    local_instance_type: str = "c5.large"
+    local_state_dir: str = ".mark-local-cloud"  # worker pids/ports, so a restart can adopt them
+    local_boot_timeout_s: Annotated[float, Field(gt=0)] = 60.0
+    poll_interval_s: Annotated[float, Field(gt=0)] = 5.0
+    # EC2 (provisioner/adapters/ec2.py): the `mark:owner` tag value that marks this fleet's
+    # instances,
+    # the worker started by user data, and the retry/backoff and capacity-cache knobs.
+    owner: Annotated[str, Field(min_length=1, max_length=128)] = "mark"
+    worker_port: Annotated[int, Field(ge=1, le=65535)] = 8080
+    worker_command: str = "mark worker --host 0.0.0.0 --port {port}"
+    api_max_attempts: Annotated[int, Field(ge=1, le=20)] = 4
+    throttle_retries: Annotated[int, Field(ge=0, le=20)] = 3
+    backoff_base_s: Annotated[float, Field(ge=0)] = 1.0
+    capacity_cooldown_s: Annotated[float, Field(ge=0)] = 300.0
+
+
+class ServerlessConfig(_Section):
+    """Where spilled requests go: the local function pool (default) or AWS Lambda."""
+
+    provider: Literal["local", "lambda", "none"] = "local"
+    function_name: str = "mark-spill"
+    memory_mb: Annotated[int, Field(ge=128, le=10240)] = 3008
+    concurrency: Annotated[int, Field(ge=1, le=10000)] = 8
+    endpoint_url: str | None = None
+    region: str = "us-east-1"
+    arm: bool = False
+    # provisioner/adapters/serverless.py: the function timeout, how long an idle sandbox stays warm,
+    # the local pool's Invoke API address (port 0: any free port) and its handler file.
+    timeout_s: Annotated[float, Field(gt=0, le=900)] = 30.0
+    keep_warm_s: Annotated[float, Field(ge=0)] = 600.0
+    local_host: str = "127.0.0.1"
+    local_port: Annotated[int, Field(ge=0, le=65535)] = 0
+    handler_path: str | None = None
+    api_max_attempts: Annotated[int, Field(ge=1, le=20)] = 3
+
+
+class PlannerConfig(_Section):
+    """The greedy planner's knobs (provisioner/policy/planner.py)."""
+
+    horizon_s: Annotated[float, Field(gt=0)] = 300.0
+    budget_per_hour: Annotated[float, Field(gt=0)] | None = None
+    spot: bool = True
+    spot_max_share: Annotated[float, Field(ge=0, le=1)] = 0.8
+    spot_min_pools: Annotated[int, Field(ge=1)] = 2
+    allowed_types: tuple[str, ...] = ()
+    backup_types: tuple[str, ...] = ()
+    release_window_s: Annotated[float, Field(ge=0)] = 60.0
+    min_instances: Annotated[int, Field(ge=0)] = 0
+    max_instances_per_model: Annotated[int, Field(ge=1)] = 1000
+    drain_s: Annotated[float, Field(ge=0)] = 30.0
+    pool_cooldown_s: Annotated[float, Field(ge=0)] = 600.0
+    scale_in_hold_s: Annotated[float, Field(ge=0)] = 300.0
+    # cover the mean forecast, not its upper quantile, until the model's most cost-efficient
+    # type could be ready: a tail sooner than that is left to queueing and spill instead of
+    # stopgap instances costing many times more per request (provisioner/policy/planner.py)
+    tail_after_lead: bool = True
+
+
+class ForecastConfig(_Section):
+    """Which forecaster each model gets (a name from predictors' registry) and its quantile."""
+
+    predictor: str = "arima"
+    quantile: Annotated[float, Field(gt=0, lt=1)] = 0.95
+    bucket_s: Annotated[float, Field(gt=0)] = 60.0
+    schedule_file: str | None = None
+
+
+class BatchingConfig(_Section):
+    """SLO-aware dynamic batching in the front end."""
+
+    enabled: bool = True
+    # share of the SLO latency a batch may use (gather + T(b)); the rest absorbs the network,
+    # waiting for a free slot on the instance and scheduling jitter
+    slo_budget_fraction: Annotated[float, Field(gt=0, le=1)] = 0.8
+    worker_timeout_s: Annotated[float, Field(gt=0)] = 30.0
+    health_interval_s: Annotated[float, Field(gt=0)] = 1.0
+    # batches outstanding per instance; the backlog beyond waits in the front end (spill sees it)
+    max_inflight_batches: Annotated[int, Field(ge=1, le=64)] = 2
+    rate_window_s: Annotated[float, Field(gt=0)] = 1.0  # EWMA of the rate routed to an instance
+    pool_size: Annotated[int, Field(ge=1)] = 256  # pooled connections to instances, per process
+    sync_interval_s: Annotated[float, Field(gt=0)] = 0.5  # fleet view refresh from the database
+
+
+class SpillConfig(_Section):
+    """The queue-time monitor that sends threatened requests to the serverless pool."""
+
+    enabled: bool = True
+    margin_ms: Annotated[float, Field(ge=0)] = 20.0
+    interval_ms: Annotated[float, Field(gt=0)] = 10.0
+    # frontend/spill_monitor.py: the pool's warm latency assumed until one has been observed,
+    # and how often the spilled cost is written to the ledger (batched off the hot path)
+    serverless_warm_ms: Annotated[float, Field(gt=0)] = 100.0
+    ledger_flush_s: Annotated[float, Field(gt=0)] = 1.0
+    throttle_backoff_ms: Annotated[float, Field(ge=0)] = 100.0  # pool full after a throttle
+
+
+class Config(_Section):
+    server: ServerConfig = ServerConfig()
+    database: DatabaseConfig = DatabaseConfig()
+    control: ControlLoopConfig = ControlLoopConfig()
+    cloud: CloudConfig = CloudConfig()
+    serverless: ServerlessConfig = ServerlessConfig()
+    planner: PlannerConfig = PlannerConfig()
+    forecast: ForecastConfig = ForecastConfig()
+    batching: BatchingConfig = BatchingConfig()
+    spill: SpillConfig = SpillConfig()
+
+    @model_validator(mode="after")
+    def _cross_checks(self) -> Config:
+        if self.cloud.provider == "ec2" and not (self.cloud.launch_template or self.cloud.image_id):
+            raise ValueError("cloud.provider = 'ec2' needs cloud.launch_template or cloud.image_id")
+        return self
+
+
+def _parse_env_value(raw: str) -> Any:
+    """Environment values are JSON when they parse as JSON (numbers, booleans, lists), else
+    plain strings, so `MARK_CLOUD__ZONES='["a","b"]'` and `MARK_SERVER__HOST=0.0.0.0` both work."""
+    try:
+        return json.loads(raw)
+    except json.JSONDecodeError:
+        return raw
+
+
+def _env_overrides(environ: Mapping[str, str]) -> dict[str, dict[str, Any]]:
+    sections = set(Config.model_fields)
+    out: dict[str, dict[str, Any]] = {}
+    for name, raw in environ.items():
+        if name in ENV_SHORTCUTS:
+            section, key = ENV_SHORTCUTS[name]
+        elif name.startswith(ENV_PREFIX) and "__" in name:
+            section, _, key = name[len(ENV_PREFIX) :].lower().partition("__")
+            if section not in sections:
+                continue
+        else:
+            continue
+        value = raw if key in {"admin_token", "url", "host"} else _parse_env_value(raw)
+        out.setdefault(section, {})[key] = value
+    return out
+
+
+def load_config(
+    path: str | Path | None = None,
+    environ: Mapping[str, str] | None = None,
+    **overrides: dict[str, Any],
+) -> Config:
+    """Build the config from defaults, an optional TOML file, the environment and explicit
+    per-section overrides (CLI flags). Raises InvalidValue naming the first bad key."""
+    data: dict[str, dict[str, Any]] = {}
+    if path is not None:
+        try:
+            with open(path, "rb") as fh:
+                loaded = tomllib.load(fh)
+        except FileNotFoundError as exc:
+            raise InvalidValue("config", f"file {path} does not exist") from exc
+        except tomllib.TOMLDecodeError as exc:
+            raise InvalidValue("config", f"{path} is not valid TOML: {exc}") from exc
+        for section, values in loaded.items():
+            if not isinstance(values, dict):
+                raise InvalidValue(section, "must be a [table] of keys")
+            data[section] = dict(values)
+    env = _env_overrides(os.environ if environ is None else environ)
+    for layer in (env, overrides):
+        for section, values in layer.items():
+            data.setdefault(section, {}).update(values)
+    try:
+        return Config.model_validate(data)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        field = ".".join(str(p) for p in first["loc"]) or "config"
+        raise InvalidValue(field, first["msg"]) from exc

@@ -1,0 +1,403 @@
+"""A cloud on this machine: instances are real `mark worker` processes on loopback ports.
+
+`mark serve` uses it by default, and the tests use it as a real (not faked) provider. It keeps
+the CloudProvider contracts (provisioner/adapters/cloud.py) and imitates what matters of EC2:
+- launch returns a PENDING instance at once; the worker starts after the type's launch overhead
+  (`launch_overhead_s` x `cloud.launch_overhead_scale`, so tests run in seconds), and the instance
+  turns RUNNING only once `GET /v2/health/ready` answers; `list()` shows the transition. A worker
+  that fails to start is terminated, never left half-alive.
+- each worker paces batches to the model's profile for the offering's type (T(b) = a + c*b), so
+  a c5.large and a g4dn.xlarge stand-in differ the way the planner assumes;
+- billing by the type's rules (per second, 60 s minimum) from launch to termination, at the
+  offering's price (`charges()`; the control plane writes them to the cost ledger);
+- spot interruptions on demand: `interrupt(id, notice_s)` yields a notice on `interruptions()`,
+  then kills the worker abruptly when the notice runs out (as EC2 reclaims capacity).
+
+No worker outlives its provider: close() stops them all; each worker also gets PR_SET_PDEATHSIG
+(SIGKILL when the process that launched it dies, even by SIGKILL) and an atexit hook kills any
+left. The pids, ports and instances are kept in a JSON state file (`cloud.local_state_dir`), so a
+restarted control plane's provider lists (adopts) workers that are still alive and drops the rest.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import atexit
+import builtins
+import contextlib
+import ctypes
+import json
+import logging
+import os
+import signal
+import sys
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import aiohttp
+
+from mark.core.catalog import Catalog, load_catalog
+from mark.core.config import CloudConfig
+from mark.core.errors import CloudError, InsufficientCapacity, NotFound
+from mark.core.types import Instance, InstanceState, InstanceType, Model, Offering
+from provisioner.adapters.cloud import MODELS_TAG, OWNER_TAG, CloudProvider, InterruptionNotice
+
+__all__ = ["LocalCloud", "InstanceCharge", "STATE_FILE"]
+
+logger = logging.getLogger("mark.provisioner.local")
+
+STATE_FILE = "instances.json"
+_PR_SET_PDEATHSIG = 1
+_LISTENING = "listening on "
+_STOP_GRACE_S = 5.0
+_CHILD_PIDS: set[int] = set()
+
+
+def _kill_children_at_exit() -> None:
+    for pid in list(_CHILD_PIDS):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+
+
+atexit.register(_kill_children_at_exit)
+
+
+def _die_with_parent() -> None:
+    """Runs in the child between fork and exec: SIGKILL it when its parent dies (Linux)."""
+    if sys.platform.startswith("linux"):
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
+def _is_worker(pid: int) -> bool:
+    """True when `pid` is alive and is a `mark ... worker` process (guards against pid reuse)."""
+    try:
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return False
+    return b"worker" in argv and any(a.endswith(b"mark.apps.cli") for a in argv)
+
+
+def _running(pid: int) -> bool:
+    """True while `pid` exists and has not exited (a zombie has exited)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state not in ("Z", "X")
+
+
+_BOOT_ESTIMATE_S = 3.0  # a Python worker's start-up on a loaded 2-core machine, until measured
+
+
+@dataclass(frozen=True, slots=True)
+class InstanceCharge:
+    """What one instance has cost so far (for `Database.set_instance_charge`)."""
+
+    instance_id: str
+    model: str
+    instance_type: str
+    market: str
+    seconds: float
+    usd: float
+
+
+@dataclass(slots=True)
+class _Worker:
+    instance: Instance
+    pid: int | None = None
+    process: asyncio.subprocess.Process | None = None
+    boot: asyncio.Task[None] | None = None
+    log_path: Path | None = None
+    killers: list[asyncio.Task[None]] = field(default_factory=list)
+
+
+class LocalCloud:
+    """`models(name)` returns a registered Model (its artifact and profiles), e.g.
+    `Database.get_model`. Create it inside a running event loop."""
+
+    name = "local"
+
+    def __init__(
+        self,
+        config: CloudConfig,
+        *,
+        models: Callable[[str], Awaitable[Model]],
+        catalog: Catalog | None = None,
+        state_dir: str | Path | None = None,
+        clock: Callable[[], float] = time.time,
+        owner: str = "mark",
+    ) -> None:
+        self.config = config
+        self.catalog = catalog if catalog is not None else load_catalog()
+        self._models = models
+        self._clock = clock
+        self._owner = owner
+        self.state_dir = Path(state_dir if state_dir is not None else config.local_state_dir)
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        self._workers: dict[str, _Worker] = {}
+        self._notices: asyncio.Queue[InterruptionNotice] = asyncio.Queue()
+        self._boot_s = _BOOT_ESTIMATE_S
+        self._adopt()
+
+    # --- state file ---------------------------------------------------------------------------
+
+    @property
+    def _state_path(self) -> Path:
+        return self.state_dir / STATE_FILE
+
+    def _adopt(self) -> None:
+        """Take over live workers a previous provider left in this state dir; forget the rest."""
+        try:
+            doc = json.loads(self._state_path.read_text())
+        except (OSError, ValueError):
+            return
+        for record in doc.get("instances", []):
+            try:
+                instance = Instance.model_validate(record["instance"])
+                pid = int(record["pid"])
+            except (KeyError, TypeError, ValueError):
+                continue
+            if instance.live and _is_worker(pid):
+                self._workers[instance.id] = _Worker(instance, pid=pid)
+                logger.info("adopted local instance %s (pid %d)", instance.id, pid)
+        self._save()
+
+    def _save(self) -> None:
+        records = [
+            {"pid": w.pid, "instance": w.instance.model_dump(mode="json")}
+            for w in self._workers.values()
+            if w.instance.live and w.pid is not None
+        ]
+        tmp = self._state_path.with_suffix(".tmp")
+        tmp.write_text(json.dumps({"instances": records}, indent=1))
+        tmp.replace(self._state_path)
+
+    # --- CloudProvider ------------------------------------------------------------------------
+
+    async def instance_types(self) -> list[InstanceType]:
+        """The catalog's types with this provider's own launch overhead: the catalog's scaled
+        by `cloud.launch_overhead_scale`, plus the worker process's boot time as measured here
+        (a slowly decaying maximum): the planner must plan with the delay it will get."""
+        scale = self.config.launch_overhead_scale
+        return [
+            t.model_copy(update={"launch_overhead_s": t.launch_overhead_s * scale + self._boot_s})
+            for t in self.catalog.instance_types.values()
+        ]
+
+    async def offerings(self) -> list[Offering]:
+        """Catalog prices: on-demand list prices and the spot sample in force now."""
+        return self.catalog.offerings(self.config.zones, at_s=self._clock())
+
+    async def launch(self, offering: Offering, models: Sequence[str]) -> Instance:
+        if not offering.available:
+            raise InsufficientCapacity(f"offering {offering.key} is not available")
+        if not models:
+            raise CloudError("a local instance needs at least one model to serve")
+        try:
+            itype = self.catalog.instance_type(offering.instance_type)
+            resolved = [await self._models(name) for name in models]
+        except NotFound as exc:
+            raise CloudError(f"cannot launch {offering.key}: {exc}") from exc
+        instance = Instance(
+            id=f"local-{uuid.uuid4().hex[:12]}",
+            offering=offering,
+            models=tuple(models),
+            state=InstanceState.PENDING,
+            tags={OWNER_TAG: self._owner, MODELS_TAG: ",".join(models)},
+            launched_at_s=self._clock(),
+        )
+        worker = _Worker(instance, log_path=self.state_dir / f"{instance.id}.log")
+        self._workers[instance.id] = worker
+        overhead_s = itype.launch_overhead_s * self.config.launch_overhead_scale
+        worker.boot = asyncio.create_task(self._boot(worker, overhead_s, resolved))
+        return instance
+
+    async def terminate(self, instance_id: str) -> None:
+        """Stop the worker (SIGTERM, then SIGKILL after a grace period); unknown or already
+        terminated instances succeed (not-found is done)."""
+        worker = self._workers.get(instance_id)
+        if worker is None or not worker.instance.live:
+            return
+        if worker.boot is not None and not worker.boot.done():
+            worker.boot.cancel()
+            await asyncio.gather(worker.boot, return_exceptions=True)
+        await self._stop(worker, signal.SIGTERM)
+        self._mark_terminated(worker)
+
+    async def list(self) -> list[Instance]:
+        return [w.instance for w in self._workers.values() if w.instance.live]
+
+    async def interruptions(self) -> AsyncIterator[InterruptionNotice]:
+        while True:
+            yield await self._notices.get()
+
+    async def close(self) -> None:
+        """Kill every worker this provider holds, adopted ones included."""
+        live = [w for w in self._workers.values() if w.instance.live]
+        await asyncio.gather(*(self.terminate(w.instance.id) for w in live))
+        for w in self._workers.values():
+            for task in w.killers:
+                task.cancel()
+
+    # --- beyond the protocol ------------------------------------------------------------------
+
+    def interrupt(self, instance_id: str, notice_s: float | None = None) -> InterruptionNotice:
+        """Inject a spot interruption: a notice now, the worker killed after `notice_s`
+        (default `cloud.interruption_notice_s`, EC2's two minutes)."""
+        worker = self._workers.get(instance_id)
+        if worker is None or not worker.instance.live:
+            raise NotFound(f"no live local instance {instance_id!r}")
+        notice_s = self.config.interruption_notice_s if notice_s is None else notice_s
+        now = self._clock()
+        notice = InterruptionNotice(instance_id, now, now + notice_s, "spot-interruption")
+        self._notices.put_nowait(notice)
+        worker.killers.append(asyncio.create_task(self._reclaim(worker, notice_s)))
+        return notice
+
+    def charges(self, now_s: float | None = None) -> builtins.list[InstanceCharge]:
+        """Cost so far of every instance this provider launched or adopted (launch to
+        termination, or to `now_s`), under the type's billing rules at the offering's price."""
+        now = self._clock() if now_s is None else now_s
+        out = []
+        for w in self._workers.values():
+            inst = w.instance
+            seconds = max((inst.terminated_at_s or now) - inst.launched_at_s, 0.0)
+            itype = self.catalog.instance_type(inst.offering.instance_type)
+            out.append(
+                InstanceCharge(
+                    instance_id=inst.id,
+                    model=",".join(inst.models),
+                    instance_type=itype.name,
+                    market=inst.offering.market.value,
+                    seconds=seconds,
+                    usd=itype.charge_usd(seconds, inst.offering.price_per_hour),
+                )
+            )
+        return out
+
+    def pid(self, instance_id: str) -> int | None:
+        worker = self._workers.get(instance_id)
+        return None if worker is None else worker.pid
+
+    async def wait_running(self, instance_id: str, timeout_s: float) -> Instance:
+        """Wait until the instance is RUNNING; raises CloudError when it dies or time runs out."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            worker = self._workers.get(instance_id)
+            if worker is None or not worker.instance.live:
+                raise CloudError(f"instance {instance_id} terminated before it ran")
+            if worker.instance.state == InstanceState.RUNNING:
+                return worker.instance
+            await asyncio.sleep(0.05)
+        raise CloudError(f"instance {instance_id} not running after {timeout_s} s")
+
+    # --- processes ----------------------------------------------------------------------------
+
+    def _command(self, instance: Instance, models: Sequence[Model]) -> builtins.list[str]:
+        itype = instance.offering.instance_type
+        profiles = {
+            m.name: m.profiles[itype].model_dump(mode="json") for m in models if itype in m.profiles
+        }
+        cmd = [sys.executable, "-m", "mark.apps.cli", "worker"]
+        cmd += ["--host", "127.0.0.1", "--port", "0"]
+        cmd += ["--instance-type", itype]
+        if profiles:
+            cmd += ["--profiles", json.dumps(profiles)]
+        cmd += ["--max-batch", str(max(m.max_batch for m in models))]
+        for m in models:
+            cmd += ["--model", f"{m.name}={m.backend.artifact}"]
+        return cmd
+
+    async def _boot(self, worker: _Worker, overhead_s: float, models: Sequence[Model]) -> None:
+        try:
+            await asyncio.sleep(overhead_s)
+            started = time.monotonic()
+            endpoint = await asyncio.wait_for(
+                self._start(worker, models), self.config.local_boot_timeout_s
+            )
+            self._boot_s = max(self._boot_s * 0.7, time.monotonic() - started)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # any failure to start ends the instance, never half-alive
+            logger.error(
+                "local instance %s failed to start: %s (log: %s)",
+                worker.instance.id,
+                exc,
+                worker.log_path,
+            )
+            await self._stop(worker, signal.SIGKILL)
+            self._mark_terminated(worker)
+            return
+        worker.instance = worker.instance.transition(
+            InstanceState.RUNNING, self._clock(), endpoint=endpoint
+        )
+        self._save()
+
+    async def _start(self, worker: _Worker, models: Sequence[Model]) -> str:
+        assert worker.log_path is not None
+        with open(worker.log_path, "ab") as log:
+            process = await asyncio.create_subprocess_exec(
+                *self._command(worker.instance, models),
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=log,
+                preexec_fn=_die_with_parent,
+            )
+        worker.process, worker.pid = process, process.pid
+        _CHILD_PIDS.add(process.pid)
+        assert process.stdout is not None
+        line = (await process.stdout.readline()).decode()
+        if _LISTENING not in line:
+            raise CloudError(f"worker exited before listening (code {await process.wait()})")
+        endpoint = line.split(_LISTENING, 1)[1].strip()
+        async with aiohttp.ClientSession() as session:
+            while True:
+                with contextlib.suppress(aiohttp.ClientError):
+                    async with session.get(f"{endpoint}/v2/health/ready") as resp:
+                        if resp.status == 200:
+                            return endpoint
+                if process.returncode is not None:
+                    raise CloudError(f"worker exited with code {process.returncode}")
+                await asyncio.sleep(0.05)
+
+    async def _stop(self, worker: _Worker, sig: signal.Signals) -> None:
+        pid = worker.pid
+        if pid is None:
+            return
+        if worker.process is not None:
+            with contextlib.suppress(ProcessLookupError):
+                worker.process.send_signal(sig)
+            try:
+                await asyncio.wait_for(worker.process.wait(), _STOP_GRACE_S)
+            except TimeoutError:
+                with contextlib.suppress(ProcessLookupError):
+                    worker.process.kill()
+                await worker.process.wait()
+        else:  # adopted: not our child, poll /proc until it is gone
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, sig)
+            deadline = time.monotonic() + _STOP_GRACE_S
+            while _running(pid) and time.monotonic() < deadline:
+                await asyncio.sleep(0.05)
+            if _running(pid):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+        _CHILD_PIDS.discard(pid)
+
+    async def _reclaim(self, worker: _Worker, notice_s: float) -> None:
+        await asyncio.sleep(notice_s)
+        if worker.instance.live:
+            await self._stop(worker, signal.SIGKILL)
+            self._mark_terminated(worker)
+
+    def _mark_terminated(self, worker: _Worker) -> None:
+        if worker.instance.live:
+            worker.instance = worker.instance.transition(InstanceState.TERMINATED, self._clock())
+        self._save()
+
+
+_: type[CloudProvider] = LocalCloud
