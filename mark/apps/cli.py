@@ -24,6 +24,7 @@ COMMANDS: tuple[str, ...] = (
     "trace",
     "forecast_eval",
     "simulate",
+    "profile",
 )
 
 
