@@ -515,7 +515,7 @@ def _forecasters(results: list[RunResult]) -> list[str]:
             margins = [r.backtest[1][1] - r.pinball_pct for r in mine]
             behind = (
                 f" (runner-up {'/'.join(f'`{n}`' for n in runner_up)}, "
-                f"{_span(margins, '.2f')} points behind)"
+                f"{_span(margins, '.2g')} points behind)"
                 if mine
                 else ""
             )

@@ -6,9 +6,10 @@ from __future__ import annotations
 
 import re
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
-from bench.evaluation import RunResult, Setup, claims, render_page
+from bench.evaluation import RunResult, Setup, claims, evaluate, render_page
 from mark.apps.simulator.engine import SimSettings
 from mark.core.config import PlannerConfig
 from mark.core.types import Slo
@@ -152,3 +153,30 @@ def test_a_claim_that_fails_is_printed_as_measured() -> None:
     assert "Claims: 2 of 4 hold." in page
     assert "within 1.25x on 0 of 1 runs" in page
     assert re.search(r"here: inception-v3-mmpp-4h: MArk-ondemand within 25% .*\(1\.31x\); ", page)
+
+
+def test_a_short_real_run_is_written_as_measured(tmp_path: Path) -> None:
+    """The script's own path on 90 minutes of the diurnal trace (a few seconds): the run's
+    summaries, backtest and baselines reach the page, and its plots are written."""
+    settings, planner = SimSettings(seed=3), PlannerConfig()
+    result = evaluate(
+        "inception-v3",
+        "twitter-like-diurnal-2d",
+        1.5,
+        instances=2.0,
+        settings=settings,
+        planner=planner,
+        figures=tmp_path / "evaluation",
+    )
+    assert result.reactive_type in result.rows["reactive"]["instance_hours"]
+    assert sorted(p.name for p in (tmp_path / "evaluation").iterdir()) == sorted(
+        f"{result.tag}-{n}.png" for n in ("capacity", "cost", "instances", "latency_ccdf")
+    )
+    page = render_page(_setup(settings=settings, planner=planner), [result])
+    reactive_usd = result.rows["reactive"]["cost_usd"]
+    for name, row in result.rows.items():
+        assert f"| {name} | {row['cost_usd']:.2f} | {reactive_usd / row['cost_usd']:.2f}x |" in page
+    assert f"{result.requests:,} requests. Forecaster: `{result.predictor}`" in page
+    assert f"in our catalog: inception-v3 `{result.reactive_type}`" in page
+    held = sum(c.holds for c in claims(result.rows, result.slo))
+    assert f"Claims: {held} of 4 hold." in page
