@@ -5,14 +5,17 @@ itself, not a fake of AWS. (Its use over Ec2Cloud against moto is in test_ec2.py
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Sequence
+from pathlib import Path
 
 import pytest
 
+from mark.core.config import Config
 from mark.core.errors import (
     CloudError,
     CloudNotFound,
     DryRunOperation,
     InsufficientCapacity,
+    InvalidValue,
     PermissionDenied,
 )
 from mark.core.types import Instance, InstanceType, Market, Offering
@@ -166,3 +169,25 @@ async def test_every_verb_is_retried_and_the_stream_and_close_pass_through() -> 
     assert notice.instance_id == "i-1"
     await cloud.close()
     assert inner.closed
+
+
+def test_negative_retries_are_refused() -> None:
+    with pytest.raises(InvalidValue, match="retries"):
+        RetryingCloud(FlakyCloud(), retries=-1)
+
+
+async def test_the_control_planes_cloud_is_behind_the_retry_layer(tmp_path: Path) -> None:
+    from mark.adapters.db import Database
+    from mark.apps.control.plane import build_cloud
+
+    config = Config.model_validate(
+        {"cloud": {"local_state_dir": str(tmp_path / "cloud")}, "control": {"apply_retries": 2}}
+    )
+    db = await Database.open(f"sqlite+aiosqlite:///{tmp_path / 'mark.db'}")
+    cloud = build_cloud(config, db)
+    try:
+        assert isinstance(cloud, RetryingCloud)
+        assert cloud.retries == 2 and cloud.name == "local"
+    finally:
+        await cloud.close()
+        await db.close()

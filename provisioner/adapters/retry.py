@@ -26,7 +26,7 @@ import random
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import TypeVar
 
-from mark.core.errors import CloudError
+from mark.core.errors import CloudError, InvalidValue
 from mark.core.types import Instance, InstanceType, Offering
 from provisioner.adapters.cloud import CloudProvider, InterruptionNotice
 
@@ -55,16 +55,16 @@ class RetryingCloud:
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
         if retries < 0:
-            raise ValueError(f"retries must be >= 0, got {retries}")
+            raise InvalidValue("retries", f"must be >= 0, got {retries}")
         self.inner = inner
         self.name = inner.name
-        self._retries = retries
+        self.retries = retries
         self._base_delay_s = base_delay_s
         self._max_delay_s = max_delay_s
         self._sleep = sleep
 
     async def _retried(self, what: str, call: Callable[[], Awaitable[T]]) -> T:
-        for attempt in range(self._retries):
+        for attempt in range(self.retries):
             try:
                 return await call()
             except CloudError as exc:
@@ -78,7 +78,7 @@ class RetryingCloud:
                     self.name,
                     what,
                     attempt + 1,
-                    self._retries + 1,
+                    self.retries + 1,
                     delay_s,
                     exc,
                 )
