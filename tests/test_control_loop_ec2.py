@@ -4,7 +4,6 @@ interruption replaced at once, scale-in after the step, and reconciliation after
 
 from __future__ import annotations
 
-import random
 import uuid
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
@@ -81,15 +80,12 @@ def make_cloud(moto_url: str, image_id: str) -> Iterator[Callable[..., Ec2Cloud]
         image_id=image_id,
         owner=owner,
         api_max_attempts=1,
-        backoff_base_s=0.01,
     )
     types = [load_catalog().instance_types[t] for t in TYPES]
     clouds: list[Ec2Cloud] = []
 
     def make(db: Database, clock: Clock) -> Ec2Cloud:
-        cloud = Ec2Cloud(
-            config, models=db.get_model, catalog_types=types, clock=clock, rng=random.Random(3)
-        )
+        cloud = Ec2Cloud(config, models=db.get_model, catalog_types=types, clock=clock)
         clouds.append(cloud)
         return cloud
 

@@ -1,4 +1,4 @@
-"""Ec2Cloud (provisioner/adapters/ec2.py) driven with boto3 through moto's server on loopback.
+"""Ec2Cloud (provisioner/adapters/ec2/) driven with boto3 through moto's server on loopback.
 
 Errors AWS returns are injected at the wire: a botocore `before-send` hook answers the chosen
 action with the XML body EC2 sends, so boto3's own parsing, retry and error path run on it.
@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import base64
 import logging
-import random
 import uuid
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
@@ -18,10 +17,11 @@ import pytest
 
 from mark.core.catalog import load_catalog
 from mark.core.config import CloudConfig
-from mark.core.errors import CloudError, InsufficientCapacity
+from mark.core.errors import CloudError, InsufficientCapacity, PermissionDenied
 from mark.core.types import BackendSpec, InstanceState, Market, Model, Offering, Slo
 from provisioner.adapters.cloud import MODELS_TAG, OWNER_TAG, CloudProvider
 from provisioner.adapters.ec2 import Ec2Cloud
+from provisioner.adapters.retry import RetryingCloud
 from provisioner.policy.reconcile import ReconcileKind, reconcile
 from tests.aws import ec2_error_xml, inject
 
@@ -53,7 +53,6 @@ def make_cloud(moto_url: str, image_id: str) -> Iterator[Callable[..., Ec2Cloud]
             "image_id": image_id,
             "owner": owner,
             "api_max_attempts": 1,
-            "backoff_base_s": 0.01,
             "poll_interval_s": 0.05,
             **overrides,
         }
@@ -63,7 +62,6 @@ def make_cloud(moto_url: str, image_id: str) -> Iterator[Callable[..., Ec2Cloud]
             models=registered,
             catalog_types=[catalog[t] for t in TYPES],
             clock=clock,
-            rng=random.Random(7),
         )
         clouds.append(cloud)
         return cloud
@@ -142,24 +140,6 @@ async def test_launch_on_demand_and_spot_with_tags_and_find_them(
     assert listed[od.id].state == InstanceState.RUNNING
 
 
-async def test_spot_fleet_spreads_over_several_pools(
-    make_cloud: Callable[..., Ec2Cloud], outside: Any, image_id: str
-) -> None:
-    name = f"mark-{uuid.uuid4().hex[:8]}"
-    outside.create_launch_template(
-        LaunchTemplateName=name, LaunchTemplateData={"ImageId": image_id}
-    )
-    cloud = make_cloud(image_id=None, launch_template=name)
-    offers = await cloud.offerings()
-    pools = [o for o in offers if o.market == Market.SPOT and o.instance_type != "c5.xlarge"]
-    instance = await cloud.launch_fleet(pools, ["m1"])
-    assert instance.offering.market == Market.SPOT
-    assert (instance.offering.instance_type, instance.offering.zone) in {
-        (p.instance_type, p.zone) for p in pools
-    }
-    assert [i.id for i in await cloud.list()] == [instance.id]
-
-
 async def test_refused_spot_raises_insufficient_capacity_and_on_demand_takes_over(
     make_cloud: Callable[..., Ec2Cloud],
 ) -> None:
@@ -181,9 +161,9 @@ async def test_refused_spot_raises_insufficient_capacity_and_on_demand_takes_ove
     with pytest.raises(InsufficientCapacity, match="InsufficientInstanceCapacity"):
         await cloud.launch(spot, ["m1"])
     assert await cloud.list() == []
+    # The provider keeps no memory of the refusal: avoiding the pool is the planner's state.
     refreshed = await cloud.offerings()
-    assert not offering(refreshed, "c5.large", "us-east-1a", Market.SPOT).available
-    assert offering(refreshed, "c5.large", "us-east-1b", Market.SPOT).available
+    assert offering(refreshed, "c5.large", "us-east-1a", Market.SPOT) == spot
     fallback = offering(refreshed, "c5.large", "us-east-1a", Market.ON_DEMAND)
     instance = await cloud.launch(fallback, ["m1"])
     assert instance.offering.market == Market.ON_DEMAND
@@ -208,8 +188,10 @@ async def test_spot_max_price_too_low_is_a_capacity_error(
         await cloud.launch(spot, ["m1"])
 
 
-async def test_throttling_is_retried_with_backoff(make_cloud: Callable[..., Ec2Cloud]) -> None:
-    cloud = make_cloud(throttle_retries=3)
+async def test_throttling_is_retried_by_botocore_at_the_wire(
+    make_cloud: Callable[..., Ec2Cloud],
+) -> None:
+    cloud = make_cloud(api_max_attempts=3)
     answered = inject(
         cloud,
         "RunInstances",
@@ -223,19 +205,57 @@ async def test_throttling_is_retried_with_backoff(make_cloud: Callable[..., Ec2C
     assert [i.id for i in await cloud.list()] == [instance.id]
 
 
-async def test_throttling_beyond_the_retries_is_a_cloud_error(
+async def test_throttling_beyond_botocores_attempts_is_a_transient_cloud_error(
     make_cloud: Callable[..., Ec2Cloud],
 ) -> None:
-    cloud = make_cloud(throttle_retries=1)
-    inject(
+    cloud = make_cloud(api_max_attempts=2)
+    answered = inject(
         cloud,
         "TerminateInstances",
         ec2_error_xml("RequestLimitExceeded", "slow down"),
         status=503,
         times=5,
     )
-    with pytest.raises(CloudError, match="throttled"):
+    with pytest.raises(CloudError, match="throttled") as raised:
         await cloud.terminate("i-0123456789abcdef0")
+    assert raised.value.transient
+    assert answered == ["TerminateInstances"] * 2
+
+
+async def test_retrying_cloud_retries_what_outlived_botocore_and_not_capacity(
+    make_cloud: Callable[..., Ec2Cloud],
+) -> None:
+    """The control plane's provider (RetryingCloud over Ec2Cloud): a throttled launch is tried
+    again after botocore gave up; a refused one is raised at once, for the caller to re-plan."""
+    delays_s: list[float] = []
+
+    async def no_wait(delay_s: float) -> None:
+        delays_s.append(delay_s)
+
+    ec2 = make_cloud()
+    cloud = RetryingCloud(ec2, retries=3, sleep=no_wait)
+    offers = await cloud.offerings()
+    throttled = inject(
+        ec2,
+        "RunInstances",
+        ec2_error_xml("RequestLimitExceeded", "Request limit exceeded."),
+        status=503,
+        times=2,
+    )
+    od = offering(offers, "c5.large", "us-east-1a", Market.ON_DEMAND)
+    instance = await cloud.launch(od, ["m1"])
+    assert throttled == ["RunInstances"] * 2 and len(delays_s) == 2
+    assert [i.id for i in await cloud.list()] == [instance.id]
+    refused = inject(
+        ec2,
+        "RunInstances",
+        ec2_error_xml("InsufficientInstanceCapacity", "no capacity"),
+        status=500,
+        times=5,
+    )
+    with pytest.raises(InsufficientCapacity):
+        await cloud.launch(offering(offers, "c5.large", "us-east-1b", Market.SPOT), ["m1"])
+    assert refused == ["RunInstances"] and len(delays_s) == 2
 
 
 async def test_unauthorized_names_the_iam_policy(make_cloud: Callable[..., Ec2Cloud]) -> None:
@@ -247,9 +267,9 @@ async def test_unauthorized_names_the_iam_policy(make_cloud: Callable[..., Ec2Cl
         ec2_error_xml("UnauthorizedOperation", "You are not authorized to perform this operation."),
         status=403,
     )
-    with pytest.raises(CloudError, match="deploy/iam") as raised:
+    with pytest.raises(PermissionDenied, match="deploy/iam") as raised:
         await cloud.launch(od, ["m1"])
-    assert not isinstance(raised.value, InsufficientCapacity)
+    assert not raised.value.transient
 
 
 async def test_describe_instance_types_denied_falls_back_to_the_catalog(
@@ -391,3 +411,57 @@ async def test_dry_run_logs_calls_and_buys_nothing(
         Filters=[{"Name": f"tag:{OWNER_TAG}", "Values": [owner]}]
     )["Reservations"]
     assert reservations == []
+
+
+async def test_a_denied_dry_run_is_a_permission_error(make_cloud: Callable[..., Ec2Cloud]) -> None:
+    """AWS checks a dry run's permissions: a missing one fails as it would for real."""
+    cloud = make_cloud(dry_run=True)
+    od = offering(await cloud.offerings(), "c5.large", "us-east-1a", Market.ON_DEMAND)
+    inject(
+        cloud,
+        "RunInstances",
+        ec2_error_xml("UnauthorizedOperation", "You are not authorized to perform this operation."),
+        status=403,
+    )
+    with pytest.raises(PermissionDenied, match="run_instances"):
+        await cloud.launch(od, ["m1"])
+    assert await cloud.list() == []
+
+
+def spot_requests_page(instance_id: str, code: str, next_token: str | None) -> bytes:
+    token = f"<nextToken>{next_token}</nextToken>" if next_token else ""
+    return (
+        '<?xml version="1.0" encoding="UTF-8"?>\n'
+        '<DescribeSpotInstanceRequestsResponse xmlns="http://ec2.amazonaws.com/doc/2016-11-15/">'
+        "<requestId>1d1a2f56-example</requestId><spotInstanceRequestSet><item>"
+        f"<spotInstanceRequestId>sir-{code}</spotInstanceRequestId><state>active</state>"
+        f"<status><code>{code}</code></status>"
+        f"<instanceId>{instance_id}</instanceId><type>one-time</type></item>"
+        f"</spotInstanceRequestSet>{token}</DescribeSpotInstanceRequestsResponse>"
+    ).encode()
+
+
+async def test_describe_calls_follow_every_page(make_cloud: Callable[..., Ec2Cloud]) -> None:
+    """boto3's paginator follows NextToken: a notice on the second page is not lost."""
+    cloud = make_cloud()
+    offers = await cloud.offerings()
+    first, second = [
+        await cloud.launch(offering(offers, "c5.large", zone, Market.SPOT), ["m1"])
+        for zone in ZONES
+    ]
+    first_page = inject(
+        cloud,
+        "DescribeSpotInstanceRequests",
+        spot_requests_page(first.id, "marked-for-termination", "page-2"),
+        status=200,
+    )
+    second_page = inject(
+        cloud,
+        "DescribeSpotInstanceRequests",
+        spot_requests_page(second.id, "marked-for-stop", None),
+        status=200,
+        when="NextToken=page-2",
+    )
+    notices = {n.instance_id: n.reason for n in await cloud.poll_interruptions()}
+    assert first_page == second_page == ["DescribeSpotInstanceRequests"]
+    assert notices == {first.id: "marked-for-termination", second.id: "marked-for-stop"}

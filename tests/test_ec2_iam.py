@@ -8,7 +8,8 @@ import re
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-CALL = re.compile(r'(?:_call|_paginate|_mutate)\(\s*"([a-z_]+)"')
+CALL = re.compile(r'(?:_call|_pages|_mutate)\(\s*"([a-z_]+)"')
+EC2_PACKAGE = ROOT / "provisioner" / "adapters" / "ec2"
 
 
 def actions(policy: str) -> set[str]:
@@ -25,7 +26,9 @@ def camel(snake: str) -> str:
 
 
 def test_ec2_policy_covers_every_call_of_the_provider() -> None:
-    called = set(CALL.findall((ROOT / "provisioner" / "adapters" / "ec2.py").read_text()))
+    called = {
+        call for module in EC2_PACKAGE.rglob("*.py") for call in CALL.findall(module.read_text())
+    }
     assert {"run_instances", "terminate_instances", "describe_instances"} <= called
     granted = actions("mark-ec2-policy.json")
     assert {f"ec2:{camel(c)}" for c in called} - granted == set()

@@ -89,7 +89,7 @@ async def test_spot_interruption_notice_then_kill(tmp_path: Path) -> None:
 
 
 async def test_failed_boot_terminates_and_unknown_model_raises(tmp_path: Path) -> None:
-    from mark.core.errors import CloudError
+    from mark.core.errors import CloudError, CloudNotFound
 
     async def broken(name: str) -> Model:
         return model(name, artifact="onnx:/nonexistent.onnx")
@@ -103,8 +103,9 @@ async def test_failed_boot_terminates_and_unknown_model_raises(tmp_path: Path) -
     finally:
         await cloud.close()
     cloud = LocalCloud(CONFIG, models=_models, state_dir=tmp_path)
-    with pytest.raises(CloudError):
+    with pytest.raises(CloudNotFound, match="nope") as raised:
         await cloud.launch(offering(), ["nope"])
+    assert not raised.value.transient  # RetryingCloud does not retry it
 
 
 async def test_restart_adopts_and_close_kills(tmp_path: Path) -> None:

@@ -97,16 +97,12 @@ class CloudConfig(_Section):
     local_state_dir: str = ".mark-local-cloud"  # worker pids/ports, so a restart can adopt them
     local_boot_timeout_s: Annotated[float, Field(gt=0)] = 60.0
     poll_interval_s: Annotated[float, Field(gt=0)] = 5.0
-    # EC2 (provisioner/adapters/ec2.py): the `mark:owner` tag value that marks this fleet's
-    # instances,
-    # the worker started by user data, and the retry/backoff and capacity-cache knobs.
+    # EC2 (provisioner/adapters/ec2/): the `mark:owner` tag value that marks this fleet's
+    # instances, the worker started by user data, and botocore's attempts per call.
     owner: Annotated[str, Field(min_length=1, max_length=128)] = "mark"
     worker_port: Annotated[int, Field(ge=1, le=65535)] = 8080
     worker_command: str = "mark worker --host 0.0.0.0 --port {port}"
     api_max_attempts: Annotated[int, Field(ge=1, le=20)] = 4
-    throttle_retries: Annotated[int, Field(ge=0, le=20)] = 3
-    backoff_base_s: Annotated[float, Field(ge=0)] = 1.0
-    capacity_cooldown_s: Annotated[float, Field(ge=0)] = 300.0
 
 
 class ServerlessConfig(_Section):
@@ -119,7 +115,7 @@ class ServerlessConfig(_Section):
     endpoint_url: str | None = None
     region: str = "us-east-1"
     arm: bool = False
-    # provisioner/adapters/serverless.py: the function timeout, how long an idle sandbox stays warm,
+    # provisioner/adapters/serverless/: the function timeout, how long an idle sandbox stays warm,
     # the local pool's Invoke API address (port 0: any free port) and its handler file.
     timeout_s: Annotated[float, Field(gt=0, le=900)] = 30.0
     keep_warm_s: Annotated[float, Field(ge=0)] = 600.0

@@ -1,14 +1,16 @@
 """The seam to a cloud: one short interface of verbs, with real implementations behind it
-(`provisioner.adapters.local_cloud.LocalCloud`, `provisioner.adapters.ec2.Ec2Cloud`).
+(`provisioner.adapters.local_cloud.LocalCloud`, `provisioner.adapters.ec2.Ec2Cloud`) and one
+wrapper (`provisioner.adapters.retry.RetryingCloud`, the retry layer for cloud calls).
 
 Contracts every implementation keeps:
-- `launch` returns the instance in state PENDING (or RUNNING when it is already serving); it
-  raises `mark.core.errors.InsufficientCapacity` when the offering can't be had now (the caller
-  falls
-  back to the next pool or on-demand) and `mark.core.errors.CloudError` for other failures. An
-  instance
-  that a failed launch may have created is terminated by the provider before it raises, so that
-  nothing paid is left untracked.
+- every failure is a `mark.core.errors.CloudError`, typed by what the caller should do:
+  `InsufficientCapacity` when the offering can't be had now (the caller re-plans with the next
+  pool or on-demand), `CloudNotFound` for a named resource that does not exist,
+  `PermissionDenied` for missing credentials' rights; a plain CloudError is transient (the same
+  call may succeed again).
+- `launch` returns the instance in state PENDING (or RUNNING when it is already serving). An
+  instance that a failed launch may have created is terminated by the provider before it
+  raises, so that nothing paid is left untracked.
 - `terminate` of an instance that is already gone succeeds (Karpenter's rule: not-found is done).
 - `list` returns every live instance the provider holds that Mark launched (by ownership tag),
   including ones this process did not launch (after a crash), so reconciliation can adopt them.

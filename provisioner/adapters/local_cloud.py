@@ -41,7 +41,7 @@ import aiohttp
 
 from mark.core.catalog import Catalog, load_catalog
 from mark.core.config import CloudConfig
-from mark.core.errors import CloudError, InsufficientCapacity, NotFound
+from mark.core.errors import CloudError, CloudNotFound, InsufficientCapacity, NotFound
 from mark.core.types import Instance, InstanceState, InstanceType, Model, Offering
 from provisioner.adapters.cloud import MODELS_TAG, OWNER_TAG, CloudProvider, InterruptionNotice
 
@@ -200,8 +200,8 @@ class LocalCloud:
         try:
             itype = self.catalog.instance_type(offering.instance_type)
             resolved = [await self._models(name) for name in models]
-        except NotFound as exc:
-            raise CloudError(f"cannot launch {offering.key}: {exc}") from exc
+        except NotFound as exc:  # an unknown type or model: retrying cannot mend it
+            raise CloudNotFound(f"cannot launch {offering.key}: {exc}") from exc
         instance = Instance(
             id=f"local-{uuid.uuid4().hex[:12]}",
             offering=offering,

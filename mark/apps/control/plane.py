@@ -26,6 +26,8 @@ from sanic import Sanic
 from mark.adapters.db import Database
 from mark.core.config import Config
 from mark.core.errors import Conflict
+from provisioner.adapters.cloud import CloudProvider
+from provisioner.adapters.retry import RetryingCloud
 
 __all__ = [
     "attach_control_plane",
@@ -94,14 +96,19 @@ def observed_counts() -> Mapping[str, float]:
     return totals
 
 
-def build_cloud(config: Config, db: Database) -> Any:
+def build_cloud(config: Config, db: Database) -> CloudProvider:
+    """The configured provider behind the one retry layer for cloud calls: a transient
+    CloudError is retried `control.apply_retries` times with backoff (RetryingCloud)."""
+    inner: CloudProvider
     if config.cloud.provider == "ec2":
         from provisioner.adapters.ec2 import Ec2Cloud
 
-        return Ec2Cloud(config.cloud, models=db.get_model)
-    from provisioner.adapters.local_cloud import LocalCloud
+        inner = Ec2Cloud(config.cloud, models=db.get_model)
+    else:
+        from provisioner.adapters.local_cloud import LocalCloud
 
-    return LocalCloud(config.cloud, models=db.get_model)
+        inner = LocalCloud(config.cloud, models=db.get_model)
+    return RetryingCloud(inner, retries=config.control.apply_retries)
 
 
 async def _main(config: Config) -> None:
