@@ -306,7 +306,8 @@ class Forecaster(ABC):
         # The split-conformal rank, ceil((n + 1) q): covers at least q for exchangeable errors
         # whatever n (interpolating at q (n - 1) under-covers the few errors of one level).
         rank = np.minimum(np.ceil((count + 1) * quantile).astype(np.int64), count) - 1
-        return ordered[np.arange(leads.size), rank]
+        per_lead: NDArray[np.float64] = ordered[np.arange(leads.size), rank]
+        return per_lead
 
     def _check(self, timestamp_s: float, count: float) -> None:
         self._check_count(count, where="")

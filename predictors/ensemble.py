@@ -92,8 +92,8 @@ class Ensemble(Forecaster):
             chosen = np.zeros(len(self.members))
             chosen[int(np.argmin(mse))] = 1.0
             return chosen
-        inverse = 1.0 / np.maximum(mse, 1e-12)
-        return inverse / inverse.sum()
+        inverse: NDArray[np.float64] = 1.0 / np.maximum(mse, 1e-12)
+        return inverse / float(inverse.sum())
 
     def _update(self, timestamp_s: float, count: float, rate_rps: float) -> None:
         for member in self.members:
@@ -109,4 +109,5 @@ class Ensemble(Forecaster):
         paths = np.array(
             [np.maximum(member._mean_path(horizon_buckets), 0.0) for member in self.members]
         )
-        return self.weights @ paths
+        blended: NDArray[np.float64] = self.weights @ paths
+        return blended

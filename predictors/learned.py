@@ -90,7 +90,7 @@ class Learned(RefittingForecaster):
         t = y.size - 1
         features = self._features(y, np.array([t]), self._seasonal)  # (1, leads, f)
         change = self._weights[:, 0] + np.einsum("lf,lf->l", features[0], self._weights[:, 1:])
-        path = y[t] + self._scale * change
+        path: NDArray[np.float64] = y[t] + self._scale * change
         if horizon_buckets <= self._leads:
             return path[:horizon_buckets]
         return np.concatenate([path, np.full(horizon_buckets - self._leads, path[-1])])
