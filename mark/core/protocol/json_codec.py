@@ -24,9 +24,9 @@ def loads(data: bytes | str) -> Any:
 
 
 def dumps(doc: Any) -> bytes:
-    """Compact JSON of `doc`, whose tensor data may be numpy arrays (`_json_data`). orjson writes
-    NaN and Infinity as null, so a body with a null in it (rare: no field here is null) is
-    written again by the stdlib, which keeps them."""
+    """Compact JSON of `doc`, whose tensor data may be numpy arrays (as `v2` writes them).
+    orjson writes NaN and Infinity as null, so a body with a null in it (rare: no field here is
+    null) is written again by the stdlib, which keeps them."""
     out = orjson.dumps(doc, option=orjson.OPT_SERIALIZE_NUMPY)
     if b"null" not in out:
         return out
