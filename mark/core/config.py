@@ -8,7 +8,8 @@ Precedence, lowest first (a later layer wins key by key, section by section):
 4. the long environment names, section and key joined by a double underscore
    (`MARK_SERVER__PORT=9000`, `MARK_PLANNER__SPOT_MAX_SHARE=0.5`, `MARK_CLOUD__ZONES='["a","b"]'`),
    read by pydantic-settings (`env_prefix="MARK_"`, `env_nested_delimiter="__"`): list and tuple
-   values are JSON, everything else is the plain string that the field's type parses;
+   values are JSON, everything else is the plain string that the field's type parses; a whole
+   section may also be one JSON object (`MARK_SERVER='{"port": 9000}'`), merged key by key;
 5. explicit per-section keyword arguments of `load_config` (the CLI's flags).
 Each section is a validated model, units in the key names; unknown keys are errors and a value of
 the wrong type fails at start-up, both with the key named, so a typo never passes silently.
