@@ -34,7 +34,7 @@ from numpy.typing import NDArray
 from scipy.signal import lfilter
 from statsmodels.tsa.arima.estimators.hannan_rissanen import hannan_rissanen
 
-from predictors.base import _require_int
+from predictors.checks import require_int
 from predictors.refit import RefittingForecaster, is_flat
 
 __all__ = ["Arima"]
@@ -60,9 +60,9 @@ class Arima(RefittingForecaster):
         **params: Any,
     ) -> None:
         super().__init__(fit_window_buckets=fit_window_buckets, **params)
-        _require_int("ar_order", ar_order, 0)
-        _require_int("ma_order", ma_order, 0)
-        _require_int("harmonics", harmonics, 0)
+        require_int("ar_order", ar_order, 0)
+        require_int("ma_order", ma_order, 0)
+        require_int("harmonics", harmonics, 0)
         self._p, self._q = ar_order, ma_order
         self._season_s = self.season_buckets * self.bucket_s
         self._harmonics = np.arange(1, harmonics + 1, dtype=np.float64)

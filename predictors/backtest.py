@@ -26,7 +26,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from mark.core.errors import InvalidValue
-from predictors.base import _require_int
+from predictors.checks import require_int
 from predictors.registry import create_forecaster
 from traces.format import Trace
 
@@ -83,8 +83,8 @@ def backtest(
 ) -> BacktestResult:
     """Replay a single-model `trace` through a new `predictor` (see the module docstring).
     `progress`, when given, is called with the number of buckets done after each bucket."""
-    _require_int("horizon_buckets", horizon_buckets, 1)
-    _require_int("warmup_buckets", warmup_buckets, 1)
+    require_int("horizon_buckets", horizon_buckets, 1)
+    require_int("warmup_buckets", warmup_buckets, 1)
     if trace.models is not None:
         raise InvalidValue(
             "trace", "backtest one model at a time: use trace.total() or trace.for_model(name)"

@@ -43,6 +43,7 @@ from numpy.typing import NDArray
 
 from mark.core.errors import InvalidValue
 from mark.core.types import Forecast
+from predictors.checks import require_int, require_positive
 
 __all__ = ["Forecaster", "RateHistory"]
 
@@ -115,15 +116,14 @@ class Forecaster(ABC):
         min_errors: int = 30,
         history_limit_buckets: int = 7 * 24 * 60,
     ) -> None:
-        if not (math.isfinite(bucket_s) and bucket_s > 0):
-            raise InvalidValue("bucket_s", f"must be a finite number > 0, got {bucket_s!r}")
+        require_positive("bucket_s", bucket_s)
         for field, value, least in (
             ("error_window_buckets", error_window_buckets, 2),
             ("error_horizon_buckets", error_horizon_buckets, 1),
             ("min_errors", min_errors, 1),
             ("history_limit_buckets", history_limit_buckets, 2),
         ):
-            _require_int(field, value, least)
+            require_int(field, value, least)
         self.bucket_s = float(bucket_s)
         self._window = error_window_buckets
         self._tracked = error_horizon_buckets
@@ -192,7 +192,7 @@ class Forecaster(ABC):
     def forecast(self, horizon_buckets: int, quantile: float = 0.95) -> Forecast:
         """Mean and upper-quantile rates (requests per second) of the next `horizon_buckets`
         buckets; `start_s` is the start of the next bucket."""
-        _require_int("horizon_buckets", horizon_buckets, 1)
+        require_int("horizon_buckets", horizon_buckets, 1)
         if not (0.0 < quantile < 1.0):
             raise InvalidValue("quantile", f"must be in (0, 1), got {quantile!r}")
         if self._last_timestamp_s is None:
@@ -306,7 +306,8 @@ class Forecaster(ABC):
         # The split-conformal rank, ceil((n + 1) q): covers at least q for exchangeable errors
         # whatever n (interpolating at q (n - 1) under-covers the few errors of one level).
         rank = np.minimum(np.ceil((count + 1) * quantile).astype(np.int64), count) - 1
-        return ordered[np.arange(leads.size), rank]
+        per_lead: NDArray[np.float64] = ordered[np.arange(leads.size), rank]
+        return per_lead
 
     def _check(self, timestamp_s: float, count: float) -> None:
         self._check_count(count, where="")
@@ -335,8 +336,3 @@ class Forecaster(ABC):
             f"{previous!r} + bucket_s {self.bucket_s!r}), got {got!r}{where}; observe every "
             f"bucket in order, with a count of 0 for buckets without requests"
         )
-
-
-def _require_int(field: str, value: int, least: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < least:
-        raise InvalidValue(field, f"must be an integer >= {least}, got {value!r}")

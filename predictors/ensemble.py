@@ -12,7 +12,6 @@ seasonal ones). The ensemble's own quantile band comes from its own errors, like
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
@@ -21,6 +20,7 @@ from numpy.typing import NDArray
 
 from mark.core.errors import InvalidValue
 from predictors.base import Forecaster
+from predictors.checks import require_positive
 
 __all__ = ["Ensemble", "DEFAULT_MEMBERS"]
 
@@ -60,8 +60,7 @@ class Ensemble(Forecaster):
             )
         if mode not in ("weighted", "best"):
             raise InvalidValue("mode", f"must be 'weighted' or 'best', got {mode!r}")
-        if not (math.isfinite(halflife_buckets) and halflife_buckets > 0):
-            raise InvalidValue("halflife_buckets", f"must be > 0, got {halflife_buckets!r}")
+        require_positive("halflife_buckets", halflife_buckets)
         extra = dict(member_params or {})
         unknown = set(extra) - set(names)
         if unknown:
@@ -92,8 +91,8 @@ class Ensemble(Forecaster):
             chosen = np.zeros(len(self.members))
             chosen[int(np.argmin(mse))] = 1.0
             return chosen
-        inverse = 1.0 / np.maximum(mse, 1e-12)
-        return inverse / inverse.sum()
+        inverse: NDArray[np.float64] = 1.0 / np.maximum(mse, 1e-12)
+        return inverse / float(inverse.sum())
 
     def _update(self, timestamp_s: float, count: float, rate_rps: float) -> None:
         for member in self.members:
@@ -109,4 +108,5 @@ class Ensemble(Forecaster):
         paths = np.array(
             [np.maximum(member._mean_path(horizon_buckets), 0.0) for member in self.members]
         )
-        return self.weights @ paths
+        blended: NDArray[np.float64] = self.weights @ paths
+        return blended

@@ -22,15 +22,13 @@ value.
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 from numpy.typing import NDArray
 
-from mark.core.errors import InvalidValue
-from predictors.base import _require_int
+from predictors.checks import require_int, require_positive
 from predictors.refit import RefittingForecaster
 
 __all__ = ["Learned"]
@@ -58,11 +56,10 @@ class Learned(RefittingForecaster):
         fit_window_buckets: int = 2 * 1440,
         **params: Any,
     ) -> None:
-        _require_int("lags", lags, 1)
-        _require_int("max_lead_buckets", max_lead_buckets, 1)
-        _require_int("seasonal_width", seasonal_width, 0)
-        if not (math.isfinite(ridge) and ridge > 0):
-            raise InvalidValue("ridge", f"must be a finite number > 0, got {ridge!r}")
+        require_int("lags", lags, 1)
+        require_int("max_lead_buckets", max_lead_buckets, 1)
+        require_int("seasonal_width", seasonal_width, 0)
+        require_positive("ridge", ridge)
         params.setdefault("min_fit_buckets", lags + max_lead_buckets + 60)
         super().__init__(fit_window_buckets=fit_window_buckets, **params)
         self._lags = lags
@@ -90,7 +87,7 @@ class Learned(RefittingForecaster):
         t = y.size - 1
         features = self._features(y, np.array([t]), self._seasonal)  # (1, leads, f)
         change = self._weights[:, 0] + np.einsum("lf,lf->l", features[0], self._weights[:, 1:])
-        path = y[t] + self._scale * change
+        path: NDArray[np.float64] = y[t] + self._scale * change
         if horizon_buckets <= self._leads:
             return path[:horizon_buckets]
         return np.concatenate([path, np.full(horizon_buckets - self._leads, path[-1])])

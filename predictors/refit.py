@@ -18,7 +18,8 @@ import numpy as np
 from numpy.typing import NDArray
 
 from mark.core.errors import InvalidValue
-from predictors.base import Forecaster, _require_int
+from predictors.base import Forecaster
+from predictors.checks import require_int
 
 __all__ = ["RefittingForecaster", "season_buckets", "is_flat"]
 
@@ -50,10 +51,10 @@ class RefittingForecaster(Forecaster):
     ) -> None:
         common.setdefault("history_limit_buckets", max(fit_window_buckets, 7 * 24 * 60))
         super().__init__(**common)
-        _require_int("refit_every_buckets", refit_every_buckets, 1)
-        _require_int("fit_window_buckets", fit_window_buckets, 2)
-        _require_int("min_fit_buckets", min_fit_buckets, 2)
-        _require_int("refit_phase_buckets", refit_phase_buckets, 0)
+        require_int("refit_every_buckets", refit_every_buckets, 1)
+        require_int("fit_window_buckets", fit_window_buckets, 2)
+        require_int("min_fit_buckets", min_fit_buckets, 2)
+        require_int("refit_phase_buckets", refit_phase_buckets, 0)
         if fit_window_buckets > self.history_limit_buckets:
             raise InvalidValue(
                 "fit_window_buckets",

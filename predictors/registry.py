@@ -14,6 +14,7 @@ A built-in name always wins over an entry point of the same name.
 from __future__ import annotations
 
 import importlib
+import inspect
 from collections.abc import Callable
 from importlib.metadata import EntryPoint, entry_points
 from typing import Any
@@ -65,16 +66,38 @@ def _factory(name: str) -> Callable[..., Any]:
     return loaded
 
 
+_NAMED = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+
+
+def _parameters(factory: Callable[..., Any]) -> frozenset[str] | None:
+    """The keyword parameters `factory` takes, None when it takes any. A forecaster class passes
+    what it does not use on to its base (`**common`), so its own `__init__` and its bases' are
+    read up the MRO until one that takes no `**kwargs`."""
+    if isinstance(factory, type):
+        owners = [c.__dict__["__init__"] for c in factory.__mro__ if "__init__" in c.__dict__]
+    else:
+        owners = [factory]
+    names: set[str] = set()
+    for function in owners:
+        parameters = inspect.signature(function).parameters.values()
+        names.update(p.name for p in parameters if p.kind in _NAMED and p.name != "self")
+        if all(p.kind is not inspect.Parameter.VAR_KEYWORD for p in parameters):
+            return frozenset(names)
+    return None
+
+
 def create_forecaster(name: str, bucket_s: float = 60.0, **params: Any) -> Forecaster:
     """A new forecaster `name` for buckets of `bucket_s` seconds. Raises InvalidValue for an
-    unknown name or a parameter the forecaster does not take."""
+    unknown name or a parameter the forecaster does not take (checked against its signature
+    before it is called, so a TypeError from inside a constructor stays the bug it is)."""
     factory = _factory(name)
-    try:
-        forecaster = factory(bucket_s=bucket_s, **params)
-    except TypeError as exc:
-        if "unexpected keyword argument" not in str(exc):
-            raise
-        raise InvalidValue("predictor", f"{name}: {exc}") from exc
+    accepted = _parameters(factory)
+    if accepted is not None and (unknown := sorted(set(params) - accepted)):
+        takes = ", ".join(sorted(accepted - {"bucket_s"}))
+        raise InvalidValue(
+            "predictor", f"{name}: unexpected keyword argument {unknown[0]!r}; it takes {takes}"
+        )
+    forecaster = factory(bucket_s=bucket_s, **params)
     if not isinstance(forecaster, Forecaster):
         raise InvalidValue(
             "predictor",

@@ -15,7 +15,8 @@ import numpy as np
 from numpy.typing import NDArray
 
 from mark.core.errors import InvalidValue
-from predictors.base import Forecaster, _require_int
+from predictors.base import Forecaster
+from predictors.checks import require_int, require_positive
 
 __all__ = ["LastValue", "MovingMax", "Ewma"]
 
@@ -44,8 +45,8 @@ class MovingMax(Forecaster):
 
     def __init__(self, *, window_buckets: int = 5, factor: float = 1.0, **common: Any) -> None:
         super().__init__(**common)
-        _require_int("window_buckets", window_buckets, 1)
-        _require_positive("factor", factor)
+        require_int("window_buckets", window_buckets, 1)
+        require_positive("factor", factor)
         self._recent: deque[float] = deque(maxlen=window_buckets)
         self._factor = factor
 
@@ -105,8 +106,3 @@ class Ewma(Forecaster):
 def damped_steps(phi: float, horizon_buckets: int) -> NDArray[np.float64]:
     """phi + phi^2 + ... + phi^h for h = 1..horizon: how far a damped trend carries."""
     return np.cumsum(phi ** np.arange(1, horizon_buckets + 1, dtype=np.float64))
-
-
-def _require_positive(field: str, value: float) -> None:
-    if not (math.isfinite(value) and value > 0):
-        raise InvalidValue(field, f"must be a finite number > 0, got {value!r}")

@@ -112,15 +112,15 @@ def start_serve(
         args += ["--config", str(cfg)]
     args += list(extra_args)
     log_path = workdir / f"serve-{port}.log"
-    log = open(log_path, "wb")
-    proc = subprocess.Popen(
-        args,
-        cwd=workdir,
-        env=full_env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
+    with open(log_path, "wb") as log:  # the child keeps its own descriptor
+        proc = subprocess.Popen(
+            args,
+            cwd=workdir,
+            env=full_env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     base = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + ready_timeout_s
     while time.monotonic() < deadline:

@@ -49,6 +49,9 @@ def test_toml_then_environment_then_overrides(tmp_path: Path) -> None:
         ("[cloud]\nprovider = 'ec2'\n", "config"),
         ("server = 3\n", "server"),
         ("[server\n", "config"),
+        ('[server]\nport = "eighty"\n', "server.port"),
+        ("[cloud]\nzones = 3\n", "cloud.zones"),
+        ("[server]\ndemo = [true]\n", "server.demo"),
     ],
 )
 def test_bad_config_names_the_key(tmp_path: Path, text: str, field: str) -> None:
@@ -65,6 +68,28 @@ def test_missing_file_and_bad_env() -> None:
     with pytest.raises(InvalidValue) as info:
         load_config(environ={"MARK_SERVER__PORT": "abc"})
     assert info.value.field == "server.port"
+
+
+def test_long_environment_names_beat_short_ones_and_read_os_environ(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    c = load_config(environ={"MARK_PORT": "9001", "MARK_SERVER__PORT": "9002", "mark_host": "::1"})
+    assert (c.server.port, c.server.host) == (9002, "::1")
+    monkeypatch.setenv("MARK_SERVER__WORKERS", "4")
+    assert load_config().server.workers == 4
+    with pytest.raises(InvalidValue, match="cloud"):
+        load_config(environ={"MARK_CLOUD__ZONES": "us-east-1a"})  # a tuple is written as JSON
+
+
+def test_a_wrong_type_stops_the_cli_at_start_up_naming_the_key(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from mark.apps.cli import main
+
+    path = tmp_path / "bad.toml"
+    path.write_text('[control]\ntick_s = "every minute"\n')
+    assert main(["config", "--config", str(path)]) == 2
+    assert "control.tick_s" in capsys.readouterr().err
 
 
 def test_readme_documents_every_key_with_its_default() -> None:

@@ -143,8 +143,11 @@ async def test_refused_timed_out_and_cut_short_calls_raise_http_error() -> None:
         await pool.post(url, "/x", b"{}")
 
     async def never(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await reader.read(1 << 16)
-        await asyncio.sleep(5)
+        try:
+            await reader.read(1 << 16)
+            await asyncio.sleep(5)
+        finally:  # cancelled with the test's loop: the writer must not outlive it
+            writer.close()
 
     srv = await asyncio.start_server(never, "127.0.0.1", 0)
     slow = f"http://127.0.0.1:{srv.sockets[0].getsockname()[1]}"

@@ -143,8 +143,8 @@ def test_no_worker_outlives_a_killed_control_plane(tmp_path: Path) -> None:
         """
     )
     parent = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    assert parent.stdout is not None
     try:
-        assert parent.stdout is not None
         worker_pid = int(parent.stdout.readline())
         assert _alive(worker_pid)
         parent.send_signal(signal.SIGKILL)
@@ -156,3 +156,4 @@ def test_no_worker_outlives_a_killed_control_plane(tmp_path: Path) -> None:
     finally:
         parent.kill()
         parent.wait()
+        parent.stdout.close()

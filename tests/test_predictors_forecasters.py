@@ -169,8 +169,10 @@ def test_bad_input_is_rejected_clearly(name: str) -> None:
 def test_unknown_names_and_parameters() -> None:
     with pytest.raises(InvalidValue, match="unknown forecaster 'prophet'; available: last"):
         create_forecaster("prophet")
-    with pytest.raises(InvalidValue, match="unexpected keyword argument 'alhpa'"):
+    with pytest.raises(InvalidValue, match="unexpected keyword argument 'alhpa'; it takes alpha"):
         create_forecaster("ewma", alhpa=0.3)
+    with pytest.raises(InvalidValue, match="'window'; it takes .*error_window_buckets"):
+        create_forecaster("arima", window=3)  # a base's parameter is named too
     with pytest.raises(InvalidValue, match="alpha"):
         create_forecaster("ewma", alpha=1.5)
     with pytest.raises(InvalidValue, match="bucket_s"):

@@ -108,7 +108,7 @@ def _diurnal_mean(
     base = diurnal_rates(times_s, peak_rps=peak_rps, peak_to_valley=peak_to_valley)
     days = np.floor(times_s / _DAY_S).astype(np.int64)
     day_scale = 1.0 + day_variation * rng.standard_normal(days.max() - days.min() + 1)
-    scale = np.maximum(day_scale[days - days.min()], 0.1)
+    scale: NDArray[np.float64] = np.maximum(day_scale[days - days.min()], 0.1)
     wobble = _correlated_noise(rng, times_s.size, noise, noise_corr_s / bucket_s)
     return base * scale * wobble
 

@@ -1,15 +1,23 @@
 """Configuration: one TOML file plus `MARK_...` environment overrides over embedded defaults.
 
-Precedence (last wins): defaults, the TOML file, environment. An environment variable names
-section and key with a double underscore, `MARK_SERVER__PORT=9000`,
-`MARK_PLANNER__SPOT_MAX_SHARE=0.5`; a few common ones have short names (`MARK_ADMIN_TOKEN`,
-`MARK_DATABASE_URL`). Each section is a validated model, units in the key names; unknown keys
-are errors, so a typo never passes silently.
+Precedence, lowest first (a later layer wins key by key, section by section):
+1. the defaults written below;
+2. the TOML file (`mark serve --config FILE`);
+3. the short environment names (`MARK_ADMIN_TOKEN`, `MARK_DATABASE_URL`, `MARK_HOST`,
+   `MARK_PORT`), for the few keys every deployment sets;
+4. the long environment names, section and key joined by a double underscore
+   (`MARK_SERVER__PORT=9000`, `MARK_PLANNER__SPOT_MAX_SHARE=0.5`, `MARK_CLOUD__ZONES='["a","b"]'`),
+   read by pydantic-settings (`env_prefix="MARK_"`, `env_nested_delimiter="__"`): list and tuple
+   values are JSON, everything else is the plain string that the field's type parses; a whole
+   section may also be one JSON object (`MARK_SERVER='{"port": 9000}'`), merged key by key;
+5. explicit per-section keyword arguments of `load_config` (the CLI's flags).
+Each section is a validated model, units in the key names; unknown keys are errors and a value of
+the wrong type fails at start-up, both with the key named, so a typo never passes silently.
+`Config(...)` itself is a plain value: only `load_config` reads the file and the environment.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import tomllib
 from collections.abc import Mapping
@@ -17,6 +25,14 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic.fields import FieldInfo
+from pydantic_settings import (
+    BaseSettings,
+    EnvSettingsSource,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    SettingsError,
+)
 
 from mark.core.errors import InvalidValue
 
@@ -185,7 +201,13 @@ class SpillConfig(_Section):
     throttle_backoff_ms: Annotated[float, Field(ge=0)] = 100.0  # pool full after a throttle
 
 
-class Config(_Section):
+class Config(BaseSettings):
+    """The whole configuration, one validated section per part of the system."""
+
+    model_config = SettingsConfigDict(
+        frozen=True, extra="forbid", env_prefix=ENV_PREFIX, env_nested_delimiter="__"
+    )
+
     server: ServerConfig = ServerConfig()
     database: DatabaseConfig = DatabaseConfig()
     control: ControlLoopConfig = ControlLoopConfig()
@@ -202,30 +224,76 @@ class Config(_Section):
             raise ValueError("cloud.provider = 'ec2' needs cloud.launch_template or cloud.image_id")
         return self
 
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        """Only the keyword arguments: the environment is read by `load_config` alone, from the
+        mapping it is given, so that a test or a second config in one process sees no other."""
+        return (init_settings,)
 
-def _parse_env_value(raw: str) -> Any:
-    """Environment values are JSON when they parse as JSON (numbers, booleans, lists), else
-    plain strings, so `MARK_CLOUD__ZONES='["a","b"]'` and `MARK_SERVER__HOST=0.0.0.0` both work."""
+
+class _Environment(EnvSettingsSource):
+    """pydantic-settings' `MARK_SECTION__KEY` reader over a given mapping instead of
+    `os.environ` (names match case-insensitively, as they do for the real environment)."""
+
+    def __init__(self, environ: Mapping[str, str]) -> None:
+        self._environ = environ
+        super().__init__(Config)
+
+    def _load_env_vars(self) -> Mapping[str, str | None]:
+        return {name.lower(): value for name, value in self._environ.items()}
+
+
+class _Shortcuts(PydanticBaseSettingsSource):
+    """The short names of ENV_SHORTCUTS, below the long ones, matched case-insensitively like
+    them; their values stay strings (a token of digits is still a token)."""
+
+    def __init__(self, environ: Mapping[str, str]) -> None:
+        super().__init__(Config)
+        self._environ = environ
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        return None, field_name, False  # __call__ reads whole sections
+
+    def __call__(self) -> dict[str, Any]:
+        out: dict[str, dict[str, str]] = {}
+        for name, value in self._environ.items():
+            if (target := ENV_SHORTCUTS.get(name.upper())) is not None:
+                section, key = target
+                out.setdefault(section, {})[key] = value
+        return out
+
+
+def _read_toml(path: str | Path | None) -> dict[str, Any]:
+    if path is None:
+        return {}
     try:
-        return json.loads(raw)
-    except json.JSONDecodeError:
-        return raw
+        with open(path, "rb") as fh:
+            loaded = tomllib.load(fh)
+    except FileNotFoundError as exc:
+        raise InvalidValue("config", f"file {path} does not exist") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise InvalidValue("config", f"{path} is not valid TOML: {exc}") from exc
+    for section, values in loaded.items():
+        if not isinstance(values, dict):
+            raise InvalidValue(section, "must be a [table] of keys")
+    return loaded
 
 
-def _env_overrides(environ: Mapping[str, str]) -> dict[str, dict[str, Any]]:
-    sections = set(Config.model_fields)
-    out: dict[str, dict[str, Any]] = {}
-    for name, raw in environ.items():
-        if name in ENV_SHORTCUTS:
-            section, key = ENV_SHORTCUTS[name]
-        elif name.startswith(ENV_PREFIX) and "__" in name:
-            section, _, key = name[len(ENV_PREFIX) :].lower().partition("__")
-            if section not in sections:
-                continue
-        else:
-            continue
-        value = raw if key in {"admin_token", "url", "host"} else _parse_env_value(raw)
-        out.setdefault(section, {})[key] = value
+def _merge(low: Mapping[str, Any], high: Mapping[str, Any]) -> dict[str, Any]:
+    """`high` over `low`, section by section and key by key (a whole section given as a JSON
+    object in `MARK_SERVER` merges like one given key by key)."""
+    out = dict(low)
+    for section, values in high.items():
+        below = out.get(section)
+        both_tables = isinstance(below, Mapping) and isinstance(values, Mapping)
+        out[section] = {**below, **values} if both_tables else values  # type: ignore[dict-item]
     return out
 
 
@@ -234,25 +302,17 @@ def load_config(
     environ: Mapping[str, str] | None = None,
     **overrides: dict[str, Any],
 ) -> Config:
-    """Build the config from defaults, an optional TOML file, the environment and explicit
+    """Build the config from the layers of the module docstring, lowest first: defaults, an
+    optional TOML file, the environment (`os.environ` unless `environ` is given) and explicit
     per-section overrides (CLI flags). Raises InvalidValue naming the first bad key."""
-    data: dict[str, dict[str, Any]] = {}
-    if path is not None:
-        try:
-            with open(path, "rb") as fh:
-                loaded = tomllib.load(fh)
-        except FileNotFoundError as exc:
-            raise InvalidValue("config", f"file {path} does not exist") from exc
-        except tomllib.TOMLDecodeError as exc:
-            raise InvalidValue("config", f"{path} is not valid TOML: {exc}") from exc
-        for section, values in loaded.items():
-            if not isinstance(values, dict):
-                raise InvalidValue(section, "must be a [table] of keys")
-            data[section] = dict(values)
-    env = _env_overrides(os.environ if environ is None else environ)
-    for layer in (env, overrides):
-        for section, values in layer.items():
-            data.setdefault(section, {}).update(values)
+    env = os.environ if environ is None else environ
+    try:
+        long_names = _Environment(env)()
+    except SettingsError as exc:  # a list or tuple value that is not JSON
+        raise InvalidValue("environment", str(exc)) from exc
+    data: dict[str, Any] = {}
+    for layer in (_read_toml(path), _Shortcuts(env)(), long_names, overrides):
+        data = _merge(data, layer)
     try:
         return Config.model_validate(data)
     except ValidationError as exc:

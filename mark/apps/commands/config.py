@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import argparse
 import json
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # imported by run() alone, so that `mark --help` stays fast
+    from mark.core.config import Config
 
 __all__ = ["register", "render_toml", "render_markdown"]
 
@@ -29,7 +32,7 @@ def _toml_value(value: Any) -> str:
     return str(value)
 
 
-def render_toml(config: Any) -> str:
+def render_toml(config: Config) -> str:
     lines: list[str] = []
     for section, values in config:
         doc = (type(values).__doc__ or "").strip().splitlines()[0]
@@ -41,7 +44,7 @@ def render_toml(config: Any) -> str:
     return "\n".join(lines)
 
 
-def render_markdown(config: Any) -> str:
+def render_markdown(config: Config) -> str:
     """One table per section, for the README (tests check that it lists every key)."""
     lines: list[str] = []
     for section, values in config:

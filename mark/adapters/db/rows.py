@@ -1,0 +1,90 @@
+"""ORM rows to domain values and back; nothing outside `mark.adapters.db` sees a row."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from mark.adapters.db.tables import DecisionRow, InstanceRow, ModelRow, ProfileRow
+from mark.core.types import (
+    ActionKind,
+    BackendSpec,
+    Decision,
+    Instance,
+    InstanceState,
+    Model,
+    Offering,
+    Profile,
+    Slo,
+)
+
+__all__ = [
+    "model_from_rows",
+    "profile_rows",
+    "instance_from_row",
+    "decision_from_row",
+]
+
+
+def model_from_rows(row: ModelRow, profiles: Sequence[ProfileRow]) -> Model:
+    return Model(
+        name=row.name,
+        slo=Slo(latency_ms=row.slo_latency_ms, percentile=row.slo_percentile),
+        backend=BackendSpec.model_validate(row.backend),
+        max_batch=row.max_batch,
+        profiles={
+            p.instance_type: Profile(
+                instance_type=p.instance_type,
+                latency_ms={int(b): float(ms) for b, ms in p.latency_ms.items()},
+                max_batch=p.max_batch,
+                memory_mb=p.memory_mb,
+                parallelism=p.parallelism,
+                estimated=p.estimated,
+                source=p.source,
+            )
+            for p in profiles
+        },
+    )
+
+
+def profile_rows(model: Model) -> list[ProfileRow]:
+    return [
+        ProfileRow(
+            model_name=model.name,
+            instance_type=p.instance_type,
+            latency_ms={str(b): ms for b, ms in p.latency_ms.items()},
+            max_batch=p.max_batch,
+            memory_mb=p.memory_mb,
+            parallelism=p.parallelism,
+            estimated=p.estimated,
+            source=p.source,
+        )
+        for p in model.profiles.values()
+    ]
+
+
+def instance_from_row(row: InstanceRow) -> Instance:
+    return Instance(
+        id=row.id,
+        offering=Offering.model_validate(row.offering),
+        models=tuple(row.models),
+        state=InstanceState(row.state),
+        endpoint=row.endpoint,
+        tags=dict(row.tags),
+        launched_at_s=row.launched_at_s,
+        running_at_s=row.running_at_s,
+        draining_at_s=row.draining_at_s,
+        terminated_at_s=row.terminated_at_s,
+    )
+
+
+def decision_from_row(row: DecisionRow) -> Decision:
+    return Decision(
+        at_s=row.at_s,
+        action=ActionKind(row.action),
+        reason=row.reason,
+        model=row.model,
+        instance_id=row.instance_id,
+        offering_key=row.offering_key,
+        expected_cost_usd=row.expected_cost_usd,
+        forecast_upper_rps=tuple(row.forecast_upper_rps),
+    )
