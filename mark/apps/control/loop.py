@@ -48,6 +48,7 @@ from provisioner.adapters.cloud import CloudProvider, InterruptionNotice
 from provisioner.policy import billing
 from provisioner.policy.actions import Launch, OperationKind, Plan, fleet_operations
 from provisioner.policy.capacity import CapacityCache
+from provisioner.policy.offerings import Offerings
 from provisioner.policy.planner import plan
 from provisioner.policy.reconcile import ReconcileKind, reconcile
 from provisioner.policy.snapshot import (
@@ -129,6 +130,8 @@ class ControlLoop:
     _last_tick_s: float | None = None
     _lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     _types: dict[str, InstanceType] = field(default_factory=dict)
+    _prices: dict[str, float] = field(default_factory=dict)  # by pool, as of the last tick
+    _artifacts: dict[str, str] = field(default_factory=dict)  # by model, as of the last tick
 
     @property
     def bucket_s(self) -> float:
@@ -198,8 +201,13 @@ class ControlLoop:
     # -- the tick -------------------------------------------------------------------------
 
     async def tick(self) -> Plan | None:
+        """Plan and apply under the lock; then warm the serverless pool outside it, so that
+        pings to cold sandboxes never hold up a sync or an interruption's re-plan."""
         async with self._lock:
-            return await self._tick()
+            result = await self._tick()
+        if result is not None:
+            await self._warm(result)
+        return result
 
     async def _tick(self) -> Plan | None:
         now = self.clock()
@@ -212,6 +220,7 @@ class ControlLoop:
         except MarkError as exc:
             await self._record_error(now, f"could not read offerings: {exc}")
             return None
+        self._prices = Offerings.of(offerings).prices()
         forecasts = {m.name: self._forecast(m, now) for m in models}
         metrics.record_forecasts({n: f.peak_upper_rps for n, f in forecasts.items()})
         result: Plan | None = None
@@ -243,8 +252,7 @@ class ControlLoop:
                 break  # nothing refused: done; else re-plan with the refused pool unavailable
         self._last_tick_s = now
         self.last_plan = result
-        if result is not None:
-            await self._warm(result, models)
+        self._artifacts = {m.name: m.backend.artifact for m in models}
         if result is not None and (result.actions or result.deferred):
             logger.info(
                 "tick: %d actions, %d launches deferred", len(result.actions), len(result.deferred)
@@ -270,18 +278,18 @@ class ControlLoop:
                 await self._terminate(op.instance, now_s)
         return refused
 
-    async def _warm(self, result: Plan, models: list[Model]) -> None:
+    async def _warm(self, result: Plan) -> None:
         """Keep the serverless pool as warm as the plan says, model by model (MArk's concurrent
         pings before a surge). A failed ping is logged: warming is an optimisation, serving
         and the next tick must not depend on it."""
         if self.serverless is None:
             return
-        artifacts = {m.name: m.backend.artifact for m in models}
         for name, count in sorted(result.warm_functions.items()):
-            if count <= 0 or name not in artifacts:
+            artifact = self._artifacts.get(name)
+            if count <= 0 or artifact is None:
                 continue
             try:
-                await self.serverless.warm(name, artifacts[name], count)
+                await self.serverless.warm(name, artifact, count)
             except Exception:
                 logger.exception("warming %d functions for %s failed", count, name)
 
@@ -385,7 +393,7 @@ class ControlLoop:
             live = await self.db.list_instances()
             for inst in live:
                 await self._charge(inst, now)
-            metrics.record_fleet(live)
+            metrics.record_fleet(live, self._prices)
         return lost
 
     async def sync_and_replan(self) -> None:
