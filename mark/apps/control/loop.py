@@ -265,8 +265,7 @@ class ControlLoop:
         refused = False
         live = {i.id: i for i in await self.db.list_instances()}
         for op in fleet_operations(result.actions, live):
-            if op.kind == OperationKind.LAUNCH:
-                assert isinstance(op.action, Launch)
+            if isinstance(op.action, Launch):
                 if refused:
                     continue  # the re-plan decides the rest with the refused pool excluded
                 refused = not await self._launch(op.action, now_s)
