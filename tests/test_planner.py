@@ -20,6 +20,7 @@ from mark.core.types import (
     Profile,
     Slo,
 )
+from provisioner.policy.billing import paid_until_s
 from provisioner.policy.capacity import CapacityCache, capacity_rps
 from provisioner.policy.planner import (
     Drain,
@@ -31,7 +32,6 @@ from provisioner.policy.planner import (
     Terminate,
     plan,
 )
-from provisioner.policy.billing import paid_until_s
 
 NOW = 1_700_000_000.0
 SLO = Slo(latency_ms=600.0, percentile=0.98)
