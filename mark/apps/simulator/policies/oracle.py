@@ -36,6 +36,7 @@ from mark.core.catalog import Catalog
 from mark.core.types import InstanceState, Market, Model, Offering
 from provisioner.policy.actions import Action, Drain, Launch
 from provisioner.policy.capacity import CapacityCache, slo_capacity
+from provisioner.policy.prewarm import warm_functions
 
 __all__ = ["OracleSchedule", "OraclePolicy", "solve_oracle"]
 
@@ -242,5 +243,6 @@ class OraclePolicy:
         b = sched.bucket_of(now)
         rate = float(sched.rates_rps[b])
         share = float(sched.serverless_rps[b]) / rate if rate > 0 else 0.0
-        warm = math.ceil(float(sched.serverless_rps[b]) * self.serverless_latency_ms / 1000.0) + 1
+        # It knows what spills: all of that is the gap the pool must take.
+        warm = warm_functions(float(sched.serverless_rps[b]), 0.0, self.serverless_latency_ms)
         return PolicyDecision(tuple(actions), None, warm_functions=warm, serverless_share=share)
