@@ -36,6 +36,8 @@ _BUCKET_EDGE_SLACK = 0.05
 
 @dataclass(frozen=True, slots=True)
 class ModelDemand:
+    """A registered model and the forecast the planner covers for it this tick."""
+
     model: Model
     forecast: Forecast
 
