@@ -172,6 +172,9 @@ async def test_refused_spot_falls_back_to_on_demand(
     assert _capacity(live) >= STEP_RPS
     decisions, _ = await db.list_decisions(limit=500)
     assert any(d.action == ActionKind.ERROR and "falling back" in d.reason for d in decisions)
+    # The refusals live in the planner state, where every re-plan's Offerings sees them.
+    refused = loop.state.refused_pools
+    assert refused and all(key.endswith("/spot") for key in refused)
     await db.close()
 
 

@@ -20,6 +20,7 @@ from mark.core.types import (
     Profile,
     Slo,
 )
+from provisioner.policy.billing import paid_until_s
 from provisioner.policy.capacity import CapacityCache, capacity_rps
 from provisioner.policy.planner import (
     Drain,
@@ -29,7 +30,6 @@ from provisioner.policy.planner import (
     Plan,
     PlannerState,
     Terminate,
-    paid_until_s,
     plan,
 )
 
@@ -203,7 +203,8 @@ def test_surplus_is_released_only_when_paid_time_ends_and_no_recent_launch() -> 
 def test_hourly_billed_instance_is_kept_until_its_hour_ends() -> None:
     hourly = {**TYPES, "c5.large": itype("c5.large", 0.085, billing_granularity_s=3600.0)}
     on = offering("c5.large")
-    live = [instance("i-a", on, age_s=600.0), instance("i-b", on, age_s=3590.0)]
+    # Billed from launch (provisioner.policy.billing): i-b's hour ends in 110 s.
+    live = [instance("i-a", on, age_s=600.0), instance("i-b", on, age_s=3490.0)]
     models = {"resnet": (model(), forecast(*[cap("c5.large") * 0.5] * 5))}
     p = run(snapshot(models=models, instances=live, instance_types=hourly), spot=False)
     # i-a has ~45 min paid: kept; i-b's hour ends within the release window: drained, unless
@@ -272,7 +273,8 @@ def test_output_is_deterministic_whatever_the_input_order() -> None:
 
 
 def test_paid_until_follows_the_billing_rules() -> None:
-    inst = instance("i-1", offering("c5.large"), age_s=130.0)  # running for 30 s
+    # Launched 30 s ago: billing runs from the launch, as the ledger records it.
+    inst = instance("i-1", offering("c5.large"), state=InstanceState.PENDING, age_s=30.0)
     per_second = TYPES["c5.large"]
     assert paid_until_s(inst, per_second, NOW) == pytest.approx(NOW + 30.0)  # 60 s minimum
     assert paid_until_s(inst, per_second, NOW + 100) == pytest.approx(NOW + 100)

@@ -56,6 +56,7 @@ drain_s = 1.0
 release_window_s = 60.0
 [forecast]
 predictor = "last"
+bucket_s = 2.0  # forecast in the ticks' 2 s buckets, finer than the 10 s horizon
 schedule_file = "{schedule}"
 """
 

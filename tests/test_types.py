@@ -112,6 +112,8 @@ def test_billing_minimum_and_granularity() -> None:
     assert t.charge_usd(90.2) == pytest.approx(91 * 0.085 / 3600)
     hourly = t.model_copy(update={"billing_granularity_s": 3600.0, "billing_minimum_s": 3600.0})
     assert hourly.charge_usd(3601, price_per_hour=1.0) == pytest.approx(2.0)
+    assert [t.billed_s(s) for s in (0, 10, 90.2)] == [0.0, 60.0, 91.0]
+    assert hourly.billed_s(3601) == 7200.0
 
 
 def test_instance_state_machine() -> None:

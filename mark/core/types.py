@@ -220,15 +220,21 @@ class InstanceType(_Value):
             raise ValueError("accelerator_count must be 0 exactly when accelerator is 'none'")
         return self
 
-    def charge_usd(self, seconds: float, price_per_hour: float | None = None) -> float:
-        """What `seconds` of running costs under this type's billing rules (minimum, then
-        rounded up to the granularity)."""
+    def billed_s(self, seconds: float) -> float:
+        """The seconds a cloud bills for `seconds` of running: at least the minimum, rounded up
+        to the granularity (EC2 Linux: 60 s, then per second). The one rounding rule: the
+        ledger, the planner's paid time (`provisioner.policy.billing`) and the simulator all
+        use it."""
         if seconds <= 0:
             return 0.0
         billed = max(seconds, self.billing_minimum_s)
-        billed = math.ceil(billed / self.billing_granularity_s - 1e-9) * self.billing_granularity_s
+        step = self.billing_granularity_s
+        return math.ceil(billed / step - 1e-9) * step
+
+    def charge_usd(self, seconds: float, price_per_hour: float | None = None) -> float:
+        """What `seconds` of running costs at `price_per_hour` (default: on-demand)."""
         price = self.on_demand_price_per_hour if price_per_hour is None else price_per_hour
-        return billed * price / 3600.0
+        return self.billed_s(seconds) * price / 3600.0
 
 
 class Offering(_Value):
@@ -305,12 +311,15 @@ class Forecast(_Value):
 
 
 class ActionKind(StrEnum):
+    """What a decision-log line records (stored as its value in `decisions.action`). Spills are
+    per-request data-plane events, counted in metrics and the cost ledger, never decisions: no
+    writer ever stored a "spill" line, so none is listed."""
+
     LAUNCH = "launch"
     DRAIN = "drain"
     TERMINATE = "terminate"
     HOLD = "hold"
     BUDGET_LIMITED = "budget-limited"
-    SPILL = "spill"
     ERROR = "error"
 
 

@@ -11,8 +11,9 @@ One `plan` call, in order:
    `tail_after_lead`: a nearer tail would only buy stopgaps costing many times more per
    request, and queueing and spill take it instead), spot hedged against the loss of a pool,
    from its live instances (free to keep while paid; spot at its pool's current price) and the
-   eligible offerings
-   (available, pool not cooling down, spot allowed, type allowed or a backup type) whose
+   eligible offerings (available in `provisioner.policy.offerings.Offerings`: listed
+   available, pool not cooling down after an interruption or a capacity refusal; spot
+   allowed, type allowed or a backup type) whose
    capacity at the SLO (`provisioner.policy.capacity`, cached) is positive. Candidate rows are built
    once per plan, not per model (issue 6: 1,000 models x 100 offerings in under 100 ms): one
    block per model shape (profiled types and capacities), one gather for all live instances.
@@ -26,6 +27,11 @@ One `plan` call, in order:
    within `release_window_s`, the model has launched nothing for `scale_in_hold_s` (no
    launch/release flapping), nothing is deferred or uncovered for the model, and at least
    `min_instances` stay. Otherwise it is held, and the decision says why.
+6. With a serverless pool in the snapshot, each model gets the number of functions to keep
+   warm (`provisioner.policy.prewarm`), returned in the Plan beside the actions.
+
+The value types live in `snapshot` (what the planner reads) and `actions` (what it returns), the
+candidate tables in `planner_candidates`, the money in `billing`; they are re-exported here.
 
 Every action comes with a Decision whose reason carries the numbers (forecast, capacity, cost
 per million requests).
@@ -34,24 +40,25 @@ per million requests).
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from mark.core.config import PlannerConfig
-from mark.core.types import (
-    ActionKind,
-    Decision,
-    Forecast,
-    Instance,
-    InstanceState,
-    InstanceType,
-    Market,
-    Model,
-    Offering,
-)
+from mark.core.types import ActionKind, Decision, Instance, InstanceState, Offering
+from provisioner.policy.actions import Action, Drain, Launch, Plan, Terminate
+from provisioner.policy.billing import paid_until_s, price_now
 from provisioner.policy.capacity import DEFAULT_CACHE, CapacityCache
+from provisioner.policy.offerings import Offerings, cooling_pools
+from provisioner.policy.planner_candidates import (
+    LiveRows,
+    ModelInput,
+    OfferingRows,
+    fleet_candidates,
+    offering_table,
+    spot_pools,
+)
 from provisioner.policy.planner_greedy import (
     Candidates,
     Cover,
@@ -59,7 +66,10 @@ from provisioner.policy.planner_greedy import (
     cover_demand,
     demand_buckets,
 )
+from provisioner.policy.prewarm import warm_functions
+from provisioner.policy.snapshot import FleetSnapshot, ModelDemand, PlannerState
 
+# The planner's public surface: the snapshot it reads, the plan it returns, and `plan`.
 __all__ = [
     "ModelDemand",
     "PlannerState",
@@ -70,93 +80,7 @@ __all__ = [
     "Action",
     "Plan",
     "plan",
-    "paid_until_s",
 ]
-
-
-@dataclass(frozen=True, slots=True)
-class ModelDemand:
-    model: Model
-    forecast: Forecast
-
-
-@dataclass(frozen=True, slots=True)
-class PlannerState:
-    """What the planner remembers between ticks: when each model last launched (the scale-in
-    hold starts there) and which pools were interrupted when (avoided for pool_cooldown_s)."""
-
-    last_launch_s: Mapping[str, float] = field(default_factory=dict)
-    preempted_pools: Mapping[str, float] = field(default_factory=dict)
-
-
-@dataclass(frozen=True, slots=True)
-class FleetSnapshot:
-    """Everything `plan` sees. `interruptions` maps instance ids with a notice to the time the
-    cloud takes them back; `tick_s` is when the next plan runs (launches that can wait until
-    then are deferred)."""
-
-    now_s: float
-    models: Mapping[str, ModelDemand]
-    instances: tuple[Instance, ...]
-    offerings: tuple[Offering, ...]
-    instance_types: Mapping[str, InstanceType]
-    planner_state: PlannerState = field(default_factory=PlannerState)
-    interruptions: Mapping[str, float] = field(default_factory=dict)
-    tick_s: float = 60.0
-
-
-@dataclass(frozen=True, slots=True)
-class Launch:
-    model: str
-    offering: Offering
-    reason: str
-    expected_cost_usd: float
-    capacity_rps: float = 0.0
-
-
-@dataclass(frozen=True, slots=True)
-class Drain:
-    instance_id: str
-    model: str
-    reason: str
-
-
-@dataclass(frozen=True, slots=True)
-class Terminate:
-    instance_id: str
-    model: str
-    reason: str
-
-
-Action = Launch | Drain | Terminate
-
-
-@dataclass(frozen=True, slots=True)
-class Plan:
-    actions: tuple[Action, ...]
-    decisions: tuple[Decision, ...]
-    state: PlannerState
-    deferred: tuple[Launch, ...] = ()
-
-
-def paid_until_s(instance: Instance, itype: InstanceType, now_s: float) -> float:
-    """End of the time already bought: billing runs from running (launch while pending),
-    charged at least `billing_minimum_s`, in steps of `billing_granularity_s` (EC2 Linux: per
-    second, 60 s minimum, so after the first minute this is ~now)."""
-    start = instance.running_at_s if instance.running_at_s is not None else instance.launched_at_s
-    billed = max(now_s - start, itype.billing_minimum_s)
-    step = itype.billing_granularity_s
-    return start + math.ceil(billed / step - 1e-9) * step
-
-
-def price_now(instance: Instance, prices: Mapping[str, float]) -> float:
-    """What a live instance costs per hour now, given the offerings' current prices by key: a
-    spot instance pays its pool's current price (EC2 bills spot at the market price, not at
-    the price it was launched at), so it is compared with a new launch in the same pool at the
-    same price."""
-    if instance.offering.market == Market.SPOT:
-        return prices.get(instance.offering.key, instance.offering.price_per_hour)
-    return instance.offering.price_per_hour
 
 
 def _per_million(usd_per_request: float) -> str:
@@ -225,323 +149,6 @@ class _ModelPlan:
     capacity_rps: np.ndarray  # per candidate index
 
 
-@dataclass
-class _TypeOfferings:
-    """The offerings of one type that can be bought now, as arrays for the greedy, with their
-    ready and cost rows per demand grid (the same for every model: computed once per plan)."""
-
-    itype: InstanceType
-    offerings: tuple[Offering, ...]
-    price_per_hour: np.ndarray
-    pool: np.ndarray
-    backup: np.ndarray
-    rows: dict[tuple[float, int], tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
-
-    def grid_rows(self, demand: Demand) -> tuple[np.ndarray, np.ndarray]:
-        key = (float(demand.durations_s[0]), len(demand.durations_s))
-        found = self.rows.get(key)
-        if found is None:
-            ready_at = demand.now_s + self.itype.launch_overhead_s
-            ready = ready_at <= demand.starts_s + 1e-6
-            end = demand.starts_s + demand.durations_s - demand.now_s
-            hold_s = np.maximum(end, self.itype.billing_minimum_s)
-            count = len(self.offerings)
-            found = (
-                np.tile(ready, (count, 1)),
-                np.outer(self.price_per_hour / 3600.0, hold_s),
-            )
-            self.rows[key] = found
-        return found
-
-
-def _spot_pools(snapshot: FleetSnapshot) -> dict[str, int]:
-    """Spot pools (type x zone) of the offerings and the live instances, numbered in key
-    order: the greedy caps spot capacity per pool by these numbers."""
-    keys = {o.key for o in snapshot.offerings if o.market == Market.SPOT}
-    keys.update(i.offering.key for i in snapshot.instances if i.offering.market == Market.SPOT)
-    return {key: n for n, key in enumerate(sorted(keys))}
-
-
-def _offering_table(
-    snapshot: FleetSnapshot,
-    config: PlannerConfig,
-    cooling: Mapping[str, float],
-    pool_of: Mapping[str, int],
-) -> dict[str, _TypeOfferings]:
-    """Eligible offerings per type: available, pool not cooling down, spot allowed, type
-    allowed or a backup type."""
-    primary = set(config.allowed_types)
-    backup = set(config.backup_types) - primary
-    grouped: dict[str, list[tuple[str, Offering]]] = {}
-    for offering in snapshot.offerings:
-        name = offering.instance_type
-        key = offering.key
-        if not offering.available or key in cooling or name not in snapshot.instance_types:
-            continue
-        if offering.market == Market.SPOT and not config.spot:
-            continue
-        if primary and name not in primary and name not in backup:
-            continue
-        grouped.setdefault(name, []).append((key, offering))
-    table = {}
-    for name, rows in sorted(grouped.items()):
-        rows.sort(key=lambda row: row[0])
-        table[name] = _TypeOfferings(
-            itype=snapshot.instance_types[name],
-            offerings=tuple(o for _, o in rows),
-            price_per_hour=np.array([o.price_per_hour for _, o in rows]),
-            pool=np.array([pool_of.get(key, -1) for key, _ in rows], dtype=int),
-            backup=np.full(len(rows), name in backup),
-        )
-    return table
-
-
-_GridKey = tuple[float, int]
-_Shape = tuple[tuple[str, float], ...]  # (type, capacity at the SLO) a model can be served on
-
-
-def _grid_key(demand: Demand) -> _GridKey:
-    """Demands with equal first bucket length and bucket count share one grid in a plan (the
-    starts and the last, partial bucket follow from now and the horizon)."""
-    return (float(demand.durations_s[0]), len(demand.durations_s))
-
-
-def _empty_candidates(nb: int, pools: int) -> Candidates:
-    return Candidates(
-        capacity_rps=np.zeros(0),
-        ready=np.zeros((0, nb), dtype=bool),
-        ready_rps=np.zeros((0, nb)),
-        cost_usd=np.zeros((0, nb)),
-        price_per_hour=np.zeros(0),
-        existing=np.zeros(0, dtype=bool),
-        backup=np.zeros(0, dtype=bool),
-        pool=np.zeros(0, dtype=int),
-        pools=pools,
-    )
-
-
-@dataclass(frozen=True, slots=True)
-class _Rows:
-    offerings: tuple[Offering, ...]  # per candidate index (a live instance's own offering)
-    cands: Candidates
-
-
-@dataclass
-class _OfferingRows:
-    """Offering candidate rows per (demand grid, profiled types with their capacities at the
-    SLO). A fleet has few model shapes and one grid, so a 1,000-model plan builds a handful of
-    blocks and every model of a shape shares its block (read-only) instead of rebuilding it."""
-
-    table: Mapping[str, _TypeOfferings]
-    pools: int
-    built: dict[tuple[_GridKey, _Shape], _Rows] = field(default_factory=dict)
-    leads: dict[_Shape, float] = field(default_factory=dict)
-
-    def shape(self, caps: Mapping[str, float]) -> _Shape:
-        """The eligible types of `caps` (a model's capacity per profiled type) with a positive
-        capacity, in its order: what a model's offering rows depend on."""
-        return tuple((name, cap) for name, cap in caps.items() if cap > 0 and name in self.table)
-
-    def efficient_lead_s(self, shape: _Shape) -> float:
-        """Launch overhead of the type of `shape` with the lowest price per unit of capacity at
-        the SLO (its cheapest offering); 0 without one. Cached per shape, as the rows are."""
-        found = self.leads.get(shape)
-        if found is None:
-            best = (math.inf, 0.0)
-            for name, cap in shape:
-                block = self.table[name]
-                ratio = float(block.price_per_hour.min()) / cap
-                best = min(best, (ratio, block.itype.launch_overhead_s))
-            found = self.leads[shape] = best[1]
-        return found
-
-    def get(self, demand: Demand, shape: _Shape) -> _Rows:
-        """Rows of the eligible offerings of the types in `shape`, in its order."""
-        key = (_grid_key(demand), shape)
-        found = self.built.get(key)
-        if found is None:
-            found = self._build(demand, shape)
-            self.built[key] = found
-        return found
-
-    def _build(self, demand: Demand, shape: tuple[tuple[str, float], ...]) -> _Rows:
-        if not shape:
-            return _Rows((), _empty_candidates(len(demand.starts_s), self.pools))
-        blocks = [self.table[name] for name, _ in shape]
-        grids = [block.grid_rows(demand) for block in blocks]
-        capacity = np.array(
-            [cap for (_, cap), block in zip(shape, blocks, strict=True) for _o in block.offerings]
-        )
-        ready = np.concatenate([ready for ready, _ in grids])
-        cands = Candidates(
-            capacity_rps=capacity,
-            ready=ready,
-            ready_rps=ready * capacity[:, None],
-            cost_usd=np.concatenate([cost for _, cost in grids]),
-            price_per_hour=np.concatenate([b.price_per_hour for b in blocks]),
-            existing=np.zeros(len(capacity), dtype=bool),
-            backup=np.concatenate([b.backup for b in blocks]),
-            pool=np.concatenate([b.pool for b in blocks]),
-            pools=self.pools,
-        )
-        for array in (cands.capacity_rps, cands.ready, cands.ready_rps, cands.cost_usd):
-            array.setflags(write=False)
-        return _Rows(tuple(o for b in blocks for o in b.offerings), cands)
-
-
-@dataclass
-class _LiveRows:
-    """The live instances of all models, grouped by model, as arrays: their ready and cost
-    rows are computed for the whole fleet at once per demand grid, and each model takes its
-    slice. Running instances serve now, pending ones once their launch overhead has passed;
-    keeping one costs only the time past what is already paid."""
-
-    instances: dict[str, tuple[Instance, ...]]
-    span: dict[str, tuple[int, int]]
-    ready_at_s: np.ndarray
-    paid_until_s: np.ndarray
-    price_per_hour: np.ndarray
-    pool: np.ndarray
-    rows: dict[_GridKey, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
-
-    @classmethod
-    def of(
-        cls,
-        live_by_model: Mapping[str, list[Instance]],
-        snapshot: FleetSnapshot,
-        pool_of: Mapping[str, int],
-        prices: Mapping[str, float],
-    ) -> _LiveRows:
-        now = snapshot.now_s
-        instances: dict[str, tuple[Instance, ...]] = {}
-        span: dict[str, tuple[int, int]] = {}
-        ready_at: list[float] = []
-        paid: list[float] = []
-        for name, live in live_by_model.items():
-            instances[name] = tuple(live)
-            span[name] = (len(ready_at), len(ready_at) + len(live))
-            for inst in live:
-                itype = snapshot.instance_types.get(inst.offering.instance_type)
-                overhead = itype.launch_overhead_s if itype else 0.0
-                running = inst.state == InstanceState.RUNNING
-                ready_at.append(now if running else inst.launched_at_s + overhead)
-                paid.append(max(paid_until_s(inst, itype, now), now) if itype else now)
-        every = [inst for live in instances.values() for inst in live]
-        return cls(
-            instances=instances,
-            span=span,
-            ready_at_s=np.array(ready_at),
-            paid_until_s=np.array(paid),
-            price_per_hour=np.array([price_now(i, prices) for i in every]),
-            pool=np.array([pool_of.get(i.offering.key, -1) for i in every], dtype=int),
-        )
-
-    def grid_rows(self, demand: Demand) -> tuple[np.ndarray, np.ndarray]:
-        key = _grid_key(demand)
-        found = self.rows.get(key)
-        if found is None:
-            end = demand.starts_s + demand.durations_s
-            ready = self.ready_at_s[:, None] <= demand.starts_s[None, :] + 1e-6
-            hold_s = np.maximum(end[None, :] - self.paid_until_s[:, None], 0.0)
-            found = (ready, hold_s * (self.price_per_hour / 3600.0)[:, None])
-            self.rows[key] = found
-        return found
-
-    def live(self, model: str) -> tuple[Instance, ...]:
-        return self.instances.get(model, ())
-
-
-@dataclass(frozen=True, slots=True)
-class _ModelInput:
-    name: str
-    demand: Demand
-    caps: Mapping[str, float]  # capacity at the SLO per profiled type
-    offered: _Rows  # the offering rows of its shape
-
-
-def _gather(
-    live_part: np.ndarray, blocks: list[Candidates], field_name: str, index: np.ndarray
-) -> np.ndarray:
-    """Rows `index` of [live_part; that field of each block, in order]."""
-    return np.concatenate([live_part] + [getattr(block, field_name) for block in blocks])[index]
-
-
-def _fleet_candidates(inputs: list[_ModelInput], live: _LiveRows) -> list[_Rows]:
-    """Every model's candidates: its live instances (capacity of their type for it, 0 when it
-    has no profile there) ahead of its offering rows. Built for the whole fleet at once: per
-    demand grid, one gather from [all live rows; every offering block] lays the models' rows
-    end to end, and each model's Candidates are slices (views) of those arrays. Concatenating
-    per model instead cost ~20 us per model, a fifth of the 100 ms budget at 1,000 models."""
-    out: list[_Rows] = []
-    by_grid: dict[_GridKey, list[int]] = {}
-    for i, entry in enumerate(inputs):
-        by_grid.setdefault(_grid_key(entry.demand), []).append(i)
-        out.append(entry.offered)  # replaced below when the model has live instances
-    live_capacity = [0.0] * len(live.ready_at_s)
-    for entry in inputs:
-        lo, hi = live.span.get(entry.name, (0, 0))
-        for j, inst in enumerate(live.instances.get(entry.name, ()), start=lo):
-            live_capacity[j] = entry.caps.get(inst.offering.instance_type, 0.0)
-    for members in by_grid.values():
-        if not any(entry.name in live.span for entry in (inputs[i] for i in members)):
-            continue  # no live instance: each model's offering block is its candidates
-        live_ready, live_cost = live.grid_rows(inputs[members[0]].demand)
-        offset = len(live_capacity)  # sources: [all live rows; each offering block once]
-        sources: list[Candidates] = []
-        first_row: dict[int, int] = {}  # id(block) -> its first row in the sources
-        seg_start: list[int] = []
-        seg_len: list[int] = []
-        for i in members:
-            entry = inputs[i]
-            lo, hi = live.span.get(entry.name, (0, 0))
-            block = entry.offered.cands
-            if id(block) not in first_row:
-                first_row[id(block)] = offset
-                offset += len(block.capacity_rps)
-                sources.append(block)
-            seg_start += [lo, first_row[id(block)]]
-            seg_len += [hi - lo, len(block.capacity_rps)]
-        lengths = np.array(seg_len)
-        ends = np.cumsum(lengths)
-        index = np.repeat(np.array(seg_start) - (ends - lengths), lengths) + np.arange(ends[-1])
-        capacity = _gather(np.array(live_capacity), sources, "capacity_rps", index)
-        ready = _gather(live_ready, sources, "ready", index)
-        existing = np.arange(offset) < len(live_capacity)
-        fleet = Candidates(
-            capacity_rps=capacity,
-            ready=ready,
-            ready_rps=ready * capacity[:, None],
-            cost_usd=_gather(live_cost, sources, "cost_usd", index),
-            price_per_hour=_gather(live.price_per_hour, sources, "price_per_hour", index),
-            existing=existing[index],
-            backup=_gather(np.zeros(len(live_capacity), dtype=bool), sources, "backup", index),
-            pool=_gather(live.pool, sources, "pool", index),
-            pools=sources[0].pools,
-        )
-        row = 0
-        for i in members:
-            entry = inputs[i]
-            here = live.instances.get(entry.name, ())
-            n = len(here) + len(entry.offered.offerings)
-            rows = slice(row, row + n)
-            row += n
-            if not here:
-                continue
-            cands = Candidates(
-                capacity_rps=fleet.capacity_rps[rows],
-                ready=fleet.ready[rows],
-                ready_rps=fleet.ready_rps[rows],
-                cost_usd=fleet.cost_usd[rows],
-                price_per_hour=fleet.price_per_hour[rows],
-                existing=fleet.existing[rows],
-                backup=fleet.backup[rows],
-                pool=fleet.pool[rows],
-                pools=fleet.pools,
-            )
-            out[i] = _Rows(tuple(inst.offering for inst in here) + entry.offered.offerings, cands)
-    return out
-
-
 def plan(
     snapshot: FleetSnapshot, config: PlannerConfig, cache: CapacityCache | None = None
 ) -> Plan:
@@ -549,12 +156,12 @@ def plan(
     now = snapshot.now_s
     out = _Builder(now)
     state = snapshot.planner_state
-    cooling = {
-        key: at for key, at in state.preempted_pools.items() if now - at < config.pool_cooldown_s
-    }
+    cooling = cooling_pools(state.preempted_pools, now, config.pool_cooldown_s)
+    refused = cooling_pools(state.refused_pools, now, config.pool_cooldown_s)
     live_by_model: dict[str, list[Instance]] = {}
     spend_per_hour = 0.0
-    prices = {o.key: o.price_per_hour for o in snapshot.offerings}
+    offerings = Offerings.of(snapshot.offerings)
+    prices = offerings.prices()
     for inst in sorted(snapshot.instances, key=lambda i: i.id):
         if not inst.live:
             continue
@@ -581,12 +188,14 @@ def plan(
             continue
         live_by_model.setdefault(model, []).append(inst)
 
-    pool_of = _spot_pools(snapshot)
-    table = _offering_table(snapshot, config, cooling, pool_of)
-    offered = _OfferingRows(table, len(pool_of))
-    live_rows = _LiveRows.of(live_by_model, snapshot, pool_of, prices)
+    offerings = offerings.avoiding(cooling.keys() | refused.keys())
+    pool_of = spot_pools(offerings, snapshot.instances)
+    table = offering_table(offerings, snapshot.instance_types, config, pool_of)
+    offered = OfferingRows(table, len(pool_of))
+    live_rows = LiveRows.of(live_by_model, now, snapshot.instance_types, pool_of, prices)
     capacities = DEFAULT_CACHE if cache is None else cache
-    inputs: list[_ModelInput] = []
+    inputs: list[ModelInput] = []
+    warm: dict[str, int] = {}
     for name in sorted(snapshot.models):
         wanted = snapshot.models[name]
         slo, max_batch = wanted.model.slo, wanted.model.max_batch
@@ -597,9 +206,11 @@ def plan(
         shape = offered.shape(caps)
         lead = offered.efficient_lead_s(shape) if config.tail_after_lead else 0.0
         demand = demand_buckets(wanted.forecast, now, config.horizon_s, now + lead)
-        inputs.append(_ModelInput(name, demand, caps, offered.get(demand, shape)))
+        inputs.append(ModelInput(name, demand, caps, offered.get(demand, shape)))
+        if snapshot.serverless_latency_ms is not None:
+            warm[name] = _warm(wanted, caps, live_by_model.get(name, ()), snapshot)
     plans: list[_ModelPlan] = []
-    for item, rows in zip(inputs, _fleet_candidates(inputs, live_rows), strict=True):
+    for item, rows in zip(inputs, fleet_candidates(inputs, live_rows), strict=True):
         name, demand, cands = item.name, item.demand, rows.cands
         live = live_rows.live(name)
         cover = cover_demand(
@@ -622,9 +233,29 @@ def plan(
     return Plan(
         actions=tuple(out.actions),
         decisions=tuple(out.decisions),
-        state=PlannerState(last_launch_s=last_launch, preempted_pools=cooling),
+        state=PlannerState(
+            last_launch_s=last_launch, preempted_pools=cooling, refused_pools=refused
+        ),
         deferred=tuple(out.deferred),
+        warm_functions=warm,
     )
+
+
+def _warm(
+    wanted: ModelDemand,
+    caps: Mapping[str, float],
+    live: Sequence[Instance],
+    snapshot: FleetSnapshot,
+) -> int:
+    """Serverless functions to keep warm for a model: what its running instances (those with
+    an interruption notice and draining ones are not in `live`) leave of the forecast's next
+    bucket, at the pool's latency."""
+    upper = wanted.forecast.upper_rps
+    serving = sum(
+        caps.get(i.offering.instance_type, 0.0) for i in live if i.state == InstanceState.RUNNING
+    )
+    latency_ms = snapshot.serverless_latency_ms or 0.0
+    return warm_functions(upper[0] if upper else 0.0, serving, latency_ms)
 
 
 def _report_unreachable(mp: _ModelPlan, bought: _Bought, out: _Builder) -> None:

@@ -1,10 +1,10 @@
 """`mark plan`: what the planner would do now, and why (a what-if for operators).
 
 Builds a fleet snapshot from the catalog (models, instance types, offerings in the configured
-zones at the catalog's spot prices), the forecast given on the command line and the running
-instances described by `--running`, calls the same `provisioner.policy.planner.plan` the control
-loop
-calls, and prints its actions, deferred launches and decisions as tables.
+zones at the catalog's spot prices), the forecast given on the command line (in buckets of
+`forecast.bucket_s`, the bucket rule of `provisioner.policy.snapshot`) and the running instances
+described by `--running`, with the same `build_snapshot` and `provisioner.policy.planner.plan`
+the control loop calls, and prints its actions, deferred launches and decisions as tables.
 
     mark plan --model inception-v3 --forecast 20,20,40,40,40
     mark plan --models-from-catalog --forecast 5 --running c5.large:2 --budget 1.5
@@ -139,7 +139,9 @@ def run(args: argparse.Namespace) -> int:
 
     from mark.core.catalog import load_catalog
     from mark.core.config import load_config
-    from provisioner.policy.planner import FleetSnapshot, ModelDemand, plan
+    from provisioner.policy.offerings import Offerings
+    from provisioner.policy.planner import plan
+    from provisioner.policy.snapshot import build_snapshot
 
     overrides: dict[str, Any] = {}
     if args.budget is not None:
@@ -157,16 +159,17 @@ def run(args: argparse.Namespace) -> int:
     }
     offerings = catalog.offerings(config.cloud.zones, spot=config.planner.spot)
     instances = _running_instances(parse_running(args.running, names), offerings, now_s)
-    snapshot = FleetSnapshot(
-        now_s=now_s,
-        models={n: ModelDemand(model=models[n], forecast=forecasts[n]) for n in names},
-        instances=tuple(instances),
-        offerings=tuple(offerings),
+    snapshot = build_snapshot(
+        now_s,
+        [models[n] for n in names],
+        forecasts,
+        instances=instances,
+        offerings=offerings,
         instance_types=catalog.instance_types,
         tick_s=config.control.tick_s,
     )
     result = plan(snapshot, config.planner)
-    prices = {o.key: o.price_per_hour for o in offerings}
+    prices = Offerings.of(offerings).prices()
     console = Console()
     if not console.is_terminal:
         console = Console(width=160)  # piped: wide enough that reasons stay readable
@@ -183,12 +186,13 @@ def _print(
 ) -> None:
     from rich.table import Table
 
-    from provisioner.policy.planner import Drain, Launch
+    from provisioner.policy.actions import Drain, Launch
+    from provisioner.policy.billing import price_now
 
-    spend = sum(i.offering.price_per_hour for i in instances)
+    spend = sum(price_now(i, prices) for i in instances)
     added = sum(a.offering.price_per_hour for a in result.actions if isinstance(a, Launch))
     released = {a.instance_id for a in result.actions if isinstance(a, Drain)}
-    freed = sum(i.offering.price_per_hour for i in instances if i.id in released)
+    freed = sum(price_now(i, prices) for i in instances if i.id in released)
     table = Table(title="Planned actions", show_lines=True)
     for column in ("action", "model", "what", "$/h", "cost over horizon"):
         table.add_column(column, overflow="fold", max_width=32)

@@ -1,15 +1,18 @@
 """The control loop: observe, forecast, plan, apply, record (DESIGN.md "The flow of data", 4-5).
 
 The loop is the edge around the pure planner. Each `tick` reads the observed request counts per
-model, feeds one forecaster per model, builds a `FleetSnapshot`, calls
-`provisioner.policy.planner.plan`
-and applies its actions through the `CloudProvider`, persisting every decision, every instance
-transition and the cost ledger. `sync` (run more often) makes the database agree with the cloud
+model, feeds one forecaster per model the whole buckets that ended (the bucket rule of
+`provisioner.policy.snapshot`), builds the snapshot with `build_snapshot`, calls
+`provisioner.policy.planner.plan`, carries out its actions as `provisioner.policy.actions`
+interprets them through the `CloudProvider`, and keeps the serverless pool as warm as the plan
+says; it persists every decision, every instance transition and the cost ledger
+(`provisioner.policy.billing`). `sync` (run more often) makes the database agree with the cloud
 (`provisioner.policy.reconcile`). Failure rules:
 - a planning error never stops serving: it is logged as an ERROR decision and the tick ends;
 - an apply error is retried (`control.apply_retries`) and logged; a launch the cloud refuses for
-  capacity marks that pool unavailable and re-plans at once, so the planner falls back to the
-  next pool, a backup type or on-demand;
+  capacity is recorded in the planner state (the pool cools down for `pool_cooldown_s`) and the
+  loop re-plans at once, so the planner falls back to the next pool, a backup type or on-demand;
+- a failed warm-up ping is logged and never fails the tick;
 - a launched instance is saved as soon as the provider returns it; if the process dies before
   that, reconciliation finds it by its ownership tag.
 """
@@ -18,12 +21,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import math
 import time
 import zlib
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import TypeVar
+from typing import Protocol, TypeVar
 
 import numpy as np
 
@@ -43,21 +45,21 @@ from mark.core.types import (
 from predictors.base import Forecaster
 from predictors.registry import create_forecaster
 from provisioner.adapters.cloud import CloudProvider, InterruptionNotice
+from provisioner.policy import billing
+from provisioner.policy.actions import Launch, OperationKind, Plan, fleet_operations
 from provisioner.policy.capacity import CapacityCache
-from provisioner.policy.planner import (
-    Drain,
-    FleetSnapshot,
-    Launch,
-    ModelDemand,
-    Plan,
-    PlannerState,
-    Terminate,
-    plan,
-)
+from provisioner.policy.offerings import Offerings
+from provisioner.policy.planner import plan
 from provisioner.policy.reconcile import ReconcileKind, reconcile
+from provisioner.policy.snapshot import (
+    PlannerState,
+    build_snapshot,
+    forecast_buckets,
+    whole_buckets,
+)
 from traces import Trace, read_trace
 
-__all__ = ["ControlLoop", "Schedule"]
+__all__ = ["ControlLoop", "Schedule", "FunctionWarmer"]
 
 T = TypeVar("T")
 
@@ -71,6 +73,12 @@ async def _done(call: Awaitable[None]) -> bool:
     """True once `call` finished: lets a None-returning call go through `_with_retries`."""
     await call
     return True
+
+
+class FunctionWarmer(Protocol):
+    """A serverless pool that can warm functions before a surge (the local function pool)."""
+
+    async def warm(self, model: str, artifact: str, count: int) -> int: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,10 +118,11 @@ class ControlLoop:
     """Cumulative requests observed per model (the front ends' counters)."""
     schedule: Schedule | None = None
     clock: Callable[[], float] = time.time
+    serverless: FunctionWarmer | None = None
+    """Warmed each tick with the plan's `warm_functions`; None: no pool to warm."""
     state: PlannerState = field(default_factory=PlannerState)
     forecasters: dict[str, Forecaster] = field(default_factory=dict)
     interruptions: dict[str, float] = field(default_factory=dict)
-    refused_pools: dict[str, float] = field(default_factory=dict)
     cache: CapacityCache = field(default_factory=CapacityCache)
     last_plan: Plan | None = None
     _last_counts: dict[str, float] = field(default_factory=dict)
@@ -121,29 +130,39 @@ class ControlLoop:
     _last_tick_s: float | None = None
     _lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     _types: dict[str, InstanceType] = field(default_factory=dict)
+    _prices: dict[str, float] = field(default_factory=dict)  # by pool, as of the last tick
+    _artifacts: dict[str, str] = field(default_factory=dict)  # by model, as of the last tick
 
     @property
     def bucket_s(self) -> float:
-        return self.config.control.tick_s
+        """The forecasters' bucket (`forecast.bucket_s`; see `provisioner.policy.snapshot`)."""
+        return self.config.forecast.bucket_s
 
     # -- observing and forecasting --------------------------------------------------------
 
     def _observe(self, models: list[Model], now_s: float) -> None:
+        """Feed each forecaster the whole buckets that ended since the last observation,
+        stamped with their starts. The counters are read only at ticks, so when several buckets
+        ended (a late tick) their requests are shared evenly between them."""
         totals = self.counts()
         for model in models:
             total = float(totals.get(model.name, 0.0))
-            previous = self._last_counts.get(model.name)
-            self._last_counts[model.name] = total
             forecaster = self.forecasters.get(model.name)
             if forecaster is None:
                 forecaster = self._new_forecaster(model.name)
                 self.forecasters[model.name] = forecaster
-            if previous is None:
-                continue  # first sight: no interval to count over yet
-            # Forecasters need evenly spaced buckets: a late tick still counts as the next one.
-            stamp = self._stamps.get(model.name, now_s)
-            forecaster.observe(stamp, max(total - previous, 0.0))
-            self._stamps[model.name] = stamp + forecaster.bucket_s
+            stamp = self._stamps.get(model.name)
+            if stamp is None:  # first sight: the first bucket starts now
+                self._stamps[model.name], self._last_counts[model.name] = now_s, total
+                continue
+            ended = whole_buckets(stamp, now_s, forecaster.bucket_s)
+            if ended == 0:
+                continue  # a re-plan within the bucket: it is not over yet
+            share = max(total - self._last_counts[model.name], 0.0) / ended
+            for k in range(ended):
+                forecaster.observe(stamp + k * forecaster.bucket_s, share)
+            self._stamps[model.name] = stamp + ended * forecaster.bucket_s
+            self._last_counts[model.name] = total
         for gone in set(self.forecasters) - {m.name for m in models}:
             del self.forecasters[gone]
             self._last_counts.pop(gone, None)
@@ -160,7 +179,7 @@ class ControlLoop:
             return create_forecaster(name, bucket_s=bucket_s)
 
     def _forecast(self, model: Model, now_s: float) -> Forecast:
-        buckets = max(1, math.ceil(self.config.planner.horizon_s / self.bucket_s))
+        buckets = forecast_buckets(self.config.planner.horizon_s, self.bucket_s)
         forecaster = self.forecasters[model.name]
         quantile = self.config.forecast.quantile
         if forecaster.observed_buckets > 0:
@@ -169,7 +188,7 @@ class ControlLoop:
         else:
             mean, upper, start = np.zeros(buckets), np.zeros(buckets), now_s
         if self.schedule is not None:
-            known = self.schedule.rates(model.name, now_s, self.bucket_s, buckets)
+            known = self.schedule.rates(model.name, start, self.bucket_s, buckets)
             mean, upper = np.maximum(mean, known), np.maximum(upper, known)
         return Forecast(
             start_s=start,
@@ -182,8 +201,13 @@ class ControlLoop:
     # -- the tick -------------------------------------------------------------------------
 
     async def tick(self) -> Plan | None:
+        """Plan and apply under the lock; then warm the serverless pool outside it, so that
+        pings to cold sandboxes never hold up a sync or an interruption's re-plan."""
         async with self._lock:
-            return await self._tick()
+            result = await self._tick()
+        if result is not None:
+            await self._warm(result)
+        return result
 
     async def _tick(self) -> Plan | None:
         now = self.clock()
@@ -196,24 +220,24 @@ class ControlLoop:
         except MarkError as exc:
             await self._record_error(now, f"could not read offerings: {exc}")
             return None
-        demands = {m.name: ModelDemand(m, self._forecast(m, now)) for m in models}
-        metrics.record_forecasts({n: d.forecast.peak_upper_rps for n, d in demands.items()})
+        self._prices = Offerings.of(offerings).prices()
+        forecasts = {m.name: self._forecast(m, now) for m in models}
+        metrics.record_forecasts({n: f.peak_upper_rps for n, f in forecasts.items()})
         result: Plan | None = None
         for _ in range(_MAX_REPLANS):
-            self.refused_pools = {k: t for k, t in self.refused_pools.items() if t > now}
-            offers = tuple(
-                o.model_copy(update={"available": False}) if o.key in self.refused_pools else o
-                for o in offerings
-            )
-            snapshot = FleetSnapshot(
-                now_s=now,
-                models=demands,
-                instances=tuple(await self.db.list_instances()),
-                offerings=offers,
+            snapshot = build_snapshot(
+                now,
+                models,
+                forecasts,
+                instances=await self.db.list_instances(),
+                offerings=offerings,
                 instance_types=self._types,
-                planner_state=self.state,
-                interruptions=dict(self.interruptions),
-                tick_s=self.bucket_s,
+                tick_s=self.config.control.tick_s,
+                state=self.state,
+                interruptions=self.interruptions,
+                serverless_latency_ms=(
+                    None if self.serverless is None else self.config.spill.serverless_warm_ms
+                ),
             )
             try:
                 result = plan(snapshot, self.config.planner, self.cache)
@@ -228,6 +252,7 @@ class ControlLoop:
                 break  # nothing refused: done; else re-plan with the refused pool unavailable
         self._last_tick_s = now
         self.last_plan = result
+        self._artifacts = {m.name: m.backend.artifact for m in models}
         if result is not None and (result.actions or result.deferred):
             logger.info(
                 "tick: %d actions, %d launches deferred", len(result.actions), len(result.deferred)
@@ -235,34 +260,37 @@ class ControlLoop:
         return result
 
     async def _apply(self, result: Plan, now_s: float) -> bool:
-        """Carry out the actions; True when a launch was refused for capacity (re-plan)."""
+        """Carry out the plan's fleet operations (`provisioner.policy.actions`); True when a
+        launch was refused for capacity (the caller re-plans)."""
         refused = False
         live = {i.id: i for i in await self.db.list_instances()}
-        for action in result.actions:
-            if isinstance(action, Launch):
+        for op in fleet_operations(result.actions, live):
+            if isinstance(op.action, Launch):
                 if refused:
                     continue  # the re-plan decides the rest with the refused pool excluded
-                refused = not await self._launch(action, now_s)
-            elif isinstance(action, Drain):
-                inst = live.get(action.instance_id)
-                if inst is not None and inst.state in (
-                    InstanceState.RUNNING,
-                    InstanceState.PENDING,
-                ):
-                    target = (
-                        InstanceState.DRAINING
-                        if inst.state == InstanceState.RUNNING
-                        else InstanceState.TERMINATED
-                    )
-                    if target == InstanceState.TERMINATED:
-                        await self._terminate(inst, now_s)
-                    else:
-                        await self.db.save_instance(inst.transition(target, now_s))
-            elif isinstance(action, Terminate):
-                inst = live.get(action.instance_id)
-                if inst is not None:
-                    await self._terminate(inst, now_s)
+                refused = not await self._launch(op.action, now_s)
+            elif op.instance is None:
+                continue
+            elif op.kind == OperationKind.DRAIN:
+                await self.db.save_instance(op.instance.transition(InstanceState.DRAINING, now_s))
+            else:
+                await self._terminate(op.instance, now_s)
         return refused
+
+    async def _warm(self, result: Plan) -> None:
+        """Keep the serverless pool as warm as the plan says, model by model (MArk's concurrent
+        pings before a surge). A failed ping is logged: warming is an optimisation, serving
+        and the next tick must not depend on it."""
+        if self.serverless is None:
+            return
+        for name, count in sorted(result.warm_functions.items()):
+            artifact = self._artifacts.get(name)
+            if count <= 0 or artifact is None:
+                continue
+            try:
+                await self.serverless.warm(name, artifact, count)
+            except Exception:
+                logger.exception("warming %d functions for %s failed", count, name)
 
     async def _with_retries(self, what: str, call: Callable[[], Awaitable[T]]) -> T | None:
         """`call` retried with exponential backoff on CloudError (control.apply_retries); None
@@ -291,7 +319,7 @@ class ControlLoop:
                 lambda: self.cloud.launch(action.offering, [action.model]),
             )
         except InsufficientCapacity as exc:
-            self.refused_pools[key] = now_s + self.config.planner.pool_cooldown_s
+            self.state = self.state.with_refusal(key, now_s)
             await self.db.add_decisions(
                 [
                     Decision(
@@ -364,7 +392,7 @@ class ControlLoop:
             live = await self.db.list_instances()
             for inst in live:
                 await self._charge(inst, now)
-            metrics.record_fleet(live)
+            metrics.record_fleet(live, self._prices)
         return lost
 
     async def sync_and_replan(self) -> None:
@@ -376,14 +404,13 @@ class ControlLoop:
         if itype is None:
             return
         end = inst.terminated_at_s if inst.terminated_at_s is not None else now_s
-        seconds = max(end - inst.launched_at_s, 0.0)
         await self.db.set_instance_charge(
             instance_id=inst.id,
             model=inst.models[0] if inst.models else "",
             instance_type=itype.name,
             market=inst.offering.market.value,
-            seconds=seconds,
-            usd=itype.charge_usd(seconds, inst.offering.price_per_hour),
+            seconds=max(end - billing.billed_from_s(inst), 0.0),
+            usd=billing.charge_usd(inst, itype, end),
             at_s=now_s,
         )
 

@@ -9,6 +9,7 @@ from collections.abc import Iterable, Mapping
 from prometheus_client import Counter, Gauge
 
 from mark.core.types import Decision, Instance
+from provisioner.policy.billing import price_now
 
 __all__ = ["record_fleet", "record_forecasts", "record_decisions"]
 
@@ -38,7 +39,9 @@ ACTIONS = Counter(
 _seen: set[tuple[str, str, str, str]] = set()
 
 
-def record_fleet(instances: Iterable[Instance]) -> None:
+def record_fleet(instances: Iterable[Instance], prices: Mapping[str, float]) -> None:
+    """The fleet by label and what it costs per hour now (`billing.price_now`: spot at its
+    pool's current price in `prices`, by offering key)."""
     counts: dict[tuple[str, str, str, str], int] = {}
     spend = 0.0
     for inst in instances:
@@ -51,7 +54,7 @@ def record_fleet(instances: Iterable[Instance]) -> None:
             inst.state.value,
         )
         counts[key] = counts.get(key, 0) + 1
-        spend += inst.offering.price_per_hour
+        spend += price_now(inst, prices)
     for key in _seen - counts.keys():
         INSTANCES.labels(*key).set(0)
     for key, n in counts.items():

@@ -130,12 +130,14 @@ async def _main(config: Config) -> None:
         stack.push_async_callback(cloud.close)
         await db.sync_instance_types(await cloud.instance_types())
         await publish_offerings(db, cloud)
-        await _start_serverless(config, stack)
+        pool = await _start_serverless(config, stack)
 
         schedule = (
             Schedule.load(config.forecast.schedule_file) if config.forecast.schedule_file else None
         )
-        control = ControlLoop(db, cloud, config, observed_counts, schedule=schedule)
+        control = ControlLoop(
+            db, cloud, config, observed_counts, schedule=schedule, serverless=pool
+        )
         if config.cloud.provider == "local":
             stack.push_async_callback(control.release_all)
         await control.sync()
@@ -171,11 +173,12 @@ async def _main(config: Config) -> None:
         await asyncio.gather(watcher, return_exceptions=True)
 
 
-async def _start_serverless(config: Config, stack: AsyncExitStack) -> None:
+async def _start_serverless(config: Config, stack: AsyncExitStack) -> Any:
     """The local function pool and its Lambda Invoke API, which the HTTP workers call at
-    127.0.0.1:serverless.local_port (resolved by `mark serve` before the processes start)."""
+    127.0.0.1:serverless.local_port (resolved by `mark serve` before the processes start);
+    the pool is returned for the control loop to warm."""
     if config.serverless.provider != "local":
-        return
+        return None
     from provisioner.adapters.serverless import InvokeServer, LocalFunctionPool
 
     pool = LocalFunctionPool(config.serverless)
@@ -186,6 +189,7 @@ async def _start_serverless(config: Config, stack: AsyncExitStack) -> None:
     url = await server.start()
     stack.push_async_callback(server.close)
     logger.info("local serverless pool at %s", url)
+    return pool
 
 
 async def publish_offerings(db: Database, cloud: Any) -> None:

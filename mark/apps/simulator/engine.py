@@ -1,10 +1,11 @@
 """The simulation engine: one policy against one workload, in virtual time.
 
 Every `window_s` (10 s, the finest metric any policy reads) the engine
-1. asks the policy for a decision when its interval comes round, and applies the actions the way
-   the control loop does (a launch is PENDING for the type's `launch_overhead_s`, then RUNNING;
-   a drained instance takes no new requests, finishes its queue, and is terminated by the
-   policy or, for policies without a drain step, once its queue is empty);
+1. asks the policy for a decision when its interval comes round, and carries out its actions as
+   the control loop does, by the one interpretation of `provisioner.policy.actions` (a launch is
+   PENDING for the type's `launch_overhead_s`, then RUNNING; a drained instance takes no new
+   requests, finishes its queue, and is terminated by the policy or, for policies without a
+   drain step, once its queue is empty; a terminated one loses what still waits on it);
 2. cuts the window at fleet events (an instance ready, an interruption notice, a reclaim) and,
    in each piece, routes the arrivals over the RUNNING instances by smooth weighted round-robin
    (`provisioner.policy.routing`, weights: capacity at the SLO, as `frontend.fleet` sets them),
@@ -16,11 +17,12 @@ Every `window_s` (10 s, the finest metric any policy reads) the engine
    pool;
 3. records metrics (arrivals, requests in system) and the time series the plots draw.
 
-Billing: an instance is charged from its launch (EC2 bills boot time) to its termination by
-`InstanceType.charge_usd` (per second, 60 s minimum), at the policy's price (SageMaker's ml.*
-price for the SageMaker baseline) or, for spot, the catalog spot history integrated over its
-life. A reclaimed spot instance fails the requests it had not finished (SkyServe leaves retries
-to clients; Mark drains on the notice, so it has none in flight).
+Billing (`provisioner.policy.billing`): an instance is charged from its launch (EC2 bills boot
+time) to its termination with the type's rounding (per second, 60 s minimum), at the policy's
+price (SageMaker's ml.* price for the SageMaker baseline) or, for spot, the catalog spot history
+integrated over its life. Instances of the warm start are billed from the start of the run. A
+reclaimed spot instance fails the requests it had not finished (SkyServe leaves retries to
+clients; Mark drains on the notice, so it has none in flight).
 """
 
 from __future__ import annotations
@@ -35,13 +37,15 @@ import numpy as np
 from mark.apps.simulator.instance_queue import InstanceQueue, ServedBatch
 from mark.apps.simulator.policies.base import Metrics, Policy, PolicyContext
 from mark.apps.simulator.serverless_pool import ServerlessPool
-from mark.apps.simulator.workload import Arrivals, spot_charge_usd
+from mark.apps.simulator.workload import Arrivals
 from mark.core.catalog import Catalog
 from mark.core.config import BatchingConfig, SpillConfig
 from mark.core.types import Instance, InstanceState, Market, Model, Offering, Profile
+from provisioner.policy import billing
+from provisioner.policy.actions import Action, Launch, OperationKind, fleet_operations
 from provisioner.policy.batching import BatchPlan, slo_batch
 from provisioner.policy.capacity import CapacityCache, slo_capacity
-from provisioner.policy.planner import Drain, Launch, Terminate
+from provisioner.policy.offerings import Offerings
 from provisioner.policy.routing import SmoothWeightedRoundRobin
 from provisioner.policy.spill import QueueView, ServerlessProfile, spill_reason
 
@@ -178,9 +182,14 @@ class _Engine:
         self.fleet[inst.id] = sim
 
     def terminate(self, sim: _SimInstance, at_s: float) -> None:
+        """Terminate now, as the cloud does: what still waits on the instance fails (a drained
+        one has none left, nor does one at the end of the run, which is flushed first)."""
         inst = sim.instance
         if inst.state == InstanceState.TERMINATED:
             return
+        if sim.queue.backlog:
+            self.fail(sim.queue.backlog)
+            sim.queue.waiting = []
         sim.instance = inst.transition(InstanceState.TERMINATED, at_s)
         sim.end_s = at_s
         self.fleet.pop(inst.id, None)
@@ -188,9 +197,6 @@ class _Engine:
         self.done.append(sim)
 
     def drain(self, sim: _SimInstance, now_s: float) -> None:
-        if sim.instance.state == InstanceState.PENDING:
-            self.terminate(sim, now_s)
-            return
         if sim.instance.state != InstanceState.RUNNING:
             return
         sim.instance = sim.instance.transition(InstanceState.DRAINING, now_s)
@@ -198,20 +204,19 @@ class _Engine:
         if not self.policy.terminates_drained:
             sim.end_s = max(now_s, sim.queue.busy_until_s())
 
-    def apply(self, actions: tuple[Any, ...], now_s: float, *, initial: bool) -> None:
-        for action in actions:
-            if isinstance(action, Launch):
-                self.launch(action.offering, now_s, ready_now=initial)
-                continue
-            sim = self.fleet.get(action.instance_id)
-            if sim is None:
-                continue
-            if isinstance(action, Drain):
-                self.drain(sim, now_s)
-            elif isinstance(action, Terminate):
-                if sim.instance.state == InstanceState.RUNNING:
+    def apply(self, actions: tuple[Action, ...], now_s: float, *, initial: bool) -> None:
+        """Carry out `actions` by `fleet_operations`, the control loop's interpretation; the
+        launches of the warm start (`initial`) are ready at once."""
+        fleet = {sim_id: sim.instance for sim_id, sim in self.fleet.items()}
+        for op in fleet_operations(actions, fleet):
+            if isinstance(op.action, Launch):
+                self.launch(op.action.offering, now_s, ready_now=initial)
+            elif op.instance is not None:
+                sim = self.fleet[op.instance.id]
+                if op.kind == OperationKind.DRAIN:
                     self.drain(sim, now_s)
-                self.terminate(sim, max(now_s, sim.queue.busy_until_s()))
+                else:
+                    self.terminate(sim, now_s)
 
     # -- data plane ----------------------------------------------------------------------------
 
@@ -392,19 +397,22 @@ class _Engine:
     def charge(self, sim: _SimInstance, end_s: float) -> float:
         offering = sim.instance.offering
         start = sim.billed_from_s
-        if offering.market == Market.SPOT:
-            return spot_charge_usd(
-                self.catalog, offering.instance_type, offering.zone, start, end_s
-            )
         itype = self.catalog.instance_type(offering.instance_type)
+        if offering.market == Market.SPOT:
+            type_name, zone = offering.instance_type, offering.zone
+            return billing.spot_charge_usd(
+                itype, start, end_s, lambda t: self.catalog.spot_price(type_name, zone, t)
+            )
         return itype.charge_usd(end_s - start, sim.price_per_hour)
 
     def price_now(self, sim: _SimInstance, now_s: float) -> float:
+        """The hourly price the instance pays now (`billing.price_now`: spot at its pool's
+        price in the catalog history); on-demand at the policy's price."""
         offering = sim.instance.offering
-        if offering.market == Market.SPOT:
-            price = self.catalog.spot_price(offering.instance_type, offering.zone, now_s)
-            return price if price is not None else offering.price_per_hour
-        return sim.price_per_hour
+        if offering.market != Market.SPOT:
+            return sim.price_per_hour
+        price = self.catalog.spot_price(offering.instance_type, offering.zone, now_s)
+        return billing.price_now(sim.instance, {} if price is None else {offering.key: price})
 
 
 def run_policy(
@@ -466,7 +474,9 @@ def run_policy(
     }
 
     def context(now_s: float, filled: int) -> PolicyContext:
-        offerings = tuple(catalog.offerings(settings.zones, at_s=now_s, spot=True, types=types))
+        offerings = Offerings.of(
+            catalog.offerings(settings.zones, at_s=now_s, spot=True, types=types)
+        )
         return PolicyContext(
             now_s=now_s,
             model=model,

@@ -28,8 +28,9 @@ from mark.apps.simulator.workload import Arrivals
 from mark.core.catalog import Catalog
 from mark.core.config import ForecastConfig, PlannerConfig
 from mark.core.errors import InvalidValue
-from mark.core.types import Model
+from mark.core.types import Market, Model
 from provisioner.policy.capacity import CapacityCache
+from provisioner.policy.offerings import Offerings
 from traces import Trace
 
 __all__ = ["POLICY_NAMES", "MarketChoice", "Scenario", "build_policies", "simulate"]
@@ -98,19 +99,15 @@ def build_policies(scenario: Scenario, names: Sequence[str]) -> list[Policy]:
             use_spot = market != "ondemand"
             prices = on_demand
             if use_spot:
-                prices = {
-                    t: min(
-                        (
-                            o.price_per_hour
-                            for o in catalog.offerings(
-                                scenario.settings.zones, scenario.trace.grid_s[0], True, (t,)
-                            )
-                            if o.market.value == "spot"
-                        ),
-                        default=on_demand[t],
+                market_now = Offerings.of(
+                    catalog.offerings(
+                        scenario.settings.zones, scenario.trace.grid_s[0], True, types
                     )
-                    for t in types
-                }
+                )
+                prices = {}
+                for t in types:
+                    spot = market_now.cheapest_price_per_hour(t, Market.SPOT)
+                    prices[t] = on_demand[t] if spot is None else spot
             chosen, _ = cheapest_type(model, prices, cache, batching=False)
             qps = unbatched_capacity_rps(model, chosen, cache)
             policies.append(SkyServePolicy(chosen, qps, use_spot))

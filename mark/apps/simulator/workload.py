@@ -1,5 +1,6 @@
 """The simulated workload: a trace's buckets replayed as a Poisson process (seeded), and the
-market the instances are bought in (catalog prices and spot history, seeded interruptions).
+market the instances are bought in (catalog prices and spot history, seeded interruptions; what
+they cost is `provisioner.policy.billing`'s).
 
 Arrivals: within each bucket, the bucket's request count (its fractional part drawn as a
 Bernoulli) placed uniformly at random: a Poisson process conditioned on the trace's count, so
@@ -17,10 +18,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from mark.core.catalog import Catalog
 from traces import Trace
 
-__all__ = ["Arrivals", "spot_charge_usd"]
+__all__ = ["Arrivals"]
 
 
 @dataclass
@@ -57,28 +57,3 @@ class Arrivals:
         n = whole + int(self._rng.random() < count - whole)
         start = float(self._grid[index])
         return np.sort(start + self.trace.bucket_s * self._rng.random(n))
-
-
-def spot_charge_usd(
-    catalog: Catalog, type_name: str, zone: str, start_s: float, end_s: float
-) -> float:
-    """What a spot instance costs from start to end: the spot price in force, integrated over
-    the price history's steps, with the type's billing minimum and granularity applied to the
-    total (EC2 Linux: per second, 60 s minimum)."""
-    itype = catalog.instance_type(type_name)
-    seconds = max(end_s - start_s, 0.0)
-    if seconds <= 0:
-        return 0.0
-    step_s = 3600.0
-    edges = [start_s]
-    t = (math.floor(start_s / step_s) + 1) * step_s
-    while t < end_s:
-        edges.append(t)
-        t += step_s
-    edges.append(end_s)
-    dollars = 0.0
-    for a, b in zip(edges, edges[1:], strict=False):
-        price = catalog.spot_price(type_name, zone, a)
-        dollars += (b - a) * (price if price is not None else itype.on_demand_price_per_hour)
-    mean_price = dollars / seconds
-    return itype.charge_usd(seconds, mean_price)

@@ -10,15 +10,16 @@ control loop applies the planner.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import numpy as np
 
-from mark.core.types import Instance, InstanceState, InstanceType, Market, Model, Offering
+from mark.core.types import Instance, InstanceState, InstanceType, Model, Offering
+from provisioner.policy.actions import Action
 from provisioner.policy.capacity import CapacityCache, slo_capacity
-from provisioner.policy.planner import Action
+from provisioner.policy.offerings import Offerings
 
 __all__ = [
     "Metrics",
@@ -27,7 +28,6 @@ __all__ = [
     "Policy",
     "unbatched_capacity_rps",
     "cheapest_type",
-    "cheapest_offering",
     "batched_capacity_rps",
     "ceil_div",
 ]
@@ -54,14 +54,16 @@ class Metrics:
 @dataclass(frozen=True, slots=True)
 class PolicyContext:
     """The snapshot one decision sees. `instances` are the live ones (pending, running,
-    draining); `interruptions` maps spot instances with a 2-minute notice to the time the cloud
-    takes them back; `reclaimed` maps each pool (offering key) to its latest reclaim time."""
+    draining); `offerings` is the market's one collection (`Offerings.cheapest` is how a
+    baseline picks where to launch); `interruptions` maps spot instances with a 2-minute notice
+    to the time the cloud takes them back; `reclaimed` maps each pool (offering key) to its
+    latest reclaim time."""
 
     now_s: float
     model: Model
     instances: tuple[Instance, ...]
     instance_types: Mapping[str, InstanceType]
-    offerings: tuple[Offering, ...]
+    offerings: Offerings
     metrics: Metrics
     cache: CapacityCache
     interruptions: Mapping[str, float] = field(default_factory=dict)
@@ -152,18 +154,6 @@ def cheapest_type(
     if best is None:
         raise ValueError(f"no instance type can meet the SLO of {model.name}")
     return best[1], best[2]
-
-
-def cheapest_offering(
-    offerings: Sequence[Offering], type_name: str, market: Market, avoid: Sequence[str] = ()
-) -> Offering | None:
-    """The cheapest available offering of a type and market, preferring pools not in `avoid`."""
-    rows = [
-        o for o in offerings if o.instance_type == type_name and o.market == market and o.available
-    ]
-    if not rows:
-        return None
-    return min(rows, key=lambda o: (o.key in avoid, o.price_per_hour, o.key))
 
 
 def ceil_div(value: float, unit: float) -> int:

@@ -1,15 +1,14 @@
 """Mark itself in the simulator: the live control loop's forecaster and planner, unchanged.
 
 Every `ControlLoopConfig.tick_s` (60 s) it feeds the forecaster (`predictors`, by name from
-ForecastConfig) the requests of the buckets completed since the last tick, forecasts the planning
-horizon at the configured upper quantile, and calls `provisioner.policy.planner.plan` on a
-`FleetSnapshot` built from the simulated fleet, exactly as `mark serve` does; its data plane
-batches and spills (provisioner/policy/spill.py). `spot` picks MArk-ondemand (False) or MArk-spot
-(True).
+ForecastConfig) the whole buckets completed since the last tick (the bucket rule of
+`provisioner.policy.snapshot`), forecasts the planning horizon at the configured upper quantile,
+and calls `provisioner.policy.planner.plan` on the snapshot `build_snapshot` makes of the
+simulated fleet, exactly as `mark serve` does; its data plane batches and spills
+(provisioner/policy/spill.py). `spot` picks MArk-ondemand (False) or MArk-spot (True).
 
-MArk warms serverless functions before an expected shortfall; here the policy keeps warm as many
-sandboxes as the gap between the next bucket's forecast (upper) and the capacity already serving
-needs at the serverless latency, plus one.
+MArk warms serverless functions before an expected shortfall: the plan says how many
+(`provisioner.policy.prewarm`, from the serverless latency), and the engine keeps them warm.
 
 The forecaster is incremental by design (one `observe` per bucket), so it travels inside the
 returned state and is advanced in place rather than copied each tick.
@@ -18,14 +17,19 @@ returned state and is advanced in place rather than copied each tick.
 from __future__ import annotations
 
 import dataclasses
-import math
 from dataclasses import dataclass, field
 
-from mark.apps.simulator.policies.base import PolicyContext, PolicyDecision, batched_capacity_rps
+from mark.apps.simulator.policies.base import PolicyContext, PolicyDecision
 from mark.core.config import ControlLoopConfig, ForecastConfig, PlannerConfig
-from mark.core.types import InstanceState, Offering
+from mark.core.types import Offering
 from predictors import Forecaster, create_forecaster
-from provisioner.policy.planner import FleetSnapshot, ModelDemand, PlannerState, plan
+from provisioner.policy.planner import plan
+from provisioner.policy.snapshot import (
+    PlannerState,
+    build_snapshot,
+    forecast_buckets,
+    whole_buckets,
+)
 
 __all__ = ["MarkPolicy", "MarkState"]
 
@@ -67,7 +71,7 @@ class MarkPolicy:
         per_bucket = max(1, round(bucket_s / metrics.window_s))
         # Whole buckets of history that end by now and that the forecaster has not seen.
         first_s = float(metrics.starts_s[0]) if metrics.starts_s.size else ctx.now_s
-        done = int((ctx.now_s - first_s) // bucket_s)
+        done = whole_buckets(first_s, ctx.now_s, bucket_s)
         seen_until = state.observed_until_s
         for k in range(done):
             b_start = first_s + k * bucket_s
@@ -76,30 +80,25 @@ class MarkPolicy:
             lo = k * per_bucket
             state.forecaster.observe(b_start, float(metrics.arrivals[lo : lo + per_bucket].sum()))
             seen_until = b_start + bucket_s
-        horizon = max(1, math.ceil(self.planner.horizon_s / bucket_s))
+        horizon = forecast_buckets(self.planner.horizon_s, bucket_s)
         forecast = state.forecaster.forecast(horizon, self.forecast.quantile)
-        snapshot = FleetSnapshot(
-            now_s=ctx.now_s,
-            models={ctx.model.name: ModelDemand(ctx.model, forecast)},
+        snapshot = build_snapshot(
+            ctx.now_s,
+            [ctx.model],
+            {ctx.model.name: forecast},
             instances=ctx.instances,
-            offerings=ctx.offerings,
+            offerings=ctx.offerings.listed,
             instance_types=ctx.instance_types,
-            planner_state=state.planner_state,
-            interruptions=ctx.interruptions,
             tick_s=self.interval_s,
+            state=state.planner_state,
+            interruptions=ctx.interruptions,
+            serverless_latency_ms=self.serverless_latency_ms,
         )
         result = plan(snapshot, self.planner, ctx.cache)
-        serving = sum(
-            batched_capacity_rps(ctx.model, i.offering.instance_type, ctx.cache)
-            for i in ctx.instances
-            if i.state == InstanceState.RUNNING and i.id not in ctx.interruptions
-        )
-        gap_rps = max(forecast.upper_rps[0] - serving, 0.0)
-        warm = math.ceil(gap_rps * self.serverless_latency_ms / 1000.0) + 1
         return PolicyDecision(
             actions=result.actions,
             state=dataclasses.replace(
                 state, planner_state=result.state, observed_until_s=seen_until
             ),
-            warm_functions=warm,
+            warm_functions=result.warm_functions.get(ctx.model.name, 0),
         )

@@ -31,11 +31,12 @@ import numpy as np
 from scipy.optimize import Bounds, LinearConstraint, milp
 from scipy.sparse import coo_matrix
 
-from mark.apps.simulator.policies.base import PolicyContext, PolicyDecision, cheapest_offering
+from mark.apps.simulator.policies.base import PolicyContext, PolicyDecision
 from mark.core.catalog import Catalog
 from mark.core.types import InstanceState, Market, Model, Offering
+from provisioner.policy.actions import Action, Drain, Launch
 from provisioner.policy.capacity import CapacityCache, slo_capacity
-from provisioner.policy.planner import Action, Drain, Launch
+from provisioner.policy.prewarm import warm_functions
 
 __all__ = ["OracleSchedule", "OraclePolicy", "solve_oracle"]
 
@@ -226,7 +227,7 @@ class OraclePolicy:
             first = now <= sched.start_s + 1e-9
             wanted_live = current if first else max(current, ahead)
             if len(mine) < wanted_live:
-                offering = cheapest_offering(ctx.offerings, type_name, market)
+                offering = ctx.offerings.cheapest(type_name, market)
                 if offering is not None:
                     actions.extend(
                         Launch(model, offering, "oracle schedule", 0.0)
@@ -242,5 +243,6 @@ class OraclePolicy:
         b = sched.bucket_of(now)
         rate = float(sched.rates_rps[b])
         share = float(sched.serverless_rps[b]) / rate if rate > 0 else 0.0
-        warm = math.ceil(float(sched.serverless_rps[b]) * self.serverless_latency_ms / 1000.0) + 1
+        # It knows what spills: all of that is the gap the pool must take.
+        warm = warm_functions(float(sched.serverless_rps[b]), 0.0, self.serverless_latency_ms)
         return PolicyDecision(tuple(actions), None, warm_functions=warm, serverless_share=share)

@@ -22,9 +22,9 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from mark.apps.simulator.policies.base import PolicyContext, PolicyDecision, cheapest_offering
+from mark.apps.simulator.policies.base import PolicyContext, PolicyDecision
 from mark.core.types import InstanceState, Market, Offering
-from provisioner.policy.planner import Action, Drain, Launch
+from provisioner.policy.actions import Action, Drain, Launch
 
 __all__ = ["QueuePolicy"]
 
@@ -82,7 +82,7 @@ class QueuePolicy:
         else:
             counter, change = 0, current
         if change > current:
-            offering = cheapest_offering(ctx.offerings, self.instance_type, Market.ON_DEMAND)
+            offering = ctx.offerings.cheapest(self.instance_type, Market.ON_DEMAND)
             if offering is not None:
                 actions.extend(
                     Launch(ctx.model.name, offering, "ongoing requests above target", 0.0)

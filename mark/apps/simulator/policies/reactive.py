@@ -25,11 +25,10 @@ from dataclasses import dataclass, replace
 from mark.apps.simulator.policies.base import (
     PolicyContext,
     PolicyDecision,
-    cheapest_offering,
     unbatched_capacity_rps,
 )
 from mark.core.types import InstanceState, Market, Offering
-from provisioner.policy.planner import Action, Drain, Launch
+from provisioner.policy.actions import Action, Drain, Launch
 
 __all__ = ["ReactivePolicy", "ReactiveState"]
 
@@ -88,7 +87,7 @@ class ReactivePolicy:
             and desired > len(active)
             and now - state.last_scale_out_s >= self.scale_out_cooldown_s
         ):
-            offering = cheapest_offering(ctx.offerings, self.instance_type, Market.ON_DEMAND)
+            offering = ctx.offerings.cheapest(self.instance_type, Market.ON_DEMAND)
             if offering is not None:
                 actions.extend(
                     Launch(ctx.model.name, offering, "target tracking: scale out", 0.0)

@@ -26,9 +26,9 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, replace
 
-from mark.apps.simulator.policies.base import PolicyContext, PolicyDecision, cheapest_offering
+from mark.apps.simulator.policies.base import PolicyContext, PolicyDecision
 from mark.core.types import Instance, InstanceState, Market, Offering
-from provisioner.policy.planner import Action, Drain, Launch
+from provisioner.policy.actions import Action, Drain, Launch
 
 __all__ = ["SkyServePolicy", "SkyServeState"]
 
@@ -127,7 +127,7 @@ class SkyServePolicy:
     ) -> list[Action]:
         model = ctx.model.name
         if len(replicas) < wanted:
-            offering = cheapest_offering(ctx.offerings, self.instance_type, market)
+            offering = ctx.offerings.cheapest(self.instance_type, market)
             if offering is None:
                 return []
             return [
@@ -144,8 +144,8 @@ class SkyServePolicy:
         here), fewest replicas of ours first, then cheapest."""
         rows = [
             o
-            for o in ctx.offerings
-            if o.instance_type == self.instance_type and o.market == Market.SPOT and o.available
+            for o in ctx.offerings.available()
+            if o.instance_type == self.instance_type and o.market == Market.SPOT
         ]
         if not rows:
             return None

@@ -9,9 +9,9 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from mark.apps.simulator.policies.base import PolicyContext, PolicyDecision, cheapest_offering
+from mark.apps.simulator.policies.base import PolicyContext, PolicyDecision
 from mark.core.types import Market, Offering
-from provisioner.policy.planner import Launch
+from provisioner.policy.actions import Launch
 
 __all__ = ["StaticPolicy"]
 
@@ -37,7 +37,7 @@ class StaticPolicy:
     def decide(self, ctx: PolicyContext, state: bool) -> PolicyDecision:
         if state:
             return PolicyDecision((), True)
-        offering = cheapest_offering(ctx.offerings, self.instance_type, Market.ON_DEMAND)
+        offering = ctx.offerings.cheapest(self.instance_type, Market.ON_DEMAND)
         if offering is None:
             return PolicyDecision((), False)
         count = max(1, math.ceil(self.peak_rps / self.capacity_rps - 1e-9))

@@ -1,0 +1,101 @@
+"""The control loop on the local cloud and the local function pool (real sandbox processes):
+each tick warms the pool with the plan's count, the pre-warming rule of
+`provisioner.policy.prewarm` (what the running fleet leaves of the forecast, at the pool's
+latency, plus one); forecasters see whole buckets only, however often the loop re-plans."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from mark.adapters.db import Database
+from mark.apps.control.loop import ControlLoop, Schedule
+from mark.core.catalog import load_catalog
+from mark.core.config import Config, ServerlessConfig
+from provisioner.adapters.local_cloud import LocalCloud
+from provisioner.adapters.serverless import LocalFunctionPool
+from provisioner.policy.prewarm import warm_functions
+from traces import Trace
+
+RATE_RPS = 4.0
+WARM_MS = 500.0
+
+
+def _config(**forecast: Any) -> Config:
+    return Config.model_validate(
+        {
+            "cloud": {"zones": ["us-east-1a"], "launch_overhead_scale": 0.001},
+            "forecast": {"predictor": "last", **forecast},
+            # A budget nothing fits in: no instance is bought, so none serves, and the pool
+            # must take the whole forecast.
+            "planner": {"budget_per_hour": 1e-6, "spot": False},
+            "spill": {"serverless_warm_ms": WARM_MS},
+        }
+    )
+
+
+async def test_each_tick_warms_the_local_pool_with_the_rules_count(tmp_path: Path) -> None:
+    model = load_catalog().model("demo").to_model()
+    db = await Database.open(f"sqlite+aiosqlite:///{tmp_path / 'loop.db'}")
+    await db.create_model(model)
+    config = _config()
+    start = time.time()
+    times = np.arange(start - 60.0, start + 3600.0, 60.0)
+    known = Schedule(
+        Trace(timestamps_s=times, counts=np.full(times.size, RATE_RPS * 60.0), bucket_s=60.0)
+    )
+    cloud = LocalCloud(config.cloud, models=db.get_model, state_dir=tmp_path / "cloud")
+    pool = LocalFunctionPool(ServerlessConfig(concurrency=4, timeout_s=60))
+    loop = ControlLoop(
+        db, cloud, config, counts=dict, schedule=known, clock=lambda: start, serverless=pool
+    )
+    try:
+        result = await loop.tick()
+        assert result is not None and not result.actions
+        expected = warm_functions(RATE_RPS, 0.0, WARM_MS)
+        assert expected == 3
+        assert result.warm_functions == {model.name: expected}
+        warm = pool.profile(model.name, default_warm_ms=999.0)
+        assert warm.idle_warm == expected  # that many sandboxes hold the model now
+    finally:
+        await pool.close()
+        await cloud.close()
+        await db.close()
+
+
+class _Clock:
+    def __init__(self, now_s: float) -> None:
+        self.now_s = now_s
+
+    def __call__(self) -> float:
+        return self.now_s
+
+
+async def test_a_replan_within_a_bucket_feeds_the_forecaster_nothing(tmp_path: Path) -> None:
+    model = load_catalog().model("demo").to_model()
+    db = await Database.open(f"sqlite+aiosqlite:///{tmp_path / 'loop.db'}")
+    await db.create_model(model)
+    config = _config(bucket_s=60.0)
+    clock = _Clock(time.time())
+    total = {model.name: 0.0}
+    cloud = LocalCloud(config.cloud, models=db.get_model, state_dir=tmp_path / "cloud")
+    loop = ControlLoop(db, cloud, config, counts=lambda: dict(total), clock=clock)
+    try:
+        await loop.tick()  # first sight: the first bucket starts here
+        total[model.name] += 30.0
+        clock.now_s += 20.0
+        await loop.tick()  # an interruption's re-plan, 20 s into the bucket
+        forecaster = loop.forecasters[model.name]
+        assert forecaster.observed_buckets == 0
+        total[model.name] += 90.0
+        clock.now_s += 40.0
+        await loop.tick()  # the bucket is over: all its 120 requests, as one bucket
+        assert forecaster.observed_buckets == 1
+        assert forecaster.forecast(1).mean_rps[0] == pytest.approx(120.0 / 60.0)
+    finally:
+        await cloud.close()
+        await db.close()
