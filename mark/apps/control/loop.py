@@ -9,9 +9,10 @@ says; it persists every decision, every instance transition and the cost ledger
 (`provisioner.policy.billing`). `sync` (run more often) makes the database agree with the cloud
 (`provisioner.policy.reconcile`). Failure rules:
 - a planning error never stops serving: it is logged as an ERROR decision and the tick ends;
-- an apply error is retried (`control.apply_retries`) and logged; a launch the cloud refuses for
-  capacity is recorded in the planner state (the pool cools down for `pool_cooldown_s`) and the
-  loop re-plans at once, so the planner falls back to the next pool, a backup type or on-demand;
+- an apply error is retried by the provider (`RetryingCloud`, `control.apply_retries`), then
+  logged and recorded; a launch the cloud refuses for capacity is recorded in the planner state
+  (the pool cools down for `pool_cooldown_s`) and the loop re-plans at once, so the planner
+  falls back to the next pool, a backup type or on-demand;
 - a failed warm-up ping is logged and never fails the tick;
 - a launched instance is saved as soon as the provider returns it; if the process dies before
   that, reconciliation finds it by its ownership tag.
@@ -70,7 +71,7 @@ _REFIT_SPREAD_BUCKETS = 60
 
 
 async def _done(call: Awaitable[None]) -> bool:
-    """True once `call` finished: lets a None-returning call go through `_with_retries`."""
+    """True once `call` finished: lets a None-returning call go through `_recorded`."""
     await call
     return True
 
@@ -292,29 +293,24 @@ class ControlLoop:
             except Exception:
                 logger.exception("warming %d functions for %s failed", count, name)
 
-    async def _with_retries(self, what: str, call: Callable[[], Awaitable[T]]) -> T | None:
-        """`call` retried with exponential backoff on CloudError (control.apply_retries); None
-        after the last failure, which is logged and recorded as an ERROR decision. Capacity
-        refusals are not retried here: they re-plan."""
-        retries = self.config.control.apply_retries
-        for attempt in range(retries + 1):
-            try:
-                return await call()
-            except InsufficientCapacity:
-                raise
-            except CloudError as exc:
-                logger.warning("%s failed (attempt %d): %s", what, attempt, exc)
-                if attempt == retries:
-                    await self._record_error(self.clock(), f"{what} failed: {exc}")
-                    return None
-                await asyncio.sleep(min(2.0**attempt * 0.1, 5.0))
-        return None
+    async def _recorded(self, what: str, call: Callable[[], Awaitable[T]]) -> T | None:
+        """`call`'s result, or None after a CloudError, logged and recorded as an ERROR decision.
+        Retries happen below, in the provider (`RetryingCloud`, `control.apply_retries`);
+        capacity refusals pass through: the caller re-plans."""
+        try:
+            return await call()
+        except InsufficientCapacity:
+            raise
+        except CloudError as exc:
+            logger.warning("%s failed: %s", what, exc)
+            await self._record_error(self.clock(), f"{what} failed: {exc}")
+            return None
 
     async def _launch(self, action: Launch, now_s: float) -> bool:
         """False when the pool refused for capacity (the caller re-plans without it)."""
         key = action.offering.key
         try:
-            instance = await self._with_retries(
+            instance = await self._recorded(
                 f"launch of {key} for {action.model}",
                 lambda: self.cloud.launch(action.offering, [action.model]),
             )
@@ -338,7 +334,7 @@ class ControlLoop:
         return True
 
     async def _terminate(self, inst: Instance, now_s: float) -> None:
-        done_call = await self._with_retries(
+        done_call = await self._recorded(
             f"terminate {inst.id}", lambda: _done(self.cloud.terminate(inst.id))
         )
         if done_call is None:
