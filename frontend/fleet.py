@@ -9,19 +9,21 @@ instance until its health check passes and re-routes every request of the batch 
 instance while the deadline allows. Every request is answered exactly once: its future is
 resolved by whichever path gets there first and the others see it done.
 
-The spill monitor (frontend/spill_monitor.py; the rule, `provisioner.policy.dataplane.
-select_spills`, is the simulator's too) watches every queued request, at enqueue and every
-`spill.interval_ms`: one expected to miss its deadline on the instances goes to the serverless
-pool ("deadline"), as does one of a model with no running instance ("cold-fleet") and one queued
-on an instance that started draining ("draining"). A request past saving on the instances (a
-retry too late, its deadline passed while queued) goes to the pool when a slot is free. A spill
-that fails sends the request back to the instances while its deadline allows, else it is
-answered 503 with the reason; without a monitor such requests are answered 503 at once.
+The spill path (frontend/spill_path.py over frontend/spill_monitor.py; the rule,
+`provisioner.policy.dataplane.select_spills`, is the simulator's too) watches every queued
+request, at enqueue and every `spill.interval_ms`: one expected to miss its deadline on the
+instances goes to the serverless pool ("deadline"), as does one of a model with no running
+instance ("cold-fleet") and one queued on an instance that started draining ("draining"). A
+request past saving on the instances (a retry too late, its deadline passed while queued) goes
+to the pool when a slot is free. A spill that fails sends the request back to the instances
+while its deadline allows, else it is answered 503 with the reason; without a monitor such
+requests are answered 503 at once.
 
 The fleet learns instances and models from the database (`sync_forever`), so front-end workers
 never hold the cloud provider; tests may call `set_models` / `set_instances` directly. The
 parts live beside it: frontend/answers.py (what a request is answered with), frontend/links.py
 (route targets, plans, weights), frontend/dispatch.py (one batch to one instance),
+frontend/spill_path.py (which queued requests spill, and a failed spill's way back),
 frontend/model_metadata.py (the v2 metadata).
 """
 
@@ -42,17 +44,16 @@ from frontend.dispatch import dispatch
 from frontend.links import Link, ModelRoutes, link_plan, reweigh, serves
 from frontend.model_metadata import fetch_metadata
 from frontend.spill_monitor import SpillMonitor
-from mark.adapters.backends import BackendClient, BackendRejected, new_session
+from frontend.spill_path import SpillPath
+from mark.adapters.backends import BackendClient, new_session
 from mark.adapters.http_pool import HttpPool
 from mark.core.config import BatchingConfig
 from mark.core.errors import NotFound
 from mark.core.protocol import InferRequest, TensorMeta
 from mark.core.types import Instance, InstanceState, Model
-from provisioner.adapters.serverless import InputRejected, Throttled
 from provisioner.policy.batching import BatchPlan
 from provisioner.policy.capacity import CapacityCache
-from provisioner.policy.dataplane import select_spills
-from provisioner.policy.spill import QueueView, SpillReason
+from provisioner.policy.spill import QueueView
 
 __all__ = ["Fleet", "FleetSource", "Answer", "Unavailable"]
 
@@ -95,9 +96,21 @@ class Fleet:
         self._sync: asyncio.Task[None] | None = None
         self._watch: asyncio.Task[None] | None = None
         self._flush = asyncio.create_task(self._flush_metrics())
+        self._spills: SpillPath | None = None
         if spill is not None:
             spill.start()
-            self._watch = asyncio.create_task(self._watch_queues(spill.config.interval_ms / 1e3))
+            self._spills = SpillPath(
+                spill,
+                clock=self.now_s,
+                spawn=self._spawn,
+                route=self._route,
+                serves=self._models.__contains__,
+            )
+            self._watch = asyncio.create_task(
+                self._spills.watch(
+                    lambda: list(self._models.values()), spill.config.interval_ms / 1e3
+                )
+            )
 
     # --- clock and housekeeping --------------------------------------------------------------
 
@@ -315,27 +328,9 @@ class Fleet:
             return None
         link = state.links[key]
         ahead = link.batcher.offer(q, wake=wake)
-        if self.spill is not None and q.spill_error is None:
-            self._check_one(state, link, q, ahead)
+        if self._spills is not None and q.spill_error is None:
+            self._spills.check_one(state, link, q, ahead)
         return link
-
-    def _check_one(self, state: ModelRoutes, link: Link, q: QueuedRequest, ahead: int) -> None:
-        """The enqueue check: the rule for `q` alone, `ahead` queued requests in front of it."""
-        assert self.spill is not None
-        queue = link.queue(len(state.router), ahead=ahead)
-        if queue.service_rate_rps <= 0:
-            return
-        chosen, _ = select_spills(
-            (q.deadline_s,),
-            queue,
-            now_s=self.now_s(),
-            slo=state.model.slo,
-            pool=self.spill.profile(q.model),
-            margin_ms=self.spill.config.margin_ms,
-        )
-        if chosen:
-            link.batcher.remove([q])
-            self._start_spills(state, [(q, chosen[0][1])])
 
     def _no_instance(self, state: ModelRoutes, q: QueuedRequest) -> None:
         if self._spill_some(state, (q,), QueueView()):
@@ -375,116 +370,20 @@ class Fleet:
         if q.done:
             return
         state = self._models.get(q.model)
-        if (
-            state is not None
-            and self.spill is not None
-            and q.spill_error is None
-            and self.spill.can_take(q.model)
-        ):
-            self._start_spills(state, [(q, SpillReason.DEADLINE)])
+        if state is not None and self._spills is not None and self._spills.take_late(state, q):
             return
         answer_once(
             q, Unavailable(f"cannot meet the SLO deadline: {why}, and {self._no_spill_why(q)}")
         )
 
-    # --- spill --------------------------------------------------------------------------------
-
     def _spill_some(
         self, state: ModelRoutes, requests: Iterable[QueuedRequest], queue: QueueView
     ) -> list[QueuedRequest]:
-        """Spill those of `requests` the rule picks; returns the others, in order."""
-        requests = [q for q in requests if not q.done]
-        if self.spill is None or not requests:
-            return requests
-        chosen, _ = self.spill.select(
-            requests,
-            queue,
-            slo=state.model.slo,
-            now_s=self.now_s(),
-            pool=self.spill.profile(state.model.name),
-        )
-        if not chosen:
-            return requests
-        self._start_spills(state, chosen)
-        spilled = {id(q) for q, _ in chosen}
-        return [q for q in requests if id(q) not in spilled]
-
-    def _start_spills(
-        self, state: ModelRoutes, chosen: Sequence[tuple[QueuedRequest, SpillReason]]
-    ) -> None:
-        assert self.spill is not None
-        for q, reason in chosen:
-            self.spill.reserve(q.model)
-            self._spawn(self._spill(state, q, reason))
-
-    async def _spill(self, state: ModelRoutes, q: QueuedRequest, reason: SpillReason) -> None:
-        """Answer `q` from the pool; if that fails, back to the instances while its deadline
-        allows, else 503. A request still queued on an instance is answered by whichever path
-        finishes first (answer_once)."""
-        assert self.spill is not None
-        try:
-            response = await self.spill.spill(state.model, q, reason)
-        except Throttled:  # every slot busy: back in line, it may spill when one frees up
-            self._route(q)
-            return
-        except InputRejected as exc:  # the caller's mistake, as an instance would say (400)
-            answer_once(q, BackendRejected(exc.status, exc.message))
-            return
-        except Exception as exc:  # the pool failed: the request still gets its one answer
-            logger.info("spill of a %s request (%s) failed: %s", q.model, reason, exc)
-            q.spill_error = f"{type(exc).__name__}: {exc}"
-            if q.done:
-                return
-            if self.now_s() + state.fastest_s() < q.deadline_s and q.model in self._models:
-                self._route(q)
-            else:
-                answer_once(
-                    q,
-                    Unavailable(
-                        f"spilled ({reason}) but the serverless pool failed: {q.spill_error}; "
-                        "the deadline is too close for the instances"
-                    ),
-                )
-            return
-        answer_once(q, Answer(response, "serverless"))
-
-    async def _watch_queues(self, interval_s: float) -> None:
-        """The periodic check: every queue of every model, at most every `interval_s`."""
-        while True:
-            await asyncio.sleep(interval_s)
-            try:
-                self._check_queues()
-            except Exception:  # never let the monitor die: the hot path depends on it
-                logger.exception("the spill monitor's queue check failed")
-
-    def _check_queues(self) -> None:
-        assert self.spill is not None
-        now = self.now_s()
-        for state in list(self._models.values()):
-            pool = self.spill.profile(state.model.name)
-            if pool.free_slots <= 0 or not pool.enabled:
-                continue
-            running = len(state.router)
-            for link in list(state.links.values()):
-                if link.ejected or link.closed or not link.batcher.pending:
-                    continue
-                queue = link.queue(running)
-                if queue.service_rate_rps <= 0:
-                    continue
-                chosen, pool = self.spill.select(
-                    link.batcher.pending, queue, slo=state.model.slo, now_s=now, pool=pool
-                )
-                if chosen:
-                    link.batcher.remove([q for q, _ in chosen])
-                    self._start_spills(state, chosen)
-            if state.waiting and running == 0:
-                chosen, pool = self.spill.select(
-                    state.waiting, QueueView(), slo=state.model.slo, now_s=now, pool=pool
-                )
-                if chosen:
-                    spilled = {id(q) for q, _ in chosen}
-                    state.waiting = deque(q for q in state.waiting if id(q) not in spilled)
-                    self._start_spills(state, chosen)
+        """Spill those of `requests` the rule picks (none without a monitor); returns the
+        others not answered yet, in order."""
+        if self._spills is None:
+            return [q for q in requests if not q.done]
+        return self._spills.spill_some(state, requests, queue)
 
     def _retry(self, state: ModelRoutes, q: QueuedRequest, why: str) -> None:
         if self.now_s() + state.fastest_s() < q.deadline_s:
