@@ -3,17 +3,15 @@
 Every `window_s` (10 s, the finest metric any policy reads) the engine
 1. asks the policy for a decision when its interval comes round, and applies the actions the way
    the control loop does (a launch is PENDING for the type's `launch_overhead_s`, then RUNNING;
-   a drained instance takes no new requests, finishes its queue, and is terminated by the
-   policy or, for policies without a drain step, once its queue is empty);
+   a drained instance takes no new requests, spills its queue as the front end does when the
+   policy has a spill path, finishes the rest, and is terminated by the policy or, for
+   policies without a drain step, once its queue is empty);
 2. cuts the window at fleet events (an instance ready, an interruption notice, a reclaim) and,
    in each piece, routes the arrivals over the RUNNING instances by smooth weighted round-robin
-   (`provisioner.policy.routing`, weights: capacity at the SLO, as `frontend.fleet` sets them),
-   batches and
-   queues them per instance (`instance_queue`, batch size from
-   `provisioner.policy.batching.slo_batch`
-   at the routed rate with the front end's budget), and, for policies with a spill path, sends
-   the requests the spill rule (`provisioner.policy.spill.spill_reason`) picks to the serverless
-   pool;
+   (`provisioner.policy.routing`), batches and queues them per instance (`instance_queue`),
+   and, for policies with a spill path, sends the requests the spill walk picks to the
+   serverless pool; the weights, batch plans, service rates and the walk are the front end's
+   (`provisioner.policy.dataplane`);
 3. records metrics (arrivals, requests in system) and the time series the plots draw.
 
 Billing: an instance is charged from its launch (EC2 bills boot time) to its termination by
