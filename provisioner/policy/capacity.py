@@ -19,7 +19,11 @@ The model of one instance (documented approximation):
 
 The predicate is not monotone in lambda in general (b jumps with the rate), so the search walks
 a geometric grid upward from ~0 and bisects the first step where it fails: every rate up to the
-returned capacity meets the SLO, not just the capacity itself.
+returned capacity meets the SLO, not just the capacity itself. With the data plane's budget
+that can stop early: opennmt-ende on g4dn.xlarge (T(b) = 373 + 8b ms, SLO 1,400 ms, budget
+1,120 ms) fails with b = 1 from 1.28 req/s, before b = 2 fits the budget at 1.37 req/s, so its
+capacity is 1.28 req/s (7.65 when b was sized against the whole SLO). The backlog rule
+(`batching.backlog_take`), which this model does not count, serves that gap in the simulator.
 """
 
 from __future__ import annotations
