@@ -6,7 +6,8 @@ when it is full (b rows, b from `provisioner.policy.batching.slo_batch` at the r
 instance), when its oldest request has waited the plan's timeout (what the SLO budget leaves
 after T(b)), or at once when the instance has nothing in flight (work-conserving: an idle
 instance never waits for a batch to fill; while it works, the next batch fills behind it; when
-more than b rows wait by then, it takes up to `backlog_take` of them in one batch), and
+more than b rows wait by then, it takes up to `backlog_take` of them in one batch, by
+`provisioner.policy.batching.take_batch`, the worker's rule too), and
 only while fewer than `max_inflight` batches are outstanding on the instance, so the backlog
 stays here, visible to spill and retry, instead of in the worker's socket. Without the idle
 rule, a few closed-loop clients (fewer than b) would wait out the whole timeout on every batch:
@@ -27,9 +28,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from mark.core.protocol import InferRequest, batch_key, batch_size
-from provisioner.policy.batching import BatchPlan, backlog_take
+from provisioner.policy.batching import BatchPlan, backlog_take, take_batch
 
-__all__ = ["QueuedRequest", "RateEstimator", "InstanceBatcher", "take_batch", "answer_once"]
+__all__ = ["QueuedRequest", "RateEstimator", "InstanceBatcher", "answer_once"]
 
 
 @dataclass(eq=False, slots=True)
@@ -44,7 +45,6 @@ class QueuedRequest:
     future: asyncio.Future[Any]
     rows: int = field(init=False)
     key: tuple[Any, ...] | None = field(init=False)
-    attempts: int = 0
     # Set once the request was sent to the serverless pool and that failed: it is not spilled a
     # second time, and its 503 (if it comes to that) says why the pool could not answer.
     spill_error: str | None = None
@@ -78,28 +78,6 @@ class RateEstimator:
         self._at_s = now_s
 
 
-def take_batch(pending: deque[QueuedRequest], size: int) -> list[QueuedRequest]:
-    """Remove and return the oldest request and the next ones that batch with it, up to `size`
-    rows (the head always goes, even when it alone exceeds `size`); FIFO among the rest."""
-    head = pending.popleft()
-    batch = [head]
-    if head.key is None:
-        return batch
-    rows = head.rows
-    skipped: list[QueuedRequest] = []
-    while pending and rows < size:
-        item = pending.popleft()
-        if item.key == head.key and rows + item.rows <= size:
-            batch.append(item)
-            rows += item.rows
-        else:
-            skipped.append(item)
-            if item.key == head.key:
-                break
-    pending.extendleft(reversed(skipped))
-    return batch
-
-
 def _ready_rows(pending: deque[QueuedRequest], size: int) -> int:
     head = pending[0]
     if head.key is None:
@@ -114,7 +92,7 @@ def _ready_rows(pending: deque[QueuedRequest], size: int) -> int:
 
 
 class InstanceBatcher:
-    """The batch former of one instance. `plan_for(rate_rps)` gives the current plan,
+    """The batch former of one instance. `plan_for(rate_rps)` gives the plan at a rate,
     `dispatch(batch)` sends one batch (it must answer or re-route every request in it), and
     `expire(request)` takes a request whose deadline passed before it could be sent."""
 
@@ -128,7 +106,7 @@ class InstanceBatcher:
         window_s: float,
         clock: Callable[[], float],
     ) -> None:
-        self._plan_for = plan_for
+        self.plan_for = plan_for
         self._dispatch = dispatch
         self._expire = expire
         self._max_inflight = max_inflight
@@ -195,7 +173,7 @@ class InstanceBatcher:
         self.pending = deque(q for q in self.pending if id(q) not in gone)
 
     def plan(self) -> BatchPlan:
-        return self._plan_for(self.rate.rate_rps(self._clock()))
+        return self.plan_for(self.rate.rate_rps(self._clock()))
 
     async def close(self) -> None:
         """Stop forming batches; batches already sent finish and answer their requests."""
@@ -230,7 +208,7 @@ class InstanceBatcher:
             self._shed(now)
             if not self.pending:
                 continue
-            plan = self._plan_for(self.rate.rate_rps(now))
+            plan = self.plan_for(self.rate.rate_rps(now))
             leave_at = self.pending[0].arrival_s + plan.timeout_ms / 1000.0
             if (
                 self.inflight == 0

@@ -1,21 +1,14 @@
 """The queue-time spill monitor (MArk's "Bouncer"; DESIGN.md, "Spill"; issue 7, item 3).
 
 The fleet (frontend/fleet.py) asks it about every queued request at enqueue and every
-`spill.interval_ms`; what to do with one request is decided by the pure rule
-`provisioner.policy.spill.spill_reason`, the one the simulator runs too. This module adds what the
-rule
-cannot know alone:
+`spill.interval_ms`. Which of a queue's requests go to the pool is decided by the pure
+`provisioner.policy.dataplane.select_spills` (the spill rule walked over the queue from its
+head), the one the simulator runs too; this module adds what the rule cannot know alone:
 
-- `select_spills` walks one instance's FIFO from the head. A request's position counts the
-  requests sent to the instance and not answered yet plus those ahead of it in the queue that stay;
-  a request that spills leaves the queue, so the ones behind it move up. Each spill takes one
-  slot of the pool (and a warm sandbox when one is idle), so the pool profile shrinks as the
-  walk goes and the walk stops when the pool is full. Positions count requests (a request of
-  several rows counts once), rates are requests per second at the batch size b of the current
-  plan: parallelism * b / T(b).
+- `SpillMonitor.select` gives the rule the front end's requests: those already answered are
+  left out, one whose spill failed before stays queued (and counts as ahead of the rest).
 - `SpillMonitor` holds the process's serverless pool (`provisioner.adapters.serverless.build_pool`:
-  AWS
-  Lambda, or the control plane's local pool through its Lambda Invoke API), sends spilled
+  AWS Lambda, or the control plane's local pool through its Lambda Invoke API), sends spilled
   requests to it, counts them by reason in Prometheus and hands their cost to the ledger.
 - `SpillLedger` batches the cost rows: one `Database.charge_serverless` row per model and reason
   per flush (every `spill.ledger_flush_s`), so the hot path never waits on the database; a failed
@@ -43,67 +36,12 @@ from provisioner.adapters.serverless import (
     Throttled,
     infer,
 )
-from provisioner.policy.spill import QueueView, ServerlessProfile, SpillReason, spill_reason
+from provisioner.policy.dataplane import select_spills
+from provisioner.policy.spill import QueueView, ServerlessProfile, SpillReason
 
-__all__ = ["InstanceQueue", "select_spills", "ChargeSink", "SpillLedger", "SpillMonitor"]
+__all__ = ["ChargeSink", "SpillLedger", "SpillMonitor"]
 
 logger = logging.getLogger("mark.frontend.spill")
-
-
-@dataclass(frozen=True, slots=True)
-class InstanceQueue:
-    """One queue as the rule sees it: requests sent and not answered (`ahead`), the instance's
-    throughput and batch time at its current plan, the model's running instances, and whether
-    the instance is draining. A model with no running instance has `running_instances=0`."""
-
-    ahead: int = 0
-    service_rate_rps: float = 0.0
-    batch_service_ms: float = 0.0
-    running_instances: int = 0
-    draining: bool = False
-
-
-def _reserve(pool: ServerlessProfile) -> ServerlessProfile:
-    """The pool after one more invocation starts: one slot fewer, one idle warm sandbox fewer."""
-    return replace(pool, free_slots=pool.free_slots - 1, idle_warm=max(pool.idle_warm - 1, 0))
-
-
-def select_spills(
-    pending: Iterable[QueuedRequest],
-    queue: InstanceQueue,
-    *,
-    now_s: float,
-    slo: Slo,
-    pool: ServerlessProfile,
-    margin_ms: float,
-) -> tuple[list[tuple[QueuedRequest, SpillReason]], ServerlessProfile]:
-    """The requests of `pending` (FIFO, head first) to send to the pool now, each with its
-    reason, and the pool profile left once their slots are taken. Requests already answered are
-    skipped; requests whose spill failed before stay queued and count as ahead of the rest."""
-    chosen: list[tuple[QueuedRequest, SpillReason]] = []
-    position = queue.ahead
-    for q in pending:
-        if pool.free_slots <= 0 or not pool.enabled:
-            break
-        if q.done:
-            continue
-        reason = None
-        if q.spill_error is None:
-            view = QueueView(
-                position=position,
-                deadline_s=q.deadline_s,
-                service_rate_rps=queue.service_rate_rps,
-                batch_service_ms=queue.batch_service_ms,
-                running_instances=queue.running_instances,
-                draining=queue.draining,
-            )
-            reason = spill_reason(view, now_s, slo, pool, margin_ms)
-        if reason is None:
-            position += 1
-        else:
-            chosen.append((q, reason))
-            pool = _reserve(pool)
-    return chosen, pool
 
 
 class ChargeSink(Protocol):
@@ -224,15 +162,25 @@ class SpillMonitor:
     def select(
         self,
         pending: Iterable[QueuedRequest],
-        queue: InstanceQueue,
+        queue: QueueView,
         *,
         slo: Slo,
         now_s: float,
         pool: ServerlessProfile,
     ) -> tuple[list[tuple[QueuedRequest, SpillReason]], ServerlessProfile]:
-        return select_spills(
-            pending, queue, now_s=now_s, slo=slo, pool=pool, margin_ms=self.config.margin_ms
+        """The requests of `pending` (FIFO, head first) to send to the pool now, each with its
+        reason, and the pool profile left once their slots are taken (`select_spills`).
+        Requests already answered are skipped; those whose spill failed before stay queued."""
+        live = [q for q in pending if not q.done]
+        chosen, pool = select_spills(
+            [q.deadline_s if q.spill_error is None else None for q in live],
+            queue,
+            now_s=now_s,
+            slo=slo,
+            pool=pool,
+            margin_ms=self.config.margin_ms,
         )
+        return [(live[i], reason) for i, reason in chosen], pool
 
     def can_take(self, model: str) -> bool:
         """Whether a request past saving on the instances may still go to the pool (a late
@@ -274,21 +222,6 @@ class SpillMonitor:
         metrics.SPILL_COST.labels(name).inc(invocation.cost_usd)
         if self.ledger is not None:
             self.ledger.record(name, reason.value, invocation)
-
-    async def warm(self, model: Model, count: int) -> int:
-        """Load `model` in `count` functions at once before an expected surge (MArk pings
-        Lambda concurrently for this); returns how many answered. Pings are billed like any
-        invocation and recorded with reason "warm"."""
-        event = {"model": model.name, "artifact": model.backend.artifact, "warm": True}
-        results = await asyncio.gather(
-            *(self.pool.invoke(event) for _ in range(count)), return_exceptions=True
-        )
-        warmed = [r for r in results if isinstance(r, Invocation)]
-        for invocation in warmed:
-            metrics.SPILL_COST.labels(model.name).inc(invocation.cost_usd)
-            if self.ledger is not None:
-                self.ledger.record(model.name, "warm", invocation)
-        return len(warmed)
 
     def start(self) -> None:
         if self.ledger is not None:

@@ -8,9 +8,9 @@ from collections import deque
 import numpy as np
 import pytest
 
-from frontend.batcher import InstanceBatcher, QueuedRequest, RateEstimator, take_batch
+from frontend.batcher import InstanceBatcher, QueuedRequest, RateEstimator
 from mark.core.protocol import InferRequest, Tensor
-from provisioner.policy.batching import BatchPlan
+from provisioner.policy.batching import BatchPlan, take_batch
 
 
 def _queued(loop: asyncio.AbstractEventLoop, rows: int = 1, width: int = 16) -> QueuedRequest:

@@ -3,6 +3,9 @@ by T(b) alone for a backlog that already waits, where that ends the backlog soon
 
 from __future__ import annotations
 
+from collections import deque
+from dataclasses import dataclass
+
 import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -10,7 +13,7 @@ from hypothesis import strategies as st
 from mark.apps.simulator.instance_queue import InstanceQueue
 from mark.core.catalog import load_catalog
 from mark.core.types import Profile
-from provisioner.policy.batching import backlog_take, slo_batch
+from provisioner.policy.batching import backlog_take, slo_batch, take_batch
 
 GPU = Profile(instance_type="g4dn.xlarge", latency_ms={1: 381.0, 32: 629.0}, max_batch=32)
 CPU = Profile(instance_type="c5.large", latency_ms={1: 200.0, 4: 800.0}, max_batch=4)
@@ -79,3 +82,26 @@ def test_the_batch_size_is_the_largest_that_fits_as_testing_every_size_finds(
             break
         expected = b
     assert slo_batch(profile, budget_ms, rate_rps, cap).size == expected
+
+
+@dataclass(frozen=True)
+class _Item:
+    """Anything with a batch key and rows batches (the front end's QueuedRequest, the worker's
+    waiting requests)."""
+
+    name: str
+    key: str | None
+    rows: int = 1
+
+
+def test_take_batch_is_fifo_within_a_key() -> None:
+    """A same-key request that does not fit ends the batch: the ones behind it do not overtake
+    it (the worker used to skip it and take them); other keys keep their places."""
+    a, big, other, c = _Item("a", "k", 2), _Item("big", "k", 3), _Item("o", "j"), _Item("c", "k")
+    pending = deque([a, other, big, c])
+    assert take_batch(pending, 4) == [a]
+    assert list(pending) == [other, big, c]
+    assert take_batch(pending, 4) == [other]
+    assert take_batch(pending, 4) == [big, c]
+    alone = deque([_Item("x", None), _Item("y", None)])
+    assert take_batch(alone, 4) == [_Item("x", None)]  # no key: it leaves alone

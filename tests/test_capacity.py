@@ -5,13 +5,17 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from frontend.fleet import Fleet
+from mark.core.config import BatchingConfig
 from mark.core.types import Profile, Slo
 from provisioner.policy.batching import slo_batch
 from provisioner.policy.capacity import CapacityCache, capacity_rps, slo_capacity
 from provisioner.policy.queueing import mdc_wait_prob
+from tests.dataplane import linear_profile, model, running
 from tests.test_queueing import simulate_waits
 
 SLO = Slo(latency_ms=600.0, percentile=0.98)
+BUDGET_FRACTION = BatchingConfig().slo_budget_fraction
 
 
 def cpu(ms: float = 180.0, parallelism: int = 1) -> Profile:
@@ -28,7 +32,8 @@ def gpu() -> Profile:
 
 
 def slo_met(profile: Profile, slo: Slo, max_batch: int, rate: float) -> bool:
-    b = slo_batch(profile, slo.latency_ms, rate, max_batch)
+    """The SLO test at `rate`, batches sized with the data plane's budget (as they run)."""
+    b = slo_batch(profile, slo.latency_ms * BUDGET_FRACTION, rate, max_batch)
     room_s = (slo.latency_ms - b.service_ms) / 1000
     p = mdc_wait_prob(rate / b.size, b.service_ms / 1000, profile.parallelism, room_s)
     return p >= slo.percentile
@@ -74,3 +79,24 @@ def test_cache_is_keyed_by_value() -> None:
     assert len(cache) == 1
     slo_capacity(cpu(), SLO, 4, cache)
     assert len(cache) == 2
+
+
+@pytest.mark.parametrize("fraction", [0.8, 0.6, 1.0])
+async def test_capacity_sizes_the_batch_the_front_end_runs(fraction: float) -> None:
+    """The planner buys capacity for the batch size the front end's batcher forms: at the
+    capacity's rate, a real Fleet's plan for the instance has the same b, for the same model,
+    profile and batching config (sized against the whole SLO, capacity counted b = 6 where
+    the batcher runs b = 4 at the default 0.8)."""
+    profile = linear_profile("c5.large", 100.0, 10.0, max_batch=32)
+    demo = model("demo", slo_ms=500.0, profiles=[profile], max_batch=32)
+    config = BatchingConfig(slo_budget_fraction=fraction)
+    cap = slo_capacity(profile, demo.slo, demo.max_batch, CapacityCache(budget_fraction=fraction))
+    fleet = Fleet(config)
+    try:
+        fleet.set_models([demo])
+        fleet.set_instances([running("i-1", "http://127.0.0.1:9")])  # never called
+        plan = fleet.batch_plan("demo", "i-1", cap.rate_rps)
+    finally:
+        await fleet.close()
+    assert plan.size == cap.batch_size
+    assert plan.service_ms == cap.service_ms

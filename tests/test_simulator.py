@@ -6,17 +6,22 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from mark.apps.simulator.engine import SimSettings
+from mark.apps.simulator.engine import SimSettings, run_policy
 from mark.apps.simulator.instance_queue import InstanceQueue
+from mark.apps.simulator.policies.base import PolicyContext, PolicyDecision
 from mark.apps.simulator.report import policy_summary
 from mark.apps.simulator.runner import Scenario, simulate
+from mark.apps.simulator.workload import Arrivals
 from mark.core.catalog import load_catalog
+from mark.core.types import Offering
 from provisioner.policy.batching import BatchPlan
+from provisioner.policy.planner import Drain, Launch
 from provisioner.policy.queueing import mdc_wait_prob
 from traces import Trace, read_trace, shipped_trace, write_trace
 
@@ -156,3 +161,62 @@ def test_cli_same_seed_same_summary(tmp_path: Path) -> None:
             assert key in row
     for png in ("cost.png", "instances.png", "capacity.png", "latency_ccdf.png"):
         assert (tmp_path / "a" / png).stat().st_size > 0
+
+
+@dataclass(frozen=True)
+class _DrainOne:
+    """Three instances from the start; at the second decision the first of them drains."""
+
+    offering: Offering
+    spill: bool = True
+    name: str = "drain-one"
+    interval_s: float = 60.0
+    batching: bool = True
+    interruptible: bool = False
+    terminates_drained: bool = False
+
+    def initial_state(self) -> int:
+        return 0
+
+    def decide(self, ctx: PolicyContext, state: int) -> PolicyDecision:
+        if state == 0:
+            launch = Launch(ctx.model.name, self.offering, "start", 0.0)
+            return PolicyDecision((launch, launch, launch), 1)
+        if state == 1:
+            first = min(i.id for i in ctx.instances)
+            return PolicyDecision((Drain(first, ctx.model.name, "scripted"),), 2)
+        return PolicyDecision((), state)
+
+    def price_per_hour(self, offering: Offering) -> float:
+        return offering.price_per_hour
+
+
+@pytest.mark.parametrize("spill", [True, False])
+def test_a_draining_instance_spills_its_queue_as_the_front_end_does(spill: bool) -> None:
+    """The front end spills what waits on a draining instance (reason "draining", while the
+    pool has slots; `Fleet._remove_link`); so does the simulator, by the same walk. The pool is
+    too slow for any deadline spill (5 s against a 600 ms SLO) and two instances keep running,
+    so every spill of the run is one of the drained queue."""
+    model = CATALOG.model("inception-v3").to_model()
+    offering = next(
+        o for o in CATALOG.offerings(("us-east-1a",), at_s=0.0, spot=False, types=("p2.xlarge",))
+    )
+    # 50/s per instance until the drain (a queue behind each busy instance), then 30/s each
+    trace = Trace(np.arange(3) * 60.0, np.array([150.0, 60.0, 60.0]) * 60.0, 60.0)
+    arrivals = Arrivals(trace, seed=7)
+    settings = SimSettings(seed=7, types=("p2.xlarge",), interruption_rate_per_hour=0.0)
+    run = run_policy(
+        _DrainOne(offering, spill=spill),
+        model,
+        arrivals,
+        CATALOG,
+        settings,
+        serverless_latency_ms=5000.0,
+        serverless_memory_mb=3008,
+    )
+    assert run.requests == int(trace.counts.sum())
+    if spill:
+        assert run.spilled > 0
+        assert int(np.sum(run.latencies_ms >= 5000.0)) == run.spilled
+    else:
+        assert run.spilled == 0

@@ -19,7 +19,7 @@ from prometheus_client import REGISTRY
 
 from frontend.batcher import QueuedRequest
 from frontend.fleet import Answer, Fleet, Unavailable
-from frontend.spill_monitor import InstanceQueue, SpillLedger, SpillMonitor, select_spills
+from frontend.spill_monitor import SpillLedger, SpillMonitor
 from mark.adapters.backends import BackendRejected
 from mark.adapters.db import Database
 from mark.apps.worker.loaders import load_model
@@ -27,7 +27,7 @@ from mark.core.config import BatchingConfig, ServerlessConfig, SpillConfig
 from mark.core.protocol import InferRequest, Tensor
 from mark.core.types import InstanceState, Slo
 from provisioner.adapters.serverless import InvokeServer, LocalFunctionPool, build_pool
-from provisioner.policy.spill import ServerlessProfile, SpillReason
+from provisioner.policy.spill import QueueView, ServerlessProfile, SpillReason
 from tests.dataplane import linear_profile, model, running, workers
 
 MLP = load_model("reference", "builtin:mlp")
@@ -53,45 +53,26 @@ def _spills(model_name: str, reason: str) -> float:
     return REGISTRY.get_sample_value("mark_spill_total", labels) or 0.0
 
 
-# --- the queue walk ---------------------------------------------------------------------------
+# --- the front end's requests to the queue walk ----------------------------------------------
 
 
-async def test_walk_spills_the_threatened_and_moves_the_rest_up() -> None:
-    # 10 requests/s, T(b) = 50 ms, deadline 0.5 s after now: position p completes at
-    # p/10 + 0.05 s, so with a 20 ms margin positions 0-4 fit and position 5 on does not.
-    queue = InstanceQueue(ahead=2, service_rate_rps=10.0, batch_service_ms=50.0,
-                          running_instances=1)  # fmt: skip
-    pending = [_queued(0.0, 0.5) for _ in range(6)]
-    chosen, left = select_spills(pending, queue, now_s=0.0, slo=SLO, pool=POOL, margin_ms=20)
-    # positions 2, 3, 4 stay; 5 and on are threatened, and each spill leaves the next one at
-    # position 5. The two idle warm functions take two; the third would start cold (1.05 s,
-    # past its deadline), so it stays queued.
-    assert [pending.index(q) for q, _ in chosen] == [3, 4]
-    assert {r for _, r in chosen} == {SpillReason.DEADLINE}
-    assert left.free_slots == 1 and left.idle_warm == 0
-
-
-async def test_walk_stops_when_the_pool_is_full_and_skips_failed_spills() -> None:
-    queue = InstanceQueue(ahead=0, service_rate_rps=1.0, batch_service_ms=50.0,
-                          running_instances=1)  # fmt: skip
+async def test_select_skips_answered_requests_and_keeps_failed_spills_queued() -> None:
+    pool = LocalFunctionPool(ServerlessConfig(concurrency=1, memory_mb=1024))
+    monitor = SpillMonitor(pool, SpillConfig(margin_ms=20))
+    queue = QueueView(ahead=0, service_rate_rps=1.0, batch_service_ms=50.0,
+                      running_instances=1)  # fmt: skip
     pending = [_queued(0.0, 0.5) for _ in range(8)]
     pending[1].spill_error = "Throttled: all busy"
     pending[2].future.set_result(None)
     one_slot = ServerlessProfile(warm_ms=50, cold_start_ms=1000, idle_warm=1, free_slots=1)
-    chosen, left = select_spills(pending, queue, now_s=0.0, slo=SLO, pool=one_slot, margin_ms=20)
+    try:
+        chosen, left = monitor.select(pending, queue, slo=SLO, now_s=0.0, pool=one_slot)
+    finally:
+        await monitor.close()
     # 0 fits (completes at 0.05 s); 1 failed before: stays; 2 answered: skipped; 3 is at
     # position 2: spills and takes the last slot
-    assert [pending.index(q) for q, _ in chosen] == [3] and left.free_slots == 0
-
-
-async def test_cold_fleet_and_draining_spill_without_the_deadline_test() -> None:
-    late = [_queued(0.0, 0.01)]  # no serverless latency fits: they still spill
-    chosen, _ = select_spills(late, InstanceQueue(), now_s=0.0, slo=SLO, pool=POOL, margin_ms=20)
-    assert [r for _, r in chosen] == [SpillReason.COLD_FLEET]
-    draining = InstanceQueue(service_rate_rps=100.0, batch_service_ms=5.0, running_instances=1,
-                             draining=True)  # fmt: skip
-    chosen, _ = select_spills(late, draining, now_s=0.0, slo=SLO, pool=POOL, margin_ms=20)
-    assert [r for _, r in chosen] == [SpillReason.DRAINING]
+    assert [(pending.index(q), r) for q, r in chosen] == [(3, SpillReason.DEADLINE)]
+    assert left.free_slots == 0
 
 
 # --- in-process fleets with the real pool -----------------------------------------------------
@@ -177,7 +158,8 @@ async def test_a_burst_spills_through_the_invoke_api_and_meets_the_slo(
         fleet = Fleet(BatchingConfig(max_inflight_batches=1), spill=monitor)
         fleet.set_models([demo])
         fleet.set_instances([running("i-1", w.endpoint)])
-        assert await monitor.warm(demo, 4) == 4
+        warm = {"model": "demo", "artifact": demo.backend.artifact, "warm": True}
+        await asyncio.gather(*(monitor.pool.invoke(warm) for _ in range(4)))
         rows = np.random.default_rng(8).normal(size=(100, 16))
         answers: dict[int, tuple[Answer | Exception, float]] = {}
 
@@ -211,7 +193,7 @@ async def test_a_burst_spills_through_the_invoke_api_and_meets_the_slo(
     assert within >= 0.9
     assert _spills("demo", "deadline") >= before + len(spilled) - 5
     costs = await spillway.db.costs()
-    assert costs.serverless_requests >= len(spilled) + 4  # the spills and the 4 warm pings
+    assert costs.serverless_requests >= len(spilled)
     assert costs.serverless_usd > 0
 
 

@@ -12,27 +12,19 @@ from provisioner.policy.spill import (
     ServerlessProfile,
     SpillReason,
     expected_completion_s,
-    should_spill,
     spill_reason,
 )
 
 SLO = Slo(latency_ms=500, percentile=0.98)
 WARM = ServerlessProfile(warm_ms=100, cold_start_ms=800, idle_warm=2, free_slots=4)
 NOW_S = 1_000.0
+DEADLINE_S = NOW_S + 0.5
 
 
-def view(
-    position: int,
-    *,
-    rate: float = 10.0,
-    t_ms: float = 50.0,
-    running: int = 1,
-    draining: bool = False,
-    deadline_s: float = NOW_S + 0.5,
+def queue(
+    *, rate: float = 10.0, t_ms: float = 50.0, running: int = 1, draining: bool = False
 ) -> QueueView:
     return QueueView(
-        position=position,
-        deadline_s=deadline_s,
         service_rate_rps=rate,
         batch_service_ms=t_ms,
         running_instances=running,
@@ -40,39 +32,53 @@ def view(
     )
 
 
+def reason(
+    position: int,
+    pool: ServerlessProfile = WARM,
+    margin_ms: float = 20,
+    *,
+    rate: float = 10.0,
+    t_ms: float = 50.0,
+    running: int = 1,
+    draining: bool = False,
+) -> SpillReason | None:
+    """The rule for a request due at DEADLINE_S, `position` requests ahead of it."""
+    view = queue(rate=rate, t_ms=t_ms, running=running, draining=draining)
+    return spill_reason(view, position, DEADLINE_S, NOW_S, SLO, pool, margin_ms)
+
+
 def test_expected_completion_is_position_over_rate_plus_batch_time() -> None:
-    assert expected_completion_s(view(3), NOW_S) == NOW_S + 0.3 + 0.05
+    assert expected_completion_s(queue(), 3, NOW_S) == NOW_S + 0.3 + 0.05
 
 
 def test_request_that_fits_stays_queued() -> None:
     # 2 ahead at 10 rps: 0.2 s + 0.05 s, well before the 0.5 s deadline less 20 ms.
-    assert spill_reason(view(2), NOW_S, SLO, WARM, margin_ms=20) is None
+    assert reason(2) is None
 
 
 def test_request_past_deadline_minus_margin_spills_when_pool_fits() -> None:
     # 5 ahead: 0.5 + 0.05 s > 0.48 s, and the warm pool answers in 0.1 s.
-    assert spill_reason(view(5), NOW_S, SLO, WARM, margin_ms=20) == SpillReason.DEADLINE
+    assert reason(5) == SpillReason.DEADLINE
 
 
 def test_margin_alone_tips_the_decision() -> None:
     # 4 ahead: 0.4 + 0.05 = 0.45 s. Fits with a 20 ms margin, not with a 60 ms one.
-    assert not should_spill(view(4), NOW_S, SLO, WARM, margin_ms=20)
-    assert should_spill(view(4), NOW_S, SLO, WARM, margin_ms=60)
+    assert reason(4, margin_ms=20) is None
+    assert reason(4, margin_ms=60) == SpillReason.DEADLINE
 
 
 def test_no_spill_when_a_cold_start_would_miss_the_deadline_anyway() -> None:
     cold = ServerlessProfile(warm_ms=100, cold_start_ms=800, idle_warm=0, free_slots=4)
-    assert spill_reason(view(50), NOW_S, SLO, cold, margin_ms=20) is None
+    assert reason(50, cold) is None
 
 
 def test_cold_fleet_spills_even_when_late() -> None:
     cold = ServerlessProfile(warm_ms=100, cold_start_ms=800, idle_warm=0, free_slots=1)
-    late = view(0, running=0, rate=0.0)
-    assert spill_reason(late, NOW_S, SLO, cold, margin_ms=20) == SpillReason.COLD_FLEET
+    assert reason(0, cold, running=0, rate=0.0) == SpillReason.COLD_FLEET
 
 
 def test_draining_instance_spills() -> None:
-    assert spill_reason(view(0, draining=True), NOW_S, SLO, WARM, 20) == SpillReason.DRAINING
+    assert reason(0, draining=True) == SpillReason.DRAINING
 
 
 def test_full_or_disabled_pool_never_takes_a_spill() -> None:
@@ -81,8 +87,8 @@ def test_full_or_disabled_pool_never_takes_a_spill() -> None:
         warm_ms=100, cold_start_ms=800, idle_warm=2, free_slots=4, enabled=False
     )
     for pool in (full, off):
-        assert spill_reason(view(0, running=0, rate=0.0), NOW_S, SLO, pool, 20) is None
-        assert spill_reason(view(500), NOW_S, SLO, pool, 20) is None
+        assert reason(0, pool, running=0, rate=0.0) is None
+        assert reason(500, pool) is None
 
 
 positions = st.integers(min_value=0, max_value=10_000)
@@ -97,8 +103,8 @@ def test_deadline_spill_is_monotone_in_queue_position(
 ) -> None:
     """A request further back never stays while one nearer the head spills."""
     near, far = sorted((a, b))
-    if should_spill(view(near, rate=rate, t_ms=t_ms), NOW_S, SLO, WARM, 20):
-        assert should_spill(view(far, rate=rate, t_ms=t_ms), NOW_S, SLO, WARM, 20)
+    if reason(near, rate=rate, t_ms=t_ms) is not None:
+        assert reason(far, rate=rate, t_ms=t_ms) is not None
 
 
 @settings(derandomize=True, deadline=None)
@@ -107,7 +113,7 @@ def test_deadline_spill_only_when_the_pool_beats_the_deadline(
     position: int, rate: float, t_ms: float, warm_ms: float
 ) -> None:
     pool = ServerlessProfile(warm_ms=warm_ms, cold_start_ms=0, idle_warm=1, free_slots=1)
-    v = view(position, rate=rate, t_ms=t_ms)
-    if spill_reason(v, NOW_S, SLO, pool, 20) == SpillReason.DEADLINE:
-        assert NOW_S + warm_ms / 1000 <= v.deadline_s
-        assert expected_completion_s(v, NOW_S) > v.deadline_s - 0.02
+    if reason(position, pool, rate=rate, t_ms=t_ms) == SpillReason.DEADLINE:
+        assert NOW_S + warm_ms / 1000 <= DEADLINE_S
+        view = queue(rate=rate, t_ms=t_ms)
+        assert expected_completion_s(view, position, NOW_S) > DEADLINE_S - 0.02

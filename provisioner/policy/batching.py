@@ -21,11 +21,23 @@ its diurnal trough's rate, and a burst of four then waited 381 ms per request ah
 from __future__ import annotations
 
 import math
+from collections import deque
+from collections.abc import Hashable
 from dataclasses import dataclass
+from typing import Protocol, TypeVar
 
 from mark.core.types import Profile
 
-__all__ = ["BatchPlan", "slo_batch", "backlog_take"]
+__all__ = ["BatchPlan", "Batchable", "slo_budget_ms", "slo_batch", "backlog_take", "take_batch"]
+
+
+def slo_budget_ms(latency_ms: float, budget_fraction: float) -> float:
+    """The part of the SLO latency a batch may spend gathering and being served. The rest is
+    headroom for what the plan does not see (transport, the front end's own queueing); the
+    front end, the simulator and the capacity computation all size b against this one budget
+    (`BatchingConfig.slo_budget_fraction`), so the capacity the planner buys is the capacity
+    the batcher runs."""
+    return latency_ms * budget_fraction
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,3 +113,42 @@ def backlog_take(plan: BatchPlan, waiting: int, waited_ms: float) -> int:
     room_ms = plan.budget_ms - waited_ms - fixed_ms
     fits = math.floor(room_ms / plan.per_request_ms) if plan.per_request_ms > 0 else waiting
     return max(plan.size, min(plan.backlog_size, waiting, fits))
+
+
+class Batchable(Protocol):
+    """A queued request as batch taking sees it: requests with equal `key` concatenate (None:
+    it cannot batch), `rows` is its batch dimension."""
+
+    @property
+    def key(self) -> Hashable | None: ...
+
+    @property
+    def rows(self) -> int: ...
+
+
+B = TypeVar("B", bound=Batchable)
+
+
+def take_batch(pending: deque[B], size: int) -> list[B]:
+    """Remove and return the oldest request and the next ones that batch with it, up to `size`
+    rows (the head always goes, even when it alone exceeds `size`). FIFO within a key: the walk
+    stops at the first request of the head's key that does not fit, so a large request is never
+    overtaken by smaller ones of its kind; requests of other keys keep their places. The front
+    end's batcher and the worker's executors both take batches with it."""
+    head = pending.popleft()
+    batch = [head]
+    if head.key is None:
+        return batch
+    rows = head.rows
+    skipped: list[B] = []
+    while pending and rows < size:
+        item = pending.popleft()
+        if item.key == head.key and rows + item.rows <= size:
+            batch.append(item)
+            rows += item.rows
+        else:
+            skipped.append(item)
+            if item.key == head.key:
+                break
+    pending.extendleft(reversed(skipped))
+    return batch

@@ -4,8 +4,10 @@ the SLO"; MArk used profiled peak throughput instead).
 
 The model of one instance (documented approximation):
 - It has c = `profile.parallelism` parallel servers. At arrival rate lambda the batcher forms
-  batches of b = `slo_batch(profile, slo.latency_ms, lambda, max_batch).size` requests (the same
-  rule the front end runs), each served in the deterministic time T(b) = a + c*b of the profile.
+  batches of b = `slo_batch(profile, budget, lambda, max_batch).size` requests, budget being the
+  data plane's (`slo_budget_ms`: the SLO latency times `BatchingConfig.slo_budget_fraction`),
+  so b is the one the front end and the simulator run; each is served in the deterministic time
+  T(b) = a + c*b of the profile. The SLO test itself is against the whole latency.
 - Batches reach the servers as an M/D/c queue of batch-units: rate lambda/b, service T(b). Batch
   arrivals are really Erlang-b spaced, more regular than Poisson, so this errs on the safe side.
 - A request's latency is max(gather, queue wait) + T(b). The gather ((b-1)/lambda for the
@@ -17,7 +19,13 @@ The model of one instance (documented approximation):
 
 The predicate is not monotone in lambda in general (b jumps with the rate), so the search walks
 a geometric grid upward from ~0 and bisects the first step where it fails: every rate up to the
-returned capacity meets the SLO, not just the capacity itself.
+returned capacity meets the SLO, not just the capacity itself. With the data plane's budget
+that can stop early: opennmt-ende on g4dn.xlarge (T(b) = 373 + 8b ms, SLO 1,400 ms, budget
+1,120 ms) fails with b = 1 from 1.28 req/s, before b = 2 fits the budget at 1.37 req/s (and
+again between later jumps of b), so its capacity is 1.28 req/s (7.65 when b was sized against
+the whole SLO). The simulator's batcher, which also sends a backlog together
+(`batching.backlog_take`, not counted here), held all of that SLO on one such instance at
+2.1-3.4 req/s (the first 2 h of twitter-like-diurnal-2d, scaled as bench/evaluation.py does).
 """
 
 from __future__ import annotations
@@ -25,8 +33,9 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from mark.core.config import BatchingConfig
 from mark.core.types import Profile, Slo
-from provisioner.policy.batching import slo_batch
+from provisioner.policy.batching import slo_batch, slo_budget_ms
 from provisioner.policy.queueing import mdc_wait_prob
 
 __all__ = ["SloCapacity", "CapacityCache", "slo_capacity", "capacity_rps", "DEFAULT_CACHE"]
@@ -36,6 +45,7 @@ _GRID_DECADES = 7
 _REL_TOL = 1e-4
 # Never plan an instance closer than this to saturation of its servers.
 _MAX_UTILISATION = 0.995
+_DEFAULT_BUDGET_FRACTION: float = BatchingConfig().slo_budget_fraction
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,8 +76,11 @@ def _key(profile: Profile, slo: Slo, max_batch: int) -> CapacityKey:
     )
 
 
-def _meets_slo(profile: Profile, slo: Slo, max_batch: int, rate_rps: float) -> SloCapacity | None:
-    plan = slo_batch(profile, slo.latency_ms, rate_rps, max_batch)
+def _meets_slo(
+    profile: Profile, slo: Slo, max_batch: int, rate_rps: float, budget_fraction: float
+) -> SloCapacity | None:
+    budget_ms = slo_budget_ms(slo.latency_ms, budget_fraction)
+    plan = slo_batch(profile, budget_ms, rate_rps, max_batch)
     room_s = (slo.latency_ms - plan.service_ms) / 1000.0
     if room_s < 0:
         return None
@@ -80,13 +93,13 @@ def _meets_slo(profile: Profile, slo: Slo, max_batch: int, rate_rps: float) -> S
     return SloCapacity(rate_rps=rate_rps, batch_size=plan.size, service_ms=plan.service_ms)
 
 
-def _search(profile: Profile, slo: Slo, max_batch: int) -> SloCapacity:
+def _search(profile: Profile, slo: Slo, max_batch: int, budget_fraction: float) -> SloCapacity:
     if profile.service_ms(1) > slo.latency_ms:
         return _NONE
     cap = max(1, min(max_batch, profile.max_batch))
     ceiling_rps = profile.parallelism * cap / (profile.service_ms(cap) / 1000.0)
     low = ceiling_rps * _GRID_RATIO ** -math.ceil(_GRID_DECADES / math.log10(_GRID_RATIO))
-    best = _meets_slo(profile, slo, max_batch, low)
+    best = _meets_slo(profile, slo, max_batch, low, budget_fraction)
     if best is None:
         high, low = low, 0.0
         best = _NONE
@@ -94,7 +107,7 @@ def _search(profile: Profile, slo: Slo, max_batch: int) -> SloCapacity:
         high = low
         while high < ceiling_rps:
             step = min(high * _GRID_RATIO, ceiling_rps)
-            found = _meets_slo(profile, slo, max_batch, step)
+            found = _meets_slo(profile, slo, max_batch, step, budget_fraction)
             if found is None:
                 high = step
                 break
@@ -103,7 +116,7 @@ def _search(profile: Profile, slo: Slo, max_batch: int) -> SloCapacity:
             return best
     while high - low > _REL_TOL * high:
         mid = 0.5 * (low + high)
-        found = _meets_slo(profile, slo, max_batch, mid)
+        found = _meets_slo(profile, slo, max_batch, mid, budget_fraction)
         if found is None:
             high = mid
         else:
@@ -113,9 +126,16 @@ def _search(profile: Profile, slo: Slo, max_batch: int) -> SloCapacity:
 
 class CapacityCache:
     """Capacities keyed by value (fitted profile line, SLO, batch cap). The planner asks for
-    every (model, type) pair each tick; the M/D/c search runs once per distinct key."""
+    every (model, type) pair each tick; the M/D/c search runs once per distinct key.
 
-    def __init__(self) -> None:
+    `budget_fraction` is the data plane's `BatchingConfig.slo_budget_fraction`: every entry
+    sizes batches against that budget, so build the cache from the config the front end and
+    the simulator batch with."""
+
+    def __init__(self, *, budget_fraction: float = _DEFAULT_BUDGET_FRACTION) -> None:
+        if not 0 < budget_fraction <= 1:
+            raise ValueError(f"budget_fraction must be in (0, 1], got {budget_fraction!r}")
+        self.budget_fraction = budget_fraction
         self._entries: dict[CapacityKey, SloCapacity] = {}
         # The same Profile and Slo objects come back every tick: skip building the value key.
         self._by_identity: dict[tuple[int, int, int], tuple[Profile, Slo, SloCapacity]] = {}
@@ -127,7 +147,7 @@ class CapacityCache:
         key = _key(profile, slo, max_batch)
         found = self._entries.get(key)
         if found is None:
-            found = _search(profile, slo, max_batch)
+            found = _search(profile, slo, max_batch, self.budget_fraction)
             self._entries[key] = found
         self._by_identity[(id(profile), id(slo), max_batch)] = (profile, slo, found)
         return found
@@ -152,5 +172,6 @@ def slo_capacity(
 
 def capacity_rps(profile: Profile, slo: Slo, max_batch: int) -> float:
     """Largest arrival rate (req/s) one instance sustains with P(latency > SLO) <= 1 -
-    percentile; 0.0 when the type cannot meet the SLO even unloaded."""
+    percentile, batching with the default budget (DEFAULT_CACHE); 0.0 when the type cannot
+    meet the SLO even unloaded."""
     return slo_capacity(profile, slo, max_batch).rate_rps

@@ -32,7 +32,7 @@ from scipy.special import gammaln
 
 from mark.core.errors import InvalidValue
 
-__all__ = ["mdc_wait_prob", "mdc_mean_wait", "mdc_waiting_room"]
+__all__ = ["mdc_wait_prob", "mdc_mean_wait"]
 
 # Probability mass below which Poisson terms and the stationary tail are dropped.
 _TAIL_EPS = 1e-14
@@ -143,12 +143,6 @@ def _check(arrival_rate: float, service_time: float, servers: int) -> None:
         raise InvalidValue("service_time", f"must be finite and > 0, got {service_time!r}")
     if not (1 <= servers <= _MAX_SERVERS):
         raise InvalidValue("servers", f"must be in 1..{_MAX_SERVERS}, got {servers!r}")
-
-
-def mdc_waiting_room(arrival_rate: float, service_time: float, servers: int) -> _WaitingRoom:
-    """The cached stationary law of the number waiting (for callers that sweep t)."""
-    _check(arrival_rate, service_time, servers)
-    return _waiting_room(arrival_rate * service_time, servers)
 
 
 def mdc_wait_prob(arrival_rate: float, service_time: float, servers: int, t: float) -> float:

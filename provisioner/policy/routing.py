@@ -6,12 +6,10 @@ score and subtracts the total weight from it. Over any window of `sum(weights)` 
 chosen exactly in proportion to its weight, and picks are interleaved (weights 5, 1, 1 give
 a a b a c a a, never a burst of five), which keeps each instance's batcher fed evenly.
 MArk (paper, section 4) balances with weighted round-robin; the weights here are each instance's
-capacity at the SLO (`provisioner.policy.capacity.capacity_rps`).
+capacity at the SLO (`provisioner.policy.dataplane.routing_weight`).
 """
 
 from __future__ import annotations
-
-from collections.abc import Collection
 
 __all__ = ["SmoothWeightedRoundRobin"]
 
@@ -45,14 +43,11 @@ class SmoothWeightedRoundRobin:
         self._weights.pop(key, None)
         self._current.pop(key, None)
 
-    def pick(self, exclude: Collection[str] = ()) -> str | None:
-        """The next peer, skipping `exclude` (peers already tried for this request); None when
-        no peer is eligible."""
+    def pick(self) -> str | None:
+        """The next peer; None when there is none."""
         best: str | None = None
         total = 0.0
         for key, weight in self._weights.items():
-            if key in exclude:
-                continue
             self._current[key] += weight
             total += weight
             if best is None or self._current[key] > self._current[best]:

@@ -1,13 +1,13 @@
-"""The spill rule (MArk's "Bouncer"), one pure function shared by the front end's queue-time
-monitor and the simulator.
+"""The spill rule (MArk's "Bouncer") for one queued request, shared by the front end and the
+simulator through `provisioner.policy.dataplane.select_spills`, which walks a queue with it.
 
 For a queued request, its expected completion on the instances is
 
     now + position / service_rate + T(b)
 
-(position: requests ahead of it in its model's queue; service_rate: the model's running
-instances' combined throughput at their current batch size; T(b) = a + c*b: the service time of
-the batch it will ride in; DESIGN.md, "Spill"). When that is past `deadline - margin`, and the
+(position: requests ahead of it on its instance, in flight included; service_rate: that
+instance's throughput at its current batch size; T(b) = a + c*b: the service time of the batch it
+will ride in; DESIGN.md, "Spill"). When that is past `deadline - margin`, and the
 serverless pool can still answer before the deadline (warm latency, plus a cold start when no
 warm function is idle), the request goes to the pool.
 
@@ -15,7 +15,8 @@ Two more reasons spill without the deadline test, because the alternative is a w
 minutes (an EC2 launch) rather than milliseconds:
 - "cold-fleet": the model has no running instance yet (just registered, scaled from zero, or
   every instance still booting);
-- "draining": the instance holding the request is in an interruption's two-minute drain.
+- "draining": the instance holding the request drains (an interruption's two-minute notice, or
+  the planner retiring it).
 Both still need a free slot in the pool; they do not need the latency to fit the deadline, since a
 late answer beats none.
 """
@@ -34,7 +35,6 @@ __all__ = [
     "expected_completion_s",
     "serverless_completion_s",
     "spill_reason",
-    "should_spill",
 ]
 
 
@@ -46,21 +46,20 @@ class SpillReason(StrEnum):
 
 @dataclass(frozen=True, slots=True)
 class QueueView:
-    """What the monitor knows about one queued request and the instances ahead of it.
+    """One instance's queue as the rule sees it, the same for the front end and the simulator.
 
-    `deadline_s` is the request's arrival plus the SLO latency; `position` counts the requests
-    ahead of it (0 at the head); `service_rate_rps` is the sum of the model's running instances'
-    throughput at their batch size (b / T(b) each, times their parallel slots);
-    `batch_service_ms` is T(b) of the batch it will leave in; `running_instances` counts the
-    model's instances in state RUNNING; `draining` is true while the instance it is queued on
-    drains after an interruption notice.
+    `ahead` counts requests sent to the instance and not answered yet; `service_rate_rps` is
+    the instance's throughput at its current plan (`provisioner.policy.dataplane.service_rate_rps`,
+    parallelism * b / T(b)); `batch_service_ms` is T(b) of that plan; `running_instances` counts
+    the model's instances in state RUNNING (0: none yet, every request spills as cold-fleet);
+    `draining` is true while the instance drains after an interruption notice or a drain.
+    The default view is that of a model with no running instance.
     """
 
-    position: int
-    deadline_s: float
-    service_rate_rps: float
-    batch_service_ms: float
-    running_instances: int
+    ahead: int = 0
+    service_rate_rps: float = 0.0
+    batch_service_ms: float = 0.0
+    running_instances: int = 0
     draining: bool = False
 
 
@@ -81,11 +80,12 @@ class ServerlessProfile:
         return self.warm_ms if self.idle_warm > 0 else self.warm_ms + self.cold_start_ms
 
 
-def expected_completion_s(view: QueueView, now_s: float) -> float:
-    """now + position / service_rate + T(b); infinite when no instance serves the model."""
-    if view.running_instances <= 0 or view.service_rate_rps <= 0:
+def expected_completion_s(queue: QueueView, position: int, now_s: float) -> float:
+    """now + position / service_rate + T(b) for a request with `position` requests ahead of it
+    (those in flight included); infinite when no instance serves the model."""
+    if queue.running_instances <= 0 or queue.service_rate_rps <= 0:
         return float("inf")
-    return now_s + view.position / view.service_rate_rps + view.batch_service_ms / 1000.0
+    return now_s + position / queue.service_rate_rps + queue.batch_service_ms / 1000.0
 
 
 def serverless_completion_s(pool: ServerlessProfile, now_s: float) -> float:
@@ -93,28 +93,29 @@ def serverless_completion_s(pool: ServerlessProfile, now_s: float) -> float:
 
 
 def spill_reason(
-    view: QueueView, now_s: float, slo: Slo, pool: ServerlessProfile, margin_ms: float
+    queue: QueueView,
+    position: int,
+    deadline_s: float,
+    now_s: float,
+    slo: Slo,
+    pool: ServerlessProfile,
+    margin_ms: float,
 ) -> SpillReason | None:
-    """Why this request should go to the serverless pool now, or None to keep it queued.
+    """Why a request due at `deadline_s`, `position` requests ahead of it on `queue`, should go
+    to the serverless pool now, or None to keep it queued.
 
     `slo` bounds the margin: a margin longer than the SLO itself would spill everything, so it
     is capped at the SLO latency.
     """
     if not pool.enabled or pool.free_slots <= 0:
         return None
-    if view.running_instances <= 0 or view.service_rate_rps <= 0:
+    if queue.running_instances <= 0 or queue.service_rate_rps <= 0:
         return SpillReason.COLD_FLEET
-    if view.draining:
+    if queue.draining:
         return SpillReason.DRAINING
     margin_s = min(margin_ms, slo.latency_ms) / 1000.0
-    if expected_completion_s(view, now_s) <= view.deadline_s - margin_s:
+    if expected_completion_s(queue, position, now_s) <= deadline_s - margin_s:
         return None
-    if serverless_completion_s(pool, now_s) > view.deadline_s:
+    if serverless_completion_s(pool, now_s) > deadline_s:
         return None
     return SpillReason.DEADLINE
-
-
-def should_spill(
-    view: QueueView, now_s: float, slo: Slo, pool: ServerlessProfile, margin_ms: float
-) -> bool:
-    return spill_reason(view, now_s, slo, pool, margin_ms) is not None

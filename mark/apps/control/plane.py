@@ -115,6 +115,7 @@ async def _main(config: Config) -> None:
     from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
     from mark.apps.control.loop import ControlLoop, Schedule
+    from provisioner.policy.capacity import CapacityCache
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -135,8 +136,10 @@ async def _main(config: Config) -> None:
         schedule = (
             Schedule.load(config.forecast.schedule_file) if config.forecast.schedule_file else None
         )
+        # Capacities sized with the budget the front ends batch with (config.batching).
+        cache = CapacityCache(budget_fraction=config.batching.slo_budget_fraction)
         control = ControlLoop(
-            db, cloud, config, observed_counts, schedule=schedule, serverless=pool
+            db, cloud, config, observed_counts, schedule=schedule, serverless=pool, cache=cache
         )
         if config.cloud.provider == "local":
             stack.push_async_callback(control.release_all)

@@ -4,17 +4,15 @@ Every `window_s` (10 s, the finest metric any policy reads) the engine
 1. asks the policy for a decision when its interval comes round, and carries out its actions as
    the control loop does, by the one interpretation of `provisioner.policy.actions` (a launch is
    PENDING for the type's `launch_overhead_s`, then RUNNING; a drained instance takes no new
-   requests, finishes its queue, and is terminated by the policy or, for policies without a
-   drain step, once its queue is empty; a terminated one loses what still waits on it);
+   requests, spills its queue as the front end does when the policy has a spill path, finishes
+   the rest, and is terminated by the policy or, for policies without a drain step, once its
+   queue is empty; a terminated one loses what still waits on it);
 2. cuts the window at fleet events (an instance ready, an interruption notice, a reclaim) and,
    in each piece, routes the arrivals over the RUNNING instances by smooth weighted round-robin
-   (`provisioner.policy.routing`, weights: capacity at the SLO, as `frontend.fleet` sets them),
-   batches and
-   queues them per instance (`instance_queue`, batch size from
-   `provisioner.policy.batching.slo_batch`
-   at the routed rate with the front end's budget), and, for policies with a spill path, sends
-   the requests the spill rule (`provisioner.policy.spill.spill_reason`) picks to the serverless
-   pool;
+   (`provisioner.policy.routing`), batches and queues them per instance (`instance_queue`),
+   and, for policies with a spill path, sends the requests the spill walk picks to the
+   serverless pool; the weights, batch plans, service rates and the walk are the front end's
+   (`provisioner.policy.dataplane`);
 3. records metrics (arrivals, requests in system) and the time series the plots draw.
 
 Billing (`provisioner.policy.billing`): an instance is charged from its launch (EC2 bills boot
@@ -43,16 +41,24 @@ from mark.core.config import BatchingConfig, SpillConfig
 from mark.core.types import Instance, InstanceState, Market, Model, Offering, Profile
 from provisioner.policy import billing
 from provisioner.policy.actions import Action, Launch, OperationKind, fleet_operations
-from provisioner.policy.batching import BatchPlan, slo_batch
-from provisioner.policy.capacity import CapacityCache, slo_capacity
+from provisioner.policy.batching import BatchPlan
+from provisioner.policy.capacity import CapacityCache
+from provisioner.policy.dataplane import (
+    batch_plan,
+    last_kept_position,
+    routing_weight,
+    select_spills,
+    service_rate_rps,
+)
 from provisioner.policy.offerings import Offerings
 from provisioner.policy.routing import SmoothWeightedRoundRobin
-from provisioner.policy.spill import QueueView, ServerlessProfile, spill_reason
+from provisioner.policy.spill import QueueView
 
 __all__ = ["SimSettings", "PolicyRun", "run_policy"]
 
 _PATTERN_MIN = 256
 _PATTERN_MAX = 8192
+_NO_INSTANCE = QueueView()  # the queue of a model with no running instance
 
 
 @dataclass(frozen=True, slots=True)
@@ -166,10 +172,7 @@ class _Engine:
             instance=inst,
             profile=profile,
             queue=InstanceQueue(profile.parallelism, profile.a_ms, profile.c_ms),
-            weight=max(
-                slo_capacity(profile, self.model.slo, self.model.max_batch, self.cache).rate_rps,
-                1e-3,
-            ),
+            weight=routing_weight(profile, self.model.slo, self.model.max_batch, self.cache),
             ready_s=launched + overhead,
             billed_from_s=now_s if ready_now else launched,
             price_per_hour=self.policy.price_per_hour(offering),
@@ -200,7 +203,10 @@ class _Engine:
         if sim.instance.state != InstanceState.RUNNING:
             return
         sim.instance = sim.instance.transition(InstanceState.DRAINING, now_s)
-        self.serve_done(sim, sim.queue.flush(self.plan_of(sim, 0.0)))
+        plan = self.plan_of(sim, 0.0)
+        if self.policy.spill:
+            self.spill_drained(sim, plan, now_s)
+        self.serve_done(sim, sim.queue.flush(plan))
         if not self.policy.terminates_drained:
             sim.end_s = max(now_s, sim.queue.busy_until_s())
 
@@ -221,48 +227,39 @@ class _Engine:
     # -- data plane ----------------------------------------------------------------------------
 
     def plan_of(self, sim: _SimInstance, rate_rps: float) -> BatchPlan:
-        profile = sim.profile
-        if not self.policy.batching:
-            return BatchPlan(1, 0.0, profile.service_ms(1))
-        budget_ms = self.model.slo.latency_ms * self.settings.batching.slo_budget_fraction
-        return slo_batch(profile, budget_ms, rate_rps, self.model.max_batch)
+        return batch_plan(
+            sim.profile,
+            self.model.slo,
+            rate_rps,
+            self.model.max_batch,
+            self.settings.batching.slo_budget_fraction,
+            self.policy.batching,
+        )
 
     def spill_position(self, plan: BatchPlan, servers: int) -> float:
-        """Largest position ahead at which `spill_reason` keeps a request queued (found by
-        bisection on the rule itself; it only grows with the position)."""
+        """Largest position ahead at which the spill rule keeps a fresh request queued
+        (`last_kept_position`, cached per plan); -1 when none stays."""
         key = (servers, plan.service_ms, float(plan.size))
         found = self.threshold_cache.get(key)
-        if found is not None:
-            return found
-        slo = self.model.slo
-        rate = servers * plan.size / (plan.service_ms / 1000.0)
-        always = ServerlessProfile(warm_ms=0.0, cold_start_ms=0.0, idle_warm=1, free_slots=1)
-
-        def keeps(position: int) -> bool:
-            view = QueueView(position, slo.latency_s, rate, plan.service_ms, 1)
-            return spill_reason(view, 0.0, slo, always, self.settings.spill.margin_ms) is None
-
-        if not keeps(0):
-            found = -1.0
-        else:
-            low, high = 0, 1
-            while keeps(high):
-                low, high = high, high * 2
-            while high - low > 1:
-                mid = (low + high) // 2
-                low, high = (mid, high) if keeps(mid) else (low, mid)
-            found = float(low)
-        self.threshold_cache[key] = found
+        if found is None:
+            queue = QueueView(0, service_rate_rps(servers, plan), plan.service_ms, 1)
+            found = float(last_kept_position(queue, self.model.slo, self.settings.spill.margin_ms))
+            self.threshold_cache[key] = found
         return found
 
-    def to_pool(self, arrival_s: float, now_s: float, reason_view: QueueView | None) -> bool:
-        """Spill one request when the rule says so (`reason_view` None: sent regardless)."""
-        if reason_view is not None:
-            profile = self.pool.profile(now_s)
-            why = spill_reason(
-                reason_view, now_s, self.model.slo, profile, self.settings.spill.margin_ms
+    def to_pool(self, arrival_s: float, now_s: float, queue: QueueView | None) -> bool:
+        """Spill one request that arrived at `arrival_s`, `queue.ahead` requests ahead of it on
+        `queue`, when `select_spills` picks it (`queue` None: sent regardless)."""
+        if queue is not None:
+            chosen, _ = select_spills(
+                (arrival_s + self.model.slo.latency_s,),
+                queue,
+                now_s=now_s,
+                slo=self.model.slo,
+                pool=self.pool.profile(now_s),
+                margin_ms=self.settings.spill.margin_ms,
             )
-            if why is None:
+            if not chosen:
                 return False
         latency = self.pool.invoke(now_s)
         if latency is None:
@@ -270,6 +267,30 @@ class _Engine:
         self.spilled += 1
         self.recorder.add(np.array([(now_s - arrival_s) * 1000.0 + latency]))
         return True
+
+    def spill_drained(self, sim: _SimInstance, plan: BatchPlan, now_s: float) -> None:
+        """What the front end does with a draining instance's queue (`Fleet._remove_link`):
+        the requests not yet in a batch go to the pool as `select_spills` picks them over the
+        queue (as "draining" while a slot is free); the rest stays and the instance serves it
+        (the front end re-routes it to the other instances)."""
+        waiting = sim.queue.waiting
+        if not waiting:
+            return
+        running = sum(1 for s in self.fleet.values() if s.instance.state == InstanceState.RUNNING)
+        rate_rps = service_rate_rps(sim.profile.parallelism, plan)
+        queue = QueueView(0, rate_rps, plan.service_ms, running, draining=True)
+        slo = self.model.slo
+        chosen, _ = select_spills(
+            [t + slo.latency_s for t in waiting],
+            queue,
+            now_s=now_s,
+            slo=slo,
+            pool=self.pool.profile(now_s),
+            margin_ms=self.settings.spill.margin_ms,
+        )
+        spilled = {i for i, _ in chosen if self.to_pool(waiting[i], now_s, None)}
+        if spilled:
+            sim.queue.waiting = [t for i, t in enumerate(waiting) if i not in spilled]
 
     def serve_done(self, sim: _SimInstance, served: ServedBatch) -> None:
         if not served.arrival_s.size:
@@ -287,9 +308,7 @@ class _Engine:
             self.failed += count
             self.recorder.add(np.full(count, np.inf))
 
-    def route(
-        self, times: np.ndarray, t0: float, t1: float, bucket_rate_rps: float, share_out: float
-    ) -> None:
+    def route(self, times: np.ndarray, t1: float, bucket_rate_rps: float, share_out: float) -> None:
         if not times.size:
             return
         if share_out > 0:
@@ -302,8 +321,7 @@ class _Engine:
         if not routable:
             if self.policy.spill:
                 for t in times.tolist():
-                    view = QueueView(0, t + self.model.slo.latency_s, 0.0, 0.0, 0)
-                    if not self.to_pool(t, t, view):
+                    if not self.to_pool(t, t, _NO_INSTANCE):
                         self.fail(1)
             else:
                 self.fail(times.size)
@@ -315,14 +333,13 @@ class _Engine:
         self.pattern_offset = (self.pattern_offset + times.size) % pattern.size
         total = sum(weights)
         running = len(routable)
-        slo_s = self.model.slo.latency_s
         for index, sim in enumerate(routable):
             mine = times[slots == index]
             plan = self.plan_of(sim, bucket_rate_rps * sim.weight / total)
             if self.policy.spill:
                 servers = sim.profile.parallelism
                 limit = self.spill_position(plan, servers)
-                rate = servers * plan.size / (plan.service_ms / 1000.0)
+                rate = service_rate_rps(servers, plan)
 
                 def gate(
                     arrival: float,
@@ -331,8 +348,8 @@ class _Engine:
                     rate: float = rate,
                     plan: BatchPlan = plan,
                 ) -> bool:
-                    view = QueueView(position, arrival + slo_s, rate, plan.service_ms, running)
-                    return self.to_pool(arrival, now, view)
+                    queue = QueueView(position, rate, plan.service_ms, running)
+                    return self.to_pool(arrival, now, queue)
 
                 def shed(late: list[float], now: float) -> None:
                     for arrival in late:
@@ -345,7 +362,7 @@ class _Engine:
                     t1,
                     spill_position=limit,
                     gate=gate,
-                    deadline_s=slo_s,
+                    deadline_s=self.model.slo.latency_s,
                     shed=shed,
                 )
             else:
@@ -441,7 +458,7 @@ def run_policy(
         arrivals=arrivals,
         catalog=catalog,
         settings=settings,
-        cache=CapacityCache(),
+        cache=CapacityCache(budget_fraction=settings.batching.slo_budget_fraction),
         pool=pool,
         rng=np.random.default_rng([settings.seed, 1]),
     )
@@ -518,7 +535,7 @@ def run_policy(
         eng.fire(t0)
         for a, z in zip(cuts, cuts[1:], strict=False):
             part = times[(times >= a) & (times < z)]
-            eng.route(part, a, z, rate, share)
+            eng.route(part, z, rate, share)
             eng.fire(z)
         hist_arrivals[warm_windows + step] = times.size
         hist_ongoing[warm_windows + step] = eng.window_sojourn_s / window

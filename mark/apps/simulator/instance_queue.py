@@ -3,21 +3,19 @@ servers, deterministic service T(b) = a + c*b (MArk's model; DESIGN.md "Batching
 
 The batch rule is the front end's (frontend/batcher.py): a batch leaves when `plan.size`
 requests wait or the oldest has waited `plan.timeout_ms`, and only when a server is free (the
-backlog fills the batch while the servers are busy, the model `provisioner.policy.capacity` assumes;
-a backlog larger than `plan.size` leaves in one batch of up to `backlog_take`, which capacity
-does not count on);
-and at once, with what waits, when every server is idle (the front end is work-conserving: an
-instance with nothing in flight never waits for a batch to fill).
-`plan` comes from `provisioner.policy.batching.slo_batch` at the rate routed to the instance.
+backlog fills the batch while the servers are busy, the model `provisioner.policy.capacity`
+assumes; a backlog larger than `plan.size` leaves in one batch of up to `backlog_take`, which
+capacity does not count on); and at once, with what waits, when every server is idle (the front
+end is work-conserving: an instance with nothing in flight never waits for a batch to fill).
+`plan` comes from `provisioner.policy.dataplane.batch_plan` at the rate routed to the instance.
 
 Two paths compute the same thing:
 - `_batches`: a loop over batches (not requests), no spill. Its result is accepted when no new
   request found more than `spill_position` requests ahead of it on arrival, i.e. when the spill
   rule would have kept every request queued.
 - `_requests`: a loop over requests that asks the spill gate, in arrival order, for each request
-  whose position passes that bound (the gate applies `provisioner.policy.spill.spill_reason`), and
-  sheds
-  requests whose deadline passed before their batch left (the front end's `_shed`).
+  whose position passes that bound (the gate applies `provisioner.policy.dataplane.select_spills`),
+  and sheds requests whose deadline passed before their batch left (the front end's `_shed`).
 Batches that would start after `until_s` are not formed: their requests wait in the queue for the
 next call, so arrivals of the next segment can still join them.
 """

@@ -67,7 +67,7 @@ def build_policies(scenario: Scenario, names: Sequence[str]) -> list[Policy]:
             "policies", f"unknown {', '.join(unknown)}; choose from {', '.join(POLICY_NAMES)}"
         )
     model, catalog, market = scenario.model, scenario.catalog, scenario.market
-    cache = CapacityCache()
+    cache = CapacityCache(budget_fraction=scenario.settings.batching.slo_budget_fraction)
     types = scenario.types
     on_demand = {t: catalog.instance_type(t).on_demand_price_per_hour for t in types}
     policies: list[Policy] = []

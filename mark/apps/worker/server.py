@@ -5,8 +5,9 @@ metadata, `POST /v2/models/{m}/infer` (JSON or binary tensor data), plus TF Serv
 `POST /v1/models/{m}:predict` so the front end's TF Serving backend path has a real server.
 
 Server-side batch execution: each model has `parallelism` executors; an idle executor takes the
-oldest waiting request and every other waiting request it can concatenate with (same batch key,
-at most `max_batch` rows) and runs them as one call. Requests that arrive while a batch runs
+oldest waiting request and the waiting requests it can concatenate with (same batch key, at most
+`max_batch` rows, FIFO within the key: `provisioner.policy.batching.take_batch`, the front end's
+rule) and runs them as one call. Requests that arrive while a batch runs
 therefore form the next batch, with no added wait when the server is idle.
 
 Pacing (`profiles`): with a profile T(b) = a + c*b for the instance type being imitated, each
@@ -22,6 +23,7 @@ import time
 from collections import Counter, deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from aiohttp import web
 
@@ -43,6 +45,7 @@ from mark.core.protocol import (
     validate,
 )
 from mark.core.types import Profile
+from provisioner.policy.batching import take_batch
 
 __all__ = ["ModelRunner", "WorkerStats", "build_app", "SERVER_NAME"]
 
@@ -70,6 +73,7 @@ class WorkerStats:
 class _Waiting:
     request: InferRequest
     rows: int
+    key: tuple[Any, ...] | None  # batch_key, computed once at arrival
     future: asyncio.Future[InferResponse]
 
 
@@ -99,34 +103,18 @@ class ModelRunner:
 
     async def infer(self, request: InferRequest) -> InferResponse:
         future: asyncio.Future[InferResponse] = asyncio.get_running_loop().create_future()
-        self._waiting.append(_Waiting(request, batch_size(request) or 1, future))
+        self._waiting.append(
+            _Waiting(request, batch_size(request) or 1, batch_key(request), future)
+        )
         self._ready.set()
         return await future
-
-    def _take_batch(self) -> list[_Waiting]:
-        head = self._waiting.popleft()
-        batch = [head]
-        key = batch_key(head.request)
-        if key is None:
-            return batch
-        rows = head.rows
-        kept: deque[_Waiting] = deque()
-        while self._waiting:
-            item = self._waiting.popleft()
-            if rows + item.rows <= self.max_batch and batch_key(item.request) == key:
-                batch.append(item)
-                rows += item.rows
-            else:
-                kept.append(item)
-        self._waiting.extendleft(reversed(kept))
-        return batch
 
     async def _execute_forever(self) -> None:
         while True:
             while not self._waiting:
                 self._ready.clear()
                 await self._ready.wait()
-            batch = [w for w in self._take_batch() if not w.future.done()]
+            batch = [w for w in take_batch(self._waiting, self.max_batch) if not w.future.done()]
             if batch:
                 await self._execute(batch)
 

@@ -1,0 +1,133 @@
+"""The fleet's view of one model's route targets: a `Link` per running instance that serves it
+(its batcher, its profile, its routing weight) and the model's `ModelRoutes` (router, links,
+the requests waiting for a first instance, the cached metadata).
+
+The rules these apply are the data plane's, on floor 2 (`provisioner.policy.dataplane`): the
+batch plan a link's batcher runs (`link_plan`), the weights (`reweigh`) and the queue the spill
+rule sees (`Link.queue`), the same functions the simulator calls.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from statistics import fmean
+from typing import Any
+
+from frontend.batcher import InstanceBatcher, QueuedRequest
+from mark.core.config import BatchingConfig
+from mark.core.protocol import TensorMeta
+from mark.core.types import Instance, InstanceState, Model, Profile
+from provisioner.policy.batching import BatchPlan
+from provisioner.policy.capacity import CapacityCache
+from provisioner.policy.dataplane import batch_plan, routing_weight, service_rate_rps
+from provisioner.policy.routing import SmoothWeightedRoundRobin
+from provisioner.policy.spill import QueueView
+
+__all__ = ["Link", "ModelRoutes", "serves", "link_plan", "reweigh"]
+
+
+@dataclass(eq=False, slots=True)
+class Link:
+    """One instance as one model's route target."""
+
+    instance: Instance
+    batcher: InstanceBatcher
+    profile: Profile | None
+    weight: float = 1.0
+    ejected: bool = False
+    closed: bool = False
+
+    @property
+    def id(self) -> str:
+        return self.instance.id
+
+    @property
+    def endpoint(self) -> str:
+        assert self.instance.endpoint is not None
+        return self.instance.endpoint
+
+    def queue(self, running_instances: int, *, ahead: int = 0, draining: bool = False) -> QueueView:
+        """This instance's backlog for the spill rule: the requests in flight plus `ahead`, and
+        its throughput at the batcher's current plan (0 without a profile: no deadline
+        estimate, nothing spills for the deadline until the request expires)."""
+        plan = self.batcher.plan()
+        profile = self.profile
+        rate_rps = service_rate_rps(profile.parallelism, plan) if profile is not None else 0.0
+        return QueueView(
+            ahead=self.batcher.inflight_requests + ahead,
+            service_rate_rps=rate_rps,
+            batch_service_ms=plan.service_ms,
+            running_instances=running_instances,
+            draining=draining,
+        )
+
+
+@dataclass(eq=False, slots=True)
+class ModelRoutes:
+    """One served model in the fleet: its router over its links, the requests waiting for an
+    instance to join, and its metadata as an instance reported it."""
+
+    model: Model
+    router: SmoothWeightedRoundRobin = field(default_factory=SmoothWeightedRoundRobin)
+    links: dict[str, Link] = field(default_factory=dict)
+    waiting: deque[QueuedRequest] = field(default_factory=deque)
+    metadata: dict[str, Any] | None = None
+    inputs: tuple[TensorMeta, ...] = ()
+    metadata_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+    @property
+    def backend_name(self) -> str:
+        return self.model.backend.backend_model_name or self.model.name
+
+    def fastest_s(self) -> float:
+        """The least time any routable instance needs for one request (0 without profiles)."""
+        times = [
+            link.profile.service_ms(1) / 1000.0
+            for link in self.links.values()
+            if link.profile is not None and not link.ejected
+        ]
+        return min(times, default=0.0)
+
+
+def serves(instance: Instance, model: str) -> bool:
+    """Whether `instance` takes `model`'s requests: running, reachable, holding the model."""
+    return (
+        instance.state == InstanceState.RUNNING
+        and instance.endpoint is not None
+        and model in instance.models
+    )
+
+
+def link_plan(
+    routes: ModelRoutes, link_of: Callable[[], Link], config: BatchingConfig
+) -> Callable[[float], BatchPlan]:
+    """The `plan_for` of a link's batcher: `batch_plan` for the model and the link's profile as
+    they are now (both change when the models are replaced), with the config's budget."""
+    fraction, batching = config.slo_budget_fraction, config.enabled
+
+    def plan(rate_rps: float) -> BatchPlan:
+        model = routes.model
+        return batch_plan(
+            link_of().profile, model.slo, rate_rps, model.max_batch, fraction, batching
+        )
+
+    return plan
+
+
+def reweigh(routes: ModelRoutes, cache: CapacityCache) -> None:
+    """Weights = `routing_weight` (capacity at the SLO); links without a profile get the mean
+    of the others (1.0 when none has one). Ejected links keep their weight for their return."""
+    model = routes.model
+    known = {
+        link.id: routing_weight(link.profile, model.slo, model.max_batch, cache)
+        for link in routes.links.values()
+        if link.profile is not None
+    }
+    default = fmean(known.values()) if known else 1.0
+    for link in routes.links.values():
+        link.weight = known.get(link.id, default)
+        if not link.ejected:
+            routes.router.set(link.id, link.weight)
