@@ -296,6 +296,8 @@ def test_compose_runs_two_front_ends_one_control_loop_on_postgresql() -> None:
         parses_as_mark_command(service["command"])
     planners = [n for n, c in configs.items() if c.control.enabled]
     assert planners == ["mark"]
+    # the serving one migrates after the control one has (two migrations at once collide)
+    assert services["mark-serve"]["depends_on"]["mark"] == {"condition": "service_healthy"}
     assert_serving_only(configs["mark-serve"], "mark-serve")
     assert set(services["mark-serve"]["environment"]) - set(services["mark"]["environment"]) == (
         SERVING_ONLY
