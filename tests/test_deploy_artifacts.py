@@ -42,7 +42,7 @@ import yaml
 from botocore.validate import ParamValidator
 
 from mark.apps.cli import build_parser
-from mark.core.config import Config, load_config
+from mark.core.config import ENV_SHORTCUTS, Config, load_config
 from tests.conftest import free_port, start_serve, stop_serve_process
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -165,6 +165,25 @@ def front_end_routes() -> frozenset[str]:
 
 def parses_as_mark_command(argv: list[str]) -> Any:
     return build_parser().parse_args(argv)
+
+
+def image_env() -> dict[str, str]:
+    """The MARK_ variables the image sets (its ENV), under every container's own."""
+    env = dict(dockerfile_instructions(DEPLOY / "Dockerfile"))["ENV"]
+    pairs = (word.partition("=") for word in shlex.split(env))
+    return {k: v for k, _, v in pairs if k.startswith("MARK_")}
+
+
+def effective_config(env: dict[str, str], path: Path | None = None) -> Config:
+    """The config `mark serve` in the container loads. load_config ignores MARK_ names of
+    sections it does not know (they may be other tools'), so a misspelt one would pass
+    silently: here each must name a section (or be one of the short names)."""
+    sections = set(Config.model_fields)
+    for name in env:
+        if name.startswith("MARK_") and name not in ENV_SHORTCUTS:
+            section, sep, _ = name[len("MARK_") :].lower().partition("__")
+            assert sep and section in sections, f"{name} names no config section"
+    return load_config(path, environ={**image_env(), **env})
 
 
 def assert_serving_only(config: Config, where: str) -> None:
@@ -290,7 +309,10 @@ def test_compose_runs_two_front_ends_one_control_loop_on_postgresql() -> None:
     configs = {}
     for name, service in services.items():
         env = {k: "" if v is None else str(v) for k, v in service["environment"].items()}
-        configs[name] = load_config(environ=env)
+        configs[name] = effective_config(env)
+        port = configs[name].server.port
+        assert configs[name].server.host == "0.0.0.0"
+        assert {p.rsplit(":", 1)[1] for p in service["ports"]} == {str(port)}
         assert service["build"] == {"context": "..", "dockerfile": "deploy/Dockerfile"}
         assert (DEPLOY / service["build"]["context"] / service["build"]["dockerfile"]).exists()
         parses_as_mark_command(service["command"])
@@ -383,7 +405,9 @@ def k8s_front_ends() -> tuple[dict[str, dict[str, Any]], dict[str, Config]]:
         with tempfile.TemporaryDirectory() as tmp:
             path = Path(tmp) / Path(args.config).name
             path.write_text(config_map["data"][path.name])
-            configs[name] = load_config(path, environ=container_env(container, secret))
+            configs[name] = effective_config(container_env(container, secret), path)
+        assert configs[name].server.host == "0.0.0.0"
+        assert [p["containerPort"] for p in container["ports"]] == [configs[name].server.port]
     return deployments, configs
 
 
