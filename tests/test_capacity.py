@@ -8,7 +8,7 @@ import pytest
 from frontend.fleet import Fleet
 from mark.core.config import BatchingConfig
 from mark.core.types import Profile, Slo
-from provisioner.policy.batching import slo_batch
+from provisioner.policy.batching import backlog_take, slo_batch
 from provisioner.policy.capacity import CapacityCache, capacity_rps, slo_capacity
 from provisioner.policy.queueing import mdc_wait_prob
 from tests.dataplane import linear_profile, model, running
@@ -82,15 +82,20 @@ def test_cache_is_keyed_by_value() -> None:
 
 
 @pytest.mark.parametrize("fraction", [0.8, 0.6, 1.0])
-async def test_capacity_sizes_the_batch_the_front_end_runs(fraction: float) -> None:
-    """The planner buys capacity for the batch size the front end's batcher forms: at the
-    capacity's rate, a real Fleet's plan for the instance has the same b, for the same model,
-    profile and batching config (sized against the whole SLO, capacity counted b = 6 where
-    the batcher runs b = 4 at the default 0.8)."""
-    profile = linear_profile("c5.large", 100.0, 10.0, max_batch=32)
+@pytest.mark.parametrize(("a_ms", "c_ms"), [(100.0, 10.0), (30.0, 60.0)])
+async def test_capacity_sizes_the_batch_the_front_end_runs(
+    fraction: float, a_ms: float, c_ms: float
+) -> None:
+    """The planner buys capacity for a batch the front end's batcher forms, for the same model,
+    profile and batching config: at the capacity's rate a real Fleet's plan for the instance has
+    that b, or, where the batcher sends a backlog together (a > c), takes exactly that many from
+    a backlog of that size. (Sized against the whole SLO, capacity counted b = 2 for the CPU-like
+    profile at fraction 0.6, where the batcher runs b = 1.)"""
+    profile = linear_profile("c5.large", a_ms, c_ms, max_batch=32)
     demo = model("demo", slo_ms=500.0, profiles=[profile], max_batch=32)
     config = BatchingConfig(slo_budget_fraction=fraction)
     cap = slo_capacity(profile, demo.slo, demo.max_batch, CapacityCache(budget_fraction=fraction))
+    assert cap.rate_rps > 0
     fleet = Fleet(config)
     try:
         fleet.set_models([demo])
@@ -98,5 +103,9 @@ async def test_capacity_sizes_the_batch_the_front_end_runs(fraction: float) -> N
         plan = fleet.batch_plan("demo", "i-1", cap.rate_rps)
     finally:
         await fleet.close()
-    assert plan.size == cap.batch_size
-    assert plan.service_ms == cap.service_ms
+    if a_ms <= c_ms:
+        assert plan.size == cap.batch_size
+    else:
+        assert plan.size <= cap.batch_size
+        assert backlog_take(plan, waiting=cap.batch_size, waited_ms=0.0) == cap.batch_size
+    assert profile.service_ms(cap.batch_size) == pytest.approx(cap.service_ms)
