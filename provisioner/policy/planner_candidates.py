@@ -276,7 +276,10 @@ def _gather(
     live_part: np.ndarray, blocks: list[Candidates], field_name: str, index: np.ndarray
 ) -> np.ndarray:
     """Rows `index` of [live_part; that field of each block, in order]."""
-    return np.concatenate([live_part] + [getattr(block, field_name) for block in blocks])[index]
+    rows: np.ndarray = np.concatenate(
+        [live_part] + [getattr(block, field_name) for block in blocks]
+    )[index]
+    return rows
 
 
 def fleet_candidates(inputs: list[ModelInput], live: LiveRows) -> list[Rows]:

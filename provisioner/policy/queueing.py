@@ -70,7 +70,8 @@ def _poisson_pmf(mean: float, upto: int) -> np.ndarray:
         out = np.zeros(upto + 1)
         out[0] = 1.0
         return out
-    return np.exp(j * math.log(mean) - mean - gammaln(j + 1.0))
+    pmf: np.ndarray = np.exp(j * math.log(mean) - mean - gammaln(j + 1.0))
+    return pmf
 
 
 def _poisson_cutoff(mean: float) -> int:
