@@ -42,6 +42,7 @@ from mark.core.protocol import (
     ProtocolError,
     encode_tf_response,
     encode_v2_response,
+    parse_header_length,
     parse_tf_request,
     parse_v2_request,
     validate,
@@ -153,16 +154,6 @@ async def _answer(request: Request, name: str, parsed: InferRequest) -> Answer |
     return answer
 
 
-def _header_length(request: Request) -> int | None:
-    value = request.headers.get(HEADER_LENGTH)
-    if value is None:
-        return None
-    try:
-        return int(value)
-    except ValueError as exc:
-        raise ProtocolError(f"{HEADER_LENGTH} must be an integer") from exc
-
-
 def _reject(name: str, status: int, message: str) -> HTTPResponse:
     metrics.REQUESTS.labels(name, "none", str(status)).inc()
     return _error(status, message)
@@ -174,7 +165,8 @@ async def infer(request: Request, name: str, model_version: str = "") -> HTTPRes
     fleet = _fleet(request)
     try:
         fleet.model(name)
-        parsed = parse_v2_request(request.body, _header_length(request))
+        given = parse_header_length(request.headers.get(HEADER_LENGTH))
+        parsed = parse_v2_request(request.body, given)
         validate(parsed, await fleet.inputs(name))
     except NotFound as exc:
         return _error(404, str(exc))

@@ -39,6 +39,7 @@ from mark.core.protocol import (
     concat,
     encode_tf_response,
     encode_v2_response,
+    parse_header_length,
     parse_tf_request,
     parse_v2_request,
     split,
@@ -167,16 +168,6 @@ def _error(status: int, message: str) -> web.Response:
     return web.json_response({"error": message}, status=status)
 
 
-def _header_length(request: web.Request) -> int | None:
-    raw = request.headers.get(HEADER_LENGTH)
-    if raw is None:
-        return None
-    try:
-        return int(raw)
-    except ValueError as exc:
-        raise ProtocolError(f"{HEADER_LENGTH} must be an integer") from exc
-
-
 def _check_outputs(request: InferRequest, model: ServedModel) -> None:
     known = {m.name for m in model.outputs}
     for out in request.outputs:
@@ -255,7 +246,8 @@ def build_app(
     async def infer(request: web.Request) -> web.Response:
         runner = runner_of(request)
         try:
-            parsed = parse_v2_request(await request.read(), _header_length(request))
+            length = parse_header_length(request.headers.get(HEADER_LENGTH))
+            parsed = parse_v2_request(await request.read(), length)
             validate(parsed, runner.model.inputs)
             _check_outputs(parsed, runner.model)
             answer = await runner.infer(parsed)

@@ -16,7 +16,7 @@ batch of one is forwarded without being encoded again.
 """
 
 from mark.core.protocol.batching import batch_key, batch_size, concat, split
-from mark.core.protocol.binary import HEADER_LENGTH
+from mark.core.protocol.binary import HEADER_LENGTH, parse_header_length
 from mark.core.protocol.errors import BackendError, ProtocolError
 from mark.core.protocol.messages import (
     InferRequest,
@@ -44,6 +44,7 @@ __all__ = [
     "ProtocolError",
     "BackendError",
     "HEADER_LENGTH",
+    "parse_header_length",
     "Tensor",
     "TensorMeta",
     "RequestedOutput",

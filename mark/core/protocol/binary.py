@@ -15,9 +15,19 @@ from mark.core.protocol.errors import ProtocolError
 from mark.core.protocol.json_codec import load_object
 from mark.core.protocol.messages import Tensor
 
-__all__ = ["HEADER_LENGTH", "split_body", "decode_binary", "encode_binary"]
+__all__ = ["HEADER_LENGTH", "parse_header_length", "split_body", "decode_binary", "encode_binary"]
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
+
+
+def parse_header_length(value: str | None) -> int | None:
+    """The `HEADER_LENGTH` header's value as an int (None when the body is plain JSON)."""
+    if value is None:
+        return None
+    try:
+        return int(value)
+    except ValueError as exc:
+        raise ProtocolError(f"{HEADER_LENGTH} must be an integer") from exc
 
 
 def split_body(body: bytes, header_length: int | None) -> tuple[dict[str, Any], bytes]:
