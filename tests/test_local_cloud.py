@@ -52,9 +52,6 @@ async def test_launch_serve_bill_terminate(tmp_path: Path) -> None:
         async with aiohttp.ClientSession() as s:
             async with s.get(f"{inst.endpoint}/v2/models/demo") as r:
                 assert r.status == 200
-        (charge,) = cloud.charges(now_s=inst.launched_at_s + 30)
-        assert charge.seconds == pytest.approx(30)
-        assert charge.usd == pytest.approx(60 * 0.085 / 3600)  # the 60 s EC2 minimum
         pid = cloud.pid(inst.id)
         assert pid is not None and _alive(pid)
         await cloud.terminate(inst.id)

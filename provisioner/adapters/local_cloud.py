@@ -8,8 +8,8 @@ the CloudProvider contracts (provisioner/adapters/cloud.py) and imitates what ma
   that fails to start is terminated, never left half-alive.
 - each worker paces batches to the model's profile for the offering's type (T(b) = a + c*b), so
   a c5.large and a g4dn.xlarge stand-in differ the way the planner assumes;
-- billing by the type's rules (per second, 60 s minimum) from launch to termination, at the
-  offering's price (`charges()`; the control plane writes them to the cost ledger);
+- billing as EC2 would, from launch to termination at the offering's price, is the control
+  loop's (`provisioner.policy.billing`, written to the cost ledger), as for any provider;
 - spot interruptions on demand: `interrupt(id, notice_s)` yields a notice on `interruptions()`,
   then kills the worker abruptly when the notice runs out (as EC2 reclaims capacity).
 
@@ -45,7 +45,7 @@ from mark.core.errors import CloudError, CloudNotFound, InsufficientCapacity, No
 from mark.core.types import Instance, InstanceState, InstanceType, Model, Offering
 from provisioner.adapters.cloud import MODELS_TAG, OWNER_TAG, CloudProvider, InterruptionNotice
 
-__all__ = ["LocalCloud", "InstanceCharge", "STATE_FILE"]
+__all__ = ["LocalCloud", "STATE_FILE"]
 
 logger = logging.getLogger("mark.provisioner.local")
 
@@ -91,18 +91,6 @@ def _running(pid: int) -> bool:
 
 
 _BOOT_ESTIMATE_S = 3.0  # a Python worker's start-up on a loaded 2-core machine, until measured
-
-
-@dataclass(frozen=True, slots=True)
-class InstanceCharge:
-    """What one instance has cost so far (for `Database.set_instance_charge`)."""
-
-    instance_id: str
-    model: str
-    instance_type: str
-    market: str
-    seconds: float
-    usd: float
 
 
 @dataclass(slots=True)
@@ -257,27 +245,6 @@ class LocalCloud:
         self._notices.put_nowait(notice)
         worker.killers.append(asyncio.create_task(self._reclaim(worker, notice_s)))
         return notice
-
-    def charges(self, now_s: float | None = None) -> builtins.list[InstanceCharge]:
-        """Cost so far of every instance this provider launched or adopted (launch to
-        termination, or to `now_s`), under the type's billing rules at the offering's price."""
-        now = self._clock() if now_s is None else now_s
-        out = []
-        for w in self._workers.values():
-            inst = w.instance
-            seconds = max((inst.terminated_at_s or now) - inst.launched_at_s, 0.0)
-            itype = self.catalog.instance_type(inst.offering.instance_type)
-            out.append(
-                InstanceCharge(
-                    instance_id=inst.id,
-                    model=",".join(inst.models),
-                    instance_type=itype.name,
-                    market=inst.offering.market.value,
-                    seconds=seconds,
-                    usd=itype.charge_usd(seconds, inst.offering.price_per_hour),
-                )
-            )
-        return out
 
     def pid(self, instance_id: str) -> int | None:
         worker = self._workers.get(instance_id)
