@@ -61,6 +61,8 @@ async def test_each_tick_warms_the_local_pool_with_the_rules_count(tmp_path: Pat
         assert result.warm_functions == {model.name: expected}
         warm = pool.profile(model.name, default_warm_ms=999.0)
         assert warm.idle_warm == expected  # that many sandboxes hold the model now
+        costs = await db.costs()  # the pings are billed, and the ledger says so
+        assert costs.serverless_requests == expected and costs.serverless_usd > 0
     finally:
         await pool.close()
         await cloud.close()

@@ -125,6 +125,20 @@ async def test_lambda_pool_answers_a_spilled_request_and_bills_it(
     assert cold.cost_usd > warm.cost_usd  # the cold start's init is billed
 
 
+async def test_lambda_pool_warms_sandboxes_with_concurrent_pings(
+    local: tuple[LocalFunctionPool, str],
+) -> None:
+    """MArk's pre-warming through boto3: concurrent warm-only pings load the model in that many
+    sandboxes behind the Invoke API (capped by the pool's concurrency), each billed."""
+    backing, url = local
+    pool = build_pool(ServerlessConfig(provider="local", concurrency=2), local_endpoint_url=url)
+    pings = await pool.warm("demo", "builtin:mlp", count=5)
+    await pool.close()
+    assert len(pings) == 2  # capped by the pool's concurrency
+    assert all(p.cost_usd > 0 and p.result.get("response") is None for p in pings)
+    assert backing.profile("demo", default_warm_ms=999.0).idle_warm == 2
+
+
 async def test_payload_over_six_megabytes_is_refused_with_413(
     local: tuple[LocalFunctionPool, str],
 ) -> None:

@@ -26,7 +26,7 @@ import time
 import zlib
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Protocol, TypeVar
+from typing import TypeVar
 
 import numpy as np
 
@@ -46,6 +46,7 @@ from mark.core.types import (
 from predictors.base import Forecaster
 from predictors.registry import create_forecaster
 from provisioner.adapters.cloud import CloudProvider, InterruptionNotice
+from provisioner.adapters.serverless import ServerlessPool
 from provisioner.policy import billing
 from provisioner.policy.actions import Launch, OperationKind, Plan, fleet_operations
 from provisioner.policy.capacity import CapacityCache
@@ -60,7 +61,7 @@ from provisioner.policy.snapshot import (
 )
 from traces import Trace, read_trace
 
-__all__ = ["ControlLoop", "Schedule", "FunctionWarmer"]
+__all__ = ["ControlLoop", "Schedule"]
 
 T = TypeVar("T")
 
@@ -74,12 +75,6 @@ async def _done(call: Awaitable[None]) -> bool:
     """True once `call` finished: lets a None-returning call go through `_recorded`."""
     await call
     return True
-
-
-class FunctionWarmer(Protocol):
-    """A serverless pool that can warm functions before a surge (the local function pool)."""
-
-    async def warm(self, model: str, artifact: str, count: int) -> int: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,7 +114,7 @@ class ControlLoop:
     """Cumulative requests observed per model (the front ends' counters)."""
     schedule: Schedule | None = None
     clock: Callable[[], float] = time.time
-    serverless: FunctionWarmer | None = None
+    serverless: ServerlessPool | None = None
     """Warmed each tick with the plan's `warm_functions`; None: no pool to warm."""
     state: PlannerState = field(default_factory=PlannerState)
     forecasters: dict[str, Forecaster] = field(default_factory=dict)
@@ -289,7 +284,16 @@ class ControlLoop:
             if count <= 0 or artifact is None:
                 continue
             try:
-                await self.serverless.warm(name, artifact, count)
+                pings = await self.serverless.warm(name, artifact, count)
+                if pings:  # billed as Lambda bills them, so the ledger says what warming cost
+                    await self.db.charge_serverless(
+                        model=name,
+                        requests=len(pings),
+                        gb_seconds=sum(i.gb_seconds for i in pings),
+                        usd=sum(i.cost_usd for i in pings),
+                        at_s=self.clock(),
+                        reason="warm",
+                    )
             except Exception:
                 logger.exception("warming %d functions for %s failed", count, name)
 

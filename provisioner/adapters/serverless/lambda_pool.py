@@ -29,6 +29,7 @@ from provisioner.adapters.serverless.pool import (
     Throttled,
     billed_duration_ms,
     load_pricing,
+    ping_warm,
 )
 from provisioner.policy.spill import ServerlessProfile
 
@@ -167,6 +168,9 @@ class LambdaPool:
             idle_warm=max(warm - in_flight, 0),
             free_slots=max(self.config.concurrency - self.observed.total_in_flight(), 0),
         )
+
+    async def warm(self, model: str, artifact: str, count: int) -> list[Invocation]:
+        return await ping_warm(self, model, artifact, count, self.config.concurrency)
 
     async def close(self) -> None:
         await asyncio.to_thread(self.client.close)

@@ -32,6 +32,7 @@ from provisioner.adapters.serverless.pool import (
     Throttled,
     billed_duration_ms,
     load_pricing,
+    ping_warm,
 )
 from provisioner.policy.spill import ServerlessProfile
 
@@ -220,15 +221,8 @@ class LocalFunctionPool:
             cost_usd=self.pricing.charge_usd(billed_ms, self.memory_mb, self.config.arm),
         )
 
-    async def warm(self, model: str, artifact: str, count: int) -> int:
-        """Load `model` in up to `count` sandboxes before a surge (MArk's concurrent pings).
-        Returns how many warmed; pings are billed like any invocation."""
-        pings = [
-            self.invoke({"model": model, "artifact": artifact, "warm": True})
-            for _ in range(min(count, self.config.concurrency))
-        ]
-        results = await asyncio.gather(*pings, return_exceptions=True)
-        return sum(isinstance(r, Invocation) for r in results)
+    async def warm(self, model: str, artifact: str, count: int) -> list[Invocation]:
+        return await ping_warm(self, model, artifact, count, self.config.concurrency)
 
     def profile(self, model: str, default_warm_ms: float) -> ServerlessProfile:
         self._reap_idle()

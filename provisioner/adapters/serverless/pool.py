@@ -8,6 +8,7 @@ Implementations: `local.LocalFunctionPool` (Lambda's execution model on this mac
 
 from __future__ import annotations
 
+import asyncio
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -29,6 +30,7 @@ __all__ = [
     "InputRejected",
     "load_pricing",
     "billed_duration_ms",
+    "ping_warm",
 ]
 
 _EWMA_WEIGHT = 0.2
@@ -102,7 +104,28 @@ class ServerlessPool(Protocol):
         warm latency until one has been observed."""
         ...
 
+    async def warm(self, model: str, artifact: str, count: int) -> list[Invocation]:
+        """Load `model` in up to `count` sandboxes before a surge (`ping_warm`); the pings that
+        ran, each billed as an invocation."""
+        ...
+
     async def close(self) -> None: ...
+
+
+async def ping_warm(
+    pool: ServerlessPool, model: str, artifact: str, count: int, concurrency: int
+) -> list[Invocation]:
+    """MArk's pre-warming: `count` concurrent pings (at most the pool's `concurrency`), each a
+    warm-only event the handler answers once the model is loaded, so that as many sandboxes
+    hold it when the surge comes. Lambda gives no other way to hold sandboxes warm, and only
+    overlapping invocations land in different sandboxes, hence concurrent. A ping that fails is
+    left out: warming is an optimisation."""
+    pings = [
+        pool.invoke({"model": model, "artifact": artifact, "warm": True})
+        for _ in range(min(count, concurrency))
+    ]
+    results = await asyncio.gather(*pings, return_exceptions=True)
+    return [r for r in results if isinstance(r, Invocation)]
 
 
 def load_pricing() -> LambdaPricing:
