@@ -38,9 +38,11 @@ from mark.core.types import (
     Slo,
 )
 from provisioner.policy.capacity import CapacityCache
-from provisioner.policy.planner import FleetSnapshot, Launch, ModelDemand, plan
+from provisioner.policy.planner import FleetSnapshot, Launch, plan
+from provisioner.policy.snapshot import build_snapshot
 
 ZONES = ("us-east-1a", "us-east-1b", "us-east-1c")
+TICK_S = 60.0  # the control loop's default tick
 
 
 def fleet_types(count: int = 17) -> dict[str, InstanceType]:
@@ -122,15 +124,15 @@ def forecasts(models: list[Model], now_s: float, rng: np.random.Generator) -> di
 
 
 def snapshot(models, fc, instances, offerings, types, now_s, state=None) -> FleetSnapshot:
-    demands = {m.name: ModelDemand(model=m, forecast=fc[m.name]) for m in models}
-    kwargs = {"planner_state": state} if state is not None else {}
-    return FleetSnapshot(
-        now_s=now_s,
-        models=demands,
-        instances=tuple(instances),
+    return build_snapshot(
+        now_s,
+        models,
+        fc,
+        instances=instances,
         offerings=offerings,
         instance_types=types,
-        **kwargs,
+        tick_s=TICK_S,
+        state=state,
     )
 
 
