@@ -65,11 +65,11 @@ async def _authenticate(request: Request) -> HTTPResponse | None:
     token: str = request.app.ctx.config.server.admin_token or request.app.ctx.admin_token
     header = request.headers.get("authorization", "")
     scheme, _, given = header.partition(" ")
-    # Bytes, in constant time: compare_digest on str raises for non-ASCII text (a 500), and an
-    # early-exit comparison would tell a caller how much of a guess was right.
-    if scheme.lower() != "bearer" or not hmac.compare_digest(
-        given.strip().encode(), token.encode()
-    ):
+    # In constant time (an early-exit comparison would tell a caller how much of a guess was
+    # right), on bytes: compare_digest refuses non-ASCII str, and Sanic hands a header's
+    # non-UTF-8 bytes over as surrogates, which only surrogateescape turns back into bytes.
+    given_bytes = given.strip().encode("utf-8", "surrogateescape")
+    if scheme.lower() != "bearer" or not hmac.compare_digest(given_bytes, token.encode()):
         response = error_response(401, "missing or wrong bearer token (server.admin_token)")
         response.headers["WWW-Authenticate"] = 'Bearer realm="mark-admin"'
         return response
