@@ -1,7 +1,10 @@
 """The admin REST API under /admin/v1: models with their SLOs, the fleet, decisions, costs.
 
 Routes come from `frontend.admin_schema.ADMIN_ROUTES`, the same table the OpenAPI document is
-built from. Every route needs `Authorization: Bearer <server.admin_token>`.
+built from, and bodies and query parameters are read by that module's `read_body` and
+`parse_query`, so what the document allows is what a handler gets (tests/test_admin_contract.py
+holds the server to it with schemathesis). Every route needs
+`Authorization: Bearer <server.admin_token>`.
 """
 
 from __future__ import annotations

@@ -12,6 +12,7 @@ PATCH, a change that breaks the last rule against the stored model is a 409).
 from __future__ import annotations
 
 import json
+import math
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -94,8 +95,11 @@ _B = TypeVar("_B", bound=BaseModel)
 
 def _number(text: str) -> float | int:
     """A JSON number with a fraction or exponent; whole ones become int, as JSON Schema counts
-    2588.0 an integer (pydantic's strict mode would not)."""
+    2588.0 an integer (pydantic's strict mode would not). One past a double's range (1e400) is
+    refused rather than read as infinity, which no JSON answer could carry back."""
     value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"{text} is out of range")
     return int(value) if value.is_integer() and abs(value) <= 2**53 else value
 
 
