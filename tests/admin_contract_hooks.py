@@ -1,4 +1,4 @@
-"""Schemathesis hooks for tests/test_admin_contract.py (loaded through SCHEMATHESIS_HOOKS).
+"""Schemathesis hooks for the admin API (schemathesis.toml loads them; see test_admin_contract).
 
 A model body has three rules JSON Schema cannot state (frontend/admin_schema.py says them in
 the document): a profile's key is its instance type, a profile's max_batch covers its largest

@@ -2,9 +2,10 @@
 (coverage, fuzzing, and the stateful phase that follows the document's links from a created
 model to reading, replacing, changing and deleting it), against a real `mark serve --demo`.
 
-Run as a user would run it: the schemathesis CLI in a subprocess. The hooks in
-tests/admin_contract_hooks.py keep generated *valid* bodies within the three model rules JSON
-Schema cannot state (the document states them in words); nothing else is bent.
+Run as a user would run it: the schemathesis CLI in a subprocess, with the project's
+schemathesis.toml. Its hooks (tests/admin_contract_hooks.py) keep generated *valid* bodies
+within the three model rules JSON Schema cannot state (the document states them in words);
+nothing else is bent.
 """
 
 from __future__ import annotations
@@ -30,9 +31,9 @@ def test_schemathesis_finds_nothing(serve_factory: Any, tmp_path: Path) -> None:
     served = serve_factory(
         f"sqlite+aiosqlite:///{tmp_path / 'contract.db'}", extra_args=("--demo",)
     )
+    # The hooks come from the project's schemathesis.toml, as they do for a user in the repo.
     env = {
         **os.environ,
-        "SCHEMATHESIS_HOOKS": "tests.admin_contract_hooks",
         "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
     }
     done = subprocess.run(
@@ -40,6 +41,8 @@ def test_schemathesis_finds_nothing(serve_factory: Any, tmp_path: Path) -> None:
             sys.executable,
             "-m",
             "schemathesis.cli",
+            "--config-file",
+            str(ROOT / "schemathesis.toml"),
             "run",
             f"{served.base_url}/admin/openapi.json",
             "--url",
