@@ -1,23 +1,27 @@
 """The admin REST API under /admin/v1: models with their SLOs, the fleet, decisions, costs.
 
 Routes come from `frontend.admin_schema.ADMIN_ROUTES`, the same table the OpenAPI document is
-built from. Every route needs `Authorization: Bearer <server.admin_token>`.
+built from, and bodies and query parameters are read by that module's `read_body` and
+`parse_query`, so what the document allows is what a handler gets (tests/test_admin_contract.py
+holds the server to it with schemathesis). Every route needs
+`Authorization: Bearer <server.admin_token>`.
 """
 
 from __future__ import annotations
 
 import hmac
-import json as jsonlib
 import time
 from typing import Any
 
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
 from sanic import Blueprint, Request
 from sanic.response import HTTPResponse, empty, json
 
 from frontend import observability
 from frontend.admin_schema import (
     ADMIN_ROUTES,
+    DECISIONS_QUERY,
+    INSTANCES_QUERY,
     Costs,
     DecisionPage,
     InstanceList,
@@ -25,12 +29,17 @@ from frontend.admin_schema import (
     ModelCreate,
     ModelList,
     ModelPatch,
+    ModelSpec,
     OfferingList,
+    QueryParam,
     openapi_document,
+    parse_query,
+    read_body,
 )
-from frontend.errors import error_response
+from frontend.errors import error_response, validation_details
 from mark.adapters.db import Database
-from mark.core.errors import InvalidValue, NotFound
+from mark.core.catalog import load_catalog
+from mark.core.errors import Conflict, InvalidValue, NotFound
 from mark.core.types import Model
 
 __all__ = ["bp", "openapi_bp"]
@@ -44,31 +53,13 @@ def _db(request: Request) -> Database:
     return db
 
 
-def _body(request: Request) -> dict[str, Any]:
-    try:
-        data = jsonlib.loads(request.body or b"")
-    except (UnicodeDecodeError, jsonlib.JSONDecodeError) as exc:
-        raise InvalidValue("body", f"is not valid JSON: {exc}") from exc
-    if not isinstance(data, dict):
-        raise InvalidValue("body", "must be a JSON object")
-    return data
+def _query(request: Request, params: tuple[QueryParam, ...]) -> dict[str, Any]:
+    # Blank values kept: `limit=` is a bad integer, not an absent one.
+    return parse_query(params, request.get_args(keep_blank_values=True))
 
 
 def _out(value: BaseModel, status: int = 200) -> HTTPResponse:
     return json(value.model_dump(mode="json"), status=status)
-
-
-def _int_arg(request: Request, name: str, default: int, lo: int, hi: int) -> int:
-    raw = request.args.get(name)
-    if raw is None:
-        return default
-    try:
-        value = int(raw)
-    except ValueError as exc:
-        raise InvalidValue(name, f"must be an integer, got {raw!r}") from exc
-    if not lo <= value <= hi:
-        raise InvalidValue(name, f"must be between {lo} and {hi}, got {value}")
-    return value
 
 
 @bp.on_request
@@ -77,7 +68,11 @@ async def _authenticate(request: Request) -> HTTPResponse | None:
     token: str = request.app.ctx.config.server.admin_token or request.app.ctx.admin_token
     header = request.headers.get("authorization", "")
     scheme, _, given = header.partition(" ")
-    if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip(), token):
+    # In constant time (an early-exit comparison would tell a caller how much of a guess was
+    # right), on bytes: compare_digest refuses non-ASCII str, and Sanic hands a header's
+    # non-UTF-8 bytes over as surrogates, which only surrogateescape turns back into bytes.
+    given_bytes = given.strip().encode("utf-8", "surrogateescape")
+    if scheme.lower() != "bearer" or not hmac.compare_digest(given_bytes, token.encode()):
         response = error_response(401, "missing or wrong bearer token (server.admin_token)")
         response.headers["WWW-Authenticate"] = 'Bearer realm="mark-admin"'
         return response
@@ -89,11 +84,9 @@ async def _count(request: Request, response: HTTPResponse) -> None:
     observability.observe_admin(request, response.status)
 
 
-def _model_from_create(request: Request, spec: ModelCreate) -> Model:
+def _model_from_spec(name: str, spec: ModelSpec) -> Model:
     profiles = dict(spec.profiles)
     if spec.profiles_from is not None:
-        from mark.core.catalog import load_catalog
-
         try:
             entry = load_catalog().model(spec.profiles_from)
         except NotFound as exc:
@@ -101,7 +94,7 @@ def _model_from_create(request: Request, spec: ModelCreate) -> Model:
         profiles = {**entry.profiles, **profiles}
     return Model.model_validate(
         {
-            "name": spec.name,
+            "name": name,
             "slo": spec.slo,
             "backend": spec.backend,
             "profiles": profiles,
@@ -115,8 +108,8 @@ async def list_models(request: Request) -> HTTPResponse:
 
 
 async def create_model(request: Request) -> HTTPResponse:
-    model = _model_from_create(request, ModelCreate.model_validate(_body(request)))
-    return _out(await _db(request).create_model(model), 201)
+    spec = read_body(ModelCreate, request.body)
+    return _out(await _db(request).create_model(_model_from_spec(spec.name, spec)), 201)
 
 
 async def get_model(request: Request, name: str) -> HTTPResponse:
@@ -124,19 +117,22 @@ async def get_model(request: Request, name: str) -> HTTPResponse:
 
 
 async def replace_model(request: Request, name: str) -> HTTPResponse:
-    body = _body(request)
-    body.setdefault("name", name)
-    if body["name"] != name:
-        raise InvalidValue("name", f"body names {body['name']!r} but the URL names {name!r}")
-    model = _model_from_create(request, ModelCreate.model_validate(body))
+    """The URL names the model; the body holds everything else, so the two cannot disagree."""
+    model = _model_from_spec(name, read_body(ModelSpec, request.body))
     return _out(await _db(request).update_model(model))
 
 
 async def patch_model(request: Request, name: str) -> HTTPResponse:
-    patch = ModelPatch.model_validate(_body(request))
+    """The patch is checked on its own first (422); what is left to fail is the patch against
+    the stored model (an SLO shorter than a kept profile, or kept SLO against new profiles),
+    which is a conflict with the model's state: 409."""
+    patch = read_body(ModelPatch, request.body)
     current = await _db(request).get_model(name)
-    changed = {k: v for k, v in patch.model_dump(exclude_none=True).items()}
-    model = Model.model_validate({**current.model_dump(), **changed})
+    changed = patch.model_dump(exclude_none=True)
+    try:
+        model = Model.model_validate({**current.model_dump(), **changed})
+    except ValidationError as exc:
+        raise Conflict(f"model {name!r}: {validation_details(exc)[0]['message']}") from exc
     return _out(await _db(request).update_model(model))
 
 
@@ -155,20 +151,18 @@ async def list_offerings(request: Request) -> HTTPResponse:
 
 
 async def list_instances(request: Request) -> HTTPResponse:
-    include_all = request.args.get("all", "false").lower() in {"1", "true", "yes"}
-    instances = await _db(request).list_instances(
-        live_only=not include_all, model=request.args.get("model")
-    )
+    args = _query(request, INSTANCES_QUERY)
+    instances = await _db(request).list_instances(live_only=not args["all"], model=args["model"])
     return _out(InstanceList(instances=instances))
 
 
 async def list_decisions(request: Request) -> HTTPResponse:
-    limit = _int_arg(request, "limit", 50, 1, 1000)
-    offset = _int_arg(request, "offset", 0, 0, 10**9)
-    decisions, total = await _db(request).list_decisions(
-        limit=limit, offset=offset, model=request.args.get("model")
+    args = _query(request, DECISIONS_QUERY)
+    decisions, total = await _db(request).list_decisions(**args)
+    page = DecisionPage(
+        decisions=decisions, total=total, limit=args["limit"], offset=args["offset"]
     )
-    return _out(DecisionPage(decisions=decisions, total=total, limit=limit, offset=offset))
+    return _out(page)
 
 
 async def get_costs(request: Request) -> HTTPResponse:

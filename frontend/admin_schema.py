@@ -1,16 +1,27 @@
 """Request and response bodies of the admin API, and the OpenAPI document built from them.
 
-The route table in frontend/admin.py and the OpenAPI document are generated from the same list
-(`ADMIN_ROUTES`), so the document always matches the routes.
+The route table in frontend/admin.py, the query parsing and the OpenAPI document all come from
+the same list (`ADMIN_ROUTES`), so the document says what the server does: every status a route
+can answer, every constraint the server checks on a parameter or a body. Three rules of a model
+cannot be written in JSON Schema; the document states them in words and the server answers 422
+naming the field: a profile's key is its `instance_type`, a profile's `max_batch` covers its
+largest profiled batch, and the SLO latency is not shorter than the fastest profile (through
+PATCH, a change that breaks the last rule against the stored model is a 409).
 """
 
 from __future__ import annotations
 
+import json
+import math
+import re
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from mark.core.catalog import load_catalog
+from mark.core.errors import InvalidValue
 from mark.core.types import (
     MODEL_NAME_PATTERN,
     BackendSpec,
@@ -24,6 +35,7 @@ from mark.core.types import (
 )
 
 __all__ = [
+    "ModelSpec",
     "ModelCreate",
     "ModelPatch",
     "ModelList",
@@ -33,26 +45,111 @@ __all__ = [
     "DecisionPage",
     "Costs",
     "ErrorBody",
+    "FieldError",
+    "QueryParam",
+    "INSTANCES_QUERY",
+    "DECISIONS_QUERY",
     "AdminRoute",
     "ADMIN_ROUTES",
+    "BATCH_SIZE_PATTERN",
+    "parse_query",
+    "read_body",
     "openapi_document",
 ]
+
+# A profiled batch size as a JSON object key: 1-4096 written plainly (pydantic alone would also
+# take "01", " 1", "+1" or "1_0" for 1 or 10, which JSON Schema's integer cannot describe).
+BATCH_SIZE_PATTERN = r"^(?:[1-9][0-9]{0,2}|[1-3][0-9]{3}|40[0-8][0-9]|409[0-6])$"
+_BATCH_SIZE_RE = re.compile(BATCH_SIZE_PATTERN)
+
+_CROSS_FIELD_RULES = (
+    "Rules JSON Schema cannot state, answered with 422 naming the field: each key of `profiles` "
+    "is that profile's `instance_type`; a profile's `max_batch` is at least its largest "
+    "profiled batch size; `slo.latency_ms` is not shorter than the fastest profile (one request "
+    "alone on the fastest type)."
+)
 
 
 class _Body(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
-class ModelCreate(_Body):
-    """A model to register. `profiles_from` copies the catalog's profiles of that model name
-    (e.g. "inception-v3", "demo") so a user need not measure before the first deployment."""
+def _batch_keys_plain(body: Any) -> None:
+    """Each profile's batch sizes written as plain integers. Checked on the parsed JSON after
+    pydantic has accepted the body: pydantic reads the keys as int and would also take "01",
+    " 1", "+1" or "1_0", which JSON Schema's pattern for them does not allow."""
+    profiles = body.get("profiles") if isinstance(body, Mapping) else None
+    if not isinstance(profiles, Mapping):
+        return
+    for key, profile in profiles.items():
+        for size in profile.get("latency_ms", {}):
+            if not _BATCH_SIZE_RE.match(size):
+                raise InvalidValue(
+                    f"profiles.{key}.latency_ms",
+                    f"batch size {size!r} is not an integer from 1 to 4096 written plainly",
+                )
 
-    name: Annotated[str, Field(pattern=MODEL_NAME_PATTERN)]
+
+_B = TypeVar("_B", bound=BaseModel)
+
+
+def _number(text: str) -> float | int:
+    """A JSON number with a fraction or exponent; whole ones become int, as JSON Schema counts
+    2588.0 an integer (pydantic's strict mode would not). One past a double's range (1e400) is
+    refused rather than read as infinity, which no JSON answer could carry back."""
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"{text} is out of range")
+    return int(value) if value.is_integer() and abs(value) <= 2**53 else value
+
+
+def _not_json(text: str) -> None:
+    raise ValueError(f"{text} is not a JSON number")
+
+
+def read_body(spec: type[_B], raw: bytes) -> _B:
+    """A request body as `spec`, read as the document describes it: JSON numbers, strings and
+    booleans each only where the schema has them (pydantic's lax mode would quietly take "5" or
+    true for a number) and batch sizes written plainly."""
+    try:
+        data = json.loads(raw or b"", parse_float=_number, parse_constant=_not_json)
+    except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError, NaN or Infinity
+        raise InvalidValue("body", f"is not valid JSON: {exc}") from exc
+    value = spec.model_validate_json(json.dumps(data), strict=True)
+    _batch_keys_plain(data)
+    return value
+
+
+def _check_profiles_named(profiles: Mapping[str, Profile] | None) -> None:
+    for key, profile in (profiles or {}).items():
+        if key != profile.instance_type:
+            raise InvalidValue(
+                f"profiles.{key}.instance_type",
+                f"profiles[{key!r}] describes instance type {profile.instance_type!r}",
+            )
+
+
+class ModelSpec(_Body):
+    """A model's settings, as PUT takes them (the URL names the model). `profiles_from` copies
+    the catalog's profiles of that model (e.g. "inception-v3", "demo") so that a user need not
+    measure before the first deployment; explicit `profiles` override them per type."""
+
     slo: Slo
     backend: BackendSpec = BackendSpec()
     profiles: dict[str, Profile] = Field(default_factory=dict)
     profiles_from: str | None = None
     max_batch: Annotated[int, Field(ge=1, le=4096)] = 32
+
+    @model_validator(mode="after")
+    def _profiles_named(self) -> ModelSpec:
+        _check_profiles_named(self.profiles)
+        return self
+
+
+class ModelCreate(ModelSpec):
+    """A model to register: its settings and its name."""
+
+    name: Annotated[str, Field(pattern=MODEL_NAME_PATTERN)]
 
 
 class ModelPatch(_Body):
@@ -62,6 +159,11 @@ class ModelPatch(_Body):
     backend: BackendSpec | None = None
     profiles: dict[str, Profile] | None = None
     max_batch: Annotated[int, Field(ge=1, le=4096)] | None = None
+
+    @model_validator(mode="after")
+    def _profiles_named(self) -> ModelPatch:
+        _check_profiles_named(self.profiles)
+        return self
 
 
 class ModelList(_Body):
@@ -96,13 +198,86 @@ class Costs(_Body):
     per_instance_type_usd: dict[str, float]
 
 
+class FieldError(_Body):
+    field: str
+    message: str
+
+
 class ErrorBody(_Body):
+    """Every error of the admin API; a 422 names the first bad `field` and lists all in
+    `details`."""
+
     error: str
     field: str | None = None
+    details: list[FieldError] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class QueryParam:
+    """One query parameter: its JSON Schema type and bounds, and how the server reads it (one
+    value, written as the schema says; anything else is a 422 naming the parameter)."""
+
+    name: str
+    kind: type[bool] | type[int] | type[str]
+    description: str
+    default: bool | int | None = None
+    minimum: int | None = None
+    maximum: int | None = None
+
+    def schema(self) -> dict[str, Any]:
+        kind = {bool: "boolean", int: "integer", str: "string"}[self.kind]
+        out: dict[str, Any] = {"type": kind}
+        if self.default is not None:
+            out["default"] = self.default
+        if self.minimum is not None:
+            out["minimum"] = self.minimum
+        if self.maximum is not None:
+            out["maximum"] = self.maximum
+        return out
+
+    def parse(self, values: Sequence[str]) -> bool | int | str | None:
+        if not values:
+            return self.default
+        if len(values) > 1:
+            raise InvalidValue(self.name, f"is given {len(values)} times; give it once")
+        raw = values[0]
+        if self.kind is str:
+            return raw
+        if self.kind is bool:
+            if raw not in ("true", "false"):
+                raise InvalidValue(self.name, f"must be true or false, got {raw!r}")
+            return raw == "true"
+        if not re.fullmatch(r"-?[0-9]+", raw):
+            raise InvalidValue(self.name, f"must be an integer, got {raw!r}")
+        value = int(raw)
+        if self.minimum is not None and value < self.minimum:
+            raise InvalidValue(self.name, f"must be >= {self.minimum}, got {value}")
+        if self.maximum is not None and value > self.maximum:
+            raise InvalidValue(self.name, f"must be <= {self.maximum}, got {value}")
+        return value
+
+
+def parse_query(params: Sequence[QueryParam], args: Mapping[str, Sequence[str]]) -> dict[str, Any]:
+    """{name: value} for each declared parameter; undeclared ones are ignored."""
+    return {p.name: p.parse(args[p.name] if p.name in args else ()) for p in params}
+
+
+INSTANCES_QUERY = (
+    QueryParam("all", bool, "include terminated instances", default=False),
+    QueryParam("model", str, "only instances serving this model"),
+)
+DECISIONS_QUERY = (
+    QueryParam("limit", int, "page size", default=50, minimum=1, maximum=1000),
+    QueryParam("offset", int, "rows to skip", default=0, minimum=0, maximum=10**9),
+    QueryParam("model", str, "only decisions about this model"),
+)
 
 
 @dataclass(frozen=True, slots=True)
 class AdminRoute:
+    """One admin operation. The error statuses it can answer follow from its shape (see
+    `_error_responses`); `errors` adds the ones particular to it."""
+
     method: str
     path: str  # OpenAPI style, {name}
     handler: str  # attribute of frontend.admin
@@ -110,20 +285,34 @@ class AdminRoute:
     request: type[BaseModel] | None
     response: type[BaseModel] | None
     status: int = 200
-    query: tuple[tuple[str, str, str], ...] = ()  # (name, type, description)
+    query: tuple[QueryParam, ...] = ()
+    errors: tuple[tuple[int, str], ...] = ()
 
 
 ADMIN_ROUTES: tuple[AdminRoute, ...] = (
     AdminRoute("GET", "/admin/v1/models", "list_models", "List registered models", None, ModelList),
     AdminRoute(
-        "POST", "/admin/v1/models", "create_model", "Register a model", ModelCreate, Model, 201
+        "POST",
+        "/admin/v1/models",
+        "create_model",
+        "Register a model",
+        ModelCreate,
+        Model,
+        201,
+        errors=((409, "a model of that name exists"),),
     ),
     AdminRoute("GET", "/admin/v1/models/{name}", "get_model", "Read one model", None, Model),
     AdminRoute(
-        "PUT", "/admin/v1/models/{name}", "replace_model", "Replace a model", ModelCreate, Model
+        "PUT", "/admin/v1/models/{name}", "replace_model", "Replace a model", ModelSpec, Model
     ),
     AdminRoute(
-        "PATCH", "/admin/v1/models/{name}", "patch_model", "Change some fields", ModelPatch, Model
+        "PATCH",
+        "/admin/v1/models/{name}",
+        "patch_model",
+        "Change some fields",
+        ModelPatch,
+        Model,
+        errors=((409, "the change and the stored model together break a model rule"),),
     ),
     AdminRoute(
         "DELETE", "/admin/v1/models/{name}", "delete_model", "Unregister a model", None, None, 204
@@ -146,10 +335,7 @@ ADMIN_ROUTES: tuple[AdminRoute, ...] = (
         "Instances and their state",
         None,
         InstanceList,
-        query=(
-            ("all", "boolean", "include terminated instances"),
-            ("model", "string", "only instances serving this model"),
-        ),
+        query=INSTANCES_QUERY,
     ),
     AdminRoute(
         "GET",
@@ -158,18 +344,46 @@ ADMIN_ROUTES: tuple[AdminRoute, ...] = (
         "The decision log, newest first",
         None,
         DecisionPage,
-        query=(
-            ("limit", "integer", "page size, 1-1000 (default 50)"),
-            ("offset", "integer", "rows to skip"),
-            ("model", "string", "only decisions about this model"),
-        ),
+        query=DECISIONS_QUERY,
     ),
     AdminRoute("GET", "/admin/v1/costs", "get_costs", "Money spent so far", None, Costs),
 )
 
 
+def _error_responses(route: AdminRoute) -> dict[int, str]:
+    """Every error status `route` can answer, with why."""
+    errors = {
+        400: "malformed HTTP request",
+        401: "missing or wrong bearer token",
+    }
+    if "{name}" in route.path:
+        errors[404] = "no model of that name is registered"
+    if route.request is not None:
+        errors[413] = "body larger than server.max_body_mb"
+        errors[422] = "the body is not JSON or breaks a rule; `field` names where"
+    if route.query:
+        errors[422] = "a query parameter breaks its schema; `field` names it"
+    errors.update(route.errors)
+    return dict(sorted(errors.items()))
+
+
+def _tighten(schemas: dict[str, Any]) -> None:
+    """What pydantic's schemas leave out but the server checks: the form of batch-size keys, at
+    least one profiled point, `profiles_from` among the catalog's models; and the rules no schema
+    can hold, in words."""
+    points = schemas["Profile"]["properties"]["latency_ms"]
+    points["propertyNames"] = {"pattern": BATCH_SIZE_PATTERN}
+    points["minProperties"] = 1
+    catalog_models = sorted(load_catalog().models)
+    for name in ("ModelSpec", "ModelCreate"):
+        props = schemas[name]["properties"]
+        props["profiles_from"]["anyOf"] = [{"enum": catalog_models}, {"type": "null"}]
+        schemas[name]["description"] += "\n\n" + _CROSS_FIELD_RULES
+    schemas["ModelPatch"]["description"] += "\n\n" + _CROSS_FIELD_RULES
+
+
 def openapi_document() -> dict[str, Any]:
-    schemas: dict[str, Any] = {"ErrorBody": ErrorBody.model_json_schema()}
+    schemas: dict[str, Any] = {}
     paths: dict[str, Any] = {}
 
     def ref(model: type[BaseModel]) -> dict[str, str]:
@@ -179,26 +393,37 @@ def openapi_document() -> dict[str, Any]:
         schemas[model.__name__] = schema
         return {"$ref": f"#/components/schemas/{model.__name__}"}
 
-    error = {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorBody"}}}
+    error = {"application/json": {"schema": ref(ErrorBody)}}
+    name_param = {
+        "name": "name",
+        "in": "path",
+        "required": True,
+        "schema": {"type": "string", "pattern": MODEL_NAME_PATTERN},
+    }
+    model_ops = [r for r in ADMIN_ROUTES if "{name}" in r.path]
     for route in ADMIN_ROUTES:
+        responses: dict[str, Any] = {
+            str(status): {"description": why, "content": error}
+            for status, why in _error_responses(route).items()
+        }
         op: dict[str, Any] = {
             "summary": route.summary,
             "operationId": route.handler,
             "security": [{"bearer": []}],
-            "responses": {
-                "401": {"description": "missing or wrong bearer token", "content": error},
-                "400": {"description": "malformed request", "content": error},
-            },
+            "responses": responses,
         }
         params = [
-            {"name": n, "in": "query", "required": False, "schema": {"type": t}, "description": d}
-            for n, t, d in route.query
+            {
+                "name": p.name,
+                "in": "query",
+                "required": False,
+                "schema": p.schema(),
+                "description": p.description,
+            }
+            for p in route.query
         ]
         if "{name}" in route.path:
-            params.append(
-                {"name": "name", "in": "path", "required": True, "schema": {"type": "string"}}
-            )
-            op["responses"]["404"] = {"description": "unknown model", "content": error}
+            params.append(name_param)
         if params:
             op["parameters"] = params
         if route.request is not None:
@@ -206,14 +431,23 @@ def openapi_document() -> dict[str, Any]:
                 "required": True,
                 "content": {"application/json": {"schema": ref(route.request)}},
             }
-            op["responses"]["422"] = {"description": "invalid field", "content": error}
-        if route.method == "POST":
-            op["responses"]["409"] = {"description": "already exists", "content": error}
         ok: dict[str, Any] = {"description": "success"}
         if route.response is not None:
             ok["content"] = {"application/json": {"schema": ref(route.response)}}
-        op["responses"][str(route.status)] = ok
+        if route.response is Model:
+            # What a client does next with the model it got back (and schemathesis's stateful
+            # phase follows): read, replace, change or remove it by its name.
+            ok["links"] = {
+                r.handler: {
+                    "operationId": r.handler,
+                    "parameters": {"name": "$response.body#/name"},
+                }
+                for r in model_ops
+            }
+        responses[str(route.status)] = ok
+        op["responses"] = dict(sorted(responses.items()))
         paths.setdefault(route.path, {})[route.method.lower()] = op
+    _tighten(schemas)
     return {
         "openapi": "3.1.0",
         "info": {"title": "Mark admin API", "version": "1"},

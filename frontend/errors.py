@@ -10,7 +10,8 @@ from typing import Any
 
 from pydantic import ValidationError
 from sanic import Request, Sanic
-from sanic.exceptions import SanicException
+from sanic.constants import HTTP_METHODS
+from sanic.exceptions import MethodNotAllowed, SanicException
 from sanic.response import HTTPResponse, json
 
 from mark.core.errors import Conflict, InvalidTransition, InvalidValue, NotFound
@@ -36,6 +37,19 @@ def validation_details(exc: ValidationError) -> list[dict[str, str]]:
     return details
 
 
+def _allowed_methods(request: Request) -> list[str]:
+    """The methods this request's path answers, asked of the router one by one (only on a 405,
+    so the cost is of no matter)."""
+    allowed = []
+    for method in HTTP_METHODS:
+        try:
+            request.app.router.get(request.path, method, request.host)
+        except SanicException:
+            continue
+        allowed.append(str(method))
+    return allowed
+
+
 def _handle(request: Request, exc: Exception) -> HTTPResponse:
     if isinstance(exc, ValidationError):
         details = validation_details(exc)
@@ -54,7 +68,14 @@ def _handle(request: Request, exc: Exception) -> HTTPResponse:
         message = str(exc) or exc.__class__.__name__
         if status == 413:
             message = "request body is larger than the configured limit (server.max_body_mb)"
-        return error_response(status, message)
+        response = error_response(status, message)
+        # Sanic puts what the status needs on the exception (`Retry-After` where one is given,
+        # `Allow` on a 405 of a static path); a 405 needs `Allow` (RFC 9110 15.5.6), which
+        # Sanic leaves out for a path with a parameter.
+        response.headers.update(exc.headers or {})
+        if isinstance(exc, MethodNotAllowed) and "allow" not in response.headers:
+            response.headers["Allow"] = ", ".join(_allowed_methods(request))
+        return response
     request.app.ctx.logger.exception("unhandled error on %s %s", request.method, request.path)
     return error_response(500, "internal error")
 

@@ -81,7 +81,9 @@ def test_model_round_trip_survives_restart(serve_factory: Any, db_url: str) -> N
     assert [m["name"] for m in listed["models"]] == ["inception"]
     assert listed["models"][0]["slo"]["latency_ms"] == 800.0
 
+    # PUT's body is the model without its name: the URL names it.
     replaced = {**MODEL, "slo": {"latency_ms": 700, "percentile": 0.95}}
+    del replaced["name"]
     status, body = call(again, "PUT", "/admin/v1/models/inception", replaced)
     assert status == 200 and body["slo"]["percentile"] == 0.95
     status, _ = call(again, "DELETE", "/admin/v1/models/inception")

@@ -129,7 +129,7 @@ async def test_launch_on_demand_and_spot_with_tags_and_find_them(
     user_data = outside.describe_instance_attribute(InstanceId=sp.id, Attribute="userData")
     script = base64.b64decode(user_data["UserData"]["Value"]).decode()
     assert script.startswith("#!/bin/bash\n")
-    assert "exec mark worker --host 0.0.0.0 --port 8080 --max-batch 8" in script
+    assert "exec mark worker --host 0.0.0.0 --allow-remote --port 8080 --max-batch 8" in script
     assert "--model 'm2=onnx:/models/m2 v1.onnx'" in script
     tags = {t["Key"]: t["Value"] for t in rows[sp.id]["Tags"]}
     assert tags[OWNER_TAG] == cloud.config.owner and tags[MODELS_TAG] == "m1,m2"

@@ -117,7 +117,7 @@ class CloudConfig(_Section):
     # instances, the worker started by user data, and botocore's attempts per call.
     owner: Annotated[str, Field(min_length=1, max_length=128)] = "mark"
     worker_port: Annotated[int, Field(ge=1, le=65535)] = 8080
-    worker_command: str = "mark worker --host 0.0.0.0 --port {port}"
+    worker_command: str = "mark worker --host 0.0.0.0 --allow-remote --port {port}"
     api_max_attempts: Annotated[int, Field(ge=1, le=20)] = 4
 
 

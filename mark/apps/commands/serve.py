@@ -85,15 +85,16 @@ def _serve(config: Any) -> int:
     from frontend.app import admin_token_for
     from mark.apps.control.plane import attach_control_plane
 
-    token = admin_token_for(config)
+    admin_token_for(config)  # settled here, before the workers read it
     # Migrate once here, before the workers and the control plane open the database together.
     asyncio.run(_migrate(config.database.url))
     loader = AppLoader(factory=partial(_worker_app, config))
     app = loader.load()
     attach_control_plane(app, config)
     where = f"http://{config.server.host}:{config.server.port}"
+    # Where the token is, never any of it: logs are read by more people than the token is for.
     source = "server.admin_token" if config.server.admin_token else ".mark-admin-token"
-    print(f"mark: serving on {where} (admin token from {source}: {token[:4]}...)", flush=True)
+    print(f"mark: serving on {where} (admin token in {source})", flush=True)
     app.prepare(
         host=config.server.host,
         port=config.server.port,

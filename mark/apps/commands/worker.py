@@ -2,22 +2,24 @@
 
     mark worker --model demo=builtin:mlp --port 0 --instance-type c5.large
 
-`--model [NAME=]ARTIFACT` may repeat; `--port 0` picks a free port. Once serving, the worker
-prints one line `mark-worker listening on http://HOST:PORT` to stdout (the local cloud reads the
-port from it) and stops cleanly on SIGTERM or SIGINT.
+`--model [NAME=]ARTIFACT` may repeat; `--port 0` picks a free port. The worker has no
+authentication, so it listens on loopback unless `--allow-remote` lets `--host` name another
+address. Once serving, the worker prints one line `mark-worker listening on http://HOST:PORT` to
+stdout (the local cloud reads the port from it) and stops cleanly on SIGTERM or SIGINT.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import ipaddress
 import json
 import signal
 import socket
 from pathlib import Path
 from typing import Any
 
-__all__ = ["register", "parse_model_specs", "parse_profiles"]
+__all__ = ["register", "parse_model_specs", "parse_profiles", "require_loopback"]
 
 
 def register(subparsers: Any) -> None:
@@ -35,7 +37,15 @@ def register(subparsers: Any) -> None:
         help="builtin:mlp, onnx:PATH, sklearn:PATH or torchscript:PATH (repeatable)",
     )
     parser.add_argument("--port", type=int, required=True, help="TCP port (0: any free port)")
-    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument(
+        "--host", default="127.0.0.1", help="listen address (default 127.0.0.1, loopback only)"
+    )
+    parser.add_argument(
+        "--allow-remote",
+        action="store_true",
+        help="allow a --host that is not loopback (the worker has no authentication: only on a "
+        "network where the front end is the sole client, e.g. an instance's private address)",
+    )
     parser.add_argument(
         "--instance-type",
         default=None,
@@ -66,6 +76,37 @@ def parse_model_specs(specs: list[str]) -> dict[str, str]:
             raise InvalidValue("model", f"model name {name!r} is empty or given twice")
         out[name] = artifact
     return out
+
+
+def require_loopback(host: str, allow_remote: bool) -> None:
+    """Refuse a listen address other hosts can reach unless the caller says so: the worker
+    answers anyone who connects (inference and the model repository's load/unload), with no
+    token, so being reachable must be a decision rather than a default."""
+    if allow_remote or _is_loopback(host):
+        return
+    from mark.core.errors import InvalidValue
+
+    raise InvalidValue(
+        "host",
+        f"{host!r} is not a loopback address and the worker has no authentication; pass "
+        "--allow-remote to listen there on purpose (as Mark's EC2 instances do)",
+    )
+
+
+def _is_loopback(host: str) -> bool:
+    """Every address `host` names is loopback (a name is resolved; 0.0.0.0 and :: are every
+    interface, not loopback)."""
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        pass
+    try:
+        infos = socket.getaddrinfo(host, None, type=socket.SOCK_STREAM)
+    except OSError:
+        return False
+    return bool(infos) and all(
+        ipaddress.ip_address(str(info[4][0]).split("%")[0]).is_loopback for info in infos
+    )
 
 
 def parse_profiles(raw: str | None) -> dict[str, Any]:
@@ -125,6 +166,7 @@ async def _serve(args: argparse.Namespace) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    require_loopback(args.host, args.allow_remote)
     try:
         import uvloop
     except ImportError:
