@@ -40,4 +40,4 @@ for name in "${names[@]}"; do
   fi
   flags+=(--model "$name=$artifact")
 done
-exec mark worker --host 0.0.0.0 --port "$port" "${flags[@]}"
+exec mark worker --host 0.0.0.0 --allow-remote --port "$port" "${flags[@]}"
