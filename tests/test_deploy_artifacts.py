@@ -655,11 +655,14 @@ def boto3_calls() -> dict[str, set[str]]:
 
 def test_iam_policies_grant_every_boto3_call_of_the_code_and_nothing_else() -> None:
     calls = boto3_calls()
-    assert set(calls) == {"provisioner/adapters/ec2.py", "provisioner/adapters/serverless.py"}
-    assert {"ec2:RunInstances", "ec2:TerminateInstances", "ec2:CreateFleet"} <= calls[
-        "provisioner/adapters/ec2.py"
+    assert set(calls) == {
+        "provisioner/adapters/ec2/cloud.py",
+        "provisioner/adapters/serverless/lambda_pool.py",
+    }
+    assert {"ec2:RunInstances", "ec2:TerminateInstances"} <= calls[
+        "provisioner/adapters/ec2/cloud.py"
     ]
-    assert calls["provisioner/adapters/serverless.py"] == {"lambda:InvokeFunction"}
+    assert calls["provisioner/adapters/serverless/lambda_pool.py"] == {"lambda:InvokeFunction"}
     granted: set[str] = set()
     for policy in ("mark-ec2-policy.json", "mark-lambda-invoke-policy.json"):
         for statement in json.loads((DEPLOY / "iam" / policy).read_text())["Statement"]:

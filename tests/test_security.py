@@ -179,3 +179,5 @@ def first_line(proc: subprocess.Popen[str]) -> str:
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+        if proc.stdout is not None:
+            proc.stdout.close()

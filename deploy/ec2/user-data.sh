@@ -2,10 +2,10 @@
 # User data of the launch template deploy/ec2/launch-template.json: start `mark worker` with the
 # models Mark tagged this instance with (mark:models).
 #
-# Mark's RunInstances launches carry their own user data (provisioner/adapters/ec2.py writes the
-# `mark worker` command with each model's artifact), which replaces this script. CreateFleet
-# launches (one spot instance from several pools) carry none, so this script starts the worker
-# there. It reads the instance's tags from the instance metadata (InstanceMetadataTags enabled
+# Mark's RunInstances launches carry their own user data (provisioner/adapters/ec2/launch.py
+# writes the `mark worker` command with each model's artifact), which replaces this script; it
+# starts the worker on instances launched from the template by other means (an operator's
+# `aws ec2 run-instances`, an Auto Scaling group). It reads the instance's tags from the instance metadata (InstanceMetadataTags enabled
 # in the template) and each model's artifact from /etc/mark/artifacts on the image, one
 # NAME=ARTIFACT a line (builtin:mlp, onnx:PATH, sklearn:PATH, torchscript:PATH: the artifacts of
 # the models' backends in Mark's admin API). The image has the `mark` package on root's PATH.
