@@ -396,10 +396,12 @@ class _Engine:
             if inst.state == InstanceState.PENDING and sim.ready_s <= now_s + 1e-9:
                 sim.instance = inst.transition(InstanceState.RUNNING, now_s)
             if sim.notice_s <= now_s + 1e-9 and inst.id not in self.interruptions:
+                # An interruption happens at its notice, whether or not the policy lets the
+                # instance live until the reclaim (Mark drains and replaces it at once).
                 self.interruptions[inst.id] = sim.reclaim_s
+                self.interrupted += 1
             if sim.reclaim_s <= now_s + 1e-9:
                 self.reclaimed[inst.offering.key] = now_s
-                self.interrupted += 1
                 self.fail(sim.queue.backlog)
                 sim.queue.waiting = []
                 self.terminate(sim, now_s)
