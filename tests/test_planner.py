@@ -371,3 +371,30 @@ def test_the_hedge_buys_no_stopgaps_before_the_efficient_type_can_be_ready() -> 
     # instance in another pool, for the buckets it can reach, not small ones before that.
     assert [(a.offering.instance_type, a.offering.market) for a in got] == [("big", Market.SPOT)]
     assert got[0].offering.zone != "us-east-1a"
+
+
+def test_launches_per_tick_and_per_type_are_capped_and_the_rest_reported() -> None:
+    """A surge that wants some 60 instances at once gets at most the caps this tick (the next
+    ticks buy the rest, spill covers the gap meanwhile); the decision log says what was left
+    out."""
+    demand = 150 * cap("c5.large")
+    snap = snapshot(models={"resnet": (model(), forecast(*[demand] * 5))})
+    uncapped = launches(run(snap, spot=False, max_launches_per_tick=1000,
+                            max_launches_per_type_per_tick=1000))  # fmt: skip
+    assert len(uncapped) > 25
+    for per_tick, per_type in ((10, 1000), (1000, 15)):
+        p = run(
+            snap,
+            spot=False,
+            max_launches_per_tick=per_tick,
+            max_launches_per_type_per_tick=per_type,
+        )
+        got = launches(p)
+        by_type: dict[str, int] = {}
+        for a in got:
+            by_type[a.offering.instance_type] = by_type.get(a.offering.instance_type, 0) + 1
+        assert len(got) == min(per_tick, len(uncapped)) or max(by_type.values()) == per_type
+        assert len(got) <= per_tick and max(by_type.values()) <= per_type
+        (capped,) = [d for d in p.decisions if d.action == ActionKind.LAUNCH_CAPPED]
+        left = len(uncapped) - len(got)
+        assert f"{left} launch(es)" in capped.reason and "uncovered" in capped.reason

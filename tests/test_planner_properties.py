@@ -130,7 +130,8 @@ def test_needed_instances_are_never_released(d, r, k) -> None:
 @given(st.floats(5.0, 200.0), st.floats(0.1, 1.0), st.integers(1, 3))
 def test_spot_share_and_pool_spread_are_respected(level, share, pools) -> None:
     snap = snapshot(models={"resnet": (model(), forecast(*[level] * 5))})
-    p = run(snap, spot_max_share=share, spot_min_pools=pools)
+    uncapped = {"max_launches_per_tick": 10**6, "max_launches_per_type_per_tick": 10**6}
+    p = run(snap, spot_max_share=share, spot_min_pools=pools, **uncapped)
     got = launches_of(p)
     per_pool: dict[str, list[float]] = {}
     for a in got:

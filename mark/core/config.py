@@ -154,6 +154,12 @@ class PlannerConfig(_Section):
     release_window_s: Annotated[float, Field(ge=0)] = 60.0
     min_instances: Annotated[int, Field(ge=0)] = 0
     max_instances_per_model: Annotated[int, Field(ge=1)] = 1000
+    # Launches one tick may make, in all and of one instance type: a surge is bought over a few
+    # ticks and spilled meanwhile, never as hundreds of instances at once (EC2 throttles
+    # RunInstances per account: a bucket of about 1,000 with a refill of 2 per second, and an
+    # account's vCPU quota is often a few hundred).
+    max_launches_per_tick: Annotated[int, Field(ge=1)] = 40
+    max_launches_per_type_per_tick: Annotated[int, Field(ge=1)] = 20
     drain_s: Annotated[float, Field(ge=0)] = 30.0
     pool_cooldown_s: Annotated[float, Field(ge=0)] = 600.0
     scale_in_hold_s: Annotated[float, Field(ge=0)] = 300.0

@@ -320,6 +320,7 @@ class ActionKind(StrEnum):
     TERMINATE = "terminate"
     HOLD = "hold"
     BUDGET_LIMITED = "budget-limited"
+    LAUNCH_CAPPED = "launch-capped"
     ERROR = "error"
 
 

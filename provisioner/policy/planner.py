@@ -322,6 +322,9 @@ def _buy(
             wanted.append((ratio, mp.name, idx, mp))
     wanted.sort(key=lambda w: (w[0], w[1], w[2]))
     dropped: dict[str, list[int]] = {}
+    capped: dict[str, list[int]] = {}
+    by_type: dict[str, int] = {}
+    launches = 0
     budget = config.budget_per_hour
     for _ratio, name, idx, mp in wanted:
         offering = mp.offerings[mp.cover.launches[idx][0]]
@@ -329,6 +332,15 @@ def _buy(
         if budget is not None and spend_per_hour + price > budget + 1e-9:
             dropped.setdefault(name, []).append(idx)
             continue
+        of_type = by_type.get(offering.instance_type, 0)
+        if (
+            launches >= config.max_launches_per_tick
+            or of_type >= config.max_launches_per_type_per_tick
+        ):
+            capped.setdefault(name, []).append(idx)
+            continue
+        launches += 1
+        by_type[offering.instance_type] = of_type + 1
         spend_per_hour += price
         launch = _launch(mp, idx, snapshot, config, False)
         out.actions.append(launch)
@@ -341,22 +353,30 @@ def _buy(
             forecast_upper_rps=tuple(mp.demand.upper_rps.tolist()),
         )
         result.bought.add(name)
-    for mp in plans:
-        if mp.name not in dropped:
-            continue
-        idxs = dropped[mp.name]
-        short = mp.cover.planned_rps - mp.cover.launch_rps[idxs].sum(axis=0)
-        uncovered = float(np.max(mp.demand.upper_rps - short, initial=0.0))
-        price = sum(mp.offerings[mp.cover.launches[i][0]].price_per_hour for i in idxs)
-        out.decide(
-            ActionKind.BUDGET_LIMITED,
-            f"budget ${budget:.2f}/h binds: {len(idxs)} launch(es) (${price:.3f}/h) not made; "
-            f"{uncovered:.1f} rps of the {mp.demand.peak_rps:.1f} rps forecast peak uncovered "
-            "(spill takes it); keeping every instance",
-            model=mp.name,
-            forecast_upper_rps=tuple(mp.demand.upper_rps.tolist()),
-        )
-        result.held.add(mp.name)
+    caps = (
+        f"launch caps bind (max_launches_per_tick {config.max_launches_per_tick}, "
+        f"max_launches_per_type_per_tick {config.max_launches_per_type_per_tick})"
+    )
+    for kind, left_out, why in (
+        (ActionKind.BUDGET_LIMITED, dropped, f"budget ${budget or 0:.2f}/h binds"),
+        (ActionKind.LAUNCH_CAPPED, capped, caps),
+    ):
+        for mp in plans:
+            if mp.name not in left_out:
+                continue
+            idxs = left_out[mp.name]
+            short = mp.cover.planned_rps - mp.cover.launch_rps[idxs].sum(axis=0)
+            uncovered = float(np.max(mp.demand.upper_rps - short, initial=0.0))
+            price = sum(mp.offerings[mp.cover.launches[i][0]].price_per_hour for i in idxs)
+            out.decide(
+                kind,
+                f"{why}: {len(idxs)} launch(es) (${price:.3f}/h) not made; {uncovered:.1f} rps "
+                f"of the {mp.demand.peak_rps:.1f} rps forecast peak uncovered (spill takes it); "
+                "keeping every instance",
+                model=mp.name,
+                forecast_upper_rps=tuple(mp.demand.upper_rps.tolist()),
+            )
+            result.held.add(mp.name)
     return result
 
 
