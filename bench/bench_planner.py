@@ -156,7 +156,8 @@ def main() -> None:
     types = fleet_types()
     offerings = fleet_offerings(types)
     models = fleet_models(types, args.models, rng)
-    config = PlannerConfig()
+    # The first plan launches the whole fleet at once, as a bench of plan time wants: no caps.
+    config = PlannerConfig(max_launches_per_tick=10**6, max_launches_per_type_per_tick=10**6)
     cache = CapacityCache()
     now = 1_700_000_000.0
     first = snapshot(models, forecasts(models, now, rng), (), offerings, types, now)
