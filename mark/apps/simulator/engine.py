@@ -25,132 +25,30 @@ clients; Mark drains on the notice, so it has none in flight).
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Any
 
 import numpy as np
 
-from mark.apps.simulator.instance_queue import InstanceQueue, ServedBatch
+from mark.apps.simulator.instance_queue import InstanceQueue
 from mark.apps.simulator.policies.base import Metrics, Policy, PolicyContext
 from mark.apps.simulator.serverless_pool import ServerlessPool
+from mark.apps.simulator.sim_dataplane import DataPlane
+from mark.apps.simulator.sim_state import PolicyRun, SimInstance, SimSettings
 from mark.apps.simulator.workload import Arrivals
 from mark.core.catalog import Catalog
-from mark.core.config import BatchingConfig, SpillConfig
-from mark.core.types import Instance, InstanceState, Market, Model, Offering, Profile
+from mark.core.types import Instance, InstanceState, Market, Model, Offering
 from provisioner.policy import billing
 from provisioner.policy.actions import Action, Launch, OperationKind, fleet_operations
-from provisioner.policy.batching import BatchPlan
 from provisioner.policy.capacity import CapacityCache
-from provisioner.policy.dataplane import (
-    batch_plan,
-    last_kept_position,
-    routing_weight,
-    select_spills,
-    service_rate_rps,
-)
+from provisioner.policy.dataplane import routing_weight
 from provisioner.policy.offerings import Offerings
-from provisioner.policy.routing import SmoothWeightedRoundRobin
-from provisioner.policy.spill import QueueView
 
 __all__ = ["SimSettings", "PolicyRun", "run_policy"]
 
-_PATTERN_MIN = 256
-_PATTERN_MAX = 8192
-_NO_INSTANCE = QueueView()  # the queue of a model with no running instance
 
-
-@dataclass(frozen=True, slots=True)
-class SimSettings:
-    """Knobs of one simulation run (the market's and the data plane's, not a policy's)."""
-
-    zones: tuple[str, ...] = ("us-east-1a", "us-east-1b", "us-east-1c")
-    types: tuple[str, ...] = ()
-    window_s: float = 10.0
-    seed: int = 0
-    interruption_rate_per_hour: float = 0.02
-    interruption_notice_s: float = 120.0
-    batching: BatchingConfig = BatchingConfig()
-    spill: SpillConfig = SpillConfig()
-    serverless_concurrency: int = 1000
-    serverless_keep_warm_s: float = 600.0
-
-
-@dataclass
-class PolicyRun:
-    """What one policy did: totals for summary.json and the time series for the plots."""
-
-    name: str
-    latencies_ms: np.ndarray
-    requests: int
-    spilled: int
-    failed: int
-    instance_cost_usd: float
-    serverless_cost_usd: float
-    instance_hours: dict[str, float]
-    series: dict[str, np.ndarray]
-    type_series: dict[str, np.ndarray]
-    extra: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def cost_usd(self) -> float:
-        return self.instance_cost_usd + self.serverless_cost_usd
-
-
-@dataclass
-class _SimInstance:
-    instance: Instance
-    profile: Profile
-    queue: InstanceQueue
-    weight: float
-    ready_s: float
-    billed_from_s: float
-    reclaim_s: float = math.inf
-    notice_s: float = math.inf
-    end_s: float | None = None  # scheduled termination (drain finished)
-    price_per_hour: float = 0.0
-
-
-class _Recorder:
-    """Latencies of every request (ms; inf for a failed one), in chunks."""
-
-    def __init__(self) -> None:
-        self.chunks: list[np.ndarray] = []
-        self.count = 0
-
-    def add(self, latency_ms: np.ndarray) -> None:
-        if latency_ms.size:
-            self.chunks.append(latency_ms.astype(np.float32))
-            self.count += latency_ms.size
-
-    def all(self) -> np.ndarray:
-        return np.concatenate(self.chunks) if self.chunks else np.zeros(0, np.float32)
-
-
-@dataclass
-class _Engine:
-    policy: Policy
-    model: Model
-    arrivals: Arrivals
-    catalog: Catalog
-    settings: SimSettings
-    cache: CapacityCache
-    pool: ServerlessPool
-    rng: np.random.Generator
-    recorder: _Recorder = field(default_factory=_Recorder)
-    fleet: dict[str, _SimInstance] = field(default_factory=dict)
-    done: list[_SimInstance] = field(default_factory=list)
-    interruptions: dict[str, float] = field(default_factory=dict)
-    reclaimed: dict[str, float] = field(default_factory=dict)
-    spilled: int = 0
-    failed: int = 0
-    interrupted: int = 0
-    serial: int = 0
-    window_sojourn_s: float = 0.0
-    pattern_cache: dict[tuple[float, ...], np.ndarray] = field(default_factory=dict)
-    pattern_offset: int = 0
-    threshold_cache: dict[tuple[int, float, float], float] = field(default_factory=dict)
+class _Engine(DataPlane):
+    """One policy's run: the fleet's events (launches, drains, terminations, interruptions,
+    billing) here, the data plane inherited from `DataPlane`, both on `EngineState`."""
 
     # -- fleet ---------------------------------------------------------------------------------
 
@@ -168,7 +66,7 @@ class _Engine:
             launched_at_s=launched,
             running_at_s=now_s if ready_now else None,
         )
-        sim = _SimInstance(
+        sim = SimInstance(
             instance=inst,
             profile=profile,
             queue=InstanceQueue(profile.parallelism, profile.a_ms, profile.c_ms),
@@ -184,7 +82,7 @@ class _Engine:
                 sim.notice_s = sim.reclaim_s - self.settings.interruption_notice_s
         self.fleet[inst.id] = sim
 
-    def terminate(self, sim: _SimInstance, at_s: float) -> None:
+    def terminate(self, sim: SimInstance, at_s: float) -> None:
         """Terminate now, as the cloud does: what still waits on the instance fails (a drained
         one has none left, nor does one at the end of the run, which is flushed first)."""
         inst = sim.instance
@@ -199,7 +97,7 @@ class _Engine:
         self.interruptions.pop(inst.id, None)
         self.done.append(sim)
 
-    def drain(self, sim: _SimInstance, now_s: float) -> None:
+    def drain(self, sim: SimInstance, now_s: float) -> None:
         if sim.instance.state != InstanceState.RUNNING:
             return
         sim.instance = sim.instance.transition(InstanceState.DRAINING, now_s)
@@ -223,162 +121,6 @@ class _Engine:
                     self.drain(sim, now_s)
                 else:
                     self.terminate(sim, now_s)
-
-    # -- data plane ----------------------------------------------------------------------------
-
-    def plan_of(self, sim: _SimInstance, rate_rps: float) -> BatchPlan:
-        return batch_plan(
-            sim.profile,
-            self.model.slo,
-            rate_rps,
-            self.model.max_batch,
-            self.settings.batching.slo_budget_fraction,
-            self.policy.batching,
-        )
-
-    def spill_position(self, plan: BatchPlan, servers: int) -> float:
-        """Largest position ahead at which the spill rule keeps a fresh request queued
-        (`last_kept_position`, cached per plan); -1 when none stays."""
-        key = (servers, plan.service_ms, float(plan.size))
-        found = self.threshold_cache.get(key)
-        if found is None:
-            queue = QueueView(0, service_rate_rps(servers, plan), plan.service_ms, 1)
-            found = float(last_kept_position(queue, self.model.slo, self.settings.spill.margin_ms))
-            self.threshold_cache[key] = found
-        return found
-
-    def to_pool(self, arrival_s: float, now_s: float, queue: QueueView | None) -> bool:
-        """Spill one request that arrived at `arrival_s`, `queue.ahead` requests ahead of it on
-        `queue`, when `select_spills` picks it (`queue` None: sent regardless)."""
-        if queue is not None:
-            chosen, _ = select_spills(
-                (arrival_s + self.model.slo.latency_s,),
-                queue,
-                now_s=now_s,
-                slo=self.model.slo,
-                pool=self.pool.profile(now_s),
-                margin_ms=self.settings.spill.margin_ms,
-            )
-            if not chosen:
-                return False
-        latency = self.pool.invoke(now_s)
-        if latency is None:
-            return False
-        self.spilled += 1
-        self.recorder.add(np.array([(now_s - arrival_s) * 1000.0 + latency]))
-        return True
-
-    def spill_drained(self, sim: _SimInstance, plan: BatchPlan, now_s: float) -> None:
-        """What the front end does with a draining instance's queue (`Fleet._remove_link`):
-        the requests not yet in a batch go to the pool as `select_spills` picks them over the
-        queue (as "draining" while a slot is free); the rest stays and the instance serves it
-        (the front end re-routes it to the other instances)."""
-        waiting = sim.queue.waiting
-        if not waiting:
-            return
-        running = sum(1 for s in self.fleet.values() if s.instance.state == InstanceState.RUNNING)
-        rate_rps = service_rate_rps(sim.profile.parallelism, plan)
-        queue = QueueView(0, rate_rps, plan.service_ms, running, draining=True)
-        slo = self.model.slo
-        chosen, _ = select_spills(
-            [t + slo.latency_s for t in waiting],
-            queue,
-            now_s=now_s,
-            slo=slo,
-            pool=self.pool.profile(now_s),
-            margin_ms=self.settings.spill.margin_ms,
-        )
-        spilled = {i for i, _ in chosen if self.to_pool(waiting[i], now_s, None)}
-        if spilled:
-            sim.queue.waiting = [t for i, t in enumerate(waiting) if i not in spilled]
-
-    def serve_done(self, sim: _SimInstance, served: ServedBatch) -> None:
-        if not served.arrival_s.size:
-            return
-        latency = served.latency_ms
-        lost = served.completion_s > sim.reclaim_s
-        if lost.any():
-            self.failed += int(lost.sum())
-            latency = np.where(lost, np.inf, latency)
-        self.window_sojourn_s += float(np.sum(latency[~lost])) / 1000.0
-        self.recorder.add(latency)
-
-    def fail(self, count: int) -> None:
-        if count:
-            self.failed += count
-            self.recorder.add(np.full(count, np.inf))
-
-    def route(self, times: np.ndarray, t1: float, bucket_rate_rps: float, share_out: float) -> None:
-        if not times.size:
-            return
-        if share_out > 0:
-            direct = self.rng.random(times.size) < share_out
-            for t in times[direct].tolist():
-                if not self.to_pool(t, t, None):
-                    self.fail(1)
-            times = times[~direct]
-        routable = [s for s in self.fleet.values() if s.instance.state == InstanceState.RUNNING]
-        if not routable:
-            if self.policy.spill:
-                for t in times.tolist():
-                    if not self.to_pool(t, t, _NO_INSTANCE):
-                        self.fail(1)
-            else:
-                self.fail(times.size)
-            return
-        routable.sort(key=lambda s: s.instance.id)
-        weights = tuple(round(s.weight, 6) for s in routable)
-        pattern = self.pattern(weights)
-        slots = pattern[(self.pattern_offset + np.arange(times.size)) % pattern.size]
-        self.pattern_offset = (self.pattern_offset + times.size) % pattern.size
-        total = sum(weights)
-        running = len(routable)
-        for index, sim in enumerate(routable):
-            mine = times[slots == index]
-            plan = self.plan_of(sim, bucket_rate_rps * sim.weight / total)
-            if self.policy.spill:
-                servers = sim.profile.parallelism
-                limit = self.spill_position(plan, servers)
-                rate = service_rate_rps(servers, plan)
-
-                def gate(
-                    arrival: float,
-                    now: float,
-                    position: int,
-                    rate: float = rate,
-                    plan: BatchPlan = plan,
-                ) -> bool:
-                    queue = QueueView(position, rate, plan.service_ms, running)
-                    return self.to_pool(arrival, now, queue)
-
-                def shed(late: list[float], now: float) -> None:
-                    for arrival in late:
-                        if not self.to_pool(arrival, now, None):
-                            self.fail(1)
-
-                served = sim.queue.offer(
-                    mine,
-                    plan,
-                    t1,
-                    spill_position=limit,
-                    gate=gate,
-                    deadline_s=self.model.slo.latency_s,
-                    shed=shed,
-                )
-            else:
-                served = sim.queue.offer(mine, plan, t1)
-            self.serve_done(sim, served)
-
-    def pattern(self, weights: tuple[float, ...]) -> np.ndarray:
-        found = self.pattern_cache.get(weights)
-        if found is None:
-            router = SmoothWeightedRoundRobin()
-            for index, weight in enumerate(weights):
-                router.set(str(index), weight)
-            length = int(min(_PATTERN_MAX, max(_PATTERN_MIN, 4 * sum(weights) / min(weights))))
-            found = np.array([int(router.pick() or 0) for _ in range(length)], dtype=np.int64)
-            self.pattern_cache[weights] = found
-        return found
 
     # -- events --------------------------------------------------------------------------------
 
@@ -413,7 +155,7 @@ class _Engine:
             s.weight for s in self.fleet.values() if s.instance.state == InstanceState.RUNNING
         )
 
-    def charge(self, sim: _SimInstance, end_s: float) -> float:
+    def charge(self, sim: SimInstance, end_s: float) -> float:
         offering = sim.instance.offering
         start = sim.billed_from_s
         itype = self.catalog.instance_type(offering.instance_type)
@@ -424,7 +166,7 @@ class _Engine:
             )
         return itype.charge_usd(end_s - start, sim.price_per_hour)
 
-    def price_now(self, sim: _SimInstance, now_s: float) -> float:
+    def price_now(self, sim: SimInstance, now_s: float) -> float:
         """The hourly price the instance pays now (`billing.price_now`: spot at its pool's
         price in the catalog history); on-demand at the policy's price."""
         offering = sim.instance.offering

@@ -1,0 +1,117 @@
+"""The state of one simulation run (mark/apps/simulator/engine.py): the run's settings, what a
+policy run reports, one simulated instance, the latency recorder, and the engine's fields, which
+the data plane (`sim_dataplane`) and the fleet's events (`engine`) both act on."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from mark.apps.simulator.instance_queue import InstanceQueue
+from mark.apps.simulator.policies.base import Policy
+from mark.apps.simulator.serverless_pool import ServerlessPool
+from mark.apps.simulator.workload import Arrivals
+from mark.core.catalog import Catalog
+from mark.core.config import BatchingConfig, SpillConfig
+from mark.core.types import Instance, Model, Profile
+from provisioner.policy.capacity import CapacityCache
+
+__all__ = ["SimSettings", "PolicyRun", "SimInstance", "Recorder", "EngineState"]
+
+
+@dataclass(frozen=True, slots=True)
+class SimSettings:
+    """Knobs of one simulation run (the market's and the data plane's, not a policy's)."""
+
+    zones: tuple[str, ...] = ("us-east-1a", "us-east-1b", "us-east-1c")
+    types: tuple[str, ...] = ()
+    window_s: float = 10.0
+    seed: int = 0
+    interruption_rate_per_hour: float = 0.02
+    interruption_notice_s: float = 120.0
+    batching: BatchingConfig = BatchingConfig()
+    spill: SpillConfig = SpillConfig()
+    serverless_concurrency: int = 1000
+    serverless_keep_warm_s: float = 600.0
+
+
+@dataclass
+class PolicyRun:
+    """What one policy did: totals for summary.json and the time series for the plots."""
+
+    name: str
+    latencies_ms: np.ndarray
+    requests: int
+    spilled: int
+    failed: int
+    instance_cost_usd: float
+    serverless_cost_usd: float
+    instance_hours: dict[str, float]
+    series: dict[str, np.ndarray]
+    type_series: dict[str, np.ndarray]
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def cost_usd(self) -> float:
+        return self.instance_cost_usd + self.serverless_cost_usd
+
+
+@dataclass
+class SimInstance:
+    instance: Instance
+    profile: Profile
+    queue: InstanceQueue
+    weight: float
+    ready_s: float
+    billed_from_s: float
+    reclaim_s: float = math.inf
+    notice_s: float = math.inf
+    end_s: float | None = None  # scheduled termination (drain finished)
+    price_per_hour: float = 0.0
+
+
+class Recorder:
+    """Latencies of every request (ms; inf for a failed one), in chunks."""
+
+    def __init__(self) -> None:
+        self.chunks: list[np.ndarray] = []
+        self.count = 0
+
+    def add(self, latency_ms: np.ndarray) -> None:
+        if latency_ms.size:
+            self.chunks.append(latency_ms.astype(np.float32))
+            self.count += latency_ms.size
+
+    def all(self) -> np.ndarray:
+        return np.concatenate(self.chunks) if self.chunks else np.zeros(0, np.float32)
+
+
+@dataclass
+class EngineState:
+    """What one run of the engine holds: the policy, the workload and market, the fleet of
+    simulated instances and the counters; the data plane and the fleet's events act on it."""
+
+    policy: Policy
+    model: Model
+    arrivals: Arrivals
+    catalog: Catalog
+    settings: SimSettings
+    cache: CapacityCache
+    pool: ServerlessPool
+    rng: np.random.Generator
+    recorder: Recorder = field(default_factory=Recorder)
+    fleet: dict[str, SimInstance] = field(default_factory=dict)
+    done: list[SimInstance] = field(default_factory=list)
+    interruptions: dict[str, float] = field(default_factory=dict)
+    reclaimed: dict[str, float] = field(default_factory=dict)
+    spilled: int = 0
+    failed: int = 0
+    interrupted: int = 0
+    serial: int = 0
+    window_sojourn_s: float = 0.0
+    pattern_cache: dict[tuple[float, ...], np.ndarray] = field(default_factory=dict)
+    pattern_offset: int = 0
+    threshold_cache: dict[tuple[int, float, float], float] = field(default_factory=dict)
