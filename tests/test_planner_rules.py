@@ -20,6 +20,7 @@ from provisioner.policy.planner import plan
 from provisioner.policy.prewarm import warm_functions
 from provisioner.policy.snapshot import (
     PlannerState,
+    ServerlessTerms,
     build_snapshot,
     forecast_buckets,
     whole_buckets,
@@ -144,7 +145,7 @@ def test_snapshot_keeps_live_instances_and_one_demand_per_model() -> None:
     assert snap.instances == (live,)
     assert snap.models[m.name].forecast == f and snap.tick_s == 30.0
     assert snap.interruptions == {"run": NOW + 120.0}
-    assert snap.serverless_latency_ms is None
+    assert snap.serverless is None
 
 
 def test_warm_count_covers_what_running_capacity_leaves_at_the_pool_latency() -> None:
@@ -161,7 +162,7 @@ def test_warm_count_covers_what_running_capacity_leaves_at_the_pool_latency() ->
         offerings=all_offerings(),
         instance_types=TYPES,
         tick_s=60.0,
-        serverless_latency_ms=400.0,
+        serverless=ServerlessTerms(400.0, 1e-5, 100),
     )
     result = plan(snap, PlannerConfig(), CACHE)
     # The pending instance does not serve yet: the pool takes two instances' worth.

@@ -167,6 +167,9 @@ class PlannerConfig(_Section):
     # type could be ready: a tail sooner than that is left to queueing and spill instead of
     # stopgap instances costing many times more per request (provisioner/policy/planner.py)
     tail_after_lead: bool = True
+    # weigh the serverless pool against instances per window of demand (planner_greedy.py): a
+    # window the pool serves more cheaply per request is spilled, not bought for
+    weigh_serverless: bool = True
 
 
 class ForecastConfig(_Section):

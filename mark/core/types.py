@@ -321,6 +321,7 @@ class ActionKind(StrEnum):
     HOLD = "hold"
     BUDGET_LIMITED = "budget-limited"
     LAUNCH_CAPPED = "launch-capped"
+    PLAN_SPILL = "plan-spill"  # demand the planner leaves to the serverless pool, with why
     ERROR = "error"
 
 

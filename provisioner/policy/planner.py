@@ -67,7 +67,7 @@ from provisioner.policy.planner_greedy import (
     demand_buckets,
 )
 from provisioner.policy.prewarm import warm_functions
-from provisioner.policy.snapshot import FleetSnapshot, ModelDemand, PlannerState
+from provisioner.policy.snapshot import FleetSnapshot, ModelDemand, PlannerState, ServerlessTerms
 
 # The planner's public surface: the snapshot it reads, the plan it returns, and `plan`.
 __all__ = [
@@ -207,24 +207,30 @@ def plan(
         lead = offered.efficient_lead_s(shape) if config.tail_after_lead else 0.0
         demand = demand_buckets(wanted.forecast, now, config.horizon_s, now + lead)
         inputs.append(ModelInput(name, demand, caps, offered.get(demand, shape)))
-        if snapshot.serverless_latency_ms is not None:
-            warm[name] = _warm(wanted, caps, live_by_model.get(name, ()), snapshot)
+        if snapshot.serverless is not None:
+            warm[name] = _warm(wanted, caps, live_by_model.get(name, ()), snapshot.serverless)
     plans: list[_ModelPlan] = []
     for item, rows in zip(inputs, fleet_candidates(inputs, live_rows), strict=True):
         name, demand, cands = item.name, item.demand, rows.cands
         live = live_rows.live(name)
+        pool = snapshot.serverless
+        slo_ms = snapshot.models[name].model.slo.latency_ms
+        spills = pool is not None and config.weigh_serverless and pool.fits(slo_ms)
         cover = cover_demand(
             demand,
             cands,
             spot_max_share=config.spot_max_share if config.spot else 0.0,
             spot_min_pools=config.spot_min_pools,
             max_instances=config.max_instances_per_model,
+            spill_usd_per_request=pool.usd_per_request if spills and pool else None,
+            spill_max_rps=pool.max_rps if spills and pool else 0.0,
         )
         cover = _with_floor(cover, cands, len(live), config.min_instances, demand)
         plans.append(_ModelPlan(name, demand, cover, live, rows.offerings, cands.capacity_rps))
 
     launched = _buy(plans, snapshot, config, spend_per_hour, out)
     for mp in plans:
+        _report_spill(mp, snapshot, out)
         _report_unreachable(mp, launched, out)
         _release(mp, snapshot, config, launched, out)
     last_launch = dict(state.last_launch_s)
@@ -245,7 +251,7 @@ def _warm(
     wanted: ModelDemand,
     caps: Mapping[str, float],
     live: Sequence[Instance],
-    snapshot: FleetSnapshot,
+    pool: ServerlessTerms,
 ) -> int:
     """Serverless functions to keep warm for a model: what its running instances (those with
     an interruption notice and draining ones are not in `live`) leave of the forecast's next
@@ -254,8 +260,30 @@ def _warm(
     serving = sum(
         caps.get(i.offering.instance_type, 0.0) for i in live if i.state == InstanceState.RUNNING
     )
-    latency_ms = snapshot.serverless_latency_ms or 0.0
-    return warm_functions(upper[0] if upper else 0.0, serving, latency_ms)
+    return warm_functions(upper[0] if upper else 0.0, serving, pool.latency_ms)
+
+
+def _report_spill(mp: _ModelPlan, snapshot: FleetSnapshot, out: _Builder) -> None:
+    """Demand the greedy handed to the serverless pool because it was cheaper there than on any
+    instance it could buy in time is said in the log, with the two prices."""
+    spill = mp.cover.spill_rps
+    if not np.count_nonzero(spill) or snapshot.serverless is None:
+        return
+    first = int(np.argmax(spill > 0))
+    last = len(spill) - 1 - int(np.argmax(spill[::-1] > 0))
+    until = mp.demand.starts_s[last] + mp.demand.durations_s[last] - mp.demand.now_s
+    requests = float(spill @ mp.demand.durations_s)
+    out.decide(
+        ActionKind.PLAN_SPILL,
+        f"spilling up to {float(spill.max()):.1f} rps (about {requests:.0f} requests) from "
+        f"+{mp.demand.starts_s[first] - mp.demand.now_s:.0f} s to +{until:.0f} s to the "
+        f"serverless pool at {_per_million(snapshot.serverless.usd_per_request)}: no instance "
+        "that could be ready for it serves it as cheaply (stopgap boot and billing minimum, or "
+        "an instance mostly idle)",
+        model=mp.name,
+        expected_cost_usd=requests * snapshot.serverless.usd_per_request,
+        forecast_upper_rps=tuple(mp.demand.upper_rps.tolist()),
+    )
 
 
 def _report_unreachable(mp: _ModelPlan, bought: _Bought, out: _Builder) -> None:
@@ -263,7 +291,7 @@ def _report_unreachable(mp: _ModelPlan, bought: _Bought, out: _Builder) -> None:
     excluded by caps) is said in the log, so an operator sees why the spill path carries it."""
     if mp.name in bought.held or mp.name in bought.bought:
         return  # budget-limited or launching: those decisions already say what is uncovered
-    gap = mp.demand.upper_rps - mp.cover.planned_rps
+    gap = mp.demand.upper_rps - mp.cover.planned_rps - mp.cover.spill_rps
     uncovered = float(np.maximum.reduce(gap, initial=0.0))
     if uncovered <= 1e-6 * max(1.0, mp.demand.peak_rps):
         return
@@ -293,7 +321,9 @@ def _with_floor(cover: Cover, cands: Candidates, live: int, floor: int, demand: 
     row = cands.ready[k] * cands.capacity_rps[k]
     extra = tuple((k, math.inf, float(demand.starts_s[0])) for _ in range(missing))
     rows = np.vstack([cover.launch_rps, np.tile(row, (missing, 1))])
-    return Cover(cover.kept, cover.launches + extra, cover.planned_rps + missing * row, rows)
+    planned = cover.planned_rps + missing * row
+    spill = np.maximum(cover.spill_rps - missing * row, 0.0)
+    return Cover(cover.kept, cover.launches + extra, planned, rows, spill)
 
 
 @dataclass
@@ -420,7 +450,8 @@ def _release(
     surplus = [i for i in mp.live if i.id not in kept_ids and i.state == InstanceState.RUNNING]
     if not surplus:
         return
-    uncovered = float(np.max(mp.demand.upper_rps - mp.cover.planned_rps, initial=0.0))
+    gap = mp.demand.upper_rps - mp.cover.planned_rps - mp.cover.spill_rps
+    uncovered = float(np.max(gap, initial=0.0))
     last = snapshot.planner_state.last_launch_s.get(mp.name)
     staying = len(mp.live) + len(mp.cover.launches)
     peak = int(np.argmax(mp.demand.upper_rps))

@@ -20,6 +20,15 @@ demand covered, and the greedy goes on buying, outside that pool, until it does.
 instances the caps already guarantee this; with large ones the hedge is what buys a second spot
 instance in another pool, still cheaper than one on-demand instance at typical discounts.
 Backup types are considered only when no primary candidate can serve the window.
+
+The serverless pool is one more candidate (MArk: "instead of overprovisioning IaaS, use FaaS
+to handle demand surge and spikes"), where its latency fits the SLO: it serves any share of a
+window up to its concurrency at a fixed price per request, needs no lead time and bills nothing
+idle. When the cheapest instance for a window costs at least that per request (a stopgap that
+pays its boot and billing minimum for the few minutes until the efficient type is ready, or a
+sliver of demand that would leave an instance mostly idle), the window is planned for the pool
+(`Cover.spill_rps`) and nothing is launched for it; the hedge against a pool's loss is never
+handed to it (that is capacity held against a risk, not demand to serve).
 """
 
 from __future__ import annotations
@@ -142,6 +151,7 @@ class Cover:
     launches: tuple[tuple[int, float, float], ...]  # (candidate, $/request, needed from, s)
     planned_rps: np.ndarray  # capacity per bucket with kept + launches
     launch_rps: np.ndarray  # per launch, its capacity per bucket (rows align with launches)
+    spill_rps: np.ndarray  # demand per bucket planned for the serverless pool instead
 
 
 def cover_demand(
@@ -151,15 +161,20 @@ def cover_demand(
     spot_max_share: float,
     spot_min_pools: int,
     max_instances: int,
+    spill_usd_per_request: float | None = None,
+    spill_max_rps: float = 0.0,
 ) -> Cover:
-    """Run the greedy for one model; deterministic (ties go to the lowest index)."""
+    """Run the greedy for one model; deterministic (ties go to the lowest index).
+    `spill_usd_per_request`: the serverless pool's price where its latency fits the SLO (None:
+    no pool, or too slow for this model), `spill_max_rps` the rate its concurrency carries."""
     load = demand.upper_rps
     nb = len(load)
     planned = np.zeros(nb)
     # np.count_nonzero and ufunc methods, not ndarray.any/np.argmin: those add a Python-level
     # wrapper per call, and this loop runs a few times per model for every model each tick.
+    spill = np.zeros(nb)
     if len(cands.capacity_rps) == 0 or not np.count_nonzero(load):
-        return Cover((), (), planned, np.zeros((0, nb)))
+        return Cover((), (), planned, np.zeros((0, nb)), spill)
     cap = cands.capacity_rps
     ready = cands.ready
     ready_cap = cands.ready_rps
@@ -228,6 +243,15 @@ def cover_demand(
             continue
         ratio = np.where(usable, cost_usd[:, e - 1] / np.maximum(served, 1e-300), np.inf)
         k = int(ratio.argmin())
+        if (
+            spill_usd_per_request is not None
+            and worst_pool is None
+            and ratio[k] >= spill_usd_per_request
+            and float(np.max(unserved[tau:e] + spill[tau:e])) <= spill_max_rps
+        ):
+            spill[tau:e] += unserved[tau:e]
+            blocked[tau:e] = [True] * (e - tau)
+            continue
         planned = planned + ready_cap[k]
         if cands.existing[k]:
             kept.append(k)
@@ -243,4 +267,4 @@ def cover_demand(
             pool_rps[cands.pool[k]] += ready_cap[k]
             ok = None  # the caps changed; most models stop here, so refit only if they go on
     launch_rps = np.array(rows) if rows else np.zeros((0, nb))
-    return Cover(tuple(kept), tuple(launches), planned, launch_rps)
+    return Cover(tuple(kept), tuple(launches), planned, launch_rps, spill)

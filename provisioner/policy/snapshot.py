@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from mark.core.types import Forecast, Instance, InstanceType, Model, Offering
 
 __all__ = [
+    "ServerlessTerms",
     "ModelDemand",
     "PlannerState",
     "FleetSnapshot",
@@ -32,6 +33,27 @@ __all__ = [
 # A bucket counts as ended when at most this share of it is left: scheduled ticks land a few
 # milliseconds either side of a bucket edge, and one that lands early must not skip a bucket.
 _BUCKET_EDGE_SLACK = 0.05
+
+
+@dataclass(frozen=True, slots=True)
+class ServerlessTerms:
+    """The spill pool as the planner weighs it against instances: its warm latency, what one
+    request costs there (Lambda's request fee plus duration at the function's memory) and how
+    many requests it runs at once. The greedy hands a window of demand to the pool instead of
+    buying an instance for it when the pool is cheaper per request and can carry it."""
+
+    latency_ms: float
+    usd_per_request: float
+    concurrency: int
+
+    @property
+    def max_rps(self) -> float:
+        """The rate the pool sustains at its warm latency (Little's law)."""
+        return self.concurrency * 1000.0 / max(self.latency_ms, 1e-9)
+
+    def fits(self, slo_latency_ms: float) -> bool:
+        """A request spilled at once still answers within the SLO."""
+        return 0.0 < self.latency_ms < slo_latency_ms
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,7 +86,7 @@ class FleetSnapshot:
     """Everything `plan` sees. `offerings` are the provider's, as listed (unavailable ones
     included); `interruptions` maps instance ids with a notice to the time the cloud takes them
     back; `tick_s` is when the next plan runs (launches that can wait until then are deferred);
-    `serverless_latency_ms` is the spill pool's warm latency (None: no pool, nothing to warm)."""
+    `serverless` is the spill pool's terms (None: no pool, nothing to warm or spill to)."""
 
     now_s: float
     models: Mapping[str, ModelDemand]
@@ -74,7 +96,7 @@ class FleetSnapshot:
     planner_state: PlannerState = field(default_factory=PlannerState)
     interruptions: Mapping[str, float] = field(default_factory=dict)
     tick_s: float = 60.0
-    serverless_latency_ms: float | None = None
+    serverless: ServerlessTerms | None = None
 
 
 def build_snapshot(
@@ -88,7 +110,7 @@ def build_snapshot(
     tick_s: float,
     state: PlannerState | None = None,
     interruptions: Mapping[str, float] | None = None,
-    serverless_latency_ms: float | None = None,
+    serverless: ServerlessTerms | None = None,
 ) -> FleetSnapshot:
     """The snapshot of one planning tick, the same way everywhere: one demand per model from
     its forecast, the live instances, the offerings as the provider lists them (the refused and
@@ -103,7 +125,7 @@ def build_snapshot(
         planner_state=state if state is not None else PlannerState(),
         interruptions=dict(interruptions or {}),
         tick_s=tick_s,
-        serverless_latency_ms=serverless_latency_ms,
+        serverless=serverless,
     )
 
 

@@ -32,6 +32,7 @@ import numpy as np
 
 from mark.adapters.db import Database
 from mark.apps.control import metrics
+from mark.core.catalog import load_catalog
 from mark.core.config import Config
 from mark.core.errors import CloudError, InsufficientCapacity, InvalidValue, MarkError
 from mark.core.types import (
@@ -55,6 +56,7 @@ from provisioner.policy.planner import plan
 from provisioner.policy.reconcile import ReconcileKind, reconcile
 from provisioner.policy.snapshot import (
     PlannerState,
+    ServerlessTerms,
     build_snapshot,
     forecast_buckets,
     whole_buckets,
@@ -231,9 +233,7 @@ class ControlLoop:
                 tick_s=self.config.control.tick_s,
                 state=self.state,
                 interruptions=self.interruptions,
-                serverless_latency_ms=(
-                    None if self.serverless is None else self.config.spill.serverless_warm_ms
-                ),
+                serverless=self._serverless_terms(),
             )
             try:
                 result = plan(snapshot, self.config.planner, self.cache)
@@ -254,6 +254,15 @@ class ControlLoop:
                 "tick: %d actions, %d launches deferred", len(result.actions), len(result.deferred)
             )
         return result
+
+    def _serverless_terms(self) -> ServerlessTerms | None:
+        """The spill pool as the planner weighs it: its warm latency as configured, Lambda's
+        price for one request of that latency at the function's memory, its concurrency."""
+        if self.serverless is None:
+            return None
+        pool, latency_ms = self.config.serverless, self.config.spill.serverless_warm_ms
+        price = load_catalog().lambda_pricing.charge_usd(latency_ms, pool.memory_mb, pool.arm)
+        return ServerlessTerms(latency_ms, price, pool.concurrency)
 
     async def _apply(self, result: Plan, now_s: float) -> bool:
         """Carry out the plan's fleet operations (`provisioner.policy.actions`); True when a

@@ -31,6 +31,7 @@ from mark.core.errors import InvalidValue
 from mark.core.types import Market, Model
 from provisioner.policy.capacity import CapacityCache
 from provisioner.policy.offerings import Offerings
+from provisioner.policy.snapshot import ServerlessTerms
 from traces import Trace
 
 __all__ = ["POLICY_NAMES", "MarketChoice", "Scenario", "build_policies", "simulate"]
@@ -125,8 +126,18 @@ def _mark(name: str, planner: PlannerConfig, scenario: Scenario) -> MarkPolicy:
         name=name,
         planner=planner,
         forecast=scenario.forecast,
-        serverless_latency_ms=scenario.serverless_latency_ms,
+        serverless=serverless_terms(scenario),
     )
+
+
+def serverless_terms(scenario: Scenario) -> ServerlessTerms | None:
+    """The simulated pool as the live control loop describes it to the planner: the model's
+    warm serverless latency, Lambda's price of one such request, the pool's concurrency."""
+    latency = scenario.serverless_latency_ms
+    if latency <= 0:
+        return None
+    price = scenario.catalog.lambda_pricing.charge_usd(latency, scenario.serverless_memory_mb)
+    return ServerlessTerms(latency, price, scenario.settings.serverless_concurrency)
 
 
 def _oracle(scenario: Scenario, cache: CapacityCache) -> OraclePolicy:

@@ -26,6 +26,7 @@ from predictors import Forecaster, create_forecaster
 from provisioner.policy.planner import plan
 from provisioner.policy.snapshot import (
     PlannerState,
+    ServerlessTerms,
     build_snapshot,
     forecast_buckets,
     whole_buckets,
@@ -47,7 +48,7 @@ class MarkPolicy:
     planner: PlannerConfig
     forecast: ForecastConfig = ForecastConfig()
     control: ControlLoopConfig = ControlLoopConfig()
-    serverless_latency_ms: float = 0.0
+    serverless: ServerlessTerms | None = None
     spill: bool = True
     batching: bool = True
     interruptible: bool = True
@@ -92,7 +93,7 @@ class MarkPolicy:
             tick_s=self.interval_s,
             state=state.planner_state,
             interruptions=ctx.interruptions,
-            serverless_latency_ms=self.serverless_latency_ms,
+            serverless=self.serverless,
         )
         result = plan(snapshot, self.planner, ctx.cache)
         return PolicyDecision(
