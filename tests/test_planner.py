@@ -32,6 +32,7 @@ from provisioner.policy.planner import (
     Terminate,
     plan,
 )
+from provisioner.policy.snapshot import ServerlessTerms
 
 NOW = 1_700_000_000.0
 SLO = Slo(latency_ms=600.0, percentile=0.98)
@@ -398,3 +399,39 @@ def test_launches_per_tick_and_per_type_are_capped_and_the_rest_reported() -> No
         (capped,) = [d for d in p.decisions if d.action == ActionKind.LAUNCH_CAPPED]
         left = len(uncapped) - len(got)
         assert f"{left} launch(es)" in capped.reason and "uncovered" in capped.reason
+
+
+def _surge_snapshot(usd_per_request: float) -> FleetSnapshot:
+    """One big instance live, and the mean forecast jumps now to 1.6 of its capacity: the big
+    type cannot be ready before the fifth bucket, small stopgaps could from the third."""
+    big_rps = capacity_rps(SIZED_PROFILES["big"], SLO, 1)
+    live = instance("i-big", sized_offering("big"), name="nasnet")
+    snap = sized_snapshot(mean=1.6 * big_rps, upper=1.6 * big_rps, instances=[live])
+    pool = ServerlessTerms(latency_ms=300.0, usd_per_request=usd_per_request, concurrency=1000)
+    return dataclasses.replace(snap, serverless=pool)
+
+
+def test_a_surge_spills_where_serverless_is_cheaper_than_stopgaps() -> None:
+    # Lambda's price at 300 ms and 3 GB, about $1.5e-5 per request: a small stopgap, which pays
+    # its boot and billing minimum to serve two buckets before the big one is ready, costs more.
+    p = run(_surge_snapshot(1.5e-5), spot=False)
+    assert [a.offering.instance_type for a in launches(p)] == ["big"]
+    (spill,) = [d for d in p.decisions if d.action == ActionKind.PLAN_SPILL]
+    assert "serverless pool" in spill.reason and spill.expected_cost_usd > 0
+    # With the pool switched off in the planner, or priced far above a stopgap, it buys them.
+    for dear in (run(_surge_snapshot(1.5e-5), spot=False, weigh_serverless=False),
+                 run(_surge_snapshot(1e-2), spot=False)):  # fmt: skip
+        got = [a.offering.instance_type for a in launches(dear)]
+        assert "big" in got and "small" in got
+        assert not [d for d in dear.decisions if d.action == ActionKind.PLAN_SPILL]
+
+
+def test_serverless_too_slow_for_the_slo_or_too_small_is_not_spilled_to() -> None:
+    slow = _surge_snapshot(1e-9)
+    assert slow.serverless is not None
+    for pool in (
+        dataclasses.replace(slow.serverless, latency_ms=SLO.latency_ms + 1.0),
+        dataclasses.replace(slow.serverless, concurrency=1),  # carries ~3 rps of the surge
+    ):
+        got = launches(run(dataclasses.replace(slow, serverless=pool), spot=False))
+        assert "small" in [a.offering.instance_type for a in got]

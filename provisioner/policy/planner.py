@@ -14,7 +14,10 @@ One `plan` call, in order:
    eligible offerings (available in `provisioner.policy.offerings.Offerings`: listed
    available, pool not cooling down after an interruption or a capacity refusal; spot
    allowed, type allowed or a backup type) whose
-   capacity at the SLO (`provisioner.policy.capacity`, cached) is positive. Candidate rows are built
+   capacity at the SLO (`provisioner.policy.capacity`, cached) is positive, and, for the buckets
+   before that type could be ready, the serverless pool where its latency fits the SLO
+   (`FleetSnapshot.serverless`, `weigh_serverless`): a window it serves more cheaply per
+   request than any stopgap is left to it (a PLAN_SPILL decision). Candidate rows are built
    once per plan, not per model (issue 6: 1,000 models x 100 offerings in under 100 ms): one
    block per model shape (profiled types and capacities), one gather for all live instances.
 3. A launch that the next tick could still make in time (the bucket it is first needed in
@@ -196,6 +199,7 @@ def plan(
     capacities = DEFAULT_CACHE if cache is None else cache
     inputs: list[ModelInput] = []
     warm: dict[str, int] = {}
+    spill_before: dict[str, int] = {}
     for name in sorted(snapshot.models):
         wanted = snapshot.models[name]
         slo, max_batch = wanted.model.slo, wanted.model.max_batch
@@ -204,8 +208,10 @@ def plan(
             for type_name, profile in wanted.model.profiles.items()
         }
         shape = offered.shape(caps)
-        lead = offered.efficient_lead_s(shape) if config.tail_after_lead else 0.0
-        demand = demand_buckets(wanted.forecast, now, config.horizon_s, now + lead)
+        lead = offered.efficient_lead_s(shape)
+        mean_before = now + lead if config.tail_after_lead else -math.inf
+        demand = demand_buckets(wanted.forecast, now, config.horizon_s, mean_before)
+        spill_before[name] = int(np.count_nonzero(demand.starts_s < now + lead))
         inputs.append(ModelInput(name, demand, caps, offered.get(demand, shape)))
         if snapshot.serverless is not None:
             warm[name] = _warm(wanted, caps, live_by_model.get(name, ()), snapshot.serverless)
@@ -224,6 +230,7 @@ def plan(
             max_instances=config.max_instances_per_model,
             spill_usd_per_request=pool.usd_per_request if spills and pool else None,
             spill_max_rps=pool.max_rps if spills and pool else 0.0,
+            spill_before=spill_before[name],
         )
         cover = _with_floor(cover, cands, len(live), config.min_instances, demand)
         plans.append(_ModelPlan(name, demand, cover, live, rows.offerings, cands.capacity_rps))

@@ -21,14 +21,16 @@ instances the caps already guarantee this; with large ones the hedge is what buy
 instance in another pool, still cheaper than one on-demand instance at typical discounts.
 Backup types are considered only when no primary candidate can serve the window.
 
-The serverless pool is one more candidate (MArk: "instead of overprovisioning IaaS, use FaaS
-to handle demand surge and spikes"), where its latency fits the SLO: it serves any share of a
-window up to its concurrency at a fixed price per request, needs no lead time and bills nothing
-idle. When the cheapest instance for a window costs at least that per request (a stopgap that
-pays its boot and billing minimum for the few minutes until the efficient type is ready, or a
-sliver of demand that would leave an instance mostly idle), the window is planned for the pool
-(`Cover.spill_rps`) and nothing is launched for it; the hedge against a pool's loss is never
-handed to it (that is capacity held against a risk, not demand to serve).
+The serverless pool is one more candidate for the demand the model's most cost-efficient type
+cannot be ready for (MArk: "instead of overprovisioning IaaS, use FaaS to handle demand surge
+and spikes"), where its latency fits the SLO: it serves any share of a window up to its
+concurrency at a fixed price per request, needs no lead time and bills nothing idle. When the
+cheapest instance for such a window costs at least that per request (a stopgap that pays its
+boot and billing minimum for the few minutes until the efficient type is ready), the window is
+planned for the pool (`Cover.spill_rps`) and nothing is launched for it. Later buckets stay with
+instances: there the forecast's upper quantile already prices the risk of spilling, and the
+efficient type serves steady demand for a fraction of the pool's price per request. The hedge
+against a pool's loss is never handed to the pool (capacity held against a risk, not demand).
 """
 
 from __future__ import annotations
@@ -163,10 +165,13 @@ def cover_demand(
     max_instances: int,
     spill_usd_per_request: float | None = None,
     spill_max_rps: float = 0.0,
+    spill_before: int = 0,
 ) -> Cover:
     """Run the greedy for one model; deterministic (ties go to the lowest index).
     `spill_usd_per_request`: the serverless pool's price where its latency fits the SLO (None:
-    no pool, or too slow for this model), `spill_max_rps` the rate its concurrency carries."""
+    no pool, or too slow for this model), `spill_max_rps` the rate its concurrency carries,
+    `spill_before` the buckets it is weighed for (those before the model's most cost-efficient
+    type could be ready)."""
     load = demand.upper_rps
     nb = len(load)
     planned = np.zeros(nb)
@@ -243,14 +248,16 @@ def cover_demand(
             continue
         ratio = np.where(usable, cost_usd[:, e - 1] / np.maximum(served, 1e-300), np.inf)
         k = int(ratio.argmin())
+        near = min(e, spill_before)
         if (
             spill_usd_per_request is not None
             and worst_pool is None
+            and tau < near
             and ratio[k] >= spill_usd_per_request
-            and float(np.max(unserved[tau:e] + spill[tau:e])) <= spill_max_rps
+            and float(np.max(unserved[tau:near] + spill[tau:near])) <= spill_max_rps
         ):
-            spill[tau:e] += unserved[tau:e]
-            blocked[tau:e] = [True] * (e - tau)
+            spill[tau:near] += unserved[tau:near]
+            blocked[tau:near] = [True] * (near - tau)
             continue
         planned = planned + ready_cap[k]
         if cands.existing[k]:
