@@ -1,5 +1,6 @@
 """`mark profile` through a real `mark worker`: a worker paced to a known T(b) = a + c*b is
-measured back within 5%, and the entry it writes is a valid measured profile."""
+measured back within 5%, the entry it writes is a valid measured profile, and the recorded native
+measurement of the shipped demo model is faster than every pace the catalog gives it."""
 
 from __future__ import annotations
 
@@ -10,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+import mark.core.catalog
+from mark.core.catalog import load_catalog
 from mark.core.types import Profile
 
 A_MS, C_MS = 200.0, 50.0
@@ -55,3 +58,19 @@ def test_profile_rejects_bad_batch_sizes() -> None:
     done = _mark("profile", "--model", "builtin:mlp", "--batch-sizes", "0,2")
     assert done.returncode == 2
     assert "batch-sizes" in done.stderr
+
+
+def test_the_demo_paces_are_slower_than_the_model_measured_at_native_speed() -> None:
+    """A worker paces a model to its catalog profile by waiting, so a pace faster than the
+    model itself runs could not be kept: every paced demo profile must be at least the
+    native time `mark profile` recorded (mark/core/catalog/measured_profiles.json)."""
+    recorded = json.loads(
+        (Path(mark.core.catalog.__file__).parent / "measured_profiles.json").read_text()
+    )
+    (native,) = [e for e in recorded["entries"] if e["artifact"] == "builtin:mlp"]
+    assert native["estimated"] is False and recorded["date"]
+    paced = load_catalog().model(native["model"]).profiles
+    assert paced
+    for profile in paced.values():
+        for batch, ms in native["latency_ms"].items():
+            assert profile.service_ms(int(batch)) >= ms, (profile.instance_type, batch)
