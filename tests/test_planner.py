@@ -435,3 +435,44 @@ def test_serverless_too_slow_for_the_slo_or_too_small_is_not_spilled_to() -> Non
     ):
         got = launches(run(dataclasses.replace(slow, serverless=pool), spot=False))
         assert "small" in [a.offering.instance_type for a in got]
+
+
+def test_spot_stays_within_its_share_at_scale_whatever_the_number_of_pools() -> None:
+    """Thirty big instances' worth of demand; spot in three zones of big and of a second type
+    whose spot price beats big on-demand (as g4dn spot beats inf1 on-demand). The first instance
+    of a pool may overshoot the share, but once it is spent no first instance of yet another
+    pool is bought, so spot carries about spot_max_share of the demand and on-demand the rest."""
+    big_rps = capacity_rps(SIZED_PROFILES["big"], SLO, 1)
+    mid = itype("mid", 0.9, launch_overhead_s=0.0)
+    types = {n: t.model_copy(update={"launch_overhead_s": 0.0}) for n, t in SIZED.items()}
+    types["mid"] = mid
+    profiles = {
+        **SIZED_PROFILES,
+        "mid": SIZED_PROFILES["big"].model_copy(update={"instance_type": "mid"}),
+    }
+    m = Model(name="nasnet", slo=SLO, profiles=profiles, max_batch=1)
+    demand = 30 * big_rps
+    f = Forecast(start_s=NOW, bucket_s=60.0, mean_rps=(demand,) * 5, upper_rps=(demand,) * 5)
+    offerings = tuple(
+        Offering(
+            instance_type=n,
+            zone=z,
+            market=Market.SPOT if s else Market.ON_DEMAND,
+            price_per_hour=types[n].on_demand_price_per_hour * (0.35 if s else 1.0),
+        )
+        for n in types
+        for z in ZONES
+        for s in (False, True)
+    )
+    snap = FleetSnapshot(
+        now_s=NOW,
+        models={"nasnet": ModelDemand(model=m, forecast=f)},
+        instances=(),
+        offerings=offerings,
+        instance_types=types,
+    )
+    got = launches(run(snap, spot_max_share=0.8, spot_min_pools=2, max_launches_per_tick=1000,
+                       max_launches_per_type_per_tick=1000))  # fmt: skip
+    spot = sum(a.capacity_rps for a in got if a.offering.market == Market.SPOT)
+    assert sum(a.capacity_rps for a in got) >= demand * (1 - 1e-9)
+    assert 0.7 * demand <= spot <= 0.8 * demand + big_rps + 1e-6, spot / demand

@@ -13,8 +13,8 @@ counting only buckets it is ready for. A window no candidate can serve (every la
 too late, or caps exclude all) is left uncovered and reported. Spot candidates obey two caps
 per model: all spot capacity <= spot_max_share * peak demand, and each pool's spot capacity <=
 that cap / spot_min_pools, so spot is spread over at least spot_min_pools pools; the first
-instance of a pool is exempt (one accelerator instance often exceeds a pool's share of a
-model's demand). Whatever spot is taken, the plan is hedged as SpotHedge does (Mao et al.,
+instance of a pool is exempt while some of the spot share is left (one accelerator instance
+often exceeds a pool's share of a model's demand), but not once it is spent. Whatever spot is taken, the plan is hedged as SpotHedge does (Mao et al.,
 EuroSys 2025): losing any one spot pool must leave 1 - spot_max_share / spot_min_pools of the
 demand covered, and the greedy goes on buying, outside that pool, until it does. With small
 instances the caps already guarantee this; with large ones the hedge is what buys a second spot
@@ -197,6 +197,7 @@ def cover_demand(
     spot_used = 0.0
     eligible = cap > 0
     ok: np.ndarray | None = eligible.copy()  # None: recompute before the next pick
+    ok_hedging = False  # whether `ok` was fitted for the hedge (first instances of pools fit)
     any_backup = bool(np.count_nonzero(cands.backup))
     blocked = [False] * nb
     kept: list[int] = []
@@ -222,16 +223,21 @@ def cover_demand(
         tau = open_.index(True)
         e = open_.index(False, tau) if False in open_[tau:] else nb
         served = np.minimum(unserved[tau:e], ready_cap[:, tau:e]) @ durations[tau:e]
-        if ok is None:
+        hedging = worst_pool is not None
+        if ok is None or ok_hedging != hedging:
             # A spot candidate fits while it keeps the model's spot capacity within spot_cap
-            # and its pool's within pool_cap; the first instance of a pool always fits (an
-            # instance larger than a pool's share would otherwise rule spot out), and the hedge
-            # above then buys what the loss of that pool would leave uncovered.
-            first = pool_used[cands.pool] == 0
+            # and its pool's within pool_cap. The first instance of a pool fits while some of
+            # spot_cap is left (an instance larger than a pool's share would otherwise rule spot
+            # out), and the hedge above then buys what the loss of that pool would leave
+            # uncovered, where a first instance in another pool always fits. Once the share
+            # is spent, a first instance in yet another pool does not: at scale, one instance
+            # in each of a dozen pools of other types would carry spot far past spot_max_share.
+            first = (pool_used[cands.pool] == 0) & (hedging or spot_used < spot_cap)
             fits = first | (
                 (spot_used + cap <= spot_cap) & (pool_used[cands.pool] + cap <= pool_cap)
             )
             ok = eligible & (~spot | fits)
+            ok_hedging = hedging
         usable = ok & (served > 0)
         if worst_pool is not None:
             # Capacity in a pool that is the largest in some bucket of the window is lost with
