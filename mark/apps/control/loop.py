@@ -179,7 +179,7 @@ class ControlLoop:
         forecaster = self.forecasters[model.name]
         quantile = self.config.forecast.quantile
         if forecaster.observed_buckets > 0:
-            base = forecaster.forecast(buckets, quantile)
+            base = forecaster.forecast(buckets, quantile, band=self.config.forecast.upper_band)
             mean, upper, start = np.array(base.mean_rps), np.array(base.upper_rps), base.start_s
         else:
             mean, upper, start = np.zeros(buckets), np.zeros(buckets), now_s
@@ -232,8 +232,11 @@ class ControlLoop:
                 state=self.state,
                 interruptions=self.interruptions,
                 serverless_latency_ms=(
-                    None if self.serverless is None else self.config.spill.serverless_warm_ms
+                    None
+                    if self.serverless is None or not self.config.spill.enabled
+                    else self.config.spill.serverless_warm_ms
                 ),
+                batching=self.config.batching.enabled,
             )
             try:
                 result = plan(snapshot, self.config.planner, self.cache)
