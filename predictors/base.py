@@ -189,9 +189,12 @@ class Forecaster(ABC):
         for t, c in zip(times.tolist(), values.tolist(), strict=True):
             self._accept(t, c)
 
-    def forecast(self, horizon_buckets: int, quantile: float = 0.95) -> Forecast:
+    def forecast(
+        self, horizon_buckets: int, quantile: float = 0.95, *, band: bool = True
+    ) -> Forecast:
         """Mean and upper-quantile rates (requests per second) of the next `horizon_buckets`
-        buckets; `start_s` is the start of the next bucket."""
+        buckets; `start_s` is the start of the next bucket. `band` False: the upper rates are
+        the mean (`ForecastConfig.upper_band`, what the planner covers without a band)."""
         require_int("horizon_buckets", horizon_buckets, 1)
         if not (0.0 < quantile < 1.0):
             raise InvalidValue("quantile", f"must be in (0, 1), got {quantile!r}")
@@ -200,7 +203,7 @@ class Forecaster(ABC):
                 "history", f"{self.name}: cannot forecast before any bucket has been observed"
             )
         mean = np.maximum(self._mean_path(horizon_buckets), 0.0)
-        upper = mean + self._band(mean, quantile)
+        upper = mean + self._band(mean, quantile) if band else mean
         return Forecast(
             start_s=self._last_timestamp_s + self.bucket_s,
             bucket_s=self.bucket_s,

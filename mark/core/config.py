@@ -173,10 +173,16 @@ class PlannerConfig(_Section):
 
 
 class ForecastConfig(_Section):
-    """Which forecaster each model gets (a name from predictors' registry) and its quantile."""
+    """Which forecaster each model gets (a name from predictors' registry) and its quantile.
+
+    `upper_band` False makes the planner cover the forecast mean instead of its upper quantile
+    (the forecast's upper band equals its mean); with `predictor = "last"` the planner is fed
+    the last observed rate alone, the "no forecast" ablation that shows what forecasting saves.
+    """
 
     predictor: str = "arima"
     quantile: Annotated[float, Field(gt=0, lt=1)] = 0.95
+    upper_band: bool = True
     bucket_s: Annotated[float, Field(gt=0)] = 60.0
     schedule_file: str | None = None
 

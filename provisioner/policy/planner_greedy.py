@@ -14,11 +14,12 @@ too late, or caps exclude all) is left uncovered and reported. Spot candidates o
 per model: all spot capacity <= spot_max_share * peak demand, and each pool's spot capacity <=
 that cap / spot_min_pools, so spot is spread over at least spot_min_pools pools; the first
 instance of a pool is exempt while some of the spot share is left (one accelerator instance
-often exceeds a pool's share of a model's demand), but not once it is spent. Whatever spot is taken, the plan is hedged as SpotHedge does (Mao et al.,
-EuroSys 2025): losing any one spot pool must leave 1 - spot_max_share / spot_min_pools of the
-demand covered, and the greedy goes on buying, outside that pool, until it does. With small
-instances the caps already guarantee this; with large ones the hedge is what buys a second spot
-instance in another pool, still cheaper than one on-demand instance at typical discounts.
+often exceeds a pool's share of a model's demand), but not once it is spent. Whatever spot
+is taken, the plan is hedged as SpotHedge does (Mao et al., EuroSys 2025): losing any one spot
+pool must leave 1 - spot_max_share / spot_min_pools of the demand covered, and the greedy goes
+on buying, outside that pool, until it does. With small instances the caps already guarantee
+this; with large ones the hedge is what buys a second spot instance in another pool, still
+cheaper than one on-demand instance at typical discounts.
 Backup types are considered only when no primary candidate can serve the window.
 
 The serverless pool is one more candidate for the demand the model's most cost-efficient type

@@ -111,11 +111,18 @@ def build_snapshot(
     state: PlannerState | None = None,
     interruptions: Mapping[str, float] | None = None,
     serverless: ServerlessTerms | None = None,
+    batching: bool = True,
 ) -> FleetSnapshot:
     """The snapshot of one planning tick, the same way everywhere: one demand per model from
     its forecast, the live instances, the offerings as the provider lists them (the refused and
     preempted pools in `state` are applied by the planner's `Offerings`, so a refusal recorded
-    during the apply is seen by the re-plan), the state and the interruption notices."""
+    during the apply is seen by the re-plan), the state and the interruption notices.
+
+    `batching` False (`BatchingConfig.enabled`): the data plane sends requests one by one, so
+    each model enters the snapshot with `max_batch` 1 and the planner buys the capacity at the
+    SLO of unbatched service, the capacity the instances will run at."""
+    if not batching:
+        models = [m.model_copy(update={"max_batch": 1}) for m in models]
     return FleetSnapshot(
         now_s=now_s,
         models={m.name: ModelDemand(m, forecasts[m.name]) for m in models},

@@ -167,6 +167,7 @@ def run(args: argparse.Namespace) -> int:
         offerings=offerings,
         instance_types=catalog.instance_types,
         tick_s=config.control.tick_s,
+        batching=config.batching.enabled,
     )
     result = plan(snapshot, config.planner)
     prices = Offerings.of(offerings).prices()

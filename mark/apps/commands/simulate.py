@@ -28,7 +28,12 @@ def register(subparsers: Any) -> None:
     p.add_argument("--profile", help="JSON file with a custom model: {name, slo, profiles: [...]}")
     p.add_argument("--slo-ms", type=float, help="latency SLO in ms (default: the catalog's)")
     p.add_argument("--percentile", type=float, help="SLO percentile, e.g. 0.98 (default: catalog)")
-    p.add_argument("--policies", default="mark,reactive,queue,skyserve,static,oracle")
+    p.add_argument(
+        "--policies",
+        default="mark,reactive,queue,skyserve,static,oracle",
+        help="comma-separated policy names (also reactive-cpu, queue-batch and the ablations "
+        "mark-noforecast, mark-nobatch, mark-nospill, mark-nospot; an unknown name lists all)",
+    )
     p.add_argument("--market", choices=("ondemand", "spot", "mixed"), default="mixed")
     p.add_argument("--out", required=True, help="output directory")
     p.add_argument("--seed", type=int, default=0)

@@ -181,7 +181,7 @@ class ControlLoop:
         forecaster = self.forecasters[model.name]
         quantile = self.config.forecast.quantile
         if forecaster.observed_buckets > 0:
-            base = forecaster.forecast(buckets, quantile)
+            base = forecaster.forecast(buckets, quantile, band=self.config.forecast.upper_band)
             mean, upper, start = np.array(base.mean_rps), np.array(base.upper_rps), base.start_s
         else:
             mean, upper, start = np.zeros(buckets), np.zeros(buckets), now_s
@@ -234,6 +234,7 @@ class ControlLoop:
                 state=self.state,
                 interruptions=self.interruptions,
                 serverless=self._serverless_terms(),
+                batching=self.config.batching.enabled,
             )
             try:
                 result = plan(snapshot, self.config.planner, self.cache)
@@ -257,8 +258,9 @@ class ControlLoop:
 
     def _serverless_terms(self) -> ServerlessTerms | None:
         """The spill pool as the planner weighs it: its warm latency as configured, Lambda's
-        price for one request of that latency at the function's memory, its concurrency."""
-        if self.serverless is None:
+        price for one request of that latency at the function's memory, its concurrency. None
+        without a pool or with spill off: nothing to spill to or to keep warm."""
+        if self.serverless is None or not self.config.spill.enabled:
             return None
         pool, latency_ms = self.config.serverless, self.config.spill.serverless_warm_ms
         price = load_catalog().lambda_pricing.charge_usd(latency_ms, pool.memory_mb, pool.arm)

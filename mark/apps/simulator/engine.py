@@ -70,7 +70,7 @@ class _Engine(DataPlane):
             instance=inst,
             profile=profile,
             queue=InstanceQueue(profile.parallelism, profile.a_ms, profile.c_ms),
-            weight=routing_weight(profile, self.model.slo, self.model.max_batch, self.cache),
+            weight=routing_weight(profile, self.model.slo, self.served_max_batch, self.cache),
             ready_s=launched + overhead,
             billed_from_s=now_s if ready_now else launched,
             price_per_hour=self.policy.price_per_hour(offering),

@@ -3,14 +3,21 @@ seeded arrivals, and collect their results (what `mark simulate` and bench/evalu
 
 Policy names: `mark` runs as `mark-ondemand` and/or `mark-spot` per the market (`mixed`: both);
 `skyserve` uses spot unless the market is `ondemand`; the oracle may buy spot unless the market
-is `ondemand`; `reactive`, `queue` and `static` are on-demand by definition.
+is `ondemand`; `reactive`, `reactive-cpu`, `queue`, `queue-batch` and `static` are on-demand by
+definition (their modules say which real deployment each one is).
+
+The ablations are Mark with one part switched off through the config section the live system
+reads for it (`ABLATIONS`), on spot unless the market is `ondemand` (so each compares with
+`mark-spot` there): `mark-noforecast` plans for the last observed rate with no upper band,
+`mark-nobatch` serves and sizes capacity unbatched, `mark-nospill` never spills, and
+`mark-nospot` buys on-demand only, which is `mark-ondemand` under the ablation's name.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 from mark.apps.simulator.engine import PolicyRun, SimSettings, run_policy
 from mark.apps.simulator.policies import (
@@ -23,7 +30,7 @@ from mark.apps.simulator.policies import (
     StaticPolicy,
     solve_oracle,
 )
-from mark.apps.simulator.policies.base import ceil_div, cheapest_type, unbatched_capacity_rps
+from mark.apps.simulator.policies.base import ceil_div, cheapest_type
 from mark.apps.simulator.workload import Arrivals
 from mark.core.catalog import Catalog
 from mark.core.config import ForecastConfig, PlannerConfig
@@ -34,9 +41,28 @@ from provisioner.policy.offerings import Offerings
 from provisioner.policy.snapshot import ServerlessTerms
 from traces import Trace
 
-__all__ = ["POLICY_NAMES", "MarketChoice", "Scenario", "build_policies", "simulate"]
+__all__ = ["ABLATIONS", "POLICY_NAMES", "MarketChoice", "Scenario", "build_policies", "simulate"]
 
-POLICY_NAMES = ("mark", "reactive", "queue", "skyserve", "static", "oracle")
+# Each ablation as the config updates that switch one part of Mark off, by config section.
+ABLATIONS: dict[str, dict[str, dict[str, Any]]] = {
+    "mark-noforecast": {"forecast": {"predictor": "last", "upper_band": False}},
+    "mark-nobatch": {"batching": {"enabled": False}},
+    "mark-nospill": {"spill": {"enabled": False}},
+    "mark-nospot": {"planner": {"spot": False}},
+}
+POLICY_NAMES = (
+    "mark",
+    *ABLATIONS,
+    "reactive",
+    "reactive-cpu",
+    "queue",
+    "queue-batch",
+    "skyserve",
+    "static",
+    "oracle",
+)
+# The paper's SageMaker baseline ran ml.c5 endpoints.
+_PAPER_CPU_FAMILY = "c5."
 MarketChoice = Literal["ondemand", "spot", "mixed"]
 
 
@@ -74,28 +100,35 @@ def build_policies(scenario: Scenario, names: Sequence[str]) -> list[Policy]:
     policies: list[Policy] = []
     for name in names:
         if name == "mark":
-            allowed = scenario.planner.allowed_types or types
             if market in ("ondemand", "mixed"):
-                planner = scenario.planner.model_copy(
-                    update={"spot": False, "allowed_types": allowed}
-                )
-                policies.append(_mark("mark-ondemand", planner, scenario))
+                policies.append(_mark("mark-ondemand", scenario, spot=False))
             if market in ("spot", "mixed"):
-                planner = scenario.planner.model_copy(
-                    update={"spot": True, "allowed_types": allowed}
-                )
-                policies.append(_mark("mark-spot", planner, scenario))
-        elif name == "reactive":
-            sagemaker = {t: p for t, p in catalog.sagemaker_price_per_hour.items() if t in types}
+                policies.append(_mark("mark-spot", scenario, spot=True))
+        elif name in ABLATIONS:
+            policies.append(
+                _mark(name, scenario, spot=market != "ondemand", switches=ABLATIONS[name])
+            )
+        elif name in ("reactive", "reactive-cpu"):
+            cpu = name == "reactive-cpu"
+            sagemaker = {
+                t: p
+                for t, p in catalog.sagemaker_price_per_hour.items()
+                if t in types and (t.startswith(_PAPER_CPU_FAMILY) or not cpu)
+            }
             if not sagemaker:
-                raise InvalidValue("types", "reactive needs a type with a SageMaker price")
-            chosen, _ = cheapest_type(model, sagemaker, cache, batching=False)
-            policies.append(ReactivePolicy(chosen, sagemaker[chosen]))
-        elif name == "queue":
-            chosen, _ = cheapest_type(model, on_demand, cache, batching=False)
+                raise InvalidValue("types", f"{name} needs a type with a SageMaker price")
+            chosen, cap = cheapest_type(model, sagemaker, cache, batching=not cpu)
+            policies.append(
+                ReactivePolicy(chosen, sagemaker[chosen], cap, batching=not cpu, name=name)
+            )
+        elif name in ("queue", "queue-batch"):
+            batching = name == "queue-batch"
+            chosen, cap = cheapest_type(model, on_demand, cache, batching=batching)
             peak = float(scenario.trace.rates_rps.max(initial=0.0))
-            need = ceil_div(peak, unbatched_capacity_rps(model, chosen, cache))
-            policies.append(QueuePolicy(chosen, max_replicas=max(1, 2 * need)))
+            need = ceil_div(peak, cap)
+            policies.append(
+                QueuePolicy(chosen, name=name, max_replicas=max(1, 2 * need), batching=batching)
+            )
         elif name == "skyserve":
             use_spot = market != "ondemand"
             prices = on_demand
@@ -109,8 +142,7 @@ def build_policies(scenario: Scenario, names: Sequence[str]) -> list[Policy]:
                 for t in types:
                     spot = market_now.cheapest_price_per_hour(t, Market.SPOT)
                     prices[t] = on_demand[t] if spot is None else spot
-            chosen, _ = cheapest_type(model, prices, cache, batching=False)
-            qps = unbatched_capacity_rps(model, chosen, cache)
+            chosen, qps = cheapest_type(model, prices, cache, batching=False)
             policies.append(SkyServePolicy(chosen, qps, use_spot))
         elif name == "static":
             chosen, cap = cheapest_type(model, on_demand, cache, batching=True)
@@ -121,12 +153,26 @@ def build_policies(scenario: Scenario, names: Sequence[str]) -> list[Policy]:
     return policies
 
 
-def _mark(name: str, planner: PlannerConfig, scenario: Scenario) -> MarkPolicy:
+def _mark(
+    name: str,
+    scenario: Scenario,
+    *,
+    spot: bool,
+    switches: Mapping[str, Mapping[str, Any]] | None = None,
+) -> MarkPolicy:
+    """Mark on the scenario's config, spot or not, with `switches` (an ablation's config
+    updates, by section) applied."""
+    switched = switches or {}
+    settings = scenario.settings
+    allowed = scenario.planner.allowed_types or scenario.types
+    planner = {"spot": spot, "allowed_types": allowed, **switched.get("planner", {})}
     return MarkPolicy(
         name=name,
-        planner=planner,
-        forecast=scenario.forecast,
+        planner=scenario.planner.model_copy(update=planner),
+        forecast=scenario.forecast.model_copy(update=switched.get("forecast", {})),
         serverless=serverless_terms(scenario),
+        batching=settings.batching.model_copy(update=switched.get("batching", {})).enabled,
+        spill=settings.spill.model_copy(update=switched.get("spill", {})).enabled,
     )
 
 

@@ -31,6 +31,12 @@ _NO_INSTANCE = QueueView()  # the queue of a model with no running instance
 class DataPlane(EngineState):
     # -- data plane ----------------------------------------------------------------------------
 
+    @property
+    def served_max_batch(self) -> int:
+        """The largest batch this policy's data plane runs: the model's, or 1 when it does not
+        batch (so routing weights are the capacities the instances serve at)."""
+        return self.model.max_batch if self.policy.batching else 1
+
     def plan_of(self, sim: SimInstance, rate_rps: float) -> BatchPlan:
         return batch_plan(
             sim.profile,

@@ -88,10 +88,12 @@ class PolicyDecision:
 
 
 class Policy(Protocol):
-    """A simulated autoscaler. `spill`: its data plane spills to serverless (only Mark's does);
-    `batching`: its data plane batches (SageMaker endpoints do not); `interruptible`: its spot
-    instances can be reclaimed (the oracle knows and avoids reclaims); `terminates_drained`: it
-    terminates drained instances itself (the planner does, after drain_s)."""
+    """A simulated autoscaler. `spill`: its data plane spills to serverless (Mark's, unless
+    `SpillConfig.enabled` is off); `batching`: its data plane batches (Mark's unless
+    `BatchingConfig.enabled` is off, and the baselines whose model server batches);
+    `interruptible`: its spot instances can be reclaimed (the oracle knows and avoids
+    reclaims); `terminates_drained`: it terminates drained instances itself (the planner does,
+    after drain_s)."""
 
     # Read-only (properties), so frozen dataclasses conform.
     @property

@@ -7,6 +7,12 @@ and calls `provisioner.policy.planner.plan` on the snapshot `build_snapshot` mak
 simulated fleet, exactly as `mark serve` does; its data plane batches and spills
 (provisioner/policy/spill.py). `spot` picks MArk-ondemand (False) or MArk-spot (True).
 
+The ablations are the live system's own switches, not other code: `batching` is
+`BatchingConfig.enabled` (off: the data plane sends requests one by one and the snapshot sizes
+capacity unbatched, `build_snapshot(batching=...)`), `spill` is `SpillConfig.enabled` (off:
+nothing goes to the serverless pool and nothing is kept warm for it), and the forecast is
+`ForecastConfig`'s (`predictor`, `upper_band`), as the control loop reads them.
+
 MArk warms serverless functions before an expected shortfall: the plan says how many
 (`provisioner.policy.prewarm`, from the serverless latency), and the engine keeps them warm.
 
@@ -82,7 +88,9 @@ class MarkPolicy:
             state.forecaster.observe(b_start, float(metrics.arrivals[lo : lo + per_bucket].sum()))
             seen_until = b_start + bucket_s
         horizon = forecast_buckets(self.planner.horizon_s, bucket_s)
-        forecast = state.forecaster.forecast(horizon, self.forecast.quantile)
+        forecast = state.forecaster.forecast(
+            horizon, self.forecast.quantile, band=self.forecast.upper_band
+        )
         snapshot = build_snapshot(
             ctx.now_s,
             [ctx.model],
@@ -93,7 +101,8 @@ class MarkPolicy:
             tick_s=self.interval_s,
             state=state.planner_state,
             interruptions=ctx.interruptions,
-            serverless=self.serverless,
+            serverless=self.serverless if self.spill else None,
+            batching=self.batching,
         )
         result = plan(snapshot, self.planner, ctx.cache)
         return PolicyDecision(

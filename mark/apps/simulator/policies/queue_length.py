@@ -1,20 +1,30 @@
-"""`queue`: autoscaling on ongoing requests per replica, as Ray Serve, Cortex and Knative do,
-with Ray Serve's defaults (python/ray/serve/config.py AutoscalingConfig and
+"""`queue` and `queue-batch`: autoscaling on ongoing requests per replica, as Ray Serve, Cortex
+and Knative do, with Ray Serve's defaults (python/ray/serve/config.py AutoscalingConfig and
 python/ray/serve/autoscaling_policy.py, DESIGN.md "Peers"):
 
-- target_ongoing_requests 2 per replica; metrics pushed every 10 s (metrics_interval_s),
-  averaged over a 30 s look-back (look_back_period_s);
+- target_ongoing_requests 2 per replica (the default since Ray 2.32); metrics pushed every 10 s
+  (metrics_interval_s), averaged over a 30 s look-back (look_back_period_s);
 - desired replicas = ceil(total ongoing / target), at least min_replicas (1 here, so the
   comparison with the others is not about scale-to-zero) and at most max_replicas. Ray's
   default max_replicas is 1, so every user sets it; here it is twice the replicas the trace's
-  peak needs at the unbatched capacity (`runner.build_policies`). Without a bound the policy
-  runs away whenever replicas take minutes to start: requests queued meanwhile count as
-  ongoing, and tens of thousands of replicas are asked for;
+  peak needs at the capacity the replica serves with (`runner.build_policies`). Without a
+  bound the policy runs away whenever replicas take minutes to start: requests queued
+  meanwhile count as ongoing, and tens of thousands of replicas are asked for;
 - upscale_delay_s 30 and downscale_delay_s 600: a decision counter, as in
   `_apply_delay_logic`, must point the same way for that long before the count changes;
 - one replica per instance, on-demand, of the type with the lowest EC2 price per unit of
-  unbatched capacity at the SLO; no batching (Ray's @serve.batch is opt-in), no spill. Not
-  predictive. Scale-down removes pending replicas first, then the newest.
+  capacity at the SLO; no spill. Not predictive. Scale-down removes pending replicas first,
+  then the newest.
+
+`queue` serves requests one by one (Ray's `@serve.batch` is opt-in). `queue-batch` is the
+deployment with `@serve.batch` on its handler (ray/serve/batching.py; defaults
+max_batch_size 10, batch_wait_timeout_s 0.01): `batching` True, so the simulated data plane
+batches for it, and its type and max_replicas come from the batched capacity at the SLO. The
+data plane's batcher sizes batches to the SLO (`provisioner.policy.batching`), standing for a
+user who tuned max_batch_size and batch_wait_timeout_s to it. The autoscaler is unchanged:
+each request of a batch, gathering or in service, counts as ongoing against the default
+target of 2 (Ray's autoscaling guide leaves the target to a load test; this baseline keeps the
+default, as it keeps Ray's other settings).
 """
 
 from __future__ import annotations
