@@ -18,6 +18,7 @@ from mark.core.catalog import (
     LAMBDA_FILE,
     PROFILES_FILE,
     SAGEMAKER_FILE,
+    SPOT_ADVISOR_FILE,
     SPOT_FILE,
     Catalog,
     CatalogError,
@@ -27,7 +28,14 @@ from mark.core.errors import InvalidValue, NotFound
 from mark.core.types import AcceleratorKind, InstanceType, Market, Model, Profile
 
 PAPER_MODELS = ("inception-v3", "inception-resnet-v2", "nasnet", "lstm-ptb", "opennmt-ende")
-ALL_FILES = (INSTANCE_TYPES_FILE, SAGEMAKER_FILE, LAMBDA_FILE, SPOT_FILE, PROFILES_FILE)
+ALL_FILES = (
+    INSTANCE_TYPES_FILE,
+    SAGEMAKER_FILE,
+    LAMBDA_FILE,
+    SPOT_FILE,
+    PROFILES_FILE,
+    SPOT_ADVISOR_FILE,
+)
 
 
 @pytest.fixture(scope="module")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -39,14 +40,53 @@ def register(subparsers: Any) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument(
         "--interruption-rate",
-        type=float,
+        type=_interruption_rate,
         default=0.02,
-        help="spot interruptions per instance-hour (default 0.02)",
+        help=(
+            "spot interruption notices per instance-hour, or 'advisor' for each type's rate from "
+            "its Spot Advisor band (catalog spot_advisor.json; 7e-5 to 5.5e-4 per hour); "
+            "default 0.02, a stress test about 36x the worst band"
+        ),
+    )
+    p.add_argument(
+        "--reclaim-pool-at",
+        type=_reclaim_at,
+        help=(
+            "hours after the trace's start, or 'peak' (its busiest bucket), at which the spot "
+            "pool with the most capacity gets its 2-minute notice whole"
+        ),
     )
     p.add_argument("--types", help="comma-separated instance types to consider")
     p.add_argument("--predictor", help="forecaster name (default: ForecastConfig's)")
     p.add_argument("--config", help="TOML config whose planner/forecast/spill sections apply")
     p.set_defaults(func=_run)
+
+
+def _interruption_rate(text: str) -> float | str:
+    from mark.apps.simulator.sim_state import ADVISOR
+
+    if text == ADVISOR:
+        return ADVISOR
+    return _non_negative(text)
+
+
+def _reclaim_at(text: str) -> float | str:
+    """Seconds after the start for a number of hours; `peak` as it is."""
+    from mark.apps.simulator.sim_state import PEAK
+
+    if text == PEAK:
+        return PEAK
+    return _non_negative(text) * 3600.0
+
+
+def _non_negative(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {text!r}")
+    return value
 
 
 def _model(args: argparse.Namespace) -> tuple[Any, float, int]:
@@ -89,10 +129,8 @@ def _run(args: argparse.Namespace) -> int:
     from mark.apps.simulator.runner import Scenario, build_policies, simulate
     from mark.core.catalog import load_catalog
     from mark.core.config import load_config
-    from mark.core.types import require_finite
     from traces import read_trace
 
-    require_finite("interruption_rate", args.interruption_rate, minimum=0.0)
     config = load_config(args.config)
     model, latency, memory = _model(args)
     trace = read_trace(args.trace)
@@ -107,6 +145,7 @@ def _run(args: argparse.Namespace) -> int:
         seed=args.seed,
         interruption_rate_per_hour=args.interruption_rate,
         interruption_notice_s=config.cloud.interruption_notice_s,
+        pool_reclaim_at_s=args.reclaim_pool_at,
         batching=config.batching,
         spill=config.spill,
         serverless_keep_warm_s=config.serverless.keep_warm_s,
@@ -144,6 +183,7 @@ def _run(args: argparse.Namespace) -> int:
         "market": args.market,
         "seed": args.seed,
         "interruption_rate_per_hour": args.interruption_rate,
+        "pool_reclaim_at_s": args.reclaim_pool_at,
     }
     data = summary(runs, model.slo, meta)
     write_summary(out / "summary.json", data)

@@ -21,11 +21,19 @@ price (SageMaker's ml.* price for the SageMaker baseline) or, for spot, the cata
 integrated over its life. Instances of the warm start are billed from the start of the run. A
 reclaimed spot instance fails the requests it had not finished (SkyServe leaves retries to
 clients; Mark drains on the notice, so it has none in flight).
+
+Interruptions (`SimSettings`): each spot instance's notice comes after an exponential time at its
+type's rate, from its purchase; it is counted then (`interrupted`), and the cloud reclaims the
+instance a notice later. `interruptions_expected` sums rate x the time each instance was exposed
+(purchase to end or notice), so the count can be checked against it. The correlated event
+(`pool_reclaim_at_s`) gives one whole pool its notice at once and reports its window on its own
+(`pool_reclaim`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 
@@ -33,9 +41,10 @@ from mark.apps.simulator.instance_queue import InstanceQueue
 from mark.apps.simulator.policies.base import Metrics, Policy, PolicyContext
 from mark.apps.simulator.serverless_pool import ServerlessPool
 from mark.apps.simulator.sim_dataplane import DataPlane
-from mark.apps.simulator.sim_state import PolicyRun, SimInstance, SimSettings
+from mark.apps.simulator.sim_state import PEAK, PolicyRun, PoolReclaim, SimInstance, SimSettings
 from mark.apps.simulator.workload import Arrivals
 from mark.core.catalog import Catalog
+from mark.core.errors import InvalidValue
 from mark.core.types import Instance, InstanceState, Market, Model, Offering
 from provisioner.policy import billing
 from provisioner.policy.actions import Action, Launch, OperationKind, fleet_operations
@@ -44,6 +53,8 @@ from provisioner.policy.dataplane import routing_weight
 from provisioner.policy.offerings import Offerings
 
 __all__ = ["SimSettings", "PolicyRun", "run_policy"]
+
+_SERVING = (InstanceState.PENDING, InstanceState.RUNNING)
 
 
 class _Engine(DataPlane):
@@ -76,10 +87,15 @@ class _Engine(DataPlane):
             price_per_hour=self.policy.price_per_hour(offering),
         )
         if offering.market == Market.SPOT and self.policy.interruptible:
-            rate = self.settings.interruption_rate_per_hour
+            rate = self.settings.interruption_rate(self.catalog, offering.instance_type)
+            sim.interruption_rate_per_hour = rate
             if rate > 0:
-                sim.reclaim_s = now_s + float(self.rng.exponential(3600.0 / rate))
-                sim.notice_s = sim.reclaim_s - self.settings.interruption_notice_s
+                # The notice is the Poisson event, from the moment the instance is bought: an
+                # interruption counts at its notice, so drawing the reclaim instead would add
+                # a notice's length of exposure to every instance and could notice one before
+                # it was launched.
+                sim.notice_s = now_s + float(self.rng.exponential(3600.0 / rate))
+                sim.reclaim_s = sim.notice_s + self.settings.interruption_notice_s
         self.fleet[inst.id] = sim
 
     def terminate(self, sim: SimInstance, at_s: float) -> None:
@@ -93,6 +109,10 @@ class _Engine(DataPlane):
             sim.queue.waiting = []
         sim.instance = inst.transition(InstanceState.TERMINATED, at_s)
         sim.end_s = at_s
+        # What the interruptions counted should be: the rate over the time the instance was
+        # exposed to one, from its purchase to its end or its notice (pool event included).
+        exposed_s = max(min(at_s, sim.notice_s) - sim.billed_from_s, 0.0)
+        self.interruptions_expected += sim.interruption_rate_per_hour * exposed_s / 3600.0
         self.fleet.pop(inst.id, None)
         self.interruptions.pop(inst.id, None)
         self.done.append(sim)
@@ -130,9 +150,15 @@ class _Engine(DataPlane):
             for t in (sim.ready_s, sim.notice_s, sim.reclaim_s, sim.end_s):
                 if t is not None and t0 < t < t1:
                     cuts.add(t)
+        event = self.pool_reclaim
+        if event is not None:
+            cuts.update(t for t in (event.notice_s, event.window_end_s) if t0 < t < t1)
         return sorted(cuts)
 
     def fire(self, now_s: float) -> None:
+        event = self.pool_reclaim
+        if event is not None and not event.fired and event.notice_s <= now_s + 1e-9:
+            self.reclaim_pool(event, now_s)
         for sim in list(self.fleet.values()):
             inst = sim.instance
             if inst.state == InstanceState.PENDING and sim.ready_s <= now_s + 1e-9:
@@ -149,6 +175,58 @@ class _Engine(DataPlane):
                 self.terminate(sim, now_s)
             elif sim.end_s is not None and sim.end_s <= now_s + 1e-9:
                 self.terminate(sim, now_s)
+        if event is not None and event.fired and event.window_end_s <= now_s + 1e-9:
+            self.close_reclaim_window(event, now_s)
+
+    def reclaim_pool(self, event: PoolReclaim, now_s: float) -> None:
+        """The cloud takes back one pool whole: the pool (type, zone, market: the offering key)
+        with the most spot capacity, pending and running, now; each of its live instances
+        (draining ones too: the cloud does not know about drains) gets its notice now and is
+        reclaimed a notice later. The fleet's event handling does the rest: it counts the
+        notices, the policy sees them in its next context, and the reclaims fail what waits."""
+        event.fired = True
+        rec = self.recorder
+        event.marks = (rec.count, self.spilled, self.failed, len(rec.chunks))
+        if not self.policy.interruptible:
+            return
+        capacity: dict[str, float] = {}
+        for sim in self.fleet.values():
+            inst = sim.instance
+            if inst.offering.market == Market.SPOT and inst.state in _SERVING:
+                capacity[inst.offering.key] = capacity.get(inst.offering.key, 0.0) + sim.weight
+        if not capacity:
+            return
+        event.pool = max(sorted(capacity), key=lambda key: capacity[key])
+        reclaim_s = now_s + self.settings.interruption_notice_s
+        for sim in self.fleet.values():
+            if sim.instance.offering.key == event.pool:
+                event.instances += 1
+                sim.notice_s = min(sim.notice_s, now_s)
+                sim.reclaim_s = min(sim.reclaim_s, reclaim_s)
+                if sim.instance.id in self.interruptions:
+                    self.interruptions[sim.instance.id] = sim.reclaim_s
+
+    def close_reclaim_window(self, event: PoolReclaim, now_s: float) -> None:
+        """The event's figures over its window (notice to `now_s`): the requests recorded in
+        it, spilled and failed among them, and their SLO attainment."""
+        if event.report is not None:
+            return
+        count, spilled, failed, chunks = event.marks
+        rec = self.recorder
+        latencies = rec.chunks[chunks:]
+        within = sum(int(np.count_nonzero(c <= self.model.slo.latency_ms)) for c in latencies)
+        requests = rec.count - count
+        event.report = {
+            "notice_s": event.notice_s,
+            "reclaim_s": event.notice_s + self.settings.interruption_notice_s,
+            "pool": event.pool,
+            "instances_reclaimed": event.instances,
+            "window_s": now_s - event.notice_s,
+            "requests": requests,
+            "spilled": self.spilled - spilled,
+            "failed": self.failed - failed,
+            "slo_attainment": within / requests if requests else 1.0,
+        }
 
     def capacity_rps(self) -> float:
         return sum(
@@ -208,6 +286,9 @@ def run_policy(
     )
     start = arrivals.start_s
     end = start + arrivals.buckets * arrivals.bucket_s
+    notice_s = _pool_reclaim_s(settings, arrivals)
+    if notice_s is not None:
+        eng.pool_reclaim = PoolReclaim(notice_s, notice_s + settings.pool_reclaim_window_s)
     steps = int(round((end - start) / window))
     per_bucket = int(round(arrivals.bucket_s / window))
     # Warm start: the policy's first decision sees one bucket of history at the first bucket's
@@ -300,11 +381,25 @@ def run_policy(
         eng.terminate(sim, end)
     instance_cost = 0.0
     hours: dict[str, float] = {}
+    spot_hours = 0.0
     for sim in eng.done:
         stop = min(sim.end_s if sim.end_s is not None else end, end)
         instance_cost += eng.charge(sim, stop)
         name = sim.instance.offering.instance_type
-        hours[name] = hours.get(name, 0.0) + max(stop - sim.billed_from_s, 0.0) / 3600.0
+        life_h = max(stop - sim.billed_from_s, 0.0) / 3600.0
+        hours[name] = hours.get(name, 0.0) + life_h
+        if sim.instance.offering.market == Market.SPOT:
+            spot_hours += life_h
+    extra: dict[str, Any] = {
+        "launches": eng.serial,
+        "interrupted": eng.interrupted,
+        "interruptions_expected": eng.interruptions_expected,
+        "spot_instance_hours": spot_hours,
+        "serverless_cold_starts": pool.cold_starts,
+    }
+    if eng.pool_reclaim is not None:
+        eng.close_reclaim_window(eng.pool_reclaim, end)
+        extra["pool_reclaim"] = eng.pool_reclaim.report
     return PolicyRun(
         name=policy.name,
         latencies_ms=eng.recorder.all(),
@@ -316,9 +411,20 @@ def run_policy(
         instance_hours=hours,
         series=series,
         type_series=type_series,
-        extra={
-            "launches": eng.serial,
-            "interrupted": eng.interrupted,
-            "serverless_cold_starts": pool.cold_starts,
-        },
+        extra=extra,
     )
+
+
+def _pool_reclaim_s(settings: SimSettings, arrivals: Arrivals) -> float | None:
+    """When the pool reclaim's notice comes, in the run's clock (None: no event)."""
+    at = settings.pool_reclaim_at_s
+    if at is None:
+        return None
+    if at == PEAK:
+        return arrivals.start_s + int(np.argmax(arrivals.counts)) * arrivals.bucket_s
+    duration_s = arrivals.buckets * arrivals.bucket_s
+    if not 0.0 <= float(at) < duration_s:
+        raise InvalidValue(
+            "pool_reclaim_at_s", f"must fall within the trace's {duration_s:g} s, got {at!r}"
+        )
+    return arrivals.start_s + float(at)

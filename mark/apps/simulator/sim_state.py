@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
@@ -19,23 +19,55 @@ from mark.core.config import BatchingConfig, SpillConfig
 from mark.core.types import Instance, Model, Profile
 from provisioner.policy.capacity import CapacityCache
 
-__all__ = ["SimSettings", "PolicyRun", "SimInstance", "Recorder", "EngineState"]
+__all__ = [
+    "ADVISOR",
+    "PEAK",
+    "SimSettings",
+    "PolicyRun",
+    "SimInstance",
+    "Recorder",
+    "PoolReclaim",
+    "EngineState",
+]
+
+ADVISOR = "advisor"  # interruption rates per type from the catalog's Spot Advisor bands
+PEAK = "peak"  # the pool reclaim at the start of the trace's busiest bucket
 
 
 @dataclass(frozen=True, slots=True)
 class SimSettings:
-    """Knobs of one simulation run (the market's and the data plane's, not a policy's)."""
+    """Knobs of one simulation run (the market's and the data plane's, not a policy's).
+
+    `interruption_rate_per_hour`: spot interruption notices per instance-hour, independent per
+    instance; a number holds for every type, `ADVISOR` takes each type's rate from its Spot
+    Advisor band (`Catalog.interruption_rate_per_hour`: 6.8e-5 per hour for "<5%" up to
+    5.5e-4 for ">20%"). The default, 0.02, is about 36 times the worst band's: a stress test
+    that makes interruptions frequent enough to see in a few hours, not AWS's figures.
+
+    `pool_reclaim_at_s`: a correlated event, seconds after the run's start (`PEAK`: the start
+    of the trace's busiest bucket): every live spot instance of the one pool holding the most
+    spot capacity then gets its notice at once and is reclaimed `interruption_notice_s` later;
+    what happens from the notice for `pool_reclaim_window_s` is reported on its own.
+    """
 
     zones: tuple[str, ...] = ("us-east-1a", "us-east-1b", "us-east-1c")
     types: tuple[str, ...] = ()
     window_s: float = 10.0
     seed: int = 0
-    interruption_rate_per_hour: float = 0.02
+    interruption_rate_per_hour: float | Literal["advisor"] = 0.02
     interruption_notice_s: float = 120.0
+    pool_reclaim_at_s: float | Literal["peak"] | None = None
+    pool_reclaim_window_s: float = 900.0
     batching: BatchingConfig = BatchingConfig()
     spill: SpillConfig = SpillConfig()
     serverless_concurrency: int = 1000
     serverless_keep_warm_s: float = 600.0
+
+    def interruption_rate(self, catalog: Catalog, instance_type: str) -> float:
+        """Interruptions per instance-hour of a spot instance of `instance_type`."""
+        if self.interruption_rate_per_hour == ADVISOR:
+            return catalog.interruption_rate_per_hour(instance_type)
+        return float(self.interruption_rate_per_hour)
 
 
 @dataclass
@@ -71,6 +103,7 @@ class SimInstance:
     notice_s: float = math.inf
     end_s: float | None = None  # scheduled termination (drain finished)
     price_per_hour: float = 0.0
+    interruption_rate_per_hour: float = 0.0
 
 
 class Recorder:
@@ -87,6 +120,21 @@ class Recorder:
 
     def all(self) -> np.ndarray:
         return np.concatenate(self.chunks) if self.chunks else np.zeros(0, np.float32)
+
+
+@dataclass
+class PoolReclaim:
+    """The correlated reclaim of one pool (`SimSettings.pool_reclaim_at_s`): when, which pool,
+    how many instances, and the counters at the notice, from which the window's figures
+    (requests, spilled, failed, SLO attainment from the notice to `window_end_s`) are taken."""
+
+    notice_s: float
+    window_end_s: float
+    pool: str | None = None
+    instances: int = 0
+    fired: bool = False
+    marks: tuple[int, int, int, int] = (0, 0, 0, 0)  # recorded, spilled, failed, chunks
+    report: dict[str, Any] | None = None
 
 
 @dataclass
@@ -110,6 +158,8 @@ class EngineState:
     spilled: int = 0
     failed: int = 0
     interrupted: int = 0
+    interruptions_expected: float = 0.0
+    pool_reclaim: PoolReclaim | None = None
     serial: int = 0
     window_sojourn_s: float = 0.0
     pattern_cache: dict[tuple[float, ...], np.ndarray] = field(default_factory=dict)

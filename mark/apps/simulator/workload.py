@@ -6,9 +6,9 @@ Arrivals: within each bucket, the bucket's request count (its fractional part dr
 Bernoulli) placed uniformly at random: a Poisson process conditioned on the trace's count, so
 every policy sees the same arrivals for the same seed and the trace's totals are kept.
 
-Interruptions: each spot instance's lifetime until the cloud reclaims it is exponential with
-`interruption_rate_per_hour` (drawn at launch from the run's own generator), with a 2-minute
-notice before (EC2's; CloudConfig.interruption_notice_s).
+Interruptions: each spot instance's time until its interruption notice is exponential at its
+type's rate (`SimSettings.interruption_rate`, drawn at launch from the run's own generator), and
+the cloud reclaims it 2 minutes after the notice (EC2's; CloudConfig.interruption_notice_s).
 """
 
 from __future__ import annotations

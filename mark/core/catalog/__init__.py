@@ -8,6 +8,8 @@ The files beside this module are the only place Mark's numbers about the outside
 - `lambda_pricing.json`: AWS Lambda prices and limits, plus an estimated cold start.
 - `spot_prices.csv`: a synthetic spot price sample (its `# source: ...; date: ...` header says how
   it was made), replayed cyclically so a simulation of any length has prices.
+- `spot_advisor.json`: the Spot Instance Advisor's frequency-of-interruption band per type in
+  us-east-1 (estimated), which `--interruption-rate advisor` turns into rates.
 - `profiles.json`: per-model SLOs (the paper's) and per-type latency profiles T(b), anchored on
   the MArk slides and code where figures were published and marked `estimated` otherwise.
 
@@ -27,11 +29,12 @@ from mark.core.catalog.files import (
     LAMBDA_FILE,
     PROFILES_FILE,
     SAGEMAKER_FILE,
+    SPOT_ADVISOR_FILE,
     SPOT_FILE,
 )
 from mark.core.catalog.loading import load_catalog
 from mark.core.catalog.spot_prices import SpotPricePoint
-from mark.core.catalog.values import LambdaPricing, ModelEntry
+from mark.core.catalog.values import LambdaPricing, ModelEntry, band_rate_per_hour
 
 __all__ = [
     "DEFAULT_DIRECTORY",
@@ -40,10 +43,12 @@ __all__ = [
     "LAMBDA_FILE",
     "SPOT_FILE",
     "PROFILES_FILE",
+    "SPOT_ADVISOR_FILE",
     "CatalogError",
     "LambdaPricing",
     "SpotPricePoint",
     "ModelEntry",
     "Catalog",
     "load_catalog",
+    "band_rate_per_hour",
 ]

@@ -12,7 +12,7 @@ from types import MappingProxyType
 from mark.core.catalog.checks import unknown
 from mark.core.catalog.files import INSTANCE_TYPES_FILE, SPOT_FILE
 from mark.core.catalog.spot_prices import SpotPool, SpotPricePoint, history_span
-from mark.core.catalog.values import LambdaPricing, ModelEntry
+from mark.core.catalog.values import LambdaPricing, ModelEntry, band_rate_per_hour
 from mark.core.errors import InvalidValue, NotFound
 from mark.core.types import InstanceType, Market, Offering
 
@@ -31,6 +31,7 @@ class Catalog:
     spot_history: tuple[SpotPricePoint, ...]
     sagemaker_price_per_hour: Mapping[str, float]
     sources: Mapping[str, str]
+    interruption_bands: Mapping[str, str]
     _pools: Mapping[tuple[str, str], SpotPool] = field(init=False, repr=False, compare=False)
     _spot_start_s: float = field(init=False, repr=False, compare=False)
     _spot_span_s: float = field(init=False, repr=False, compare=False)
@@ -61,6 +62,12 @@ class Catalog:
             return self.models[name]
         except KeyError:
             raise NotFound(unknown("model", name, self.models)) from None
+
+    def interruption_rate_per_hour(self, instance_type: str) -> float:
+        """Spot interruptions per instance-hour of the type, from its Spot Advisor band in
+        `spot_advisor.json` (`band_rate_per_hour`)."""
+        self.instance_type(instance_type)
+        return band_rate_per_hour(self.interruption_bands[instance_type])
 
     def spot_price(self, instance_type: str, zone: str, at_s: float) -> float | None:
         """The spot price in force at `at_s` in the pool, None where the history has no data for

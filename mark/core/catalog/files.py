@@ -11,6 +11,7 @@ __all__ = [
     "LAMBDA_FILE",
     "SPOT_FILE",
     "PROFILES_FILE",
+    "SPOT_ADVISOR_FILE",
 ]
 
 DEFAULT_DIRECTORY = Path(__file__).resolve().parent
@@ -19,3 +20,4 @@ SAGEMAKER_FILE = "sagemaker_prices.json"
 LAMBDA_FILE = "lambda_pricing.json"
 SPOT_FILE = "spot_prices.csv"
 PROFILES_FILE = "profiles.json"
+SPOT_ADVISOR_FILE = "spot_advisor.json"

@@ -30,9 +30,10 @@ from mark.core.catalog.files import (
     LAMBDA_FILE,
     PROFILES_FILE,
     SAGEMAKER_FILE,
+    SPOT_ADVISOR_FILE,
 )
 from mark.core.catalog.spot_prices import load_spot_history
-from mark.core.catalog.values import LambdaPricing, ModelEntry
+from mark.core.catalog.values import SPOT_ADVISOR_BANDS, LambdaPricing, ModelEntry
 from mark.core.types import InstanceType, Profile, Slo
 
 __all__ = [
@@ -60,6 +61,7 @@ def _load(directory: Path) -> Catalog:
     lambda_pricing = _load_lambda(directory, sources)
     spot_history = load_spot_history(directory, sources, instance_types)
     models = _load_models(directory, sources, instance_types, lambda_pricing)
+    bands = _load_spot_advisor(directory, sources, instance_types)
     return Catalog(
         instance_types=MappingProxyType(instance_types),
         models=MappingProxyType(models),
@@ -67,6 +69,7 @@ def _load(directory: Path) -> Catalog:
         spot_history=spot_history,
         sagemaker_price_per_hour=MappingProxyType(sagemaker),
         sources=MappingProxyType(sources),
+        interruption_bands=MappingProxyType(bands),
     )
 
 
@@ -113,6 +116,27 @@ def _load_sagemaker(
         out[ec2_type] = as_number(file, f"{ec2_type}.price_per_hour", fields.get("price_per_hour"))
         if out[ec2_type] <= 0:
             raise CatalogError(file, ec2_type, "price_per_hour must be > 0")
+    return out
+
+
+def _load_spot_advisor(
+    directory: Path, sources: dict[str, str], instance_types: Mapping[str, InstanceType]
+) -> dict[str, str]:
+    """Every instance type's Spot Advisor band: a type without one would have no rate under
+    `--interruption-rate advisor`, so each catalog type must be listed."""
+    file = SPOT_ADVISOR_FILE
+    data = _read_json(directory, file, sources)
+    out: dict[str, str] = {}
+    for type_name, band in as_object(file, "bands", data.get("bands")).items():
+        known_type(file, type_name, type_name, instance_types)
+        if band not in SPOT_ADVISOR_BANDS:
+            raise CatalogError(
+                file, type_name, f"unknown band {band!r}; bands: {', '.join(SPOT_ADVISOR_BANDS)}"
+            )
+        out[type_name] = band
+    missing = [name for name in instance_types if name not in out]
+    if missing:
+        raise CatalogError(file, "bands", f"no band for {', '.join(missing)}")
     return out
 
 

@@ -1,5 +1,5 @@
-"""What the catalog files hold, as values: Lambda's price list and the models' SLOs and
-profiles."""
+"""What the catalog files hold, as values: Lambda's price list, the models' SLOs and profiles,
+and the Spot Advisor's interruption bands as rates."""
 
 from __future__ import annotations
 
@@ -13,9 +13,45 @@ from mark.core.types import BackendSpec, Model, Profile, Slo
 __all__ = [
     "LambdaPricing",
     "ModelEntry",
+    "SPOT_ADVISOR_BANDS",
+    "TOP_BAND_STRESS_SHARE",
+    "band_rate_per_hour",
 ]
 
 _MB_PER_GB = 1024.0  # Lambda bills memory_mb / 1024 GB (3008 MB = 2.9375 GB)
+
+# The open-ended top band (">20%") has no upper edge; a stress value of twice its lower edge
+# stands in for it, so that the worst band is simulated as worse than the one below it.
+TOP_BAND_STRESS_SHARE = 0.40
+
+# The Spot Instance Advisor's "frequency of interruption" bands, each with the monthly share of
+# instances interrupted that a simulation takes for it: the band's upper edge (the pessimistic
+# end), and the stress value for the open top band.
+SPOT_ADVISOR_BANDS: Mapping[str, float] = {
+    "<5%": 0.05,
+    "5-10%": 0.10,
+    "10-15%": 0.15,
+    "15-20%": 0.20,
+    ">20%": TOP_BAND_STRESS_SHARE,
+}
+
+_HOURS_PER_MONTH = 730.0  # AWS's billing month (8,760 h / 12)
+
+
+def band_rate_per_hour(band: str) -> float:
+    """Interruptions per spot instance-hour for a Spot Advisor band: the band's monthly share
+    (`SPOT_ADVISOR_BANDS`) / 730 h. Reading the share as a Poisson rate over an instance that
+    runs all month is first order (-ln(1 - s) / 730 is 12% higher at 20%, 28% at 40%); the
+    upper edge already errs high. So "<5%" is 6.8e-5 per hour and ">20%" 5.5e-4: the
+    simulator's default of 0.02 per instance-hour (14.6 per instance-month) is about 36 times
+    the stress value of the worst band, a stress test rather than AWS's figures."""
+    try:
+        share = SPOT_ADVISOR_BANDS[band]
+    except KeyError:
+        raise InvalidValue(
+            "band", f"unknown Spot Advisor band {band!r}; bands: {', '.join(SPOT_ADVISOR_BANDS)}"
+        ) from None
+    return share / _HOURS_PER_MONTH
 
 
 @dataclass(frozen=True, slots=True)
