@@ -211,6 +211,7 @@ class ControlLoop:
         now = self.clock()
         models = await self.db.list_models()
         self._observe(models, now)
+        metrics.record_objectives(models, self.config.planner.budget_per_hour)
         if not self._types:
             self._types = {t.name: t for t in await self.cloud.instance_types()}
         try:
@@ -397,7 +398,9 @@ class ControlLoop:
                 else:
                     await self.db.save_instance(step.instance)
                     if step.kind == ReconcileKind.MARK_VANISHED:
-                        self.interruptions.pop(step.instance.id, None)
+                        # one gone after its notice was counted at the notice
+                        if self.interruptions.pop(step.instance.id, None) is None:
+                            metrics.record_interruption("vanished")
                         lost = True
                         await self._charge(step.instance, now)
             live = await self.db.list_instances()
@@ -428,6 +431,7 @@ class ControlLoop:
     async def on_interruption(self, notice: InterruptionNotice) -> None:
         """Replace at once: record the notice and plan now rather than at the next tick."""
         self.interruptions[notice.instance_id] = notice.terminate_at_s
+        metrics.record_interruption("notice")
         await self.db.add_decisions(
             [
                 Decision(

@@ -1,5 +1,7 @@
 """What the control plane exports to Prometheus: the fleet, the forecast it planned for, the
-spend rate and the actions taken. Gauges use `mostrecent` so that in `mark serve`'s
+spend rate, the actions taken, the capacity the cloud took back, and what was promised (each
+model's SLO objective, the hourly budget) so that alerts can compare against it
+(deploy/prometheus/mark-rules.yml). Gauges use `mostrecent` so that in `mark serve`'s
 multiprocess mode the control plane's value is the one scraped."""
 
 from __future__ import annotations
@@ -8,10 +10,16 @@ from collections.abc import Iterable, Mapping
 
 from prometheus_client import Counter, Gauge
 
-from mark.core.types import Decision, Instance
+from mark.core.types import Decision, Instance, Model
 from provisioner.policy.billing import price_now
 
-__all__ = ["record_fleet", "record_forecasts", "record_decisions"]
+__all__ = [
+    "record_fleet",
+    "record_forecasts",
+    "record_decisions",
+    "record_objectives",
+    "record_interruption",
+]
 
 INSTANCES = Gauge(
     "mark_instances",
@@ -35,6 +43,26 @@ ACTIONS = Counter(
     "Control-loop decisions by kind (launch, drain, terminate, hold, budget-limited, error).",
     ["action"],
 )
+SLO_OBJECTIVE = Gauge(
+    "mark_slo_objective_ratio",
+    "Share of a model's requests its SLO promises within the latency (the SLO percentile); "
+    "1 minus it is the error budget that burn rates are measured against.",
+    ["model"],
+    multiprocess_mode="mostrecent",
+)
+BUDGET = Gauge(
+    "mark_budget_usd_per_hour",
+    "The planner's hourly spending cap (planner.budget_per_hour); absent when there is none.",
+    multiprocess_mode="mostrecent",
+)
+INTERRUPTIONS = Counter(
+    "mark_interruptions",
+    "Instances the cloud took back: `notice` (an interruption notice: spot reclaim, scheduled "
+    "retirement) or `vanished` (found gone at a sync without one).",
+    ["kind"],
+)
+for _kind in ("notice", "vanished"):
+    INTERRUPTIONS.labels(_kind)  # both series exist, at 0, before the first interruption
 
 _seen: set[tuple[str, str, str, str]] = set()
 
@@ -71,3 +99,15 @@ def record_forecasts(peaks: Mapping[str, float]) -> None:
 def record_decisions(decisions: Iterable[Decision]) -> None:
     for d in decisions:
         ACTIONS.labels(d.action.value).inc()
+
+
+def record_objectives(models: Iterable[Model], budget_per_hour: float | None) -> None:
+    for m in models:
+        SLO_OBJECTIVE.labels(m.name).set(m.slo.percentile)
+    if budget_per_hour is not None:
+        BUDGET.set(budget_per_hour)
+
+
+def record_interruption(kind: str) -> None:
+    """`kind`: "notice" or "vanished" (see INTERRUPTIONS)."""
+    INTERRUPTIONS.labels(kind).inc()
