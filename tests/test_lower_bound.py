@@ -4,6 +4,11 @@ less than it."""
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -17,7 +22,7 @@ from mark.apps.simulator.workload import Arrivals
 from mark.core.catalog import load_catalog
 from mark.core.types import Model, Profile, Slo
 from provisioner.policy.capacity import slo_capacity
-from traces import Trace
+from traces import Trace, write_trace
 
 CATALOG = load_catalog()
 INCEPTION = CATALOG.model("inception-v3")
@@ -176,3 +181,26 @@ def test_no_policy_that_meets_the_slo_pays_less_than_the_bound(
         assert run.cost_usd >= spot.usd, (run.name, run.cost_usd, spot)
         if run.name in ON_DEMAND_ONLY:
             assert run.cost_usd >= on_demand.usd, (run.name, run.cost_usd, on_demand)
+
+
+def test_simulate_writes_the_bound_under_meta(tmp_path: Path) -> None:
+    trace = tmp_path / "trace.csv"
+    write_trace(trace, Trace(60.0 * np.arange(10, dtype=np.float64), np.full(10, 300.0), 60.0))
+    out = tmp_path / "out"
+    command = [sys.executable, "-m", "mark.apps.cli", "simulate", "--trace", str(trace)]
+    command += ["--model", "inception-v3", "--policies", "static", "--market", "ondemand"]
+    done = subprocess.run(
+        [*command, "--types", ",".join(TYPES), "--out", str(out)],
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    data = json.loads((out / "summary.json").read_text(encoding="utf-8"))
+    bounds = data["meta"]["lower_bound"]
+    assert set(bounds) == {"ondemand"}  # no spot bound for an on-demand run
+    static = data["policies"]["static"]
+    assert {"cost_usd", "slo_attainment", "instance_hours"} <= set(static)
+    assert 0 < bounds["ondemand"]["usd"] <= static["cost_usd"]
+    assert bounds["ondemand"]["method"] in ("milp", "lp")
+    assert "/ bound ondemand" in done.stdout
