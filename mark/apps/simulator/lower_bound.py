@@ -164,7 +164,8 @@ def lower_bound(
 ) -> Bound:
     """The bound for `covered[t]` requests that bucket t must serve within the SLO (those that
     arrive before its last SLO-latency seconds) out of `requests` in all (see the module
-    docstring). Raises RuntimeError when nothing can serve the requests within the SLO."""
+    docstring). Raises RuntimeError when nothing can serve the requests within the SLO (or the LP
+    stops at the time limit: without its optimum there is no bound)."""
     nb = covered.size
     rates = covered / bucket_s
     allowance = int(math.floor((1.0 - model.slo.percentile) * requests + 1e-6))
@@ -187,8 +188,8 @@ def lower_bound(
         miss_allowance=float(allowance),
     )
     lp = program.solve(integral=False, time_limit_s=time_limit_s, mip_rel_gap=_MIP_REL_GAP)
-    if lp.x is None:
-        raise RuntimeError(f"lower bound: no fleet serves the trace within the SLO: {lp.message}")
+    if not lp.success:  # infeasible (nothing serves within the SLO), or stopped: no bound
+        raise RuntimeError(f"lower bound: the LP has no optimum: {lp.message}")
     lp_usd = float(lp.fun)
     usd, chosen, gap = lp_usd, lp.x, 0.0
     method: Literal["milp", "lp"] = "lp"
@@ -196,11 +197,13 @@ def lower_bound(
     allowance_usd = 0.0
     if len(cands) * nb <= max_integer_columns:
         mip = program.solve(integral=True, time_limit_s=time_limit_s, mip_rel_gap=_MIP_REL_GAP)
-        milp_usd = dual_bound_usd(mip)
+        dual = getattr(mip, "mip_dual_bound", None)
+        if mip.success or (dual is not None and math.isfinite(dual)):
+            milp_usd = dual_bound_usd(mip)
         if allowance > 0:
             covers = _cheapest_cover_usd(cands, rates, bucket_s, serverless_usd_per_request)
             allowance_usd = float(covers.max(initial=0.0))
-        if milp_usd - allowance_usd > lp_usd:
+        if milp_usd is not None and milp_usd - allowance_usd > lp_usd:
             usd, method = milp_usd - allowance_usd, "milp"
             if mip.x is not None:
                 chosen = mip.x
