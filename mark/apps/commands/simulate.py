@@ -3,7 +3,9 @@
     mark simulate --trace traces/data/twitter-like-diurnal-2d.csv --model inception-v3 \\
         --policies mark,reactive,queue,skyserve,static,oracle --market mixed --out out/
 
-Writes OUT/summary.json (DESIGN.md's shape), four PNG figures, and prints a table.
+Writes OUT/summary.json (DESIGN.md's shape), four PNG figures, and prints a table, then each
+policy's cost against the lower bound (`mark.apps.simulator.lower_bound`: on-demand only, and
+with spot unless the market is on-demand), which summary.json keeps under `meta.lower_bound`.
 """
 
 from __future__ import annotations
@@ -119,11 +121,31 @@ def _model(args: argparse.Namespace) -> tuple[Any, float, int]:
     return model, latency, memory
 
 
+def _bound_table(data: dict[str, Any], bounds: dict[str, Any]) -> Any:
+    """Each policy's cost over each bound (Mark/bound), the bounds' own line in the title."""
+    from rich.table import Table
+
+    title = "; ".join(
+        f"lower bound {market} ${b.usd:.2f} ({b.method}, serverless {b.serverless_share:.1%})"
+        for market, b in bounds.items()
+    )
+    table = Table(title=title)
+    table.add_column("policy")
+    table.add_column("cost $", justify="right")
+    for market in bounds:
+        table.add_column(f"/ bound {market}", justify="right")
+    for name, row in data["policies"].items():
+        ratios = [f"{row['cost_usd'] / b.usd:.2f}x" if b.usd > 0 else "-" for b in bounds.values()]
+        table.add_row(name, f"{row['cost_usd']:.2f}", *ratios)
+    return table
+
+
 def _run(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
     from mark.apps.simulator.engine import SimSettings
+    from mark.apps.simulator.lower_bound import scenario_bound
     from mark.apps.simulator.plots import write_plots
     from mark.apps.simulator.report import summary, summary_table, write_summary
     from mark.apps.simulator.runner import Scenario, build_policies, simulate
@@ -175,6 +197,9 @@ def _run(args: argparse.Namespace) -> int:
             bar.update(task, advance=seconds, description=f"simulating {name}")
 
         runs = simulate(scenario, names, progress=tick)
+    bounds = {"ondemand": scenario_bound(scenario, spot=False)}
+    if args.market != "ondemand":
+        bounds["spot"] = scenario_bound(scenario, spot=True)
     meta = {
         "trace": str(args.trace),
         "model": model.name,
@@ -184,10 +209,12 @@ def _run(args: argparse.Namespace) -> int:
         "seed": args.seed,
         "interruption_rate_per_hour": args.interruption_rate,
         "pool_reclaim_at_s": args.reclaim_pool_at,
+        "lower_bound": {market: bound.summary() for market, bound in bounds.items()},
     }
     data = summary(runs, model.slo, meta)
     write_summary(out / "summary.json", data)
     write_plots(runs, model.slo, out)
     console.print(summary_table(data, model.slo))
+    console.print(_bound_table(data, bounds))
     console.print(f"wrote {out / 'summary.json'} and plots in {out}")
     return 0
