@@ -13,6 +13,7 @@ __all__ = [
     "InsufficientCapacity",
     "CloudError",
     "CloudNotFound",
+    "Fenced",
     "PermissionDenied",
     "DryRunOperation",
 ]
@@ -41,6 +42,11 @@ class NotFound(MarkError, LookupError):
 
 class Conflict(MarkError):
     """The thing being created already exists, or the change races another one."""
+
+
+class Fenced(Conflict):
+    """A write of a control-loop leader whose term is over: another process holds the lease
+    now (`mark.adapters.db.leadership`), so the deposed one's late action is refused."""
 
 
 class CloudError(MarkError):

@@ -6,6 +6,7 @@ from collections.abc import Sequence
 
 from sqlalchemy import func, select
 
+from mark.adapters.db.leadership import Fence, check_fence
 from mark.adapters.db.rows import decision_from_row
 from mark.adapters.db.store import Store
 from mark.adapters.db.tables import DecisionRow
@@ -19,10 +20,15 @@ __all__ = [
 class DecisionLog(Store):
     """Append decisions; read them newest first, a page at a time."""
 
-    async def add_decisions(self, decisions: Sequence[Decision]) -> None:
+    async def add_decisions(
+        self, decisions: Sequence[Decision], *, fence: Fence | None = None
+    ) -> None:
+        """Append; with a `fence`, only while its lease and term hold (`Fenced` otherwise),
+        and each row records the term it was written in."""
         if not decisions:
             return
         async with self.session() as s:
+            await check_fence(s, fence)
             s.add_all(
                 DecisionRow(
                     at_s=d.at_s,
@@ -33,6 +39,7 @@ class DecisionLog(Store):
                     offering_key=d.offering_key,
                     expected_cost_usd=d.expected_cost_usd,
                     forecast_upper_rps=list(d.forecast_upper_rps),
+                    term=None if fence is None else fence.term,
                 )
                 for d in decisions
             )

@@ -8,6 +8,7 @@ from collections.abc import Sequence
 
 from sqlalchemy import delete, select
 
+from mark.adapters.db.leadership import Fence, check_fence
 from mark.adapters.db.rows import instance_from_row
 from mark.adapters.db.store import Store
 from mark.adapters.db.tables import InstanceRow, InstanceTypeRow, OfferingRow, TransitionRow
@@ -68,9 +69,11 @@ class FleetStore(Store):
 
     # -- instances ------------------------------------------------------------------------
 
-    async def save_instance(self, instance: Instance) -> None:
-        """Upsert; a change of state also appends a transition row (the audit trail)."""
+    async def save_instance(self, instance: Instance, *, fence: Fence | None = None) -> None:
+        """Upsert; a change of state also appends a transition row (the audit trail). With a
+        `fence`, only while its lease and term hold (`Fenced` otherwise)."""
         async with self.session() as s:
+            await check_fence(s, fence)
             row = await s.get(InstanceRow, instance.id)
             previous = row.state if row is not None else None
             values = {

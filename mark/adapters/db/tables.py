@@ -19,6 +19,8 @@ __all__ = [
     "DecisionRow",
     "InstanceChargeRow",
     "ServerlessChargeRow",
+    "LeaseRow",
+    "ObservedCountRow",
 ]
 
 
@@ -115,6 +117,7 @@ class DecisionRow(Base):
     offering_key: Mapped[str | None] = mapped_column(String(160), nullable=True)
     expected_cost_usd: Mapped[float] = mapped_column(Float)
     forecast_upper_rps: Mapped[list[Any]] = mapped_column(JSON)
+    term: Mapped[int | None] = mapped_column(Integer, nullable=True)  # the leader's, if fenced
 
 
 class InstanceChargeRow(Base):
@@ -141,3 +144,28 @@ class ServerlessChargeRow(Base):
     gb_seconds: Mapped[float] = mapped_column(Float)
     usd: Mapped[float] = mapped_column(Float)
     reason: Mapped[str] = mapped_column(String(64))
+
+
+class LeaseRow(Base):
+    """Who runs the control loop (mark.adapters.db.leadership): the holder, its term (raised at
+    every change of holder) and when the lease runs out unless renewed."""
+
+    __tablename__ = "leases"
+
+    name: Mapped[str] = mapped_column(String(63), primary_key=True)
+    holder: Mapped[str] = mapped_column(String(255))
+    term: Mapped[int] = mapped_column(Integer)
+    expires_at_s: Mapped[float] = mapped_column(Float)
+
+
+class ObservedCountRow(Base):
+    """Requests one front end (`host`) saw for a model in one forecast bucket; the leader
+    forecasts their sum over hosts."""
+
+    __tablename__ = "observed_counts"
+    __table_args__ = (Index("ix_observed_counts_bucket", "bucket_start_s"),)
+
+    host: Mapped[str] = mapped_column(String(255), primary_key=True)
+    model: Mapped[str] = mapped_column(String(63), primary_key=True)
+    bucket_start_s: Mapped[float] = mapped_column(Float, primary_key=True)
+    requests: Mapped[float] = mapped_column(Float)
