@@ -476,3 +476,18 @@ def test_spot_stays_within_its_share_at_scale_whatever_the_number_of_pools() -> 
     spot = sum(a.capacity_rps for a in got if a.offering.market == Market.SPOT)
     assert sum(a.capacity_rps for a in got) >= demand * (1 - 1e-9)
     assert 0.7 * demand <= spot <= 0.8 * demand + big_rps + 1e-6, spot / demand
+
+
+def test_the_budget_leaves_room_for_the_spill_the_plan_expects() -> None:
+    """The surge case spills 64 rps for four of five buckets at $15/M requests, about $2.8/h
+    averaged over the horizon: a budget with room for the live and the new big instance
+    ($1/h) but not for that spill buys nothing; one with room for both buys the big one."""
+    roomy = run(_surge_snapshot(1.5e-5), spot=False, budget_per_hour=5.0)
+    assert [a.offering.instance_type for a in launches(roomy)] == ["big"]
+    assert [d for d in roomy.decisions if d.action == ActionKind.PLAN_SPILL]
+    tight = run(_surge_snapshot(1.5e-5), spot=False, budget_per_hour=2.0)
+    assert not launches(tight)
+    assert [d for d in tight.decisions if d.action == ActionKind.BUDGET_LIMITED]
+    # Without the pool's spill to pay for, the same budget buys the big instance.
+    alone = run(_surge_snapshot(1.5e-5), spot=False, budget_per_hour=2.0, weigh_serverless=False)
+    assert "big" in [a.offering.instance_type for a in launches(alone)]

@@ -23,9 +23,10 @@ One `plan` call, in order:
 3. A launch that the next tick could still make in time (the bucket it is first needed in
    starts at or after now + tick + launch overhead) is deferred, not bought now.
 4. Budget: launches are accepted in increasing cost per request across all models while the
-   hourly price of every live instance plus the accepted launches stays within
-   `budget_per_hour`; each model left short gets a BUDGET_LIMITED decision with the demand left
-   uncovered, and keeps all its instances.
+   hourly price of every live instance plus the accepted launches, plus the serverless spend the
+   plan expects (the greedy's planned spill at the pool's price, averaged over the horizon),
+   stays within `budget_per_hour`; each model left short gets a BUDGET_LIMITED decision with
+   the demand left uncovered, and keeps all its instances.
 5. Release: a running instance the greedy did not need is drained only when its paid time ends
    within `release_window_s`, the model has launched nothing for `scale_in_hold_s` (no
    launch/release flapping), nothing is deferred or uncovered for the model, and at least
@@ -235,7 +236,8 @@ def plan(
         cover = _with_floor(cover, cands, len(live), config.min_instances, demand)
         plans.append(_ModelPlan(name, demand, cover, live, rows.offerings, cands.capacity_rps))
 
-    launched = _buy(plans, snapshot, config, spend_per_hour, out)
+    spill_per_hour = _expected_spill_usd_per_hour(plans, snapshot)
+    launched = _buy(plans, snapshot, config, spend_per_hour + spill_per_hour, out)
     for mp in plans:
         _report_spill(mp, snapshot, out)
         _report_unreachable(mp, launched, out)
@@ -268,6 +270,19 @@ def _warm(
         caps.get(i.offering.instance_type, 0.0) for i in live if i.state == InstanceState.RUNNING
     )
     return warm_functions(upper[0] if upper else 0.0, serving, pool.latency_ms)
+
+
+def _expected_spill_usd_per_hour(plans: Sequence[_ModelPlan], snapshot: FleetSnapshot) -> float:
+    """What the planned spill costs per hour at the pool's price, averaged over the horizon:
+    the budget leaves room for it before it buys instances."""
+    if snapshot.serverless is None:
+        return 0.0
+    total = 0.0
+    for mp in plans:
+        durations = mp.demand.durations_s
+        requests = float(mp.cover.spill_rps @ durations)
+        total += requests / max(float(durations.sum()), 1e-9) * 3600.0
+    return total * snapshot.serverless.usd_per_request
 
 
 def _report_spill(mp: _ModelPlan, snapshot: FleetSnapshot, out: _Builder) -> None:
