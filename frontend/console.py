@@ -243,9 +243,10 @@ def _plot(
             f'<polyline data-series="{name}" data-values="{kept}" points="{coords}" '
             f'fill="none" stroke="{color}" stroke-width="2"/>'
         )
+        last = next((v for v in reversed(values) if v is not None), None)
         legend.append(
-            f'<text x="{_PAD_L + 8 + 170 * k}" y="{_PAD_T + 12}" fill="{color}">'
-            f"{escape(label)}</text>"
+            f'<text x="{_PAD_L + 8 + 190 * k}" y="{_PAD_T + 12}" fill="{color}">'
+            f"{escape(label)} {_num(last, '.3g')}</text>"
         )
     span_min = (t1 - t0) / 60
     axes = (
