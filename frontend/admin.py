@@ -1,4 +1,5 @@
-"""The admin REST API under /admin/v1: models with their SLOs, the fleet, decisions, costs.
+"""The admin REST API under /admin/v1: models with their SLOs, the fleet, decisions, costs,
+and the fleet at a glance (`/admin/v1/status`, frontend/status.py).
 
 Routes come from `frontend.admin_schema.ADMIN_ROUTES`, the same table the OpenAPI document is
 built from, and bodies and query parameters are read by that module's `read_body` and
@@ -18,10 +19,12 @@ from sanic import Blueprint, Request
 from sanic.response import HTTPResponse, empty, json
 
 from frontend import observability
+from frontend import status as fleet_status
 from frontend.admin_schema import (
     ADMIN_ROUTES,
     DECISIONS_QUERY,
     INSTANCES_QUERY,
+    STATUS_QUERY,
     Costs,
     DecisionPage,
     InstanceList,
@@ -42,7 +45,7 @@ from mark.core.catalog import load_catalog
 from mark.core.errors import Conflict, InvalidValue, NotFound
 from mark.core.types import Model
 
-__all__ = ["bp", "openapi_bp"]
+__all__ = ["bp", "openapi_bp", "token_matches", "bearer_matches"]
 
 bp = Blueprint("admin")
 openapi_bp = Blueprint("admin_openapi")
@@ -62,17 +65,25 @@ def _out(value: BaseModel, status: int = 200) -> HTTPResponse:
     return json(value.model_dump(mode="json"), status=status)
 
 
+def token_matches(request: Request, given: str) -> bool:
+    """`given` is the admin token, compared in constant time (an early-exit comparison would
+    tell a caller how much of a guess was right), on bytes: compare_digest refuses non-ASCII
+    str, and Sanic hands a header's non-UTF-8 bytes over as surrogates, which only
+    surrogateescape turns back into bytes."""
+    token: str = request.app.ctx.config.server.admin_token or request.app.ctx.admin_token
+    return hmac.compare_digest(given.strip().encode("utf-8", "surrogateescape"), token.encode())
+
+
+def bearer_matches(request: Request) -> bool:
+    """`Authorization: Bearer <admin token>`."""
+    scheme, _, given = request.headers.get("authorization", "").partition(" ")
+    return scheme.lower() == "bearer" and token_matches(request, given)
+
+
 @bp.on_request
 async def _authenticate(request: Request) -> HTTPResponse | None:
     request.ctx.started_s = time.perf_counter()
-    token: str = request.app.ctx.config.server.admin_token or request.app.ctx.admin_token
-    header = request.headers.get("authorization", "")
-    scheme, _, given = header.partition(" ")
-    # In constant time (an early-exit comparison would tell a caller how much of a guess was
-    # right), on bytes: compare_digest refuses non-ASCII str, and Sanic hands a header's
-    # non-UTF-8 bytes over as surrogates, which only surrogateescape turns back into bytes.
-    given_bytes = given.strip().encode("utf-8", "surrogateescape")
-    if scheme.lower() != "bearer" or not hmac.compare_digest(given_bytes, token.encode()):
+    if not bearer_matches(request):
         response = error_response(401, "missing or wrong bearer token (server.admin_token)")
         response.headers["WWW-Authenticate"] = 'Bearer realm="mark-admin"'
         return response
@@ -177,6 +188,14 @@ async def get_costs(request: Request) -> HTTPResponse:
             per_instance_type_usd=c.per_instance_type_usd,
         )
     )
+
+
+async def get_status(request: Request) -> HTTPResponse:
+    args = _query(request, STATUS_QUERY)
+    db = _db(request)
+    reading = await fleet_status.read(db)
+    decisions = (await db.list_decisions(limit=args["decisions"]))[0] if args["decisions"] else []
+    return _out(request.app.ctx.sampler.status(reading, decisions))
 
 
 for _route in ADMIN_ROUTES:

@@ -27,7 +27,9 @@ from mark.core.types import (
     BackendSpec,
     Decision,
     Instance,
+    InstanceState,
     InstanceType,
+    Market,
     Model,
     Offering,
     Profile,
@@ -44,11 +46,17 @@ __all__ = [
     "InstanceList",
     "DecisionPage",
     "Costs",
+    "ModelStatus",
+    "InstanceGroup",
+    "Spend",
+    "StatusPoint",
+    "FleetStatus",
     "ErrorBody",
     "FieldError",
     "QueryParam",
     "INSTANCES_QUERY",
     "DECISIONS_QUERY",
+    "STATUS_QUERY",
     "AdminRoute",
     "ADMIN_ROUTES",
     "BATCH_SIZE_PATTERN",
@@ -198,6 +206,78 @@ class Costs(_Body):
     per_instance_type_usd: dict[str, float]
 
 
+class ModelStatus(_Body):
+    """One model as `mark status` and the console show it. `requests` and `slo_attainment`
+    count since the metrics began (the server's start); `rate_rps` and
+    `slo_attainment_recent` cover the last `FleetStatus.window_s` (null until the process has
+    sampled for a while, or without answers); `forecast_upper_rps` is the peak the control loop
+    last planned for (null before its first tick); `capacity_rps` adds up the capacity at the
+    SLO of the running instances that hold the model (an instance shared by several models
+    counts whole for each)."""
+
+    name: str
+    slo: Slo
+    requests: Annotated[int, Field(ge=0)]
+    rate_rps: Annotated[float, Field(ge=0)] | None
+    forecast_upper_rps: Annotated[float, Field(ge=0)] | None
+    capacity_rps: Annotated[float, Field(ge=0)]
+    slo_attainment: Annotated[float, Field(ge=0, le=1)] | None
+    slo_attainment_recent: Annotated[float, Field(ge=0, le=1)] | None
+    instances: Annotated[int, Field(ge=0)]
+    cost_usd: Annotated[float, Field(ge=0)]
+
+
+class InstanceGroup(_Body):
+    """Live instances of one type, market and state, and what they cost per hour now."""
+
+    instance_type: str
+    market: Market
+    state: InstanceState
+    count: Annotated[int, Field(ge=1)]
+    usd_per_hour: Annotated[float, Field(ge=0)]
+
+
+class Spend(_Body):
+    """The fleet's price per hour now (spot at its pool's current price), the planner's cap,
+    and what the ledger has charged so far."""
+
+    usd_per_hour: Annotated[float, Field(ge=0)]
+    budget_usd_per_hour: float | None
+    total_usd: Annotated[float, Field(ge=0)]
+    instances_usd: Annotated[float, Field(ge=0)]
+    serverless_usd: Annotated[float, Field(ge=0)]
+
+
+class StatusPoint(_Body):
+    """One sample of the fleet (every `FleetStatus.sample_s`): requests per second over the
+    models since the previous sample, the running capacity at the SLO, the sum of the
+    forecast peaks (null before the control loop's first tick), the price per hour and the
+    cost so far."""
+
+    at_s: float
+    demand_rps: Annotated[float, Field(ge=0)]
+    capacity_rps: Annotated[float, Field(ge=0)]
+    forecast_upper_rps: Annotated[float, Field(ge=0)] | None
+    usd_per_hour: Annotated[float, Field(ge=0)]
+    cost_usd: Annotated[float, Field(ge=0)]
+
+
+class FleetStatus(_Body):
+    """The fleet at a glance (`mark status`, `/console`): models, instances by type, market
+    and state, spend, the newest decisions, and the time series this server process keeps in
+    memory (the last `len(history)` samples, oldest first; each HTTP worker keeps its own, all
+    read from the same metrics and database)."""
+
+    at_s: float
+    window_s: float
+    sample_s: float
+    models: list[ModelStatus]
+    instances: list[InstanceGroup]
+    spend: Spend
+    decisions: list[Decision]
+    history: list[StatusPoint]
+
+
 class FieldError(_Body):
     field: str
     message: str
@@ -270,6 +350,9 @@ DECISIONS_QUERY = (
     QueryParam("limit", int, "page size", default=50, minimum=1, maximum=1000),
     QueryParam("offset", int, "rows to skip", default=0, minimum=0, maximum=10**9),
     QueryParam("model", str, "only decisions about this model"),
+)
+STATUS_QUERY = (
+    QueryParam("decisions", int, "newest decisions to include", default=10, minimum=0, maximum=100),
 )
 
 
@@ -347,6 +430,15 @@ ADMIN_ROUTES: tuple[AdminRoute, ...] = (
         query=DECISIONS_QUERY,
     ),
     AdminRoute("GET", "/admin/v1/costs", "get_costs", "Money spent so far", None, Costs),
+    AdminRoute(
+        "GET",
+        "/admin/v1/status",
+        "get_status",
+        "The fleet at a glance: models, instances, spend, decisions, recent history",
+        None,
+        FleetStatus,
+        query=STATUS_QUERY,
+    ),
 )
 
 

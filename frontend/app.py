@@ -1,4 +1,4 @@
-"""The Sanic application: inference, admin API, health and metrics on one port.
+"""The Sanic application: inference, admin API, console, health and metrics on one port.
 
 `create_app(config)` is the factory every HTTP worker process calls. Each worker opens the
 database and syncs its view of the fleet from it; the control plane (cloud provider, control loop,
@@ -15,7 +15,7 @@ from pathlib import Path
 from sanic import Request, Sanic
 from sanic.response import HTTPResponse, json
 
-from frontend import admin, inference, observability
+from frontend import admin, console, inference, observability, status
 from frontend.errors import install_error_handlers
 from mark.adapters.db import Database
 from mark.core.config import Config
@@ -78,4 +78,6 @@ def create_app(config: Config, *, name: str = "mark") -> Sanic:
     app.blueprint(admin.openapi_bp)
     app.blueprint(observability.bp)
     app.blueprint(inference.bp)
+    app.blueprint(status.bp)
+    app.blueprint(console.bp)
     return app

@@ -25,7 +25,7 @@ from sanic.response import HTTPResponse, raw
 
 from frontend import metrics as inference_metrics
 
-__all__ = ["bp", "ADMIN_REQUESTS", "ADMIN_LATENCY", "observe_admin"]
+__all__ = ["bp", "ADMIN_REQUESTS", "ADMIN_LATENCY", "observe_admin", "registry"]
 
 bp = Blueprint("observability")
 
@@ -39,13 +39,14 @@ ADMIN_LATENCY = Histogram(
 )
 
 
-def _registry() -> CollectorRegistry:
+def registry() -> CollectorRegistry:
+    """Every process's metrics in `mark serve` (one worker's alone otherwise)."""
     if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         return REGISTRY
-    registry = CollectorRegistry()
-    MultiProcessCollector(registry)
-    ProcessCollector(registry=registry)
-    return registry
+    out = CollectorRegistry()
+    MultiProcessCollector(out)
+    ProcessCollector(registry=out)
+    return out
 
 
 def observe_admin(request: Request, status: int) -> None:
@@ -59,4 +60,4 @@ def observe_admin(request: Request, status: int) -> None:
 @bp.get("/metrics")
 async def metrics(request: Request) -> HTTPResponse:
     inference_metrics.flush()  # this process's buffered answers count in its own scrape
-    return raw(generate_latest(_registry()), content_type=CONTENT_TYPE_LATEST)
+    return raw(generate_latest(registry()), content_type=CONTENT_TYPE_LATEST)

@@ -10,16 +10,15 @@ returns 0 or 1 for every series the comparison sees: empty there means a quantit
 alert could never fire. The rules make that possible by giving rare events a 0 (`or total * 0`,
 `or vector(0)`) instead of no series (deploy/prometheus/mark-rules.yml).
 
-Prometheus missing: the set-up installs it with apt-get when it may (root), else the tests skip
-with the reason; MARK_REQUIRE_PROMETHEUS=1 (CI, `.ci/run`) turns the skip into a failure, as
-MARK_REQUIRE_PG does for PostgreSQL (tests/conftest.py).
+Prometheus missing: the set-up installs it with apt-get when it may (root; tests/apt.py), else
+the tests skip with the reason; MARK_REQUIRE_PROMETHEUS=1 (CI, `.ci/run`) turns the skip into a
+failure, as MARK_REQUIRE_PG does for PostgreSQL (tests/conftest.py).
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
-import os
 import re
 import shutil
 import subprocess
@@ -35,6 +34,7 @@ import aiohttp
 import pytest
 import yaml
 
+from tests.apt import apt_install, skip_or_fail
 from tests.conftest import Served, free_port
 from tests.test_deploy import DEPLOY
 from tests.test_serve_inference import README_BODY
@@ -49,26 +49,15 @@ _COMPARISON = re.compile(r"(\s)(==|!=|>=|<=|>|<)(\s+)(?!bool\b)")
 
 
 def _skip_or_fail(reason: str) -> NoReturn:
-    if os.environ.get(REQUIRE_ENV) == "1":
-        pytest.fail(f"{reason} ({REQUIRE_ENV}=1)")
-    pytest.skip(reason)
+    skip_or_fail(reason, REQUIRE_ENV)
 
 
 def _install_with_apt() -> str | None:
     """apt-get install Debian's prometheus; None when done, else why not. The package starts
     its service (on :9090) where an init system allows: stopped again, the tests run their own."""
-    if not shutil.which("apt-get"):
-        return "apt-get is not available"
-    if os.geteuid() != 0:
-        return "not root: cannot apt-get install prometheus"
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    for args in (
-        ["apt-get", "update", "-qq"],
-        ["apt-get", "install", "-y", "-qq", "--no-install-recommends", "prometheus"],
-    ):
-        done = subprocess.run(args, env=env, capture_output=True, text=True, timeout=600)
-        if done.returncode != 0:
-            return f"{' '.join(args)} failed: {(done.stdout + done.stderr)[-2000:]}"
+    why = apt_install("prometheus")
+    if why is not None:
+        return why
     for stop in (["systemctl", "stop", "prometheus"], ["service", "prometheus", "stop"]):
         if shutil.which(stop[0]):
             subprocess.run(stop, capture_output=True, timeout=60)

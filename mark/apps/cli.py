@@ -25,6 +25,7 @@ COMMANDS: tuple[str, ...] = (
     "forecast_eval",
     "simulate",
     "profile",
+    "status",
 )
 
 
