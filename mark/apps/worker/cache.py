@@ -67,6 +67,12 @@ class ModelTooLarge(MarkError):
     """The model is larger than the whole budget (422): no eviction can ever make room."""
 
 
+def _seen(task: asyncio.Task[Any]) -> None:
+    """Mark a shared task's error as retrieved: every request waiting on it may have gone."""
+    if not task.cancelled():
+        task.exception()
+
+
 @dataclass(slots=True, eq=False)
 class _Resident:
     """One loaded version in memory."""
@@ -119,6 +125,7 @@ class ModelCache:
     _draining: set[_Resident] = field(default_factory=set)
     _reserved_bytes: int = 0
     _tasks: set[asyncio.Task[Any]] = field(default_factory=set)
+    _discovering: dict[str, asyncio.Task[_Entry]] = field(default_factory=dict)
     _poller: asyncio.Task[None] | None = None
 
     # lifecycle
@@ -256,8 +263,19 @@ class ModelCache:
     # finding models
 
     async def _discover(self, name: str) -> _Entry:
+        """The entry of a stored model seen for the first time; concurrent first requests share
+        one look-up, so a burst for a cold model costs the store one call, not one each."""
         if self.store is None:
             raise NotFound(f"unknown model {name!r}")
+        task = self._discovering.get(name)
+        if task is None:
+            task = self._discovering[name] = asyncio.create_task(self._look_up(name))
+            task.add_done_callback(_seen)
+            task.add_done_callback(lambda _: self._discovering.pop(name, None))
+        return await asyncio.shield(task)
+
+    async def _look_up(self, name: str) -> _Entry:
+        assert self.store is not None
         try:
             await asyncio.to_thread(self.store.stat, name)
         except NotFound as exc:
@@ -290,8 +308,7 @@ class ModelCache:
 
             def done(task: asyncio.Task[_Resident]) -> None:
                 entry.loading = None
-                if not task.cancelled():
-                    task.exception()  # retrieved here: every waiter may have gone
+                _seen(task)
 
             entry.loading.add_done_callback(done)
         return await asyncio.shield(entry.loading)
@@ -322,6 +339,9 @@ class ModelCache:
             return  # the reason is recorded; the old version keeps serving
         finally:
             entry.reloading = False
+        if entry.resident is None:  # unloaded meanwhile: the unload wins
+            self._retire(new)
+            return
         old, entry.resident = entry.resident, new
         entry.reason = ""
         metrics.RELOADS.labels(entry.name).inc()
