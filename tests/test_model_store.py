@@ -74,8 +74,9 @@ def test_list_stat_fetch_and_versions(
     got = st.fetch(a, dest)  # asked with the old entry: the bytes and version are the new ones
     assert dest.read_bytes() == b"second!" and got.version == changed.version
 
-    with pytest.raises(NotFound):
-        st.stat("nope")
+    for name in ("nope", "../store/a", "a.onnx"):
+        with pytest.raises(NotFound):
+            st.stat(name)
     remove("a.onnx")
     with pytest.raises(NotFound):
         st.stat("a")
@@ -98,7 +99,8 @@ def test_open_store_by_url(tmp_path: Path) -> None:
 
 def test_split_name() -> None:
     assert split_name("m.onnx") == ("m", "onnx")
-    assert split_name("M.PT") == ("M", "torchscript")
+    assert split_name("m.PT") == ("m", "torchscript")
+    assert split_name("Upper.onnx") is None  # not a model name Mark registers
     assert split_name("m.pkl") == ("m", "sklearn")
     assert split_name(".hidden.onnx") is None
     assert split_name("m.txt") is None

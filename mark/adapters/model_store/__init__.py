@@ -11,13 +11,15 @@ The calls block (boto3 does), so the worker runs them in a thread.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
 from mark.core.errors import InvalidValue
+from mark.core.types import MODEL_NAME_PATTERN
 
-__all__ = ["ModelStore", "StoredModel", "SUFFIX_KINDS", "open_store", "split_name"]
+__all__ = ["ModelStore", "StoredModel", "SUFFIX_KINDS", "open_store", "split_name", "valid_name"]
 
 SUFFIX_KINDS = {".onnx": "onnx", ".joblib": "sklearn", ".pkl": "sklearn", ".pt": "torchscript"}
 
@@ -55,11 +57,17 @@ class ModelStore(Protocol):
         ...
 
 
+def valid_name(name: str) -> bool:
+    """A model name as Mark registers them (MODEL_NAME_PATTERN): never a path, so a name from
+    a URL cannot reach outside the store."""
+    return re.match(MODEL_NAME_PATTERN, name) is not None
+
+
 def split_name(filename: str) -> tuple[str, str] | None:
     """(model name, loader kind) of a stored file name, or None for a file that is no model."""
     path = Path(filename)
     kind = SUFFIX_KINDS.get(path.suffix.lower())
-    if kind is None or not path.stem or path.name.startswith("."):
+    if kind is None or not valid_name(path.stem):
         return None
     return path.stem, kind
 

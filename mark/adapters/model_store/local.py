@@ -11,7 +11,7 @@ import os
 import shutil
 from pathlib import Path
 
-from mark.adapters.model_store import StoredModel, split_name
+from mark.adapters.model_store import SUFFIX_KINDS, StoredModel, split_name, valid_name
 from mark.core.errors import InvalidValue, NotFound
 
 __all__ = ["LocalStore"]
@@ -40,10 +40,11 @@ class LocalStore:
         return [e for e in entries if e is not None]
 
     def stat(self, name: str) -> StoredModel:
-        for path in sorted(self.root.glob(f"{name}.*")):
-            entry = self._entry(path)
-            if entry is not None and entry.name == name:
-                return entry
+        if valid_name(name):
+            for suffix in SUFFIX_KINDS:
+                entry = self._entry(self.root / f"{name}{suffix}")
+                if entry is not None:
+                    return entry
         raise NotFound(f"model {name!r} is not in the store {self.url}")
 
     def fetch(self, model: StoredModel, dest: Path) -> StoredModel:

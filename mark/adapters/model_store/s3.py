@@ -14,7 +14,7 @@ from typing import Any
 import boto3
 from botocore.exceptions import ClientError
 
-from mark.adapters.model_store import StoredModel, split_name
+from mark.adapters.model_store import StoredModel, split_name, valid_name
 from mark.core.errors import NotFound
 
 __all__ = ["S3Store"]
@@ -46,7 +46,7 @@ class S3Store:
         return self._objects(self.prefix)
 
     def stat(self, name: str) -> StoredModel:
-        for entry in self._objects(f"{self.prefix}{name}."):
+        for entry in self._objects(f"{self.prefix}{name}.") if valid_name(name) else []:
             if entry.name == name:
                 return entry
         raise NotFound(f"model {name!r} is not in the store {self.url}")
