@@ -200,3 +200,19 @@ async def test_disk_tier_deletes_the_least_recent_artifact_past_its_budget(tmp_p
             assert m[(EVICTIONS, f"model={model},reason=lru,tier=disk")] == 1
         assert m[("mark_worker_disk_used_bytes", "")] <= size * 1.5
         assert "evicted from memory and disk" in (await index(s, w.endpoint))["m2"]["reason"]
+
+
+async def test_an_unreachable_store_is_a_503_with_the_reason(
+    moto_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """(moto_url for the fake credentials it sets; the store's endpoint is a closed port.)"""
+    monkeypatch.setenv("AWS_MAX_ATTEMPTS", "1")  # botocore's retries would only slow the test
+    args = ["--model", "demo=builtin:mlp", "--store", "s3://bucket/models",
+            "--store-endpoint-url", "http://127.0.0.1:9", "--poll-s", "0"]  # fmt: skip
+    async with workers(args) as [w], aiohttp.ClientSession() as s:
+        status, doc, headers = await infer(s, w.endpoint, "m")
+        assert status == 503 and "model store unreachable" in doc["error"]
+        assert int(headers["Retry-After"]) >= 1
+        assert set(await index(s, w.endpoint)) == {"demo"}  # what is loaded still lists
+        async with s.get(f"{w.endpoint}/v2/models/demo") as r:
+            assert r.status == 200

@@ -7,10 +7,10 @@
 `--store` (a directory or s3://bucket/prefix) any model the store holds loads on its first request
 within `--memory-budget-bytes` (mark/apps/worker/cache.py); the cache's flags override the
 `[worker]` section of `--config FILE` and its `MARK_WORKER__...` environment. `--port 0` picks a
-free port. The worker has no
-authentication, so it listens on loopback unless `--allow-remote` lets `--host` name another
-address. Once serving, the worker prints one line `mark-worker listening on http://HOST:PORT` to
-stdout (the local cloud reads the port from it) and stops cleanly on SIGTERM or SIGINT.
+free port. The worker has no authentication, so it listens on loopback unless `--allow-remote`
+lets `--host` name another address. Once serving, the worker prints one line
+`mark-worker listening on http://HOST:PORT` to stdout (the local cloud reads the port from it)
+and stops cleanly on SIGTERM or SIGINT.
 """
 
 from __future__ import annotations
@@ -52,10 +52,16 @@ def register(subparsers: Any) -> None:
     )
     cache.add_argument("--store-endpoint-url", default=None, help="S3 endpoint (an emulator)")
     cache.add_argument(
-        "--memory-budget-bytes", type=int, default=None, help="memory for models (default: all)"
+        "--memory-budget-bytes", type=int, default=None, help="memory for models (default: no cap)"
     )
-    cache.add_argument("--disk-budget-bytes", type=int, default=None, help="disk tier size")
-    cache.add_argument("--cache-dir", default=None, help="where the disk tier lives")
+    cache.add_argument(
+        "--disk-budget-bytes", type=int, default=None, help="disk tier size (default 10 GiB)"
+    )
+    cache.add_argument(
+        "--cache-dir",
+        default=None,
+        help="where the disk tier lives (default: a temporary directory)",
+    )
     cache.add_argument(
         "--protect-s",
         type=float,
@@ -63,7 +69,10 @@ def register(subparsers: Any) -> None:
         help="a model that served a request this recently is never evicted (default 60)",
     )
     cache.add_argument(
-        "--poll-s", type=float, default=None, help="store poll for live reload (0: off)"
+        "--poll-s",
+        type=float,
+        default=None,
+        help="seconds between store polls for live reload (default 10; 0: off)",
     )
     parser.add_argument("--port", type=int, required=True, help="TCP port (0: any free port)")
     parser.add_argument(

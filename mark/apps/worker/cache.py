@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import math
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
@@ -46,6 +47,7 @@ from mark.core.errors import MarkError, NotFound
 
 __all__ = ["ModelCache", "ModelUnavailable", "ModelTooLarge", "READY", "LOADING", "UNAVAILABLE"]
 
+log = logging.getLogger(__name__)
 READY, LOADING, UNAVAILABLE = "READY", "LOADING", "UNAVAILABLE"  # the repository index states
 _BUILTIN = "builtin"
 _SUFFIXES = {"onnx": ".onnx", "sklearn": ".joblib", "torchscript": ".pt"}
@@ -210,7 +212,10 @@ class ModelCache:
         load, with its state and the reason for it."""
         names = set(self._entries)
         if self.store is not None:
-            names |= {m.name for m in await asyncio.to_thread(self.store.list)}
+            try:
+                names |= {m.name for m in await asyncio.to_thread(self.store.list)}
+            except Exception:  # the store is unreachable: the models known here still list
+                log.warning("model store %s could not be listed", self.store.url, exc_info=True)
         out = []
         for name in sorted(names):
             entry = self._entries.get(name)
@@ -277,16 +282,26 @@ class ModelCache:
     async def _look_up(self, name: str) -> _Entry:
         assert self.store is not None
         try:
-            await asyncio.to_thread(self.store.stat, name)
+            await self._store_call(self.store.stat, name)
         except NotFound as exc:
             raise NotFound(f"unknown model {name!r} (not in the store {self.store.url})") from exc
         return self._entries.setdefault(name, _Entry(name, None))
+
+    async def _store_call(self, call: Callable[[str], StoredModel], name: str) -> StoredModel:
+        """A store call in a thread; a failure other than NotFound (network, permissions) is
+        the model's unavailability, answered 503 with its reason, not an error of the worker."""
+        try:
+            return await asyncio.to_thread(call, name)
+        except NotFound:
+            raise
+        except Exception as exc:
+            raise ModelUnavailable(f"model store unreachable: {exc}", self._retry_s()) from exc
 
     async def _stat(self, entry: _Entry) -> StoredModel:
         """The artifact's current entry: the store's, or a --model spec's file."""
         if entry.spec is None:
             assert self.store is not None
-            return await asyncio.to_thread(self.store.stat, entry.name)
+            return await self._store_call(self.store.stat, entry.name)
         kind, _, ref = entry.spec.partition(":")
         if kind == _BUILTIN:
             return StoredModel(entry.name, ref, kind, 0, entry.spec)
@@ -350,24 +365,34 @@ class ModelCache:
         self._update_gauges()
 
     async def _build(self, entry: _Entry, stored: StoredModel, raw_errors: bool) -> _Resident:
-        """Reserve memory, bring the artifact to local disk, load it in a thread. A failure is
-        recorded against the artifact's version and raised as ModelUnavailable (or as it is,
+        """Reserve memory, bring the artifact to local disk, load it in a thread. A fetch that
+        fails (the store's I/O) is tried again by the next request; a load that fails (a corrupt
+        artifact, no profile to pace it by) is recorded against the artifact's version, not tried
+        again until the artifact changes. Both raise ModelUnavailable (a load failure as it is,
         with `raw_errors`, for a start-up error)."""
         started = self.clock()
         reserved = stored.size_bytes
         self._make_room(entry, reserved)
         self._reserved_bytes += reserved
         try:
-            spec, source, stored = await self._local_spec(entry, stored)
-            model = await asyncio.to_thread(load_model, entry.name, spec)
-            runner = self.make_runner(model, str(entry.number(stored.version)))
-        except Exception as exc:
-            entry.failed_version = stored.version
-            entry.reason = f"load failed: {exc}"
-            metrics.LOAD_FAILURES.labels(entry.name).inc()
-            if raw_errors:
+            try:
+                spec, source, stored = await self._local_spec(entry, stored)
+            except ModelTooLarge:
                 raise
-            raise ModelUnavailable(entry.reason, self._retry_s()) from exc
+            except Exception as exc:
+                missing = isinstance(exc, NotFound)
+                entry.reason = f"{'artifact missing' if missing else 'fetch failed'}: {exc}"
+                raise ModelUnavailable(entry.reason, self._retry_s()) from exc
+            try:
+                model = await asyncio.to_thread(load_model, entry.name, spec)
+                runner = self.make_runner(model, str(entry.number(stored.version)))
+            except Exception as exc:
+                entry.failed_version = stored.version
+                entry.reason = f"load failed: {exc}"
+                metrics.LOAD_FAILURES.labels(entry.name).inc()
+                if raw_errors:
+                    raise
+                raise ModelUnavailable(entry.reason, self._retry_s()) from exc
         finally:
             self._reserved_bytes -= reserved
         size = max(stored.size_bytes, model.size_bytes)
@@ -502,7 +527,10 @@ class ModelCache:
     async def _poll_forever(self) -> None:
         while True:
             await asyncio.sleep(self.settings.poll_s)
-            await self.poll()
+            try:
+                await self.poll()
+            except Exception:  # a poll that failed is retried at the next; serving goes on
+                log.warning("polling the model store failed", exc_info=True)
 
     async def poll(self) -> None:
         """Reload every loaded model whose artifact changed since it was loaded."""
