@@ -28,8 +28,14 @@ async def test_index_load_unload_round_trip_and_pinning(tmp_path: Path) -> None:
             "m1": {"name": "m1", "state": "UNAVAILABLE", "reason": "not loaded"},
             "m2": {"name": "m2", "state": "UNAVAILABLE", "reason": "not loaded"},
         }
+        async with s.get(f"{w.endpoint}/v2/models/m1/ready") as r:
+            assert r.status == 200 and (await r.json())["ready"] is False
+        async with s.get(f"{w.endpoint}/v2/models/nope/ready") as r:
+            assert r.status == 404
         async with s.post(f"{w.endpoint}/v2/repository/models/m1/load") as r:
             assert r.status == 200 and await r.read() == b""
+        async with s.get(f"{w.endpoint}/v2/models/m1/ready") as r:
+            assert (await r.json())["ready"] is True
         assert set(await index(s, w.endpoint, ready=True)) == {"demo", "m1"}
         async with s.get(f"{w.endpoint}/v2") as r:
             meta = await r.json()

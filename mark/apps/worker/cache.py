@@ -177,6 +177,11 @@ class ModelCache:
             if resident.retired and resident.inflight == 0:
                 self._close_later(resident)
 
+    async def ready(self, name: str) -> bool:
+        """Whether `name` is in memory now (NotFound for a model the worker cannot load)."""
+        entry = self._entries.get(name) or await self._discover(name)
+        return entry.resident is not None
+
     def runner(self, name: str) -> ModelRunner | None:
         """The loaded runner of `name`, without loading or counting a use."""
         entry = self._entries.get(name)

@@ -131,10 +131,7 @@ def build_app(cache: ModelCache, *, max_body_mb: float = 64.0, version: str) -> 
     @_cache_errors
     async def model_ready(request: web.Request) -> web.Response:
         name = request.match_info["model"]
-        ready = [i for i in await cache.index() if i["name"] == name]
-        if not ready:
-            raise NotFound(f"unknown model {name!r}")
-        return web.json_response({"name": name, "ready": ready[0]["state"] == "READY"})
+        return web.json_response({"name": name, "ready": await cache.ready(name)})
 
     @routes.get("/v2/models/{model}/stats")
     async def model_stats(request: web.Request) -> web.Response:
