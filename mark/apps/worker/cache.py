@@ -468,11 +468,13 @@ class ModelCache:
                 free += e.resident.size_bytes if e.resident else 0
         if free < need_bytes:
             waits = [e.last_used_s + self.settings.protect_s - now for e in others]
-            protected = [e.name for e in others if e not in chosen]
+            pinned = sorted(e.name for e in self._entries.values() if e.pinned and e.resident)
+            active = sorted(e.name for e in others if e not in chosen)
             raise ModelUnavailable(
-                f"no room for {entry.name!r} ({need_bytes} bytes, {free} free at most): the "
-                f"other models are pinned or in active rotation ({', '.join(protected) or '-'} "
-                f"served in the last {self.settings.protect_s:g} s)",
+                f"no room for {entry.name!r} ({need_bytes} bytes, {free} free at most) without "
+                f"evicting a pinned model ({', '.join(pinned) or 'none'}) or one in active "
+                f"rotation, used in the last {self.settings.protect_s:g} s "
+                f"({', '.join(active) or 'none'})",
                 min(waits, default=self.settings.protect_s),
             )
         for e in chosen:
