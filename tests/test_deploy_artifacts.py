@@ -60,7 +60,7 @@ IMPLIED_ACTIONS = {
     "iam:CreateServiceLinkedRole": "the first spot or EC2 Fleet launch creates AWS's own role",
 }
 # botocore operation names that IAM authorises under another action name.
-IAM_ACTION_OF = {"lambda:Invoke": "lambda:InvokeFunction"}
+IAM_ACTION_OF = {"lambda:Invoke": "lambda:InvokeFunction", "s3:ListObjectsV2": "s3:ListBucket"}
 
 
 def unavailable(what: str) -> None:
@@ -658,13 +658,20 @@ def test_iam_policies_grant_every_boto3_call_of_the_code_and_nothing_else() -> N
     assert set(calls) == {
         "provisioner/adapters/ec2/cloud.py",
         "provisioner/adapters/serverless/lambda_pool.py",
+        "mark/adapters/model_store/s3.py",
     }
     assert {"ec2:RunInstances", "ec2:TerminateInstances"} <= calls[
         "provisioner/adapters/ec2/cloud.py"
     ]
     assert calls["provisioner/adapters/serverless/lambda_pool.py"] == {"lambda:InvokeFunction"}
+    assert calls["mark/adapters/model_store/s3.py"] == {"s3:ListBucket", "s3:GetObject"}
     granted: set[str] = set()
-    for policy in ("mark-ec2-policy.json", "mark-lambda-invoke-policy.json"):
+    policies = (
+        "mark-ec2-policy.json",
+        "mark-lambda-invoke-policy.json",
+        "mark-model-store-policy.json",
+    )
+    for policy in policies:
         for statement in json.loads((DEPLOY / "iam" / policy).read_text())["Statement"]:
             assert statement["Effect"] == "Allow"
             listed = statement["Action"]

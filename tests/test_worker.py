@@ -131,6 +131,10 @@ async def test_onnx_and_sklearn_artifacts(tmp_path: Path) -> None:
         (["--model", "torchscript:/nonexistent.pt"], "does not exist"),
         (["--model", "weird:thing"], "unknown artifact kind"),
         (["--model", "demo=builtin:mlp", "--instance-type", "p2.xlarge"], "no profile"),
+        ([], "give --model, --store"),
+        (["--store", "/nonexistent/store"], "does not exist"),
+        (["--store", "s3:///x"], "names no bucket"),
+        (["--model", "builtin:mlp", "--memory-budget-bytes", "100"], "whole budget"),
     ],
 )
 def test_refuses_with_a_clear_error(args: list[str], fragment: str) -> None:

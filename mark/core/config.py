@@ -47,6 +47,7 @@ __all__ = [
     "ForecastConfig",
     "BatchingConfig",
     "SpillConfig",
+    "WorkerConfig",
     "load_config",
     "ENV_PREFIX",
     "ENV_SHORTCUTS",
@@ -216,6 +217,23 @@ class SpillConfig(_Section):
     throttle_backoff_ms: Annotated[float, Field(ge=0)] = 100.0  # pool full after a throttle
 
 
+class WorkerConfig(_Section):
+    """`mark worker`'s model cache (mark/apps/worker/cache.py): models load on demand from the
+    store (a directory or `s3://bucket/prefix`; unset: only the `--model` ones) within the memory
+    budget (unset: unbounded); the least recently used move to the disk tier (`cache_dir`, unset:
+    a temporary directory) and leave it past its budget. A model that served a request in the
+    last `protect_s`, or that is pinned, is never evicted. Loaded artifacts are polled every
+    `poll_s` (0: never) and a changed one is reloaded live."""
+
+    store: str | None = None
+    store_endpoint_url: str | None = None
+    memory_budget_bytes: Annotated[int, Field(ge=1)] | None = None
+    disk_budget_bytes: Annotated[int, Field(ge=1)] = 10 * 2**30
+    cache_dir: str | None = None
+    protect_s: Annotated[float, Field(ge=0)] = 60.0
+    poll_s: Annotated[float, Field(ge=0)] = 10.0
+
+
 class Config(BaseSettings):
     """The whole configuration, one validated section per part of the system."""
 
@@ -232,6 +250,7 @@ class Config(BaseSettings):
     forecast: ForecastConfig = ForecastConfig()
     batching: BatchingConfig = BatchingConfig()
     spill: SpillConfig = SpillConfig()
+    worker: WorkerConfig = WorkerConfig()
 
     @model_validator(mode="after")
     def _cross_checks(self) -> Config:

@@ -1,11 +1,16 @@
 """`mark worker`: run the reference KServe v2 model server (what local instances are).
 
     mark worker --model demo=builtin:mlp --port 0 --instance-type c5.large
+    mark worker --store s3://bucket/models --memory-budget-bytes 4000000000 --port 8080
 
-`--model [NAME=]ARTIFACT` may repeat; `--port 0` picks a free port. The worker has no
-authentication, so it listens on loopback unless `--allow-remote` lets `--host` name another
-address. Once serving, the worker prints one line `mark-worker listening on http://HOST:PORT` to
-stdout (the local cloud reads the port from it) and stops cleanly on SIGTERM or SIGINT.
+`--model [NAME=]ARTIFACT` may repeat: those models load at start and stay (pinned). With
+`--store` (a directory or s3://bucket/prefix) any model the store holds loads on its first request
+within `--memory-budget-bytes` (mark/apps/worker/cache.py); the cache's flags override the
+`[worker]` section of `--config FILE` and its `MARK_WORKER__...` environment. `--port 0` picks a
+free port. The worker has no authentication, so it listens on loopback unless `--allow-remote`
+lets `--host` name another address. Once serving, the worker prints one line
+`mark-worker listening on http://HOST:PORT` to stdout (the local cloud reads the port from it)
+and stops cleanly on SIGTERM or SIGINT.
 """
 
 from __future__ import annotations
@@ -14,8 +19,11 @@ import argparse
 import asyncio
 import ipaddress
 import json
+import os
+import shutil
 import signal
 import socket
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -32,9 +40,39 @@ def register(subparsers: Any) -> None:
     parser.add_argument(
         "--model",
         action="append",
-        required=True,
+        default=[],
         metavar="[NAME=]ARTIFACT",
-        help="builtin:mlp, onnx:PATH, sklearn:PATH or torchscript:PATH (repeatable)",
+        help="builtin:mlp, onnx:PATH, sklearn:PATH or torchscript:PATH, loaded at start and "
+        "pinned (repeatable)",
+    )
+    parser.add_argument("--config", default=None, metavar="FILE", help="TOML with [worker]")
+    cache = parser.add_argument_group("model cache (the [worker] config section)")
+    cache.add_argument(
+        "--store", default=None, help="model store: a directory or s3://bucket/prefix"
+    )
+    cache.add_argument("--store-endpoint-url", default=None, help="S3 endpoint (an emulator)")
+    cache.add_argument(
+        "--memory-budget-bytes", type=int, default=None, help="memory for models (default: no cap)"
+    )
+    cache.add_argument(
+        "--disk-budget-bytes", type=int, default=None, help="disk tier size (default 10 GiB)"
+    )
+    cache.add_argument(
+        "--cache-dir",
+        default=None,
+        help="where the disk tier lives (default: a temporary directory)",
+    )
+    cache.add_argument(
+        "--protect-s",
+        type=float,
+        default=None,
+        help="a model that served a request this recently is never evicted (default 60)",
+    )
+    cache.add_argument(
+        "--poll-s",
+        type=float,
+        default=None,
+        help="seconds between store polls for live reload (default 10; 0: off)",
     )
     parser.add_argument("--port", type=int, required=True, help="TCP port (0: any free port)")
     parser.add_argument(
@@ -124,29 +162,65 @@ def parse_profiles(raw: str | None) -> dict[str, Any]:
         raise InvalidValue("profiles", f"not a JSON object of profiles: {exc}") from exc
 
 
-async def _serve(args: argparse.Namespace) -> None:
+_CACHE_FLAGS = (
+    "store",
+    "store_endpoint_url",
+    "memory_budget_bytes",
+    "disk_budget_bytes",
+    "cache_dir",
+    "protect_s",
+    "poll_s",
+)
+
+
+def _settings(args: argparse.Namespace) -> Any:
+    """The [worker] section: --config and the environment, the cache flags over them."""
+    from mark.core.config import load_config
+
+    flags = {k: getattr(args, k) for k in _CACHE_FLAGS if getattr(args, k) is not None}
+    return load_config(args.config, worker=flags).worker
+
+
+async def _serve(args: argparse.Namespace, settings: Any, cache_dir: Path) -> None:
     from importlib.metadata import version
 
     from aiohttp import web
 
-    from mark.apps.worker.loaders import load_model
+    from mark.adapters.model_store import open_store
+    from mark.apps.worker.cache import ModelCache
+    from mark.apps.worker.loaders import ServedModel
     from mark.apps.worker.pacing import resolve_profiles
+    from mark.apps.worker.runner import ModelRunner
     from mark.apps.worker.server import SERVER_NAME, build_app
     from mark.core.errors import InvalidValue
 
     specs = parse_model_specs(args.model)
+    if not specs and settings.store is None:
+        raise InvalidValue("model", "give --model, --store (or [worker] store), or both")
     explicit = parse_profiles(args.profiles)
     if explicit and args.instance_type is None:
         raise InvalidValue("profiles", "--profiles needs --instance-type")
-    profiles = resolve_profiles(specs, args.instance_type, explicit) if args.instance_type else {}
-    models = [load_model(name, artifact) for name, artifact in specs.items()]
-    app = build_app(
-        models,
-        profiles=profiles,
-        max_batch=args.max_batch,
-        max_body_mb=args.max_body_mb,
-        version=version("mark"),
-    )
+    if args.instance_type:
+        resolve_profiles(specs, args.instance_type, explicit)  # refuse a bad type at start
+
+    def make_runner(model: ServedModel, model_version: str) -> ModelRunner:
+        """A stored model is paced like a --model one: its explicit or catalog profile."""
+        profile = None
+        if args.instance_type:
+            named = {model.name: specs.get(model.name, "store")}
+            profile = resolve_profiles(named, args.instance_type, explicit)[model.name]
+        return ModelRunner(model, profile=profile, max_batch=args.max_batch, version=model_version)
+
+    store = None
+    if settings.store is not None:
+        store = open_store(settings.store, endpoint_url=settings.store_endpoint_url)
+    cache = ModelCache(settings, store, specs, cache_dir, make_runner)
+    try:
+        await cache.start()
+    except BaseException:
+        await cache.close()
+        raise
+    app = build_app(cache, max_body_mb=args.max_body_mb, version=version("mark"))
     runner = web.AppRunner(app, access_log=None, handle_signals=False)
     await runner.setup()
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
@@ -167,10 +241,22 @@ async def _serve(args: argparse.Namespace) -> None:
 
 def run(args: argparse.Namespace) -> int:
     require_loopback(args.host, args.allow_remote)
+    # before prometheus_client is imported: a worker that `mark serve` started must keep its
+    # metrics to itself, not write them into the front end's multiprocess files
+    os.environ.pop("PROMETHEUS_MULTIPROC_DIR", None)
+    settings = _settings(args)
+    parent = settings.cache_dir
+    if parent is not None:
+        Path(parent).mkdir(parents=True, exist_ok=True)
+    # the disk tier of this process only: a previous run's files are not trusted or counted
+    cache_dir = Path(tempfile.mkdtemp(prefix="mark-worker-cache-", dir=parent))
     try:
-        import uvloop
-    except ImportError:
-        asyncio.run(_serve(args))
-    else:
-        uvloop.run(_serve(args))
+        try:
+            import uvloop
+        except ImportError:
+            asyncio.run(_serve(args, settings, cache_dir))
+        else:
+            uvloop.run(_serve(args, settings, cache_dir))
+    finally:
+        shutil.rmtree(cache_dir, ignore_errors=True)
     return 0

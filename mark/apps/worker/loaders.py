@@ -40,13 +40,18 @@ Predict = Callable[[Mapping[str, np.ndarray]], dict[str, np.ndarray]]
 @dataclass(frozen=True, slots=True)
 class ServedModel:
     """A loaded model: its v2 metadata and a batch predict function (inputs by name in, outputs
-    by name out, all with the batch on dimension 0)."""
+    by name out, all with the batch on dimension 0).
+
+    `size_bytes` is the memory the worker's budget charges it, a lower bound: the artifact
+    file's bytes (the weights a loader reads into memory), or for builtin:mlp its arrays' bytes;
+    a runtime's own arenas and Python's object overhead are not counted."""
 
     name: str
     platform: str
     inputs: tuple[TensorMeta, ...]
     outputs: tuple[TensorMeta, ...]
     predict: Predict
+    size_bytes: int
 
 
 def default_name(artifact: str) -> str:
@@ -72,6 +77,7 @@ def _builtin_mlp(name: str) -> ServedModel:
         (TensorMeta("input", "FP32", (-1, 16)),),
         (TensorMeta("output", "FP32", (-1, 4)),),
         predict,
+        sum(a.nbytes for a in (w1, b1, w2, b2)),
     )
 
 
@@ -96,7 +102,7 @@ def _onnx(name: str, path: Path) -> ServedModel:
     def predict(feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         return dict(zip(names, session.run(names, dict(feeds)), strict=True))
 
-    return ServedModel(name, "onnxruntime_onnx", inputs, outputs, predict)
+    return ServedModel(name, "onnxruntime_onnx", inputs, outputs, predict, path.stat().st_size)
 
 
 def _label_type(values: np.ndarray) -> str:
@@ -141,6 +147,7 @@ def _sklearn(name: str, path: Path) -> ServedModel:
         (TensorMeta("input", "FP32", (-1, int(features))),),
         tuple(outputs),
         predict,
+        path.stat().st_size,
     )
 
 
@@ -164,6 +171,7 @@ def _torchscript(name: str, path: Path) -> ServedModel:
         (TensorMeta("input", "FP32", (-1, -1)),),
         (TensorMeta("output", "FP32", (-1, -1)),),
         predict,
+        path.stat().st_size,
     )
 
 

@@ -3,169 +3,73 @@
 Open Inference Protocol over HTTP (aiohttp.web, light to start): health, server and model
 metadata, `POST /v2/models/{m}/infer` (JSON or binary tensor data), plus TF Serving's
 `POST /v1/models/{m}:predict` so the front end's TF Serving backend path has a real server.
+Batch execution and pacing are the runner's (runner.py); which models are in memory is the
+cache's (cache.py): a request for a stored model that is not loaded loads it first.
 
-Server-side batch execution: each model has `parallelism` executors; an idle executor takes the
-oldest waiting request and the waiting requests it can concatenate with (same batch key, at most
-`max_batch` rows, FIFO within the key: `provisioner.policy.batching.take_batch`, the front end's
-rule) and runs them as one call. Requests that arrive while a batch runs
-therefore form the next batch, with no added wait when the server is idle.
+The model repository extension, in the shapes Triton documents
+(triton-inference-server/server docs/protocol/extension_model_repository.md) and MLServer serves
+(mlserver/rest/app.py, mlserver/handlers/model_repository.py, mlserver/types/model_repository.py):
+`POST /v2/repository/index` (body `{"ready": bool}` optional) answers a JSON array of
+`{"name", "version" (when loaded), "state", "reason"}`, state READY, LOADING or UNAVAILABLE;
+`POST /v2/repository/models/{m}/load` and `.../unload` answer 200 with an empty body, errors
+`{"error": ...}`. A model loaded through the API is pinned (never evicted) until unloaded.
+`GET /v2` adds `model_repository` to the extensions and the cache's budgets and loaded models
+(bytes, load time) under `cache`; `GET /metrics` is Prometheus text (metrics.py).
 
-Pacing (`profiles`): with a profile T(b) = a + c*b for the instance type being imitated, each
-batch of b rows takes at least T(b) ms, so one machine can stand in for a heterogeneous fleet with
-the service times the planner assumes (MArk treats them as deterministic).
+Statuses: unknown model 404; larger than the whole memory budget 422; no room without evicting a
+protected model, or an artifact missing or failing to load, 503 with Retry-After and the reason.
 """
 
 from __future__ import annotations
 
-import asyncio
 import json
-import time
-from collections import Counter, deque
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import Any
+from collections.abc import Awaitable, Callable
 
 from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 
+from mark.apps.worker.cache import ModelCache, ModelTooLarge, ModelUnavailable
 from mark.apps.worker.loaders import ServedModel
+from mark.apps.worker.runner import InferenceFailed
+from mark.core.errors import NotFound
 from mark.core.protocol import (
     HEADER_LENGTH,
     InferRequest,
-    InferResponse,
     ProtocolError,
-    Tensor,
-    batch_key,
-    batch_size,
-    concat,
     encode_tf_response,
     encode_v2_response,
     parse_header_length,
     parse_tf_request,
     parse_v2_request,
-    split,
     validate,
 )
-from mark.core.types import Profile
-from provisioner.policy.batching import take_batch
 
-__all__ = ["ModelRunner", "WorkerStats", "build_app", "SERVER_NAME"]
+__all__ = ["build_app", "SERVER_NAME"]
 
 SERVER_NAME = "mark-worker"
 _JSON = "application/json"
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
-@dataclass(slots=True)
-class WorkerStats:
-    """Counts a test or an operator can read at `GET /v2/models/{m}/stats`."""
-
-    requests: int = 0
-    batches: int = 0
-    batch_rows: Counter[int] = field(default_factory=Counter)
-
-    def to_json(self) -> dict[str, object]:
-        return {
-            "requests": self.requests,
-            "batches": self.batches,
-            "batch_rows": {str(k): v for k, v in sorted(self.batch_rows.items())},
-        }
+def _error(status: int, message: str, headers: dict[str, str] | None = None) -> web.Response:
+    return web.json_response({"error": message}, status=status, headers=headers)
 
 
-@dataclass(slots=True)
-class _Waiting:
-    request: InferRequest
-    rows: int
-    key: tuple[Any, ...] | None  # batch_key, computed once at arrival
-    future: asyncio.Future[InferResponse]
+def _cache_errors(handler: Handler) -> Handler:
+    """The cache's refusals as the statuses of the module docstring."""
 
-
-class InferenceFailed(Exception):
-    """The model raised on a single request's inputs (answered 400: the inputs are at fault)."""
-
-
-class ModelRunner:
-    """Queue and executors of one served model."""
-
-    def __init__(self, model: ServedModel, *, profile: Profile | None, max_batch: int) -> None:
-        self.model = model
-        self.profile = profile
-        self.max_batch = max_batch
-        self.stats = WorkerStats()
-        self._waiting: deque[_Waiting] = deque()
-        self._ready = asyncio.Event()
-        self._tasks = [
-            asyncio.create_task(self._execute_forever())
-            for _ in range(profile.parallelism if profile else 1)
-        ]
-
-    async def close(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-
-    async def infer(self, request: InferRequest) -> InferResponse:
-        future: asyncio.Future[InferResponse] = asyncio.get_running_loop().create_future()
-        self._waiting.append(
-            _Waiting(request, batch_size(request) or 1, batch_key(request), future)
-        )
-        self._ready.set()
-        return await future
-
-    async def _execute_forever(self) -> None:
-        while True:
-            while not self._waiting:
-                self._ready.clear()
-                await self._ready.wait()
-            batch = [w for w in take_batch(self._waiting, self.max_batch) if not w.future.done()]
-            if batch:
-                await self._execute(batch)
-
-    def _run(self, request: InferRequest) -> InferResponse:
-        raw = self.model.predict({t.name: t.array for t in request.inputs})
-        wanted = {o.name for o in request.outputs}
-        return InferResponse(
-            tuple(
-                Tensor(meta.name, meta.datatype, raw[meta.name])
-                for meta in self.model.outputs
-                if not wanted or meta.name in wanted
-            ),
-            self.model.name,
-            "1",
-        )
-
-    async def _execute(self, batch: Sequence[_Waiting]) -> None:
-        started = time.perf_counter()
-        rows = sum(w.rows for w in batch)
-        self.stats.requests += len(batch)
-        self.stats.batches += 1
-        self.stats.batch_rows[rows] += 1
+    async def guarded(request: web.Request) -> web.StreamResponse:
         try:
-            answers: list[InferResponse | Exception] = list(
-                split(self._run(concat([w.request for w in batch])), [w.rows for w in batch])
-            )
-        except Exception:  # find the request at fault, answer the others
-            answers = []
-            for w in batch:
-                try:
-                    answers.append(self._run(w.request))
-                except Exception as exc:  # the model rejected these inputs
-                    answers.append(InferenceFailed(f"model {self.model.name} failed: {exc}"))
-        if self.profile is not None:
-            remaining_s = self.profile.service_ms(rows) / 1000.0 - (time.perf_counter() - started)
-            if remaining_s > 0:
-                await asyncio.sleep(remaining_s)
-        for w, answer in zip(batch, answers, strict=True):
-            if w.future.done():
-                continue
-            if isinstance(answer, Exception):
-                w.future.set_exception(answer)
-            else:
-                w.future.set_result(
-                    InferResponse(answer.outputs, self.model.name, "1", w.request.id)
-                )
+            return await handler(request)
+        except NotFound as exc:
+            return _error(404, str(exc))
+        except ModelTooLarge as exc:
+            return _error(422, str(exc))
+        except ModelUnavailable as exc:
+            retry = {"Retry-After": str(exc.retry_after_s)}
+            return _error(503, f"model {request.match_info['model']!r}: {exc.reason}", retry)
 
-
-def _error(status: int, message: str) -> web.Response:
-    return web.json_response({"error": message}, status=status)
+    return guarded
 
 
 def _check_outputs(request: InferRequest, model: ServedModel) -> None:
@@ -175,39 +79,16 @@ def _check_outputs(request: InferRequest, model: ServedModel) -> None:
             raise ProtocolError(f"unknown output {out.name!r}; the model has {sorted(known)}")
 
 
-def build_app(
-    models: Sequence[ServedModel],
-    *,
-    profiles: Mapping[str, Profile] | None = None,
-    max_batch: int = 64,
-    max_body_mb: float = 64.0,
-    version: str = "0.1.0",
-) -> web.Application:
-    """The worker's aiohttp application serving `models` (runners start on app startup)."""
+def build_app(cache: ModelCache, *, max_body_mb: float = 64.0, version: str) -> web.Application:
+    """The worker's aiohttp application over `cache` (started by the caller, closed on the
+    app's cleanup)."""
     app = web.Application(client_max_size=int(max_body_mb * 1024 * 1024))
-    runners: dict[str, ModelRunner] = {}
     routes = web.RouteTableDef()
 
-    async def start(_: web.Application) -> None:
-        for m in models:
-            runners[m.name] = ModelRunner(
-                m, profile=(profiles or {}).get(m.name), max_batch=max_batch
-            )
-
     async def stop(_: web.Application) -> None:
-        await asyncio.gather(*(r.close() for r in runners.values()))
+        await cache.close()
 
-    app.on_startup.append(start)
     app.on_cleanup.append(stop)
-
-    def runner_of(request: web.Request) -> ModelRunner:
-        name = request.match_info["model"]
-        runner = runners.get(name)
-        if runner is None:
-            raise web.HTTPNotFound(
-                text=json.dumps({"error": f"unknown model {name!r}"}), content_type=_JSON
-            )
-        return runner
 
     @routes.get("/v2/health/live")
     @routes.get("/v2/health/ready")
@@ -217,42 +98,60 @@ def build_app(
     @routes.get("/v2")
     async def server_metadata(_: web.Request) -> web.Response:
         return web.json_response(
-            {"name": SERVER_NAME, "version": version, "extensions": ["binary_tensor_data"]}
-        )
-
-    @routes.get("/v2/models/{model}")
-    async def model_metadata(request: web.Request) -> web.Response:
-        m = runner_of(request).model
-        return web.json_response(
             {
-                "name": m.name,
-                "versions": ["1"],
-                "platform": m.platform,
-                "inputs": [t.to_json() for t in m.inputs],
-                "outputs": [t.to_json() for t in m.outputs],
+                "name": SERVER_NAME,
+                "version": version,
+                "extensions": ["binary_tensor_data", "model_repository"],
+                "cache": cache.describe(),
             }
         )
 
+    @routes.get("/metrics")
+    async def prometheus(_: web.Request) -> web.Response:
+        return web.Response(
+            body=generate_latest(REGISTRY), headers={"Content-Type": CONTENT_TYPE_LATEST}
+        )
+
+    @routes.get("/v2/models/{model}")
+    @_cache_errors
+    async def model_metadata(request: web.Request) -> web.Response:
+        async with cache.serving(request.match_info["model"]) as runner:
+            m = runner.model
+            return web.json_response(
+                {
+                    "name": m.name,
+                    "versions": [runner.version],
+                    "platform": m.platform,
+                    "inputs": [t.to_json() for t in m.inputs],
+                    "outputs": [t.to_json() for t in m.outputs],
+                }
+            )
+
     @routes.get("/v2/models/{model}/ready")
+    @_cache_errors
     async def model_ready(request: web.Request) -> web.Response:
-        runner_of(request)
-        return web.json_response({"name": request.match_info["model"], "ready": True})
+        name = request.match_info["model"]
+        return web.json_response({"name": name, "ready": await cache.ready(name)})
 
     @routes.get("/v2/models/{model}/stats")
     async def model_stats(request: web.Request) -> web.Response:
-        return web.json_response(runner_of(request).stats.to_json())
+        runner = cache.runner(request.match_info["model"])
+        if runner is None:
+            return _error(404, f"model {request.match_info['model']!r} is not loaded")
+        return web.json_response(runner.stats.to_json())
 
     @routes.post("/v2/models/{model}/infer")
+    @_cache_errors
     async def infer(request: web.Request) -> web.Response:
-        runner = runner_of(request)
-        try:
-            length = parse_header_length(request.headers.get(HEADER_LENGTH))
-            parsed = parse_v2_request(await request.read(), length)
-            validate(parsed, runner.model.inputs)
-            _check_outputs(parsed, runner.model)
-            answer = await runner.infer(parsed)
-        except (ProtocolError, InferenceFailed) as exc:
-            return _error(400, getattr(exc, "message", str(exc)))
+        async with cache.serving(request.match_info["model"]) as runner:
+            try:
+                length = parse_header_length(request.headers.get(HEADER_LENGTH))
+                parsed = parse_v2_request(await request.read(), length)
+                validate(parsed, runner.model.inputs)
+                _check_outputs(parsed, runner.model)
+                answer = await runner.infer(parsed)
+            except (ProtocolError, InferenceFailed) as exc:
+                return _error(400, getattr(exc, "message", str(exc)))
         body, header_length = encode_v2_response(
             answer, parsed.binary_names([t.name for t in answer.outputs])
         )
@@ -265,15 +164,40 @@ def build_app(
         )
 
     @routes.post("/v1/models/{model}:predict")
+    @_cache_errors
     async def tf_predict(request: web.Request) -> web.Response:
-        runner = runner_of(request)
-        try:
-            parsed, fmt = parse_tf_request(await request.read(), runner.model.inputs)
-            validate(parsed, runner.model.inputs)
-            answer = await runner.infer(parsed)
-        except (ProtocolError, InferenceFailed) as exc:
-            return _error(400, getattr(exc, "message", str(exc)))
+        async with cache.serving(request.match_info["model"]) as runner:
+            try:
+                parsed, fmt = parse_tf_request(await request.read(), runner.model.inputs)
+                validate(parsed, runner.model.inputs)
+                answer = await runner.infer(parsed)
+            except (ProtocolError, InferenceFailed) as exc:
+                return _error(400, getattr(exc, "message", str(exc)))
         return web.Response(body=encode_tf_response(answer, fmt), content_type=_JSON)
+
+    @routes.post("/v2/repository/index")
+    async def repository_index(request: web.Request) -> web.Response:
+        raw = await request.read()
+        try:
+            body = json.loads(raw) if raw.strip() else {}
+            ready_only = body.get("ready", False) if isinstance(body, dict) else None
+        except ValueError:
+            ready_only = None
+        if not isinstance(ready_only, bool):
+            return _error(400, 'the index request is a JSON object {"ready": boolean}')
+        return web.json_response(await cache.index(ready_only=ready_only))
+
+    @routes.post("/v2/repository/models/{model}/load")
+    @_cache_errors
+    async def repository_load(request: web.Request) -> web.Response:
+        await cache.load(request.match_info["model"])
+        return web.Response(status=200)
+
+    @routes.post("/v2/repository/models/{model}/unload")
+    @_cache_errors
+    async def repository_unload(request: web.Request) -> web.Response:
+        await cache.unload(request.match_info["model"])
+        return web.Response(status=200)
 
     app.add_routes(routes)
     return app

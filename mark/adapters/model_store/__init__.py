@@ -1,0 +1,88 @@
+"""Model stores: where `mark worker` finds the artifacts it loads on demand (issue 19).
+
+A store holds one file per model, `<model><suffix>`, the suffix naming the loader as
+`mark worker --model` spells it (`.onnx` onnx, `.joblib` or `.pkl` sklearn, `.pt` torchscript).
+Two stores behind one seam, chosen by URL: a local directory (a path, the default kind) and S3
+(`s3://bucket/prefix`) through boto3, where tests differ from production only in `endpoint_url`
+(moto's server on loopback). Every stored model carries a version token that changes when its
+artifact does (mtime and size locally, the ETag on S3): the worker polls it to reload live.
+The calls block (boto3 does), so the worker runs them in a thread.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+from mark.core.errors import InvalidValue
+from mark.core.types import MODEL_NAME_PATTERN
+
+__all__ = ["ModelStore", "StoredModel", "SUFFIX_KINDS", "open_store", "split_name", "valid_name"]
+
+SUFFIX_KINDS = {".onnx": "onnx", ".joblib": "sklearn", ".pkl": "sklearn", ".pt": "torchscript"}
+
+
+@dataclass(frozen=True, slots=True)
+class StoredModel:
+    """One model in a store: `key` is its file's path or object key, `kind` its loader."""
+
+    name: str
+    key: str
+    kind: str
+    size_bytes: int
+    version: str
+
+
+class ModelStore(Protocol):
+    """Read-only access to stored artifacts. `stat` and `fetch` raise NotFound for a model the
+    store does not hold (any more); other failures (network, permissions) raise their own error,
+    which the worker reports as the model's reason."""
+
+    url: str
+
+    def list(self) -> list[StoredModel]:
+        """Every model the store holds, by name."""
+        ...
+
+    def stat(self, name: str) -> StoredModel:
+        """The model's current entry (one HEAD or stat, no download)."""
+        ...
+
+    def fetch(self, model: StoredModel, dest: Path) -> StoredModel:
+        """Write the artifact to `dest` whole (a temporary file renamed, so a reader never sees
+        half of it) and return the entry of the bytes written, whose version may be newer than
+        `model`'s when the artifact changed in between."""
+        ...
+
+
+def valid_name(name: str) -> bool:
+    """A model name as Mark registers them (MODEL_NAME_PATTERN): never a path, so a name from
+    a URL cannot reach outside the store."""
+    return re.match(MODEL_NAME_PATTERN, name) is not None
+
+
+def split_name(filename: str) -> tuple[str, str] | None:
+    """(model name, loader kind) of a stored file name, or None for a file that is no model."""
+    path = Path(filename)
+    kind = SUFFIX_KINDS.get(path.suffix.lower())
+    if kind is None or not valid_name(path.stem):
+        return None
+    return path.stem, kind
+
+
+def open_store(url: str, *, endpoint_url: str | None = None) -> ModelStore:
+    """The store `url` names: `s3://bucket[/prefix]` or a local directory."""
+    if url.startswith("s3://"):
+        from mark.adapters.model_store.s3 import S3Store
+
+        bucket, _, prefix = url.removeprefix("s3://").partition("/")
+        if not bucket:
+            raise InvalidValue("store", f"{url!r} names no bucket (s3://bucket/prefix)")
+        return S3Store(bucket, prefix, endpoint_url=endpoint_url)
+    if "://" in url:
+        raise InvalidValue("store", f"{url!r}: a store is a directory or s3://bucket/prefix")
+    from mark.adapters.model_store.local import LocalStore
+
+    return LocalStore(Path(url))

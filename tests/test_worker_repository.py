@@ -1,0 +1,78 @@
+"""The KServe v2 model repository extension on a real `mark worker` (Triton's and MLServer's
+shapes): index, load, unload, pinning, and the cache in the server metadata and metrics."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import aiohttp
+
+from tests.dataplane import workers
+from tests.model_artifacts import index, infer, samples, write_model
+
+
+async def test_index_load_unload_round_trip_and_pinning(tmp_path: Path) -> None:
+    store = tmp_path / "store"
+    store.mkdir()
+    size = write_model(store, "m1", 1.0).stat().st_size
+    write_model(store, "m2", 2.0)
+    config = tmp_path / "worker.toml"
+    # the pinned builtin (2,704 bytes of weights) plus one stored model fit, not two
+    config.write_text(f"[worker]\nmemory_budget_bytes = {2704 + size + size // 2}\n")
+    args = ["--model", "demo=builtin:mlp", "--store", str(store), "--config", str(config),
+            "--protect-s", "0", "--poll-s", "0"]  # fmt: skip
+    async with workers(args) as [w], aiohttp.ClientSession() as s:
+        idx = await index(s, w.endpoint)
+        assert idx == {
+            "demo": {"name": "demo", "version": "1", "state": "READY", "reason": ""},
+            "m1": {"name": "m1", "state": "UNAVAILABLE", "reason": "not loaded"},
+            "m2": {"name": "m2", "state": "UNAVAILABLE", "reason": "not loaded"},
+        }
+        async with s.get(f"{w.endpoint}/v2/models/m1/ready") as r:
+            assert r.status == 200 and (await r.json())["ready"] is False
+        async with s.get(f"{w.endpoint}/v2/models/nope/ready") as r:
+            assert r.status == 404
+        async with s.post(f"{w.endpoint}/v2/repository/models/m1/load") as r:
+            assert r.status == 200 and await r.read() == b""
+        async with s.get(f"{w.endpoint}/v2/models/m1/ready") as r:
+            assert (await r.json())["ready"] is True
+        assert set(await index(s, w.endpoint, ready=True)) == {"demo", "m1"}
+        async with s.get(f"{w.endpoint}/v2") as r:
+            meta = await r.json()
+        assert "model_repository" in meta["extensions"]
+        cache = meta["cache"]
+        loaded = {m["name"]: m for m in cache["models"]}
+        assert set(loaded) == {"demo", "m1"}
+        assert loaded["m1"]["bytes"] == size and loaded["m1"]["pinned"] is True
+        assert loaded["m1"]["load_seconds"] > 0 and loaded["m1"]["loads"] == 1
+        assert loaded["demo"]["bytes"] == 2704
+        assert cache["memory_used_bytes"] == 2704 + size
+        assert cache["memory_budget_bytes"] == 2704 + size + size // 2
+
+        # m1 is pinned by the API: with no protection window it still is not evicted for m2
+        status, doc, headers = await infer(s, w.endpoint, "m2")
+        assert status == 503 and "pinned" in doc["error"] and "Retry-After" in headers
+        async with s.post(f"{w.endpoint}/v2/repository/models/m1/unload") as r:
+            assert r.status == 200 and await r.read() == b""
+        idx = await index(s, w.endpoint)
+        assert idx["m1"] == {"name": "m1", "state": "UNAVAILABLE", "reason": "unloaded"}
+        status, doc, _ = await infer(s, w.endpoint, "m2")
+        assert status == 200 and doc["model_version"] == "1"
+        m = await samples(s, w.endpoint)
+        assert m[("mark_worker_model_evictions_total", "model=m1,reason=unload,tier=memory")] == 1
+        assert m[("mark_worker_model_resident_bytes", "model=m2")] == size
+        assert m[("mark_worker_model_resident_bytes", "model=m1")] == 0
+        assert m[("mark_worker_cache_requests_total", "model=m2,result=refused")] == 1
+        assert m[("mark_worker_cache_requests_total", "model=m2,result=miss")] == 1
+
+        # unloaded, unpinned: a request loads it back lazily, evicting the idle m2
+        status, doc, _ = await infer(s, w.endpoint, "m1")
+        assert status == 200 and doc["model_version"] == "1"  # the same artifact
+        assert (await index(s, w.endpoint))["m2"]["state"] == "UNAVAILABLE"
+
+        for path, status in [("/v2/repository/models/nope/load", 404),
+                             ("/v2/repository/models/nope/unload", 404)]:  # fmt: skip
+            async with s.post(f"{w.endpoint}{path}") as r:
+                assert r.status == status and "unknown model" in (await r.json())["error"]
+        async with s.post(f"{w.endpoint}/v2/repository/index", data=b"[1]") as r:
+            assert r.status == 400 and "error" in await r.json()
