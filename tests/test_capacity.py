@@ -185,21 +185,18 @@ def one_instance(name: str, instance_type: str, rate: float, requests: int) -> f
 
 
 @pytest.mark.parametrize(
-    ("name", "instance_type", "old_rps"),
-    [("inception-v3", "inf1.xlarge", 97.6), ("opennmt-ende", "p2.xlarge", 1.2)],
+    ("name", "instance_type"), [("inception-v3", "inf1.xlarge"), ("opennmt-ende", "p2.xlarge")]
 )
-def test_capacity_holds_in_the_simulator_and_not_much_beyond(
-    name: str, instance_type: str, old_rps: float
-) -> None:
-    """One instance at its capacity meets the SLO in the simulator, and 15% more does not.
-    The batch-unit M/D/1 said 97.6/s for inception-v3 on inf1.xlarge, which holds ~190, and
-    1.2/s for opennmt-ende on p2.xlarge, where the SLO holds only to ~0.55 (`old_rps`)."""
+def test_capacity_holds_in_the_simulator_and_not_much_beyond(name: str, instance_type: str) -> None:
+    """One instance at its capacity meets the SLO in the simulator, and 15% more does not. The
+    batch-unit M/D/1 gave 97.6/s for inception-v3 on inf1.xlarge, which holds ~190, and 1.2/s
+    for opennmt-ende on p2.xlarge, where the SLO holds only to ~0.53 (bench/bench_capacity.py
+    --compare 3edeef0)."""
     entry = CATALOG.model(name)
     profile = entry.profiles[instance_type]
     cap = capacity_rps(profile, entry.slo, entry.to_model().max_batch)
     assert one_instance(name, instance_type, cap, 100_000) >= entry.slo.percentile
     assert one_instance(name, instance_type, cap * 1.15, 100_000) < entry.slo.percentile
-    assert abs(math.log(cap / old_rps)) > math.log(1.5)
 
 
 def test_unbatched_capacity_holds_in_simulation() -> None:
