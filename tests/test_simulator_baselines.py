@@ -147,7 +147,7 @@ def test_nospill_spills_nothing_where_mark_spills() -> None:
 def test_noforecast_falls_behind_a_rising_trace() -> None:
     """On a steady ramp the forecaster's trend and band buy ahead of demand; planning for the
     last observed rate buys later, so more of the demand runs above the capacity."""
-    scenario = _scenario(list(np.linspace(20.0, 600.0, 30)) + [600.0] * 5)
+    scenario = _scenario(list(np.linspace(40.0, 1200.0, 30)) + [1200.0] * 5)
     runs = _runs(scenario, ["mark", "mark-noforecast"])
     assert _shortfall(runs["mark-noforecast"]) > 1.05 * _shortfall(runs["mark-ondemand"])
     assert runs["mark-noforecast"].cost_usd < runs["mark-ondemand"].cost_usd
