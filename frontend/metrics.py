@@ -37,6 +37,7 @@ __all__ = [
     "SLO",
     "INSTANCE_INFLIGHT",
     "INSTANCE_ERRORS",
+    "INSTANCE_EJECTED",
     "RETRIES",
     "SPILLS",
     "SPILL_FAILURES",
@@ -94,6 +95,14 @@ INSTANCE_ERRORS = Counter(
     "mark_instance_errors",
     "Failed calls to an instance (connection, timeout, 5xx), each followed by ejection.",
     ["model", "instance"],
+)
+INSTANCE_EJECTED = Gauge(
+    "mark_instance_ejected",
+    "1 while this front end keeps an instance out of rotation (a failed call, then failing "
+    "health checks), else 0. The control plane replaces an instance ejected for "
+    "control.unhealthy_replace_s.",
+    ["model", "instance"],
+    multiprocess_mode="livemax",
 )
 RETRIES = Counter(
     "mark_inference_retries",
