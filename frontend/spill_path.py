@@ -22,6 +22,7 @@ from collections import deque
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any
 
+from frontend import metrics
 from frontend.answers import Answer, Unavailable
 from frontend.batcher import QueuedRequest, answer_once
 from frontend.links import Link, ModelRoutes
@@ -130,7 +131,8 @@ class SpillPath:
             answer_once(q, BackendRejected(exc.status, exc.message))
             return
         except Exception as exc:  # the pool failed: the request still gets its one answer
-            if isinstance(exc, TimeoutError):
+            if isinstance(exc, TimeoutError):  # cancelled inside the monitor: count it here
+                metrics.SPILL_FAILURES.labels(q.model, reason.value).inc()
                 exc = TimeoutError(
                     f"no answer within {self._timeout_s:g} s of the request's arrival "
                     "(batching.queue_timeout_s)"

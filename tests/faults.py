@@ -87,6 +87,13 @@ async def admin_get(served: Served, path: str) -> Any:
             return await r.json()
 
 
+async def admin_post(served: Served, path: str, body: Any) -> Any:
+    async with aiohttp.ClientSession() as session:
+        async with session.post(served.base_url + path, json=body, headers=served.auth) as r:
+            assert r.status in (200, 201), await r.text()
+            return await r.json()
+
+
 async def instances(served: Served, model: str, *, all_states: bool = False) -> list[Any]:
     query = f"?model={model}" + ("&all=true" if all_states else "")
     return list((await admin_get(served, "/admin/v1/instances" + query))["instances"])

@@ -55,6 +55,7 @@ async def _one_running(served: Served) -> Any:
 
 async def _check_replaced(served: Served, victim: Any, result: Any, why: str) -> None:
     counts = result.counts
+    print(f"{REQUESTS} sent, answered {dict(counts)}, slowest {max(result.seconds):.2f} s")
     assert counts == {200: REQUESTS}, (counts, served.log()[-4000:])
 
     async def replaced() -> list[Any]:
@@ -70,6 +71,10 @@ async def _check_replaced(served: Served, victim: Any, result: Any, why: str) ->
     ends = [d for d in decisions if d["instance_id"] == victim["id"] and d["action"] == "terminate"]
     assert any(why in d["reason"] for d in ends), ends
     assert any(d["action"] == "launch" for d in decisions), decisions
+    for d in sorted(decisions, key=lambda d: d["at_s"]):
+        print(f"{d['at_s']:.1f} {d['action']} {d['instance_id']}: {d['reason'][:100]}")
+    for i in every.values():
+        print(i["id"], i["state"], i["launched_at_s"], i.get("running_at_s"))
 
 
 async def test_only_instance_sigkilled_under_load(serve_factory: Any, tmp_path: Path) -> None:
