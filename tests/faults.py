@@ -34,7 +34,7 @@ class LoadResult:
 
 
 async def bounded_load(
-    served: Served,
+    base_url: str,
     model: str,
     *,
     requests: int,
@@ -46,7 +46,7 @@ async def bounded_load(
     """`requests` requests from `concurrency` closed-loop clients, each with a client timeout of
     `timeout_s`; `fault` runs once, when `fault_after` requests have been answered. Every
     request sent is counted once in the result, answered or not."""
-    url = f"{served.base_url}/v2/models/{model}/infer"
+    url = f"{base_url}/v2/models/{model}/infer"
     result = LoadResult([0] * requests, [0.0] * requests)
     next_index = 0
     answered = 0

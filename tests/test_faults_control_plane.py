@@ -78,7 +78,7 @@ async def test_control_plane_killed_is_restarted_and_resumes(
         os.kill(plane, signal.SIGKILL)
 
     result = await bounded_load(
-        served,
+        served.base_url,
         MODEL,
         requests=REQUESTS,
         concurrency=CONCURRENCY,

@@ -90,7 +90,7 @@ async def test_pool_slow_or_failing_with_no_instance(
         os.kill(pid, signal.SIGKILL)
 
     result = await bounded_load(
-        served,
+        served.base_url,
         MODEL,
         requests=REQUESTS,
         concurrency=CONCURRENCY,

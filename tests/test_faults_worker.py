@@ -90,7 +90,7 @@ async def test_only_instance_sigkilled_under_load(serve_factory: Any, tmp_path: 
         os.kill(pid, signal.SIGKILL)
 
     result = await bounded_load(
-        served,
+        served.base_url,
         MODEL,
         requests=REQUESTS,
         concurrency=CONCURRENCY,
@@ -118,7 +118,7 @@ async def test_only_instance_frozen_is_replaced_on_failed_health_checks(
 
     try:
         result = await bounded_load(
-            served,
+            served.base_url,
             MODEL,
             requests=REQUESTS,
             concurrency=CONCURRENCY,
