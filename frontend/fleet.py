@@ -14,10 +14,16 @@ The spill path (frontend/spill_path.py over frontend/spill_monitor.py; the rule,
 request, at enqueue and every `spill.interval_ms`: one expected to miss its deadline on the
 instances goes to the serverless pool ("deadline"), as does one of a model with no running
 instance ("cold-fleet") and one queued on an instance that started draining ("draining"). A
-request past saving on the instances (a retry too late, its deadline passed while queued) goes
-to the pool when a slot is free. A spill that fails sends the request back to the instances
-while its deadline allows, else it is answered 503 with the reason; without a monitor such
-requests are answered 503 at once.
+request past saving on the instances (a retry too late for its deadline) goes to the pool when
+a slot is free. A request that finds no capacity (no instance, the pool full or failing) is not
+refused for its SLO: it waits, late if it must, on the instances or for one (the replacement of
+a crashed instance, a launch) until `batching.queue_timeout_s` from its arrival, and only then
+gets a 503 that says why (Sanic's own timeout, `server.request_timeout_s`, comes later). Load
+shedding is opt-in: with `batching.shed_late` such a request is answered 429 with Retry-After
+at its deadline. Each request's `give_up_s` holds which of the two applies.
+
+A failed call ejects the instance (`mark_instance_ejected` is 1 while it stays out): the control
+plane reads that gauge and replaces an instance kept out for `control.unhealthy_replace_s`.
 
 The fleet learns instances and models from the database (`sync_forever`), so front-end workers
 never hold the cloud provider; tests may call `set_models` / `set_instances` directly. The
