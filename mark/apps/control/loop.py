@@ -16,8 +16,8 @@ says; it persists every decision, every instance transition and the cost ledger
 - a failed warm-up ping is logged and never fails the tick;
 - a launched instance is saved as soon as the provider returns it; if the process dies before
   that, reconciliation finds it by its ownership tag;
-- an instance the cloud reports gone with no warning left (a crashed local worker, an EC2
-  instance already terminated) and no longer lists is recorded terminated at once, without
+- an on-demand instance the cloud reports gone with no warning left (a crashed local worker,
+  an EC2 instance terminated by hand) and no longer lists is recorded terminated at once, without
   reconciliation's grace (which covers a listing that lags a launch, not positive news), and
   the loop re-plans: the planner replaces it (`planner.min_instances` keeps a floor);
 - an instance the front ends keep ejected (`ejected`: failed calls, then failed health checks)
@@ -50,6 +50,7 @@ from mark.core.types import (
     Instance,
     InstanceState,
     InstanceType,
+    Market,
     Model,
 )
 from predictors.base import Forecaster
@@ -508,7 +509,9 @@ class ControlLoop:
 
     async def _record_gone(self, notice: InterruptionNotice) -> bool:
         """Record the instance of a no-warning notice terminated when the cloud no longer
-        lists it; False when it still does (then it is handled as a notice)."""
+        lists it; False when it still does, or when it is spot (then it is handled as a
+        notice: a spot instance taken back is its pool's preemption, which the planner avoids
+        for `pool_cooldown_s`, whereas a crashed process says nothing about its pool)."""
         async with self._lock:
             if notice.instance_id in {i.id for i in await self.cloud.list()}:
                 return False
@@ -516,6 +519,8 @@ class ControlLoop:
             for inst in await self.db.list_instances():
                 if inst.id != notice.instance_id:
                     continue
+                if inst.offering.market == Market.SPOT:
+                    return False
                 logger.warning("instance %s is gone: %s", inst.id, notice.reason)
                 metrics.record_interruption("vanished")
                 done = inst.transition(InstanceState.TERMINATED, now)
