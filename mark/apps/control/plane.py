@@ -49,6 +49,8 @@ REQUESTS_METRIC = "mark_inference_requests"
 EJECTED_METRIC = "mark_instance_ejected"
 PROCESS_NAME = "MarkControlPlane"
 _WATCHDOG_INTERVAL_S = 1.0
+_CRASH_LOOP_S = 60.0
+_MAX_BACKOFF_S = 30.0
 
 
 def attach_control_plane(app: Sanic, config: Config) -> None:
@@ -64,19 +66,33 @@ def _watchdog(manager: Any, worker: Any) -> None:
     """Restart the control-plane process whenever it has exited and the manager is not shutting
     down. The restart is asked of the manager's monitor loop through its own message pipe (the
     way a worker asks for one), so it runs in the monitor's thread; a request made before the
-    monitor saw the exit is refused there and asked again at the next check."""
-    while True:
+    monitor saw the exit is refused there and asked again at the next check. A process that
+    dies within `_CRASH_LOOP_S` of its restart waits twice as long for the next one (up to
+    `_MAX_BACKOFF_S`), so a control plane that cannot start does not spin."""
+    started_s, backoff_s = time.monotonic(), 0.0
+    dead_pid: int | None = None
+    due_s = 0.0
+    while not getattr(manager, "_shutting_down", False):
         time.sleep(_WATCHDOG_INTERVAL_S)
-        if getattr(manager, "_shutting_down", False):
-            return
         for process in worker.processes:
-            if process.pid and not process.is_alive() and not manager._shutting_down:
+            if not process.pid or process.is_alive() or manager._shutting_down:
+                continue
+            now = time.monotonic()
+            if process.pid != dead_pid:  # a new exit: when to restart it
+                dead_pid = process.pid
+                quick = now - started_s < _CRASH_LOOP_S
+                backoff_s = min(max(2 * backoff_s, _WATCHDOG_INTERVAL_S), _MAX_BACKOFF_S)
+                backoff_s = backoff_s if quick else 0.0
+                due_s = now + backoff_s
                 logger.warning(
-                    "the control plane (pid %s) exited with code %s; restarting it",
+                    "the control plane (pid %s) exited with code %s; restarting it in %.0f s",
                     process.pid,
                     process.exitcode,
+                    backoff_s,
                 )
+            if now >= due_s:
                 manager.monitor_publisher.send(f"{process.name}:")
+                started_s = now
 
 
 def run(settings: Config) -> None:
