@@ -181,6 +181,7 @@ async def _main(config: Config) -> None:
     from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
     from mark.apps.control.loop import ControlLoop, Schedule
+    from predictors.registry import create_forecaster
     from provisioner.policy.capacity import CapacityCache
 
     stop = asyncio.Event()
@@ -233,6 +234,14 @@ async def _main(config: Config) -> None:
             publish_offerings, "interval", args=(db, cloud), seconds=config.control.tick_s, **job
         )
         scheduler.start()
+        # The forecaster's module (statsmodels for arima) takes seconds to import: import it
+        # now, off the event loop, so that a re-plan before the first tick (a crashed
+        # instance's replacement) does not wait for it.
+        preload = asyncio.create_task(
+            asyncio.to_thread(
+                create_forecaster, config.forecast.predictor, config.forecast.bucket_s
+            )
+        )
         watcher = asyncio.create_task(control.watch_interruptions())
         logger.info(
             "control plane running (cloud %s, tick %.0f s)", cloud.name, config.control.tick_s
@@ -246,7 +255,7 @@ async def _main(config: Config) -> None:
         _exit_if_stuck(_SHUTDOWN_GRACE_S)
         scheduler.shutdown(wait=False)
         watcher.cancel()
-        await asyncio.gather(watcher, return_exceptions=True)
+        await asyncio.gather(watcher, preload, return_exceptions=True)
 
 
 async def _start_serverless(config: Config, stack: AsyncExitStack) -> Any:
