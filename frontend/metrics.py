@@ -187,7 +187,8 @@ def _observe_all(series: Any, values: list[float]) -> None:
 def observe_answer(
     model: str, path: str, code: int, latency_s: float, slo_latency_s: float | None
 ) -> None:
-    """Count one answer; SLO attainment only for answers (2xx) and 503s of known models."""
+    """Count one answer; SLO attainment only for answers (2xx), 503s and 429s (shed) of known
+    models."""
     add(child(REQUESTS, model, path, str(code)))
     observe(child(LATENCY, model, path), latency_s)
     if slo_latency_s is not None:
