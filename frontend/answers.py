@@ -1,11 +1,12 @@
 """What the fleet answers a request with: an `Answer` (from an instance or the serverless pool),
-or `Unavailable` (503) when neither could answer within the deadline."""
+or `Unavailable` (503) when neither could answer in time, or `Shed` (429 with Retry-After) when
+late requests are shed (`batching.shed_late`)."""
 
 from __future__ import annotations
 
 from mark.core.protocol import InferResponse, parse_v2_response
 
-__all__ = ["Answer", "Unavailable"]
+__all__ = ["Answer", "Shed", "Unavailable"]
 
 
 class Answer:
@@ -44,8 +45,18 @@ class Answer:
 
 
 class Unavailable(Exception):
-    """The request could not be answered within its deadline and was not spilled (503)."""
+    """The request could not be answered in time and was not spilled (503)."""
 
-    def __init__(self, reason: str) -> None:
+    status = 503
+
+    def __init__(self, reason: str, *, retry_after_s: int | None = None) -> None:
         super().__init__(reason)
         self.reason = reason
+        self.retry_after_s = retry_after_s
+
+
+class Shed(Unavailable):
+    """The request could not meet its SLO, no pool slot was free, and the front end sheds late
+    requests (`batching.shed_late`): 429, with when to retry."""
+
+    status = 429

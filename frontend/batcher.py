@@ -45,6 +45,10 @@ class QueuedRequest:
     future: asyncio.Future[Any]
     rows: int = field(init=False)
     key: tuple[Any, ...] | None = field(init=False)
+    # When the front end stops waiting for an instance or a pool slot and answers: the SLO
+    # deadline when late requests are shed (`batching.shed_late`, 429), else arrival +
+    # `batching.queue_timeout_s` (503): a late answer beats none.
+    give_up_s: float = math.inf
     # Set once the request was sent to the serverless pool and that failed: it is not spilled a
     # second time, and its 503 (if it comes to that) says why the pool could not answer.
     spill_error: str | None = None
@@ -94,7 +98,7 @@ def _ready_rows(pending: deque[QueuedRequest], size: int) -> int:
 class InstanceBatcher:
     """The batch former of one instance. `plan_for(rate_rps)` gives the plan at a rate,
     `dispatch(batch)` sends one batch (it must answer or re-route every request in it), and
-    `expire(request)` takes a request whose deadline passed before it could be sent."""
+    `expire(request)` takes a request whose `give_up_s` passed before it could be sent."""
 
     def __init__(
         self,
@@ -183,7 +187,7 @@ class InstanceBatcher:
             await asyncio.gather(*self._sends, return_exceptions=True)
 
     def _shed(self, now_s: float) -> None:
-        while self.pending and (self.pending[0].done or self.pending[0].deadline_s < now_s):
+        while self.pending and (self.pending[0].done or self.pending[0].give_up_s < now_s):
             item = self.pending.popleft()
             if not item.done:
                 self._expire(item)

@@ -14,10 +14,16 @@ The spill path (frontend/spill_path.py over frontend/spill_monitor.py; the rule,
 request, at enqueue and every `spill.interval_ms`: one expected to miss its deadline on the
 instances goes to the serverless pool ("deadline"), as does one of a model with no running
 instance ("cold-fleet") and one queued on an instance that started draining ("draining"). A
-request past saving on the instances (a retry too late, its deadline passed while queued) goes
-to the pool when a slot is free. A spill that fails sends the request back to the instances
-while its deadline allows, else it is answered 503 with the reason; without a monitor such
-requests are answered 503 at once.
+request past saving on the instances (a retry too late for its deadline) goes to the pool when
+a slot is free. A request that finds no capacity (no instance, the pool full or failing) is not
+refused for its SLO: it waits, late if it must, on the instances or for one (the replacement of
+a crashed instance, a launch) until `batching.queue_timeout_s` from its arrival, and only then
+gets a 503 that says why (Sanic's own timeout, `server.request_timeout_s`, comes later). Load
+shedding is opt-in: with `batching.shed_late` such a request is answered 429 with Retry-After
+at its deadline. Each request's `give_up_s` holds which of the two applies.
+
+A failed call ejects the instance (`mark_instance_ejected` is 1 while it stays out): the control
+plane reads that gauge and replaces an instance kept out for `control.unhealthy_replace_s`.
 
 The fleet learns instances and models from the database (`sync_forever`), so front-end workers
 never hold the cloud provider; tests may call `set_models` / `set_instances` directly. The
@@ -38,7 +44,7 @@ from typing import Any, Protocol
 import aiohttp
 
 from frontend import metrics
-from frontend.answers import Answer, Unavailable
+from frontend.answers import Answer, Shed, Unavailable
 from frontend.batcher import InstanceBatcher, QueuedRequest, answer_once
 from frontend.dispatch import dispatch
 from frontend.links import Link, ModelRoutes, link_plan, reweigh, serves
@@ -105,6 +111,8 @@ class Fleet:
                 spawn=self._spawn,
                 route=self._route,
                 serves=self._models.__contains__,
+                refuse=self._refusal,
+                timeout_s=config.queue_timeout_s,
             )
             self._watch = asyncio.create_task(
                 self._spills.watch(
@@ -246,7 +254,7 @@ class Fleet:
             dispatch=lambda batch: dispatch(
                 self.client, state, holder[0], batch, failed, self.now_s()
             ),
-            expire=lambda q: self._cannot_meet(q, "its deadline passed while queued"),
+            expire=lambda q: self._cannot_meet(q, "it waited its time out in the queue"),
             max_inflight=self.config.max_inflight_batches,
             window_s=self.config.rate_window_s,
             clock=self.now_s,
@@ -257,6 +265,8 @@ class Fleet:
 
     def _remove_link(self, state: ModelRoutes, link: Link, *, draining: bool = False) -> None:
         link.closed = True
+        if link.ejected:
+            metrics.child(metrics.INSTANCE_EJECTED, state.model.name, link.id).set(0)
         state.links.pop(link.id, None)
         state.router.remove(link.id)
         queue = link.queue(len(state.router), draining=True) if draining else None
@@ -272,6 +282,7 @@ class Fleet:
             return
         logger.warning("ejecting instance %s of %s: %s", link.id, state.model.name, reason)
         link.ejected = True
+        metrics.child(metrics.INSTANCE_EJECTED, state.model.name, link.id).set(1)
         state.router.remove(link.id)
         for q in link.batcher.take_all():
             self._route(q)
@@ -288,6 +299,7 @@ class Fleet:
                 ok = await self.client.ready(link.endpoint, interval_s)
             if ok and not link.closed:
                 link.ejected = False
+                metrics.child(metrics.INSTANCE_EJECTED, state.model.name, link.id).set(0)
                 state.router.set(link.id, link.weight)
                 self._release_waiting(state)
                 return
@@ -300,9 +312,9 @@ class Fleet:
         if state is None:
             raise NotFound(f"unknown model {name!r}")
         now = self.now_s()
-        q = QueuedRequest(
-            name, request, now, now + state.model.slo.latency_s, self._loop.create_future()
-        )
+        deadline = now + state.model.slo.latency_s
+        q = QueuedRequest(name, request, now, deadline, self._loop.create_future())
+        q.give_up_s = deadline if self.config.shed_late else now + self.config.queue_timeout_s
         link = self._route(q, wake=False)
         if link is not None:
             batch = link.batcher.claim(q)
@@ -335,7 +347,7 @@ class Fleet:
     def _no_instance(self, state: ModelRoutes, q: QueuedRequest) -> None:
         if self._spill_some(state, (q,), QueueView()):
             state.waiting.append(q)
-            self._loop.call_at(q.deadline_s, self._waiting_expired, state, q)
+            self._loop.call_at(q.give_up_s, self._waiting_expired, state, q)
 
     def _waiting_expired(self, state: ModelRoutes, q: QueuedRequest) -> None:
         if q.done:
@@ -346,11 +358,24 @@ class Fleet:
             return
         answer_once(
             q,
-            Unavailable(
-                f"no running instance of model {q.model!r} could take the request within its "
-                f"SLO of {state.model.slo.latency_ms:g} ms, and {self._no_spill_why(q)}"
+            self._refusal(
+                f"no running instance of model {q.model!r} could take the request within "
+                f"{self._patience(state)}, and {self._no_spill_why(q)}"
             ),
         )
+
+    def _patience(self, state: ModelRoutes) -> str:
+        """How long a request waits for capacity, as its refusal says it."""
+        if self.config.shed_late:
+            return f"its SLO of {state.model.slo.latency_ms:g} ms (batching.shed_late)"
+        return f"{self.config.queue_timeout_s:g} s (batching.queue_timeout_s)"
+
+    def _refusal(self, reason: str) -> Unavailable:
+        """What a request that waited as long as it may is answered: 429 with Retry-After when
+        late requests are shed, else 503."""
+        if self.config.shed_late:
+            return Shed(reason, retry_after_s=self.config.shed_retry_after_s)
+        return Unavailable(reason)
 
     def _no_spill_why(self, q: QueuedRequest) -> str:
         if q.spill_error is not None:
@@ -366,14 +391,20 @@ class Fleet:
 
     def _cannot_meet(self, q: QueuedRequest, why: str) -> None:
         """`q` cannot meet its deadline on the instances: the pool if it has room (a late
-        answer beats none), else 503 with the reason."""
+        answer beats none), else back in line, on the instances or waiting for one, until its
+        `give_up_s`; then 503 (or 429 when late requests are shed) with the reason."""
         if q.done:
             return
         state = self._models.get(q.model)
         if state is not None and self._spills is not None and self._spills.take_late(state, q):
             return
+        if state is not None and self.now_s() < q.give_up_s:
+            self._route(q)
+            return
+        patience = "" if state is None else f" within {self._patience(state)}"
         answer_once(
-            q, Unavailable(f"cannot meet the SLO deadline: {why}, and {self._no_spill_why(q)}")
+            q,
+            self._refusal(f"cannot answer{patience}: {why}, and {self._no_spill_why(q)}"),
         )
 
     def _spill_some(
@@ -424,6 +455,8 @@ class Fleet:
         state = self._models.pop(name)
         for link in list(state.links.values()):
             link.closed = True
+            if link.ejected:
+                metrics.child(metrics.INSTANCE_EJECTED, name, link.id).set(0)
             state.router.remove(link.id)
             for q in link.batcher.take_all():
                 answer_once(q, Unavailable(reason))

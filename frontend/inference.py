@@ -144,9 +144,12 @@ async def _answer(request: Request, name: str, parsed: InferRequest) -> Answer |
     slo_s = fleet.model(name).slo.latency_s
     try:
         answer = await fleet.infer(name, parsed)
-    except Unavailable as exc:
-        metrics.observe_answer(name, "none", 503, time.perf_counter() - started, slo_s)
-        return _error(503, exc.reason)
+    except Unavailable as exc:  # 503, or 429 when late requests are shed
+        metrics.observe_answer(name, "none", exc.status, time.perf_counter() - started, slo_s)
+        response = _error(exc.status, exc.reason)
+        if exc.retry_after_s is not None:
+            response.headers["Retry-After"] = str(exc.retry_after_s)
+        return response
     except BackendRejected as exc:
         metrics.observe_answer(name, "none", exc.status, time.perf_counter() - started, None)
         return _error(exc.status, exc.message)

@@ -37,6 +37,7 @@ __all__ = [
     "SLO",
     "INSTANCE_INFLIGHT",
     "INSTANCE_ERRORS",
+    "INSTANCE_EJECTED",
     "RETRIES",
     "SPILLS",
     "SPILL_FAILURES",
@@ -94,6 +95,14 @@ INSTANCE_ERRORS = Counter(
     "mark_instance_errors",
     "Failed calls to an instance (connection, timeout, 5xx), each followed by ejection.",
     ["model", "instance"],
+)
+INSTANCE_EJECTED = Gauge(
+    "mark_instance_ejected",
+    "1 while this front end keeps an instance out of rotation (a failed call, then failing "
+    "health checks), else 0. The control plane replaces an instance ejected for "
+    "control.unhealthy_replace_s.",
+    ["model", "instance"],
+    multiprocess_mode="livemax",
 )
 RETRIES = Counter(
     "mark_inference_retries",
@@ -178,7 +187,8 @@ def _observe_all(series: Any, values: list[float]) -> None:
 def observe_answer(
     model: str, path: str, code: int, latency_s: float, slo_latency_s: float | None
 ) -> None:
-    """Count one answer; SLO attainment only for answers (2xx) and 503s of known models."""
+    """Count one answer; SLO attainment only for answers (2xx), 503s and 429s (shed) of known
+    models."""
     add(child(REQUESTS, model, path, str(code)))
     observe(child(LATENCY, model, path), latency_s)
     if slo_latency_s is not None:

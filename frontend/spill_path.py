@@ -7,8 +7,11 @@ rule for it alone), every `spill.interval_ms` over every queue (`watch`), and wh
 leaves with requests still queued (`spill_some`: from a draining instance they spill as
 "draining" while the pool has room; the fleet re-routes the rest). A request past saving on the
 instances goes to the pool when a slot is free (`take_late`). A spill the pool throttles goes
-back in line; one that fails goes back to the instances while its deadline allows, else it is
-answered 503; a request the function rejects gets the caller's 400.
+back in line; one that fails, or that the pool has not answered by the request's queue timeout
+(arrival + `batching.queue_timeout_s`: a slow pool must not hold a request past it), goes back
+to queueing on the instances (or for one) while the request may still wait (`give_up_s`), else
+it is answered 503 (429 when late requests are shed); a request the function rejects gets the
+caller's 400.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from collections import deque
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any
 
+from frontend import metrics
 from frontend.answers import Answer, Unavailable
 from frontend.batcher import QueuedRequest, answer_once
 from frontend.links import Link, ModelRoutes
@@ -34,9 +38,11 @@ logger = logging.getLogger("mark.frontend.fleet")
 
 
 class SpillPath:
-    """The fleet's spills through `monitor`. `clock` is the fleet's, `spawn` runs a task the
-    fleet awaits on close, `route` queues a request on the instances again, and `serves(name)`
-    says whether the fleet still serves a model."""
+    """The fleet's spills through `monitor`. `clock` is the fleet's (the event loop's),
+    `spawn` runs a task the fleet awaits on close, `route` queues a request on the instances
+    again, `serves(name)` says whether the fleet still serves a model, `refuse(reason)` is
+    what a request that can wait no longer is answered, and `timeout_s` bounds a spill from
+    the request's arrival."""
 
     def __init__(
         self,
@@ -46,12 +52,16 @@ class SpillPath:
         spawn: Callable[[Awaitable[Any]], None],
         route: Callable[[QueuedRequest], object],
         serves: Callable[[str], bool],
+        refuse: Callable[[str], Unavailable],
+        timeout_s: float,
     ) -> None:
         self.monitor = monitor
         self._clock = clock
         self._spawn = spawn
         self._route = route
         self._serves = serves
+        self._refuse = refuse
+        self._timeout_s = timeout_s
 
     def check_one(self, routes: ModelRoutes, link: Link, q: QueuedRequest, ahead: int) -> None:
         """The enqueue check: the rule for `q` alone, `ahead` queued requests in front of it."""
@@ -108,11 +118,12 @@ class SpillPath:
             self._spawn(self._spill(routes, q, reason))
 
     async def _spill(self, routes: ModelRoutes, q: QueuedRequest, reason: SpillReason) -> None:
-        """Answer `q` from the pool; if that fails, back to the instances while its deadline
-        allows, else 503. A request still queued on an instance is answered by whichever path
-        finishes first (answer_once)."""
+        """Answer `q` from the pool; if that fails or takes past the request's queue timeout,
+        back in line while it may wait, else 503. A request still queued on an instance is
+        answered by whichever path finishes first (answer_once)."""
         try:
-            response = await self.monitor.spill(routes.model, q, reason)
+            async with asyncio.timeout_at(q.arrival_s + self._timeout_s):
+                response = await self.monitor.spill(routes.model, q, reason)
         except Throttled:  # every slot busy: back in line, it may spill when one frees up
             self._route(q)
             return
@@ -120,18 +131,24 @@ class SpillPath:
             answer_once(q, BackendRejected(exc.status, exc.message))
             return
         except Exception as exc:  # the pool failed: the request still gets its one answer
+            if isinstance(exc, TimeoutError):  # cancelled inside the monitor: count it here
+                metrics.SPILL_FAILURES.labels(q.model, reason.value).inc()
+                exc = TimeoutError(
+                    f"no answer within {self._timeout_s:g} s of the request's arrival "
+                    "(batching.queue_timeout_s)"
+                )
             logger.info("spill of a %s request (%s) failed: %s", q.model, reason, exc)
             q.spill_error = f"{type(exc).__name__}: {exc}"
             if q.done:
                 return
-            if self._clock() + routes.fastest_s() < q.deadline_s and self._serves(q.model):
+            if self._clock() < q.give_up_s and self._serves(q.model):
                 self._route(q)
             else:
                 answer_once(
                     q,
-                    Unavailable(
+                    self._refuse(
                         f"spilled ({reason}) but the serverless pool failed: {q.spill_error}; "
-                        "the deadline is too close for the instances"
+                        "no time left to wait for an instance"
                     ),
                 )
             return

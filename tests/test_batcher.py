@@ -126,7 +126,7 @@ async def test_expired_requests_are_handed_back_not_sent() -> None:
         clock=loop.time,
     )
     late = _queued(loop)
-    late.deadline_s = loop.time() - 1.0
+    late.give_up_s = loop.time() - 1.0
     batcher.offer(late)
     for _ in range(20):
         await asyncio.sleep(0.005)

@@ -93,6 +93,9 @@ class ControlLoopConfig(_Section):
     apply_retries: Annotated[int, Field(ge=0, le=20)] = 3
     reconcile_grace_s: Annotated[float, Field(ge=0)] = 300.0
     sync_s: Annotated[float, Field(gt=0)] = 2.0
+    # an instance the front ends keep ejected (failed calls and health checks) this long is
+    # terminated and replaced, as an auto-scaling group does with load-balancer health checks
+    unhealthy_replace_s: Annotated[float, Field(gt=0)] = 30.0
 
 
 class CloudConfig(_Section):
@@ -202,6 +205,14 @@ class BatchingConfig(_Section):
     rate_window_s: Annotated[float, Field(gt=0)] = 1.0  # EWMA of the rate routed to an instance
     pool_size: Annotated[int, Field(ge=1)] = 256  # pooled connections to instances, per process
     sync_interval_s: Annotated[float, Field(gt=0)] = 0.5  # fleet view refresh from the database
+    # How long a request may wait in the front end for an instance or a pool slot (a crashed
+    # instance's replacement, a full pool) before a 503; below server.request_timeout_s, so the
+    # front end answers before Sanic's own timeout. With `shed_late` a request that cannot meet
+    # its SLO and finds no pool slot is answered 429 with Retry-After (`shed_retry_after_s`) at
+    # once instead: load shedding, for clients that would rather retry than wait.
+    queue_timeout_s: Annotated[float, Field(gt=0)] = 30.0
+    shed_late: bool = False
+    shed_retry_after_s: Annotated[int, Field(ge=0)] = 1
 
 
 class SpillConfig(_Section):
@@ -256,6 +267,11 @@ class Config(BaseSettings):
     def _cross_checks(self) -> Config:
         if self.cloud.provider == "ec2" and not (self.cloud.launch_template or self.cloud.image_id):
             raise ValueError("cloud.provider = 'ec2' needs cloud.launch_template or cloud.image_id")
+        if self.batching.queue_timeout_s >= self.server.request_timeout_s:
+            raise ValueError(
+                "batching.queue_timeout_s must be below server.request_timeout_s, so that a "
+                "request waiting for capacity is answered before the server's own timeout"
+            )
         return self
 
     @classmethod

@@ -12,6 +12,10 @@ the CloudProvider contracts (provisioner/adapters/cloud.py) and imitates what ma
   loop's (`provisioner.policy.billing`, written to the cost ledger), as for any provider;
 - spot interruptions on demand: `interrupt(id, notice_s)` yields a notice on `interruptions()`,
   then kills the worker abruptly when the notice runs out (as EC2 reclaims capacity).
+- a worker that dies on its own (crash, OOM kill, SIGKILL) is noticed: its instance turns
+  TERMINATED in `list()` at once and a notice with no warning left ("process exited") is
+  yielded on `interruptions()`, as EC2 reports an instance already gone; so does a worker of
+  the state file that died while no provider watched it (the control plane was down).
 
 No worker outlives its provider: close() stops them all; each worker also gets PR_SET_PDEATHSIG
 (SIGKILL when the process that launched it dies, even by SIGKILL) and an atexit hook kills any
@@ -101,6 +105,8 @@ class _Worker:
     boot: asyncio.Task[None] | None = None
     log_path: Path | None = None
     killers: list[asyncio.Task[None]] = field(default_factory=list)
+    watcher: asyncio.Task[None] | None = None
+    stopping: bool = False  # this provider stops it: its exit is no news
 
 
 class LocalCloud:
@@ -149,9 +155,15 @@ class LocalCloud:
                 pid = int(record["pid"])
             except (KeyError, TypeError, ValueError):
                 continue
-            if instance.live and _is_worker(pid):
-                self._workers[instance.id] = _Worker(instance, pid=pid)
+            if not instance.live:
+                continue
+            if _is_worker(pid):
+                worker = _Worker(instance, pid=pid)
+                self._workers[instance.id] = worker
+                worker.watcher = asyncio.create_task(self._watch(worker))
                 logger.info("adopted local instance %s (pid %d)", instance.id, pid)
+            else:
+                self._gone(instance.id, f"worker process {pid} is gone")
         self._save()
 
     def _save(self) -> None:
@@ -228,7 +240,7 @@ class LocalCloud:
         live = [w for w in self._workers.values() if w.instance.live]
         await asyncio.gather(*(self.terminate(w.instance.id) for w in live))
         for w in self._workers.values():
-            for task in w.killers:
+            for task in [*w.killers, *([w.watcher] if w.watcher is not None else [])]:
                 task.cancel()
 
     # --- beyond the protocol ------------------------------------------------------------------
@@ -302,7 +314,32 @@ class LocalCloud:
         worker.instance = worker.instance.transition(
             InstanceState.RUNNING, self._clock(), endpoint=endpoint
         )
+        worker.watcher = asyncio.create_task(self._watch(worker))
         self._save()
+
+    async def _watch(self, worker: _Worker) -> None:
+        """Notice the worker's exit when this provider did not ask for it (a crash, a kill)."""
+        pid = worker.pid
+        if worker.process is not None:
+            code: int | None = await worker.process.wait()
+        else:  # adopted: not our child, poll /proc
+            while pid is not None and _running(pid):
+                await asyncio.sleep(0.5)
+            code = None
+        if worker.stopping or not worker.instance.live:
+            return
+        if pid is not None:
+            _CHILD_PIDS.discard(pid)
+        logger.warning(
+            "local instance %s: worker process %s exited (code %s)", worker.instance.id, pid, code
+        )
+        self._mark_terminated(worker)
+        self._gone(worker.instance.id, f"worker process {pid} exited (code {code})")
+
+    def _gone(self, instance_id: str, why: str) -> None:
+        """Tell the control loop an instance is gone with no warning left."""
+        now = self._clock()
+        self._notices.put_nowait(InterruptionNotice(instance_id, now, now, why))
 
     async def _start(self, worker: _Worker, models: Sequence[Model]) -> str:
         assert worker.log_path is not None
@@ -332,6 +369,7 @@ class LocalCloud:
                 await asyncio.sleep(0.05)
 
     async def _stop(self, worker: _Worker, sig: signal.Signals) -> None:
+        worker.stopping = True
         pid = worker.pid
         if pid is None:
             return

@@ -15,7 +15,15 @@ says; it persists every decision, every instance transition and the cost ledger
   falls back to the next pool, a backup type or on-demand;
 - a failed warm-up ping is logged and never fails the tick;
 - a launched instance is saved as soon as the provider returns it; if the process dies before
-  that, reconciliation finds it by its ownership tag.
+  that, reconciliation finds it by its ownership tag;
+- an on-demand instance the cloud reports gone with no warning left (a crashed local worker,
+  an EC2 instance terminated by hand) and no longer lists is recorded terminated at once, without
+  reconciliation's grace (which covers a listing that lags a launch, not positive news), and
+  the loop re-plans: the planner replaces it (`planner.min_instances` keeps a floor);
+- an instance the front ends keep ejected (`ejected`: failed calls, then failed health checks)
+  for `control.unhealthy_replace_s` is terminated and the loop re-plans, as an auto-scaling
+  group replaces an instance that fails its load balancer's health checks (a hung worker
+  whose process lives on is found this way only).
 """
 
 from __future__ import annotations
@@ -24,7 +32,7 @@ import asyncio
 import logging
 import time
 import zlib
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from typing import TypeVar
 
@@ -42,6 +50,7 @@ from mark.core.types import (
     Instance,
     InstanceState,
     InstanceType,
+    Market,
     Model,
 )
 from predictors.base import Forecaster
@@ -118,6 +127,8 @@ class ControlLoop:
     clock: Callable[[], float] = time.time
     serverless: ServerlessPool | None = None
     """Warmed each tick with the plan's `warm_functions`; None: no pool to warm."""
+    ejected: Callable[[], Collection[str]] = tuple
+    """Ids of the instances the front ends keep out of rotation now (failed health checks)."""
     state: PlannerState = field(default_factory=PlannerState)
     forecasters: dict[str, Forecaster] = field(default_factory=dict)
     interruptions: dict[str, float] = field(default_factory=dict)
@@ -130,6 +141,7 @@ class ControlLoop:
     _types: dict[str, InstanceType] = field(default_factory=dict)
     _prices: dict[str, float] = field(default_factory=dict)  # by pool, as of the last tick
     _artifacts: dict[str, str] = field(default_factory=dict)  # by model, as of the last tick
+    _unhealthy_since: dict[str, float] = field(default_factory=dict)  # by instance id
 
     @property
     def bucket_s(self) -> float:
@@ -410,8 +422,51 @@ class ControlLoop:
         return lost
 
     async def sync_and_replan(self) -> None:
-        if await self.sync():
+        lost = await self.sync()
+        if await self.replace_unhealthy() or lost:
             await self.tick()
+
+    async def replace_unhealthy(self) -> bool:
+        """Terminate the running instances the front ends have kept ejected for
+        `control.unhealthy_replace_s` (the caller re-plans: True when it terminated one). The
+        time counts from the first sync that saw the ejection."""
+        now = self.clock()
+        ejected = set(self.ejected())
+        since = self._unhealthy_since
+        for gone in set(since) - ejected:
+            del since[gone]
+        for instance_id in ejected:
+            since.setdefault(instance_id, now)
+        limit_s = self.config.control.unhealthy_replace_s
+        due = {i for i, t in since.items() if now - t >= limit_s}
+        if not due:
+            return False
+        replaced = False
+        async with self._lock:
+            for inst in await self.db.list_instances():
+                if inst.id not in due or inst.state != InstanceState.RUNNING:
+                    continue
+                why = (
+                    f"failed the front ends' health checks for {now - since[inst.id]:.0f} s "
+                    f"(control.unhealthy_replace_s {limit_s:g}); terminating it to be replaced"
+                )
+                logger.warning("instance %s %s", inst.id, why)
+                await self.db.add_decisions(
+                    [
+                        Decision(
+                            at_s=now,
+                            action=ActionKind.TERMINATE,
+                            reason=why,
+                            model=inst.models[0] if inst.models else None,
+                            instance_id=inst.id,
+                            offering_key=inst.offering.key,
+                        )
+                    ]
+                )
+                await self._terminate(inst, now)
+                del since[inst.id]
+                replaced = True
+        return replaced
 
     async def _charge(self, inst: Instance, now_s: float) -> None:
         itype = self._types.get(inst.offering.instance_type)
@@ -429,7 +484,12 @@ class ControlLoop:
         )
 
     async def on_interruption(self, notice: InterruptionNotice) -> None:
-        """Replace at once: record the notice and plan now rather than at the next tick."""
+        """Replace at once: record the notice and plan now rather than at the next tick. An
+        instance already gone (no warning left, and the cloud no longer lists it) is recorded
+        terminated first: there is nothing to drain."""
+        if notice.terminate_at_s <= notice.at_s and await self._record_gone(notice):
+            await self.tick()
+            return
         self.interruptions[notice.instance_id] = notice.terminate_at_s
         metrics.record_interruption("notice")
         await self.db.add_decisions(
@@ -446,6 +506,40 @@ class ControlLoop:
             ]
         )
         await self.tick()
+
+    async def _record_gone(self, notice: InterruptionNotice) -> bool:
+        """Record the instance of a no-warning notice terminated when the cloud no longer
+        lists it; False when it still does, or when it is spot (then it is handled as a
+        notice: a spot instance taken back is its pool's preemption, which the planner avoids
+        for `pool_cooldown_s`, whereas a crashed process says nothing about its pool)."""
+        async with self._lock:
+            if notice.instance_id in {i.id for i in await self.cloud.list()}:
+                return False
+            now = self.clock()
+            for inst in await self.db.list_instances():
+                if inst.id != notice.instance_id:
+                    continue
+                if inst.offering.market == Market.SPOT:
+                    return False
+                logger.warning("instance %s is gone: %s", inst.id, notice.reason)
+                metrics.record_interruption("vanished")
+                done = inst.transition(InstanceState.TERMINATED, now)
+                await self.db.save_instance(done)
+                self.interruptions.pop(inst.id, None)
+                await self._charge(done, now)
+                await self.db.add_decisions(
+                    [
+                        Decision(
+                            at_s=now,
+                            action=ActionKind.TERMINATE,
+                            reason=f"the cloud reports it gone ({notice.reason}); replacing it",
+                            model=inst.models[0] if inst.models else None,
+                            instance_id=inst.id,
+                            offering_key=inst.offering.key,
+                        )
+                    ]
+                )
+            return True
 
     async def watch_interruptions(self) -> None:
         async for notice in self.cloud.interruptions():

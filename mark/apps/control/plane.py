@@ -1,6 +1,9 @@
 """The control-plane process of `mark serve`.
 
-Sanic's manager starts it beside the HTTP workers (`attach_control_plane`). It opens the
+Sanic's manager starts it beside the HTTP workers (`attach_control_plane`), and a watchdog
+thread in the manager restarts it when it dies while `mark serve` runs (a crash, an OOM kill):
+the restarted process reconciles with the cloud and the loop resumes, as under systemd's
+`Restart=always`; the front ends serve on meanwhile from their last view of the fleet. It opens the
 database, builds the cloud provider and the serverless pool, reconciles the database with the
 cloud, registers the demo model when asked, and runs the control loop under APScheduler until
 SIGTERM/SIGINT (or its parent dies). On the local cloud it then terminates and records every
@@ -34,6 +37,7 @@ __all__ = [
     "run",
     "DEMO_MODEL",
     "observed_counts",
+    "ejected_instances",
     "build_cloud",
     "publish_offerings",
 ]
@@ -42,17 +46,59 @@ logger = logging.getLogger("mark.apps.control")
 
 DEMO_MODEL = "demo"
 REQUESTS_METRIC = "mark_inference_requests"
+EJECTED_METRIC = "mark_instance_ejected"
+PROCESS_NAME = "MarkControlPlane"
+_WATCHDOG_INTERVAL_S = 1.0
+_CRASH_LOOP_S = 60.0
+_MAX_BACKOFF_S = 30.0
 
 
 def attach_control_plane(app: Sanic, config: Config) -> None:
     @app.main_process_ready
     async def _start(app: Sanic, _: Any) -> None:
-        app.manager.manage("MarkControlPlane", run, {"config": config})
+        worker = app.manager.manage(PROCESS_NAME, run, {"settings": config}, restartable=True)
+        threading.Thread(
+            target=_watchdog, args=(app.manager, worker), name="mark-control-watchdog", daemon=True
+        ).start()
 
 
-def run(config: Config) -> None:
+def _watchdog(manager: Any, worker: Any) -> None:
+    """Restart the control-plane process whenever it has exited and the manager is not shutting
+    down. The restart is asked of the manager's monitor loop through its own message pipe (the
+    way a worker asks for one), so it runs in the monitor's thread; a request made before the
+    monitor saw the exit is refused there and asked again at the next check. A process that
+    dies within `_CRASH_LOOP_S` of its restart waits twice as long for the next one (up to
+    `_MAX_BACKOFF_S`), so a control plane that cannot start does not spin."""
+    started_s, backoff_s = time.monotonic(), 0.0
+    dead_pid: int | None = None
+    due_s = 0.0
+    while not getattr(manager, "_shutting_down", False):
+        time.sleep(_WATCHDOG_INTERVAL_S)
+        for process in worker.processes:
+            if not process.pid or process.is_alive() or manager._shutting_down:
+                continue
+            now = time.monotonic()
+            if process.pid != dead_pid:  # a new exit: when to restart it
+                dead_pid = process.pid
+                quick = now - started_s < _CRASH_LOOP_S
+                backoff_s = min(max(2 * backoff_s, _WATCHDOG_INTERVAL_S), _MAX_BACKOFF_S)
+                backoff_s = backoff_s if quick else 0.0
+                due_s = now + backoff_s
+                logger.warning(
+                    "the control plane (pid %s) exited with code %s; restarting it in %.0f s",
+                    process.pid,
+                    process.exitcode,
+                    backoff_s,
+                )
+            if now >= due_s:
+                manager.monitor_publisher.send(f"{process.name}:")
+                started_s = now
+
+
+def run(settings: Config) -> None:
     """Entry point of the managed process. Stop signals are blocked until the event loop can
-    handle them, so a signal during start-up is never lost nor half-handled."""
+    handle them, so a signal during start-up is never lost nor half-handled. (Not named
+    `config`: on a restart Sanic replaces a `config` argument with its reload settings.)"""
     signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
     # Sanic starts managed processes as daemons, and multiprocessing refuses children to a
     # daemon; the local function pool's sandboxes are children of this process (and are
@@ -60,7 +106,7 @@ def run(config: Config) -> None:
     multiprocessing.current_process().daemon = False
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     logging.getLogger("apscheduler").setLevel(logging.WARNING)
-    asyncio.run(_main(config))
+    asyncio.run(_main(settings))
 
 
 _SHUTDOWN_GRACE_S = 20.0
@@ -96,6 +142,26 @@ def observed_counts() -> Mapping[str, float]:
     return totals
 
 
+def ejected_instances() -> set[str]:
+    """Ids of the instances some live HTTP worker keeps ejected now (its
+    `mark_instance_ejected` gauge is 1), read from the multiprocess metric files as
+    `observed_counts` reads the request counts."""
+    from prometheus_client import CollectorRegistry
+    from prometheus_client.multiprocess import MultiProcessCollector
+
+    if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        return set()
+    registry = CollectorRegistry()
+    MultiProcessCollector(registry)
+    return {
+        sample.labels["instance"]
+        for metric in registry.collect()
+        if metric.name == EJECTED_METRIC
+        for sample in metric.samples
+        if sample.value > 0 and "instance" in sample.labels
+    }
+
+
 def build_cloud(config: Config, db: Database) -> CloudProvider:
     """The configured provider behind the one retry layer for cloud calls: a transient
     CloudError is retried `control.apply_retries` times with backoff (RetryingCloud)."""
@@ -115,6 +181,7 @@ async def _main(config: Config) -> None:
     from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
     from mark.apps.control.loop import ControlLoop, Schedule
+    from predictors.registry import create_forecaster
     from provisioner.policy.capacity import CapacityCache
 
     stop = asyncio.Event()
@@ -139,7 +206,14 @@ async def _main(config: Config) -> None:
         # Capacities sized with the budget the front ends batch with (config.batching).
         cache = CapacityCache(budget_fraction=config.batching.slo_budget_fraction)
         control = ControlLoop(
-            db, cloud, config, observed_counts, schedule=schedule, serverless=pool, cache=cache
+            db,
+            cloud,
+            config,
+            observed_counts,
+            schedule=schedule,
+            serverless=pool,
+            ejected=ejected_instances,
+            cache=cache,
         )
         if config.cloud.provider == "local":
             stack.push_async_callback(control.release_all)
@@ -160,6 +234,14 @@ async def _main(config: Config) -> None:
             publish_offerings, "interval", args=(db, cloud), seconds=config.control.tick_s, **job
         )
         scheduler.start()
+        # The forecaster's module (statsmodels for arima) takes seconds to import: import it
+        # now, off the event loop, so that a re-plan before the first tick (a crashed
+        # instance's replacement) does not wait for it.
+        preload = asyncio.create_task(
+            asyncio.to_thread(
+                create_forecaster, config.forecast.predictor, config.forecast.bucket_s
+            )
+        )
         watcher = asyncio.create_task(control.watch_interruptions())
         logger.info(
             "control plane running (cloud %s, tick %.0f s)", cloud.name, config.control.tick_s
@@ -173,7 +255,7 @@ async def _main(config: Config) -> None:
         _exit_if_stuck(_SHUTDOWN_GRACE_S)
         scheduler.shutdown(wait=False)
         watcher.cancel()
-        await asyncio.gather(watcher, return_exceptions=True)
+        await asyncio.gather(watcher, preload, return_exceptions=True)
 
 
 async def _start_serverless(config: Config, stack: AsyncExitStack) -> Any:
