@@ -96,6 +96,11 @@ class ControlLoopConfig(_Section):
     # an instance the front ends keep ejected (failed calls and health checks) this long is
     # terminated and replaced, as an auto-scaling group does with load-balancer health checks
     unhealthy_replace_s: Annotated[float, Field(gt=0)] = 30.0
+    # several `mark serve` on one PostgreSQL: only the holder of the database lease plans and
+    # acts (mark/adapters/db/leadership.py); the lease runs out `lease_ticks` ticks after its
+    # holder stopped renewing it, and every control plane shares its front ends' counts
+    leader_election: bool = False
+    lease_ticks: Annotated[float, Field(gt=1)] = 2.0
 
 
 class CloudConfig(_Section):

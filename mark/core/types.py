@@ -337,6 +337,8 @@ class Decision(_Value):
     offering_key: str | None = None
     expected_cost_usd: Annotated[float, Field(ge=0)] = 0.0
     forecast_upper_rps: tuple[float, ...] = ()
+    # the control lease's term it was written in (`control.leader_election`); None: no lease
+    term: int | None = None
 
 
 def require_finite(field: str, value: float, *, minimum: float | None = None) -> float:

@@ -39,7 +39,7 @@ class DecisionLog(Store):
                     offering_key=d.offering_key,
                     expected_cost_usd=d.expected_cost_usd,
                     forecast_upper_rps=list(d.forecast_upper_rps),
-                    term=None if fence is None else fence.term,
+                    term=d.term if fence is None else fence.term,
                 )
                 for d in decisions
             )

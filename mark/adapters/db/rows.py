@@ -87,4 +87,5 @@ def decision_from_row(row: DecisionRow) -> Decision:
         offering_key=row.offering_key,
         expected_cost_usd=row.expected_cost_usd,
         forecast_upper_rps=tuple(row.forecast_upper_rps),
+        term=row.term,
     )

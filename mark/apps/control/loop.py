@@ -38,11 +38,11 @@ from typing import TypeVar
 
 import numpy as np
 
-from mark.adapters.db import Database
+from mark.adapters.db import Database, Fence
 from mark.apps.control import metrics
 from mark.core.catalog import load_catalog
 from mark.core.config import Config
-from mark.core.errors import CloudError, InsufficientCapacity, InvalidValue, MarkError
+from mark.core.errors import CloudError, Fenced, InsufficientCapacity, InvalidValue, MarkError
 from mark.core.types import (
     ActionKind,
     Decision,
@@ -142,6 +142,11 @@ class ControlLoop:
     _prices: dict[str, float] = field(default_factory=dict)  # by pool, as of the last tick
     _artifacts: dict[str, str] = field(default_factory=dict)  # by model, as of the last tick
     _unhealthy_since: dict[str, float] = field(default_factory=dict)  # by instance id
+    holder: str | None = None
+    """This control plane's name in the database lease (`control.leader_election`); None: the
+    only one, no lease."""
+    fence: Fence | None = None  # the lease's term while this process holds it
+    _published: dict[str, float] = field(default_factory=dict)  # own counts already shared
 
     @property
     def bucket_s(self) -> float:
@@ -150,11 +155,39 @@ class ControlLoop:
 
     # -- observing and forecasting --------------------------------------------------------
 
-    def _observe(self, models: list[Model], now_s: float) -> None:
+    async def lead(self, now_s: float) -> bool:
+        """Take or renew the control lease (a single process always leads). Every control
+        plane first adds its own front ends' new requests to the shared counts, so that the
+        leader forecasts the sum over hosts."""
+        if self.holder is None:
+            return True
+        own = self.counts()
+        fresh = {m: n - self._published.get(m, 0.0) for m, n in own.items()}
+        bucket = now_s - now_s % self.bucket_s
+        await self.db.add_observed(self.holder, bucket, fresh)
+        self._published = {m: max(n, self._published.get(m, 0.0)) for m, n in own.items()}
+        ttl = self.config.control.lease_ticks * self.config.control.tick_s
+        lease = await self.db.acquire_lease(self.holder, now_s, ttl)
+        was = self.fence
+        self.fence = None if lease is None else Fence(self.holder, lease.term)
+        if self.fence != was:
+            logger.info(
+                "control lease: %s",
+                f"leading in term {lease.term}" if lease is not None else "following",
+            )
+        return lease is not None
+
+    async def _totals(self) -> Mapping[str, float]:
+        """Cumulative requests per model: this host's counters, or with a lease the sum over
+        every host's shared counts."""
+        if self.holder is None:
+            return self.counts()
+        return await self.db.observed_totals()
+
+    def _observe(self, models: list[Model], now_s: float, totals: Mapping[str, float]) -> None:
         """Feed each forecaster the whole buckets that ended since the last observation,
         stamped with their starts. The counters are read only at ticks, so when several buckets
         ended (a late tick) their requests are shared evenly between them."""
-        totals = self.counts()
         for model in models:
             total = float(totals.get(model.name, 0.0))
             forecaster = self.forecasters.get(model.name)
@@ -221,8 +254,12 @@ class ControlLoop:
 
     async def _tick(self) -> Plan | None:
         now = self.clock()
+        leading = await self.lead(now)
         models = await self.db.list_models()
-        self._observe(models, now)
+        # A follower observes too, so that its forecasters are warm when it takes over.
+        self._observe(models, now, await self._totals())
+        if not leading:
+            return None
         metrics.record_objectives(models, self.config.planner.budget_per_hour)
         if not self._types:
             self._types = {t.name: t for t in await self.cloud.instance_types()}
@@ -256,7 +293,12 @@ class ControlLoop:
                 await self._record_error(now, f"planning failed: {exc!r}")
                 return None
             self.state = result.state
-            await self.db.add_decisions(result.decisions)
+            try:
+                await self.db.add_decisions(result.decisions, fence=self.fence)
+            except Fenced as exc:  # deposed while planning: the new leader acts, not this one
+                logger.warning("%s", exc)
+                self.fence = None
+                return None
             metrics.record_decisions(result.decisions)
             if not await self._apply(result, now):
                 break  # nothing refused: done; else re-plan with the refused pool unavailable
@@ -421,7 +463,15 @@ class ControlLoop:
             metrics.record_fleet(live, self._prices)
         return lost
 
+    @property
+    def leading(self) -> bool:
+        """This process may act on the fleet: it is the only one, or it holds the lease as of
+        its last tick (a follower neither reconciles nor replaces: the leader does)."""
+        return self.holder is None or self.fence is not None
+
     async def sync_and_replan(self) -> None:
+        if not self.leading:
+            return
         lost = await self.sync()
         if await self.replace_unhealthy() or lost:
             await self.tick()
@@ -543,6 +593,8 @@ class ControlLoop:
 
     async def watch_interruptions(self) -> None:
         async for notice in self.cloud.interruptions():
+            if not self.leading:
+                continue
             try:
                 await self.on_interruption(notice)
             except Exception:

@@ -18,6 +18,7 @@ import logging
 import multiprocessing
 import os
 import signal
+import socket
 import threading
 import time
 from collections.abc import Mapping
@@ -215,9 +216,15 @@ async def _main(config: Config) -> None:
             ejected=ejected_instances,
             cache=cache,
         )
+        if config.control.leader_election:
+            # The manager's pid: a control plane restarted by the watchdog is the same holder
+            # and renews its lease at once instead of waiting for it to run out.
+            control.holder = f"{socket.gethostname()}:{parent}"
+            stack.push_async_callback(db.release_lease, control.holder)
         if config.cloud.provider == "local":
             stack.push_async_callback(control.release_all)
-        await control.sync()
+        if await control.lead(control.clock()):
+            await control.sync()
         if config.server.demo:
             await start_demo(db, control)
 
