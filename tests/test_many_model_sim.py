@@ -210,3 +210,20 @@ def test_bucket_engine_is_conservative_when_overloaded() -> None:
     assert cost == pytest.approx(per_request["cost_usd"], rel=1e-9)
     assert attained < 0.99
     assert attained <= per_request["slo_attainment"]
+
+
+@pytest.mark.parametrize(
+    ("model", "itype", "per_instance"),
+    [
+        ("bert-base", "inf1.6xlarge", 76),  # AWS: 3,040 models on 40 instances
+        ("bert-base", "g4dn.12xlarge", 29),  # AWS: (3,048 - 32 x 76) / 21
+        ("translation-300mb", "g4dn.xlarge", 5),  # Cortex: "5 models safely"
+    ],
+)
+def test_catalog_footprints_give_the_seeds_models_per_instance(
+    model: str, itype: str, per_instance: int
+) -> None:
+    profile = CATALOG.model(model).profiles[itype]
+    capacity = CATALOG.instance_type(itype).model_capacity_mb
+    assert int(capacity // profile.memory_mb) == per_instance
+    assert profile.estimated and "derived" in profile.source or "Cortex" in profile.source

@@ -533,13 +533,23 @@ def _choose_type(
     cache = CapacityCache(budget_fraction=scenario.settings.budget_fraction)
     best: tuple[float, str, _Models] | None = None
     reasons = []
+    bounded = []
     for name in _candidate_types(scenario):
         price = price_of(name)
-        itype = scenario.catalog.instance_type(name)
         models = _Models(scenario.fleet, scenario.catalog, name, cache)
         if price is None or not models.feasible():
             reasons.append(f"{name}: no price" if price is None else f"{name}: misses the SLO")
             continue
+        limit = scenario.catalog.instance_type(name).model_capacity_mb
+        placed = np.flatnonzero(rates > 0)
+        load = models.occupancy(placed, rates[placed]).sum()
+        memory = models.memory[placed].sum() / limit
+        bounded.append((price * max(load, memory, 1.0), name, price, models))
+    # Cheapest bound first; a type whose bound is above the best packing found is not packed.
+    for bound, name, price, models in sorted(bounded, key=lambda b: (b[0], b[1])):
+        if best is not None and bound >= best[0]:
+            break
+        itype = scenario.catalog.instance_type(name)
         plan = _plan(models, rates, [], itype.model_capacity_mb, scenario.settings, 0)
         if plan.unplaced:
             reasons.append(f"{name}: {next(iter(plan.unplaced.values()))}")
