@@ -46,9 +46,7 @@ def main() -> None:
     parser.add_argument("--rps", type=float, help="peak total rate (default: the scenario's)")
     parser.add_argument("--market", choices=("ondemand", "spot", "mixed"), default="ondemand")
     parser.add_argument("--policies", default="mark,static")
-    parser.add_argument(
-        "--types", help="comma-separated instance types (default: the seed's type)"
-    )
+    parser.add_argument("--types", help="comma-separated instance types (default: the seed's type)")
     parser.add_argument("--max-moves", type=int, default=ManySettings().max_moves)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", help="directory for trace.csv, fleet.json and summary.json")

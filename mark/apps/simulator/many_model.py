@@ -306,9 +306,6 @@ class _Fleet:
         ]
         self.terminate(done, now_s)
 
-    def memory_used(self) -> NDArray[np.float64]:
-        return np.asarray(np.isfinite(self.ready_at) @ self.models.memory, dtype=np.float64)
-
     def load(self, row: int, model: int, now_s: float, *, warm: bool) -> float:
         """Start loading `model` on instance `row`; when it is ready."""
         inst = self.instances[row]
@@ -466,35 +463,31 @@ class _Serving:
         """The ready instance with the most memory free for model `j` once the least recently
         used models no placement routes there are evicted; None when none can hold it."""
         fleet = self.fleet
-        rows = [
-            i
-            for i, inst in enumerate(fleet.instances)
-            if inst.ready_s <= now_s + _EPS and inst.retire_s is None
-        ]
-        if not rows:
+        ready = np.array(
+            [inst.ready_s <= now_s + _EPS and inst.retire_s is None for inst in fleet.instances],
+            dtype=bool,
+        )
+        if not ready.any():
             return None
         held = np.isfinite(fleet.ready_at)
-        used = fleet.memory_used()
-        need = float(fleet.models.memory[j])
-        best, best_free = None, -math.inf
-        for i in rows:
-            if held[i, j]:
-                return i
-            evictable = held[i] & ~fleet.placed[i] & (fleet.ready_at[i] <= now_s)
-            free = fleet.limit_mb - used[i] + float(fleet.models.memory[evictable].sum())
-            if free >= need - _EPS and free > best_free:
-                best, best_free = i, free
+        holding = np.flatnonzero(ready & held[:, j])
+        if holding.size:
+            return int(holding[0])
+        memory = fleet.models.memory
+        used = held @ memory
+        evictable = held & ~fleet.placed & (fleet.ready_at <= now_s)
+        free = np.where(ready, fleet.limit_mb - used + evictable @ memory, -math.inf)
+        need = float(memory[j])
+        best = int(np.argmax(free)) if free.max() >= need - _EPS else None
         if best is None:
             return None
-        free = fleet.limit_mb - used[best]
-        evictable = np.flatnonzero(
-            held[best] & ~fleet.placed[best] & (fleet.ready_at[best] <= now_s)
-        )
-        for k in evictable[np.argsort(fleet.last_used[best, evictable], kind="stable")].tolist():
-            if free >= need - _EPS:
+        room = fleet.limit_mb - float(used[best])
+        lru = np.flatnonzero(evictable[best])
+        for k in lru[np.argsort(fleet.last_used[best, lru], kind="stable")].tolist():
+            if room >= need - _EPS:
                 break
             fleet.ready_at[best, k] = np.inf
-            free += float(fleet.models.memory[k])
+            room += float(memory[k])
         return best
 
 
