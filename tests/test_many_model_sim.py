@@ -227,3 +227,12 @@ def test_catalog_footprints_give_the_seeds_models_per_instance(
     capacity = CATALOG.instance_type(itype).model_capacity_mb
     assert int(capacity // profile.memory_mb) == per_instance
     assert profile.estimated and "derived" in profile.source or "Cortex" in profile.source
+
+
+def test_mixed_market_runs_mark_on_both_and_spot_costs_less() -> None:
+    trace = zipf_models(n_models=20, hours=1.0, total_peak_rps=100.0, seed=4)
+    fleet = bert_fleet(20)
+    scenario = mm.ManyScenario(fleet, trace, CATALOG, "mixed")
+    runs = {r.name: r for r in mm.simulate_many(scenario, ["mark"])}
+    assert set(runs) == {"mark-ondemand", "mark-spot"}
+    assert 0 < runs["mark-spot"].cost_usd < runs["mark-ondemand"].cost_usd
