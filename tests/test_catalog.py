@@ -275,7 +275,7 @@ def test_offerings_prices_and_filter(catalog: Catalog) -> None:
 
 
 def test_models_validate_as_registrable_models(catalog: Catalog) -> None:
-    assert set(PAPER_MODELS) | {"bert-base", "demo"} == set(catalog.models)
+    assert set(PAPER_MODELS) | {"bert-base", "translation-300mb", "demo"} == set(catalog.models)
     for name, entry in catalog.models.items():
         model = entry.to_model()
         assert isinstance(model, Model) and model.name == name

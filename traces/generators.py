@@ -252,29 +252,46 @@ def zipf_models(
     noise_corr_s: float = 600.0,
     start_s: float = 16 * 3600.0,
     seed: int = 0,
+    drift: float = 0.0,
+    drift_corr_s: float = 6 * 3600.0,
 ) -> Trace:
     """Many models with Zipf popularity: model i (1-based) gets a share proportional to
     i^-exponent of a diurnal total, with its own bursts (`noise`) so models do not move in lock
-    step. Names are `model-0001`, ... in popularity order."""
+    step. Names are `model-0001`, ... in popularity order (at the start, with drift).
+
+    `drift` > 0 lets popularity move over the day (issue 16: the popular models change): each
+    share is also multiplied by a slow log-normal walk of standard deviation `drift` (in log
+    units) and correlation time `drift_corr_s`, and the shares renormalised per bucket, so the
+    total stays the diurnal one while ranks trade places. 0 (the default) draws nothing more, so
+    a seed names the same trace as before the option existed."""
     if isinstance(n_models, bool) or not isinstance(n_models, int) or n_models < 1:
         raise InvalidValue("n_models", f"must be an integer >= 1, got {n_models!r}")
     require_finite("exponent", exponent, minimum=0.0)
+    require_finite("drift", drift, minimum=0.0)
+    require_finite("drift_corr_s", drift_corr_s, minimum=bucket_s)
     rng = np.random.default_rng(seed)
     times = _grid(hours * 3600.0, bucket_s, start_s)
     total = diurnal_rates(times, peak_rps=total_peak_rps, peak_to_valley=peak_to_valley)
-    shares = np.arange(1, n_models + 1, dtype=np.float64) ** -exponent
-    shares /= shares.sum()
+    base = np.arange(1, n_models + 1, dtype=np.float64) ** -exponent
+    shares = np.broadcast_to(base / base.sum(), (times.size, n_models))
+    if drift > 0:
+        walk = np.column_stack(
+            [_correlated_noise(rng, times.size, drift, drift_corr_s / bucket_s) for _ in base]
+        )
+        shares = base[None, :] * walk
+        shares = shares / shares.sum(axis=1, keepdims=True)
     wobble = np.column_stack(
-        [_correlated_noise(rng, times.size, noise, noise_corr_s / bucket_s) for _ in shares]
+        [_correlated_noise(rng, times.size, noise, noise_corr_s / bucket_s) for _ in base]
     )
     names = [f"model-{i:04d}" for i in range(1, n_models + 1)]
+    label = f"zipf_models(n={n_models}, s={exponent}, seed={seed}"
     return _many_model_trace(
         rng,
         times,
-        total[:, None] * shares[None, :] * wobble,
+        total[:, None] * shares * wobble,
         names,
         bucket_s,
-        f"zipf_models(n={n_models}, s={exponent}, seed={seed})",
+        label + (f", drift={drift})" if drift > 0 else ")"),
     )
 
 

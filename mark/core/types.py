@@ -212,7 +212,16 @@ class InstanceType(_Value):
     billing_granularity_s: Annotated[float, Field(gt=0)] = 1.0
     billing_minimum_s: Annotated[float, Field(ge=0)] = 60.0
     launch_overhead_s: Annotated[float, Field(ge=0)] = 120.0
+    # Memory that models are packed into (an accelerator's own memory); None: the host's.
+    model_memory_mb: Annotated[float, Field(gt=0)] | None = None
     source: str = ""
+
+    @property
+    def model_capacity_mb(self) -> float:
+        """What many-model placement may fill with models on one instance."""
+        if self.model_memory_mb is not None:
+            return self.model_memory_mb
+        return self.memory_gib * 1024.0
 
     @model_validator(mode="after")
     def _accelerator_consistent(self) -> InstanceType:

@@ -6,6 +6,14 @@
 Writes OUT/summary.json (DESIGN.md's shape), four PNG figures, and prints a table, then each
 policy's cost against the lower bound (`mark.apps.simulator.lower_bound`: on-demand only, and
 with spot unless the market is on-demand), which summary.json keeps under `meta.lower_bound`.
+
+Many models (a trace with a `model` column and a fleet file; policies mark and static):
+
+    mark simulate --trace zipf.csv --fleet fleet.json --policies mark,static --out out/
+
+runs `mark.apps.simulator.many_model` (per bucket, not per request) and writes summary.json with
+the many-model keys (cost_per_hour_usd, models, models_meeting_slo, cache_hit_rate, loads,
+slo_attainment_by_decile) and prints a table; no figures.
 """
 
 from __future__ import annotations
@@ -27,7 +35,18 @@ def register(subparsers: Any) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--trace", required=True, help="trace CSV (timestamp_s,requests[,model])")
-    p.add_argument("--model", required=True, help="catalog model name (profiles.json)")
+    p.add_argument("--model", help="catalog model name (profiles.json); not with --fleet")
+    p.add_argument(
+        "--fleet",
+        help="many-model fleet JSON ({models: [{name, size_mb, slo_ms, percentile, profile, "
+        "group}]}), with a trace that has a model column",
+    )
+    p.add_argument(
+        "--load-mb-per-s",
+        type=float,
+        help="model load bandwidth for --fleet (default: many_model.LOAD_MB_PER_S, estimated)",
+    )
+    p.add_argument("--max-moves", type=int, help="placement loads and unloads per tick for --fleet")
     p.add_argument("--profile", help="JSON file with a custom model: {name, slo, profiles: [...]}")
     p.add_argument("--slo-ms", type=float, help="latency SLO in ms (default: the catalog's)")
     p.add_argument("--percentile", type=float, help="SLO percentile, e.g. 0.98 (default: catalog)")
@@ -141,6 +160,10 @@ def _bound_table(data: dict[str, Any], bounds: dict[str, Any]) -> Any:
 
 
 def _run(args: argparse.Namespace) -> int:
+    if args.fleet:
+        return _run_many(args)
+    if not args.model:
+        raise SystemExit("mark simulate: --model is required (or --fleet for many models)")
     from rich.console import Console
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -217,4 +240,80 @@ def _run(args: argparse.Namespace) -> int:
     console.print(summary_table(data, model.slo))
     console.print(_bound_table(data, bounds))
     console.print(f"wrote {out / 'summary.json'} and plots in {out}")
+    return 0
+
+
+def _run_many(args: argparse.Namespace) -> int:
+    """`--fleet`: the many-model engine, its summary.json and table."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from mark.apps.simulator.fleet_file import read_fleet
+    from mark.apps.simulator.many_model import ManyScenario, ManySettings, simulate_many
+    from mark.apps.simulator.report import write_summary
+    from mark.core.catalog import load_catalog
+    from mark.core.config import load_config
+    from traces import read_trace
+
+    if args.model:
+        raise SystemExit("mark simulate: --model and --fleet exclude each other")
+    config = load_config(args.config)
+    catalog = load_catalog()
+    fleet = read_fleet(args.fleet, catalog)
+    trace = read_trace(args.trace)
+    defaults = ManySettings()
+    settings = ManySettings(
+        types=tuple(t for t in (args.types or "").split(",") if t),
+        zones=config.cloud.zones,
+        budget_fraction=config.batching.slo_budget_fraction,
+        quantile=config.forecast.quantile,
+        predictor=args.predictor or defaults.predictor,
+        load_mb_per_s=args.load_mb_per_s or defaults.load_mb_per_s,
+        max_moves=defaults.max_moves if args.max_moves is None else args.max_moves,
+    )
+    scenario = ManyScenario(fleet, trace, catalog, args.market, settings)
+    names = [n.strip() for n in args.policies.split(",") if n.strip()]
+    runs = simulate_many(scenario, names)
+    policies = {run.name: run.summary(fleet) for run in runs}
+    meta = {
+        "trace": str(args.trace),
+        "fleet": str(args.fleet),
+        "models_in_fleet": len(fleet),
+        "market": args.market,
+        "load_mb_per_s": settings.load_mb_per_s,
+        "max_moves": settings.max_moves,
+        "replan_s": settings.replan_s,
+        "predictor": settings.predictor,
+        "instance_type": {run.name: run.instance_type for run in runs},
+    }
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    write_summary(out / "summary.json", {"policies": policies, "meta": meta})
+    table = Table(title=f"{len(fleet)} models, {trace.duration_s / 3600:.1f} h")
+    for column in (
+        "policy",
+        "type",
+        "$/h",
+        "SLO attained",
+        "models meeting SLO",
+        "hit rate",
+        "loads/h",
+        "moves/tick max",
+    ):
+        table.add_column(column, justify="left" if column in ("policy", "type") else "right")
+    for run in runs:
+        row = policies[run.name]
+        table.add_row(
+            run.name,
+            run.instance_type,
+            f"{row['cost_per_hour_usd']:.2f}",
+            f"{row['slo_attainment']:.2%}",
+            f"{row['models_meeting_slo']}/{row['models']}",
+            f"{row['cache_hit_rate']:.2%}",
+            f"{row['loads_per_hour']:.1f}",
+            str(row["moves_per_tick_max"]),
+        )
+    console = Console()
+    console.print(table)
+    console.print(f"wrote {out / 'summary.json'}")
     return 0

@@ -55,6 +55,7 @@ _KINDS: dict[str, tuple[str, str, list[_Option]]] = {
             ("--total-peak-rps", float, 150.0, "peak of the total rate"),
             ("--peak-to-valley", float, 4.0, "peak / valley of the total"),
             ("--noise", float, 0.15, "per-model burst size (log-scale standard deviation)"),
+            ("--drift", float, 0.0, "popularity drift over the day (log-scale; 0: none)"),
         ],
     ),
     "azure": (

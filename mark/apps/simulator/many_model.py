@@ -1,0 +1,698 @@
+"""Many-model simulation (issue 16): thousands of models sharing a fleet of one instance type,
+placed by `provisioner.policy.placement.place`, replayed per bucket, not per request.
+
+24 hours of the AWS scenario (3,000 models, 6,230 req/s at the peak) is about 300 million
+requests; the per-request engine (`engine.run_policy`) would take hours. Here every bucket of the
+trace (60 s) is one step, vectorised over models with numpy:
+
+- Routing: a model's requests in a bucket are split evenly over the instances its placement
+  assigned it to that hold it loaded (make-before-break: while a move loads, the old residents
+  serve it). Each instance's load is its squishy occupancy (`placement.occupancy`) at the rates
+  routed to it, summed over its models; an instance within 1 meets the SLO for all its requests
+  (the capacity behind `occupancy` is the M/D/c rate at which the SLO percentile holds), and
+  beyond 1 the excess share 1 - 1/occupancy misses, or spills to serverless where the model's
+  serverless latency fits its SLO. Approximated: queueing within a bucket (bursts shorter than a
+  minute), the batcher's duty cycle between co-resident models (placement's own approximation),
+  and the exact moment a move finishes (a model serves from the bucket after its load ends).
+  Checked against the per-request engine on one model and one type (static, the same trace):
+  tests/test_many_model_sim.py compares SLO attainment and cost.
+- Cache: requests of a model held by no instance are cache misses. The model is loaded on
+  demand onto the instance with the most free memory, evicting the least recently used models
+  that no placement needs; a load takes size_mb / `load_mb_per_s`, after what that instance is
+  already loading. A request arriving while its model loads waits for the load: it meets the
+  SLO if the wait plus T(1) fits (uniform arrivals within the bucket give the share), else it
+  spills to serverless if that fits the SLO, else misses. Requests of held models are hits.
+- Instances: launches are ready after the type's `launch_overhead_s`, then load their models
+  one after another; billing is per second with the 60 s minimum (`InstanceType.charge_usd`), on
+  spot at the catalog's spot history (`billing.spot_charge_usd`). No spot interruptions here.
+  Both policies start warm: the first placement is running and loaded at the trace's start.
+
+Policies:
+- `mark` (`mark-ondemand`, `mark-spot`): every `replan_s` each model's forecaster
+  (`predictors.registry`) forecasts its rate for the next interval; a model expected to get at
+  least `min_expected_requests` in it is placed at the forecast's upper quantile, the others are
+  left to the cache (a resident stays loaded until its memory is needed). The placement is
+  applied as it comes (loads, unloads, launches); instances left with nothing placed are
+  terminated, and the least-occupied one is emptied into the others when the placement without
+  it needs no new instance (its models' loads count against the move bound).
+- `static`: the seeds' approach, placed once for every model's peak rate over the trace (what an
+  offline knapsack sized for the peak does) and never changed; misses are cached loads.
+
+The instance type: each policy packs its first placement (the first bucket's rates for Mark,
+the peaks for static) onto every candidate type and keeps the cheapest for the run.
+
+Load bandwidth: `LOAD_MB_PER_S`, estimated: neither seed gives one; 100 MB/s is about one S3
+GET stream (AWS's S3 performance guidelines suggest parallel ranged GETs to go faster) and puts a
+300 MB translation model at 3 s, an 800 MB bert-base at 8 s.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+from numpy.typing import NDArray
+
+from mark.apps.simulator.fleet_file import FleetModel
+from mark.core.catalog import Catalog
+from mark.core.errors import InvalidValue
+from mark.core.types import InstanceType, Profile, Slo
+from predictors.base import Forecaster
+from predictors.registry import create_forecaster
+from provisioner.policy import billing
+from provisioner.policy.capacity import CapacityCache
+from provisioner.policy.placement import ModelNeed, Placement, Resident, occupancy, place
+from traces import Trace
+
+__all__ = [
+    "LOAD_MB_PER_S",
+    "MANY_POLICIES",
+    "ManySettings",
+    "ManyScenario",
+    "ManyRun",
+    "model_counts",
+    "simulate_many",
+]
+
+LOAD_MB_PER_S = 100.0
+MANY_POLICIES = ("mark", "static")
+_OCC_POINTS = 256
+_EPS = 1e-9
+
+Market = Literal["ondemand", "spot", "mixed"]
+
+
+@dataclass(frozen=True)
+class ManySettings:
+    """Knobs of the many-model engine; the defaults are the ones the scenarios ran with."""
+
+    types: tuple[str, ...] = ()
+    zones: tuple[str, ...] = ("us-east-1a", "us-east-1b", "us-east-1c")
+    budget_fraction: float = 0.8
+    load_mb_per_s: float = LOAD_MB_PER_S
+    max_moves: int = 50
+    replan_s: float = 300.0
+    predictor: str = "ewma"
+    quantile: float = 0.95
+    replicate_above: float = 0.5
+    min_expected_requests: float = 1.0
+
+
+@dataclass(frozen=True)
+class ManyScenario:
+    fleet: tuple[FleetModel, ...]
+    trace: Trace
+    catalog: Catalog
+    market: Market = "ondemand"
+    settings: ManySettings = ManySettings()
+
+
+@dataclass
+class ManyRun:
+    """What one policy did: totals, per-model requests and requests within the SLO (fleet
+    order), and per-plan moves."""
+
+    name: str
+    instance_type: str
+    duration_s: float
+    requests_by_model: NDArray[np.float64]
+    good_by_model: NDArray[np.float64]
+    instance_cost_usd: float = 0.0
+    serverless_cost_usd: float = 0.0
+    spilled: float = 0.0
+    hits: float = 0.0
+    loads: int = 0
+    demand_loads: int = 0
+    launches: int = 0
+    moves: list[int] = field(default_factory=list)
+    instance_hours: float = 0.0
+    peak_instances: int = 0
+
+    @property
+    def cost_usd(self) -> float:
+        return self.instance_cost_usd + self.serverless_cost_usd
+
+    def summary(self, fleet: Sequence[FleetModel]) -> dict[str, Any]:
+        """The policy's summary.json entry: DESIGN.md's single-model keys that apply, its
+        many-model keys, then extras."""
+        req, good = self.requests_by_model, self.good_by_model
+        total = float(req.sum())
+        served = req > 0
+        attained = np.divide(good, req, out=np.ones_like(req), where=served)
+        percentile = np.array([m.slo.percentile for m in fleet])
+        order = np.lexsort((np.arange(req.size), -req))
+        deciles = []
+        for part in np.array_split(order, 10):
+            r = float(req[part].sum())
+            deciles.append(round(float(good[part].sum()) / r, 6) if r > 0 else 1.0)
+        hours = self.duration_s / 3600.0
+        moves = self.moves or [0]
+        return {
+            "cost_usd": round(self.cost_usd, 6),
+            "slo_attainment": round(float(good.sum()) / total, 6) if total else 1.0,
+            "requests": int(round(total)),
+            "spilled": int(round(self.spilled)),
+            "launches": self.launches,
+            "instance_hours": {self.instance_type: round(self.instance_hours, 4)},
+            "cost_per_hour_usd": round(self.cost_usd / hours, 6),
+            "models": int(served.sum()),
+            "models_meeting_slo": int((served & (attained >= percentile - _EPS)).sum()),
+            "cache_hit_rate": round(self.hits / total, 6) if total else 1.0,
+            "loads": self.loads,
+            "slo_attainment_by_decile": deciles,
+            "loads_per_hour": round(self.loads / hours, 3),
+            "demand_loads": self.demand_loads,
+            "moves_per_tick_max": int(max(moves)),
+            "moves_per_tick_mean": round(float(np.mean(moves)), 3),
+            "peak_instances": self.peak_instances,
+            "instance_cost_usd": round(self.instance_cost_usd, 6),
+            "serverless_cost_usd": round(self.serverless_cost_usd, 6),
+        }
+
+
+def model_counts(trace: Trace, names: Sequence[str]) -> NDArray[np.float64]:
+    """(buckets, models) request counts of a many-model trace, models in `names`' order. A
+    model of the trace that the fleet does not name is an error (its requests would vanish)."""
+    if trace.models is None:
+        raise InvalidValue("trace", "a many-model simulation needs a trace with a model column")
+    grid = trace.grid_s
+    unique, inverse = np.unique(np.asarray(trace.models), return_inverse=True)
+    index = {str(n): i for i, n in enumerate(names)}
+    unknown = [str(n) for n in unique if str(n) not in index]
+    if unknown:
+        raise InvalidValue("fleet", f"the trace has models the fleet lacks: {unknown[0]!r}, ...")
+    column = np.array([index[str(n)] for n in unique], dtype=np.int64)[inverse]
+    row = np.rint((trace.timestamps_s - grid[0]) / trace.bucket_s).astype(np.int64)
+    counts = np.zeros((grid.size, len(names)))
+    np.add.at(counts, (row, column), trace.counts)
+    return counts
+
+
+class _Models:
+    """The fleet on one instance type: per-model profile, memory, SLO, and a vectorised
+    occupancy (interpolated on a grid of rates per distinct profile and SLO)."""
+
+    def __init__(
+        self, fleet: Sequence[FleetModel], catalog: Catalog, itype: str, cache: CapacityCache
+    ) -> None:
+        self.names = [m.name for m in fleet]
+        self.cache = cache
+        self.profiles: list[Profile] = []
+        self.memory = np.empty(len(fleet))
+        self.size = np.array([m.size_mb for m in fleet])
+        self.slos = [m.slo for m in fleet]
+        self.group = np.empty(len(fleet), dtype=np.int64)
+        self.tables: list[tuple[NDArray[np.float64], NDArray[np.float64]]] = []
+        groups: dict[tuple[int, Slo], int] = {}
+        for i, m in enumerate(fleet):
+            profile = catalog.model(m.profile).profiles.get(itype)
+            if profile is None:
+                raise InvalidValue("types", f"{m.profile} has no profile on {itype}")
+            self.profiles.append(profile)
+            self.memory[i] = profile.memory_mb if profile.memory_mb > 0 else m.size_mb
+            key = (id(profile), m.slo)
+            if key not in groups:
+                groups[key] = len(self.tables)
+                self.tables.append(self._table(profile, m.slo))
+            self.group[i] = groups[key]
+        self.members = [np.flatnonzero(self.group == g) for g in range(len(self.tables))]
+        self.service_1_s = np.array([p.service_ms(1) / 1000.0 for p in self.profiles])
+        self.slo_s = np.array([s.latency_ms / 1000.0 for s in self.slos])
+
+    def need(self, i: int, rate_rps: float) -> ModelNeed:
+        p = self.profiles[i]
+        return ModelNeed(
+            self.names[i], rate_rps, float(self.memory[i]), p, self.slos[i], p.max_batch
+        )
+
+    def feasible(self) -> bool:
+        return all(np.isfinite(t[1]).all() for t in self.tables)
+
+    def _table(self, profile: Profile, slo: Slo) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
+        cap = self.cache.get(profile, slo, profile.max_batch).rate_rps
+        if cap <= 0:
+            return np.array([1.0]), np.array([math.inf])
+        template = ModelNeed("", 1.0, 0.0, profile, slo, profile.max_batch)
+        rates = np.geomspace(cap * 1e-6, cap * 4.0, _OCC_POINTS)
+        return rates, np.array([occupancy(template, float(r), self.cache) for r in rates])
+
+    def occupancy(
+        self, model: NDArray[np.int64], rates: NDArray[np.float64]
+    ) -> NDArray[np.float64]:
+        """Occupancy of `model[j]` at `rates[j]`: interpolated inside the grid, proportional to
+        the rate outside it (one batch size throughout: 1 below, the largest above)."""
+        out = np.zeros(rates.size)
+        groups = self.group[model]
+        for g, (grid, occ) in enumerate(self.tables):
+            sel = groups == g
+            if not sel.any():
+                continue
+            r = rates[sel]
+            value = np.interp(r, grid, occ)
+            value = np.where(r < grid[0], occ[0] * r / grid[0], value)
+            out[sel] = np.where(r > grid[-1], occ[-1] * r / grid[-1], value)
+        return out
+
+
+@dataclass
+class _Instance:
+    id: str
+    launched_s: float
+    ready_s: float
+    loading_until_s: float
+    ended_s: float | None = None
+    retire_s: float | None = None
+
+
+class _Fleet:
+    """Running instances of one type as rows of (instances, models) matrices: when each model
+    is ready on each (inf: not held), where placement routes it, when it last served."""
+
+    def __init__(self, models: _Models, itype: InstanceType, load_mb_per_s: float) -> None:
+        self.models = models
+        self.itype = itype
+        self.limit_mb = itype.model_capacity_mb
+        self.load_s = models.size / load_mb_per_s
+        n = len(models.names)
+        self.instances: list[_Instance] = []
+        self.ended: list[_Instance] = []
+        self.ready_at = np.empty((0, n))
+        self.placed = np.zeros((0, n), dtype=bool)
+        self.last_used = np.empty((0, n))
+        self.index = {name: i for i, name in enumerate(models.names)}
+        self.loads = 0
+        self.launches = 0
+        self._next_id = 0
+
+    def residents(self) -> list[Resident]:
+        """What every instance not retiring holds (loaded or loading)."""
+        held = np.isfinite(self.ready_at)
+        names = self.models.names
+        return [
+            Resident(inst.id, frozenset(names[j] for j in np.flatnonzero(held[i])))
+            for i, inst in enumerate(self.instances)
+            if inst.retire_s is None
+        ]
+
+    def retire(self, now_s: float) -> None:
+        """Terminate the retiring instances whose models are ready elsewhere by now."""
+        done = [
+            i
+            for i, inst in enumerate(self.instances)
+            if inst.retire_s is not None and inst.retire_s <= now_s + _EPS
+        ]
+        self.terminate(done, now_s)
+
+    def load(self, row: int, model: int, now_s: float, *, warm: bool) -> float:
+        """Start loading `model` on instance `row`; when it is ready."""
+        inst = self.instances[row]
+        if warm:
+            ready = now_s
+        else:
+            ready = max(now_s, inst.loading_until_s, inst.ready_s) + float(self.load_s[model])
+            inst.loading_until_s = ready
+            self.loads += 1
+        self.ready_at[row, model] = ready
+        self.last_used[row, model] = now_s
+        return ready
+
+    def launch(self, now_s: float, *, warm: bool) -> int:
+        self._next_id += 1
+        ready = now_s if warm else now_s + self.itype.launch_overhead_s
+        self.instances.append(_Instance(f"i-{self._next_id:05d}", now_s, ready, ready))
+        n = len(self.models.names)
+        self.ready_at = np.vstack([self.ready_at, np.full((1, n), np.inf)])
+        self.placed = np.vstack([self.placed, np.zeros((1, n), dtype=bool)])
+        self.last_used = np.vstack([self.last_used, np.full((1, n), -np.inf)])
+        self.launches += 1
+        return len(self.instances) - 1
+
+    def terminate(self, rows: Sequence[int], now_s: float) -> None:
+        if not rows:
+            return
+        for r in rows:
+            self.instances[r].ended_s = now_s
+            self.ended.append(self.instances[r])
+        keep = np.setdiff1d(np.arange(len(self.instances)), np.asarray(rows, dtype=np.int64))
+        self.instances = [self.instances[i] for i in keep.tolist()]
+        self.ready_at, self.placed = self.ready_at[keep], self.placed[keep]
+        self.last_used = self.last_used[keep]
+
+    def apply(self, plan: Placement, now_s: float, *, warm: bool) -> None:
+        """Carry out a placement: unloads, loads, launches for its new bins, the routing."""
+        rows = {inst.id: i for i, inst in enumerate(self.instances)}
+        for iid, name in plan.unload:
+            self.ready_at[rows[iid], self.index[name]] = np.inf
+        for iid, name in plan.loads:
+            self.load(rows[iid], self.index[name], now_s, warm=warm)
+        self.placed[:] = False
+        empty: list[int] = []
+        kept: set[int] = set()
+        for b in plan.bins:
+            row = (
+                rows[b.instance_id] if b.instance_id is not None else self.launch(now_s, warm=warm)
+            )
+            kept.add(row)
+            for rep in sorted(b.replicas, key=lambda r: r.model):
+                j = self.index[rep.model]
+                self.placed[row, j] = True
+                if not np.isfinite(self.ready_at[row, j]):
+                    self.load(row, j, now_s, warm=warm)
+            if not b.replicas:
+                empty.append(row)
+        for i, inst in enumerate(self.instances):
+            if i not in kept and inst.retire_s is None:
+                # Emptied into the others: it serves its models until they are ready there.
+                held = np.isfinite(self.ready_at[i])
+                elsewhere = np.delete(self.ready_at, i, axis=0)[:, held]
+                soonest = elsewhere.min(axis=0) if elsewhere.size else np.zeros(0)
+                soonest = soonest[np.isfinite(soonest)]
+                inst.retire_s = max(now_s, float(soonest.max())) if soonest.size else now_s
+        self.terminate(empty, now_s)
+
+    def charge_usd(self, end_s: float, price_at: Callable[[float], float | None] | None) -> float:
+        total = 0.0
+        for inst in [*self.ended, *self.instances]:
+            stop = inst.ended_s if inst.ended_s is not None else end_s
+            if price_at is None:
+                total += self.itype.charge_usd(stop - inst.launched_s)
+            else:
+                total += billing.spot_charge_usd(self.itype, inst.launched_s, stop, price_at)
+        return total
+
+    def hours(self, end_s: float) -> float:
+        ends = [
+            i.ended_s if i.ended_s is not None else end_s for i in [*self.ended, *self.instances]
+        ]
+        starts = [i.launched_s for i in [*self.ended, *self.instances]]
+        return float(sum(e - s for e, s in zip(ends, starts, strict=True))) / 3600.0
+
+
+class _Serving:
+    """One bucket's requests over the fleet (see the module docstring)."""
+
+    def __init__(
+        self, fleet: _Fleet, spillable: NDArray[np.bool_], spill_usd: NDArray[np.float64]
+    ) -> None:
+        self.fleet = fleet
+        self.spillable = spillable
+        self.spill_usd = spill_usd
+        n = len(fleet.models.names)
+        self.requests = np.zeros(n)
+        self.good = np.zeros(n)
+        self.spilled = 0.0
+        self.hits = 0.0
+        self.demand_loads = 0
+        self.serverless_usd = 0.0
+
+    def _lost(self, model: NDArray[np.int64] | int, count: NDArray[np.float64] | float) -> None:
+        """Requests that cannot be served in time on the fleet: spill or miss."""
+        spill = np.where(self.spillable[model], count, 0.0)
+        self.spilled += float(np.sum(spill))
+        self.serverless_usd += float(np.sum(spill * self.spill_usd[model]))
+        np.add.at(self.good, np.atleast_1d(model), np.atleast_1d(spill))
+
+    def bucket(self, counts: NDArray[np.float64], start_s: float, width_s: float) -> None:
+        fleet, models = self.fleet, self.fleet.models
+        self.requests += counts
+        avail = fleet.ready_at <= start_s + _EPS
+        route = fleet.placed & avail
+        orphan = ~route.any(axis=0) & avail.any(axis=0)
+        route[:, orphan] = avail[:, orphan]
+        targets = route.sum(axis=0)
+        share = np.where(route, counts / np.maximum(targets, 1), 0.0)
+        inst, model = np.nonzero(share)
+        if inst.size:
+            occ = models.occupancy(model, share[inst, model] / width_s)
+            load = np.bincount(inst, weights=occ, minlength=route.shape[0])
+            ok = np.where(load > 1.0, 1.0 / np.maximum(load, _EPS), 1.0)
+            served = share[inst, model]
+            np.add.at(self.good, model, served * ok[inst])
+            self._lost(model, served * (1.0 - ok[inst]))
+            self.hits += float(served.sum())
+            fleet.last_used[inst, model] = start_s
+        missing = np.flatnonzero((counts > 0) & (targets == 0))
+        for j in missing[np.argsort(-counts[missing], kind="stable")].tolist():
+            self._miss(j, float(counts[j]), start_s, width_s)
+
+    def _miss(self, j: int, count: float, start_s: float, width_s: float) -> None:
+        fleet = self.fleet
+        row = self._room_for(j, start_s)
+        if row is None:
+            self._lost(j, count)
+            return
+        loading = np.isfinite(fleet.ready_at[row, j])
+        ready = (
+            float(fleet.ready_at[row, j]) if loading else fleet.load(row, j, start_s, warm=False)
+        )
+        if not loading:
+            self.demand_loads += 1
+        wait = max(ready - start_s, 0.0)
+        early = count * min(1.0, wait / width_s)
+        later = count - early
+        slack = float(self.fleet.models.slo_s[j] - self.fleet.models.service_1_s[j])
+        within = early * (min(1.0, max(0.0, slack / wait)) if wait > 0 else 1.0)
+        self.good[j] += later + within
+        self.hits += later
+        self._lost(j, early - within)
+
+    def _room_for(self, j: int, now_s: float) -> int | None:
+        """The ready instance with the most memory free for model `j` once the least recently
+        used models no placement routes there are evicted; None when none can hold it."""
+        fleet = self.fleet
+        ready = np.array(
+            [inst.ready_s <= now_s + _EPS and inst.retire_s is None for inst in fleet.instances],
+            dtype=bool,
+        )
+        if not ready.any():
+            return None
+        held = np.isfinite(fleet.ready_at)
+        holding = np.flatnonzero(ready & held[:, j])
+        if holding.size:
+            return int(holding[0])
+        memory = fleet.models.memory
+        used = held @ memory
+        evictable = held & ~fleet.placed & (fleet.ready_at <= now_s)
+        free = np.where(ready, fleet.limit_mb - used + evictable @ memory, -math.inf)
+        need = float(memory[j])
+        best = int(np.argmax(free)) if free.max() >= need - _EPS else None
+        if best is None:
+            return None
+        room = fleet.limit_mb - float(used[best])
+        lru = np.flatnonzero(evictable[best])
+        for k in lru[np.argsort(fleet.last_used[best, lru], kind="stable")].tolist():
+            if room >= need - _EPS:
+                break
+            fleet.ready_at[best, k] = np.inf
+            room += float(memory[k])
+        return best
+
+
+def _candidate_types(scenario: ManyScenario) -> list[str]:
+    catalog = scenario.catalog
+    profiles = {m.profile for m in scenario.fleet}
+    names = scenario.settings.types or tuple(catalog.instance_types)
+    for name in names:
+        catalog.instance_type(name)
+    return [n for n in names if all(n in catalog.model(p).profiles for p in profiles)]
+
+
+def _plan(
+    models: _Models,
+    rates: NDArray[np.float64],
+    residents: Sequence[Resident],
+    limit_mb: float,
+    settings: ManySettings,
+    max_moves: int,
+) -> Placement:
+    needs = [models.need(i, float(r)) for i, r in enumerate(rates.tolist()) if r > 0]
+    return place(
+        needs,
+        residents,
+        memory_limit_mb=limit_mb,
+        max_moves=max_moves,
+        cache=models.cache,
+        replicate_above=settings.replicate_above,
+    )
+
+
+def _choose_type(
+    scenario: ManyScenario, rates: NDArray[np.float64], price_of: Callable[[str], float | None]
+) -> tuple[str, _Models]:
+    """The candidate type whose placement of `rates` on new instances costs least per hour."""
+    cache = CapacityCache(budget_fraction=scenario.settings.budget_fraction)
+    best: tuple[float, str, _Models] | None = None
+    reasons = []
+    bounded = []
+    for name in _candidate_types(scenario):
+        price = price_of(name)
+        models = _Models(scenario.fleet, scenario.catalog, name, cache)
+        if price is None or not models.feasible():
+            reasons.append(f"{name}: no price" if price is None else f"{name}: misses the SLO")
+            continue
+        limit = scenario.catalog.instance_type(name).model_capacity_mb
+        placed = np.flatnonzero(rates > 0)
+        load = models.occupancy(placed, rates[placed]).sum()
+        memory = models.memory[placed].sum() / limit
+        bounded.append((price * max(load, memory, 1.0), name, price, models))
+    # Cheapest bound first; a type whose bound is above the best packing found is not packed.
+    for bound, name, price, models in sorted(bounded, key=lambda b: (b[0], b[1])):
+        if best is not None and bound >= best[0]:
+            break
+        itype = scenario.catalog.instance_type(name)
+        plan = _plan(models, rates, [], itype.model_capacity_mb, scenario.settings, 0)
+        if plan.unplaced:
+            reasons.append(f"{name}: {next(iter(plan.unplaced.values()))}")
+            continue
+        cost = plan.new_instances * price
+        if best is None or cost < best[0] - _EPS:
+            best = (cost, name, models)
+    if best is None:
+        raise InvalidValue("types", "no instance type can hold the fleet: " + "; ".join(reasons))
+    return best[1], best[2]
+
+
+def _spot_pool(scenario: ManyScenario, itype: str, at_s: float) -> Callable[[float], float | None]:
+    """The cheapest zone's spot price history for `itype`, as a function of time."""
+    catalog = scenario.catalog
+    priced = [
+        (p, z)
+        for z in scenario.settings.zones
+        if (p := catalog.spot_price(itype, z, at_s)) is not None
+    ]
+    if not priced:
+        raise InvalidValue("market", f"no spot price for {itype} in {scenario.settings.zones}")
+    zone = min(priced)[1]
+    return lambda t: catalog.spot_price(itype, zone, t)
+
+
+def _run(
+    scenario: ManyScenario,
+    name: str,
+    counts: NDArray[np.float64],
+    *,
+    adaptive: bool,
+    spot: bool,
+    progress: Callable[[str, float], None] | None,
+) -> ManyRun:
+    trace, settings, catalog = scenario.trace, scenario.settings, scenario.catalog
+    width = trace.bucket_s
+    start = float(trace.grid_s[0])
+    end = start + counts.shape[0] * width
+
+    def price_of(t: str) -> float | None:
+        if not spot:
+            return catalog.instance_type(t).on_demand_price_per_hour
+        prices = [catalog.spot_price(t, z, start) for z in settings.zones]
+        known = [p for p in prices if p is not None]
+        return min(known) if known else None
+
+    first = counts[0] / width if adaptive else counts.max(axis=0) / width
+    type_name, models = _choose_type(scenario, first, price_of)
+    itype = catalog.instance_type(type_name)
+    fleet = _Fleet(models, itype, settings.load_mb_per_s)
+    entries = [catalog.model(m.profile) for m in scenario.fleet]
+    latency = np.array([e.serverless_latency_ms for e in entries])
+    spillable = (latency > 0) & (latency <= models.slo_s * 1000.0)
+    spill_usd = np.array(
+        [
+            catalog.lambda_pricing.charge_usd(e.serverless_latency_ms, e.serverless_memory_mb)
+            for e in entries
+        ]
+    )
+    serving = _Serving(fleet, spillable, spill_usd)
+    run = ManyRun(name, type_name, end - start, serving.requests, serving.good)
+    every = max(1, round(settings.replan_s / width))
+    forecasters: list[Forecaster] = []
+    if adaptive:
+        forecasters = [create_forecaster(settings.predictor, bucket_s=width) for _ in models.names]
+        for f, c in zip(forecasters, counts[0].tolist(), strict=True):
+            f.observe(start - width, c)
+    fleet.apply(_plan(models, first, [], fleet.limit_mb, settings, 0), start, warm=True)
+    for k in range(counts.shape[0]):
+        now = start + k * width
+        if adaptive and k > 0 and k % every == 0:
+            rates = _forecast(forecasters, every, settings, width)
+            run.moves.append(_replan(fleet, models, rates, settings, now))
+        fleet.retire(now)
+        serving.bucket(counts[k], now, width)
+        run.peak_instances = max(run.peak_instances, len(fleet.instances))
+        if adaptive:
+            for f, c in zip(forecasters, counts[k].tolist(), strict=True):
+                f.observe(now, c)
+        if progress is not None:
+            progress(name, width)
+    run.instance_cost_usd = fleet.charge_usd(
+        end, _spot_pool(scenario, type_name, start) if spot else None
+    )
+    run.serverless_cost_usd = serving.serverless_usd
+    run.spilled, run.hits = serving.spilled, serving.hits
+    run.loads, run.demand_loads, run.launches = fleet.loads, serving.demand_loads, fleet.launches
+    run.instance_hours = fleet.hours(end)
+    return run
+
+
+def _forecast(
+    forecasters: Sequence[Forecaster], horizon: int, settings: ManySettings, width_s: float
+) -> NDArray[np.float64]:
+    """Each model's rate to place: the upper quantile's largest bucket over the next interval,
+    zero where the mean expects fewer than `min_expected_requests` in it."""
+    out = np.zeros(len(forecasters))
+    for i, f in enumerate(forecasters):
+        fc = f.forecast(horizon, settings.quantile)
+        if sum(fc.mean_rps) * width_s >= settings.min_expected_requests:
+            out[i] = max(fc.upper_rps)
+    return out
+
+
+def _replan(
+    fleet: _Fleet, models: _Models, rates: NDArray[np.float64], settings: ManySettings, now_s: float
+) -> int:
+    """Place `rates` with at most `max_moves` moves, try one instance fewer, apply; the moves."""
+    residents = fleet.residents()
+    plan = _plan(models, rates, residents, fleet.limit_mb, settings, settings.max_moves)
+    busy = [b for b in plan.bins if b.instance_id is not None and b.replicas]
+    placed_mb = sum(r.memory_mb for b in plan.bins for r in b.replicas)
+    if len(busy) >= 2 and plan.new_instances == 0:
+        occupied = sum(b.occupancy for b in plan.bins)
+        fewer = len(plan.bins) - 1
+        if occupied <= fewer - 0.5 and placed_mb <= fewer * fleet.limit_mb:
+            victim = min(busy, key=lambda b: (b.occupancy, b.instance_id or ""))
+            kept = [r for r in residents if r.instance_id != victim.instance_id]
+            smaller = _plan(models, rates, kept, fleet.limit_mb, settings, settings.max_moves)
+            if smaller.new_instances == 0 and set(smaller.unplaced) <= set(plan.unplaced):
+                plan = smaller  # the victim is in no bin: it retires once its models moved
+    fleet.apply(plan, now_s, warm=False)
+    return plan.moves
+
+
+def simulate_many(
+    scenario: ManyScenario,
+    names: Sequence[str],
+    progress: Callable[[str, float], None] | None = None,
+) -> list[ManyRun]:
+    """Run the named policies (`MANY_POLICIES`) on the scenario; `mark` runs as mark-ondemand
+    and/or mark-spot by the market, `static` on-demand."""
+    unknown = [n for n in names if n not in MANY_POLICIES]
+    if unknown:
+        raise InvalidValue(
+            "policies",
+            f"unknown {', '.join(unknown)} for a many-model fleet; choose from "
+            f"{', '.join(MANY_POLICIES)}",
+        )
+    counts = model_counts(scenario.trace, [m.name for m in scenario.fleet])
+    markets = {"ondemand": (False,), "spot": (True,), "mixed": (False, True)}[scenario.market]
+    runs = []
+    for name in names:
+        if name == "static":
+            runs.append(
+                _run(scenario, "static", counts, adaptive=False, spot=False, progress=progress)
+            )
+            continue
+        for spot in markets:
+            label = "mark-spot" if spot else "mark-ondemand"
+            runs.append(_run(scenario, label, counts, adaptive=True, spot=spot, progress=progress))
+    return runs
