@@ -3,16 +3,19 @@ SLO hold, recomputed every tick with few moves (issue 16; Cortex and AWS pack hu
 per instance, placed offline and never changed).
 
 Compute demand is squishy (Nexus, Shen et al., SOSP 2019): a model's load on an instance is not
-linear in its rate, because the batcher forms smaller batches at lower rates and a small batch
-costs more server time per request. At rate r on an instance type the batcher runs batches of
-b(r) = `slo_batch(profile, budget, r).size`, so the model keeps the servers busy for
-r * T(b(r)) / (b(r) * parallelism) of each second. `occupancy` divides that by the busy share at
-which the model alone reaches its capacity at the SLO (`provisioner.policy.capacity`), so one
-model at its capacity occupies exactly 1, and models sharing an instance fit while their
-occupancies sum to at most 1. That sum treats the co-resident models' batches as taking turns
-within each one's SLO budget (Nexus's duty cycle, simplified: each model's batch is sized as if
-alone); it is the approximation, stated here and checked by the simulator once the many-model
-engine runs placements.
+linear in its rate, because a model with few requests forms small batches and a small batch
+costs more server time per request. Co-resident models take turns on the servers in a duty
+cycle d (Nexus's rule, simplified: d is half the model's SLO budget, so a request waits at most
+a cycle and then its batch's service): each cycle a model at rate r serves a batch of
+b = clamp(r * d, 1, B) (B the largest batch it forms at its capacity; below one request a cycle
+it appears in a share r * d of the cycles), and so keeps the servers busy for
+r * T(b) / (b * parallelism) of each second. `occupancy` divides that by the same share at the
+model's capacity at the SLO (`provisioner.policy.capacity`), so one model at its capacity
+occupies exactly 1, and models sharing an instance fit while their occupancies sum to at most
+1. It is continuous and increasing in the rate. The approximation, stated here: the cycle is
+each model's own, not a common one, and the many-model simulator (mark/apps/simulator/
+many_model.py) applies the same occupancy, so it does not check it; its cross-check against the
+per-request engine is on one model per instance.
 
 A model whose rate needs more than one instance, or more than `replicate_above` of one, gets
 replicas on distinct instances, its rate split evenly (each replica's occupancy computed at its
@@ -39,7 +42,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from mark.core.types import Profile, Slo
-from provisioner.policy.batching import slo_batch, slo_budget_ms
+from provisioner.policy.batching import slo_budget_ms
 from provisioner.policy.capacity import CapacityCache
 
 __all__ = [
@@ -143,11 +146,14 @@ def occupancy(need: ModelNeed, rate_rps: float, cache: CapacityCache) -> float:
     cap = cache.get(need.profile, need.slo, need.max_batch)
     if cap.rate_rps <= 0:
         return math.inf
-    budget = slo_budget_ms(need.slo.latency_ms, cache.budget_fraction)
-    size = slo_batch(need.profile, budget, rate_rps, need.max_batch).size
-    busy = rate_rps * need.profile.service_ms(size) / size
-    full = cap.rate_rps * cap.service_ms / cap.batch_size
-    return busy / max(full, _EPS)
+    cycle_s = slo_budget_ms(need.slo.latency_ms, cache.budget_fraction) / 2000.0
+    largest = max(cap.batch_size, 1)
+
+    def busy(rate: float) -> float:
+        batch = min(max(rate * cycle_s, 1.0), largest)
+        return rate * (need.profile.a_ms / batch + need.profile.c_ms)
+
+    return busy(rate_rps) / max(busy(cap.rate_rps), _EPS)
 
 
 def replica_rates(
