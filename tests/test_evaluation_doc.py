@@ -212,7 +212,7 @@ def test_a_claim_that_fails_is_printed_as_measured() -> None:
     )
     assert "- **does not hold**: MArk-spot launches at most 3x oracle's (91 against 30)" in page
     assert "Claims: 4 of 10 hold." in page
-    assert "here: inception-v3-diurnal: MArk-spot meets the SLO" in page
+    assert "not holding: inception-v3-diurnal 6 of 10." in page
     assert "Mark missed the SLO on: inception-v3-diurnal mark-spot." in page
 
 
