@@ -41,7 +41,14 @@ from mark.apps.simulator.instance_queue import InstanceQueue
 from mark.apps.simulator.policies.base import Metrics, Policy, PolicyContext
 from mark.apps.simulator.serverless_pool import ServerlessPool
 from mark.apps.simulator.sim_dataplane import DataPlane
-from mark.apps.simulator.sim_state import PEAK, PolicyRun, PoolReclaim, SimInstance, SimSettings
+from mark.apps.simulator.sim_state import (
+    PEAK,
+    FleetCounter,
+    PolicyRun,
+    PoolReclaim,
+    SimInstance,
+    SimSettings,
+)
 from mark.apps.simulator.workload import Arrivals
 from mark.core.catalog import Catalog
 from mark.core.errors import InvalidValue
@@ -303,7 +310,7 @@ def run_policy(
     types = settings.types or tuple(model.profiles)
     types = tuple(t for t in types if t in model.profiles)
     series = {k: np.zeros(steps) for k in ("time_s", "demand_rps", "capacity_rps", "cost_usd")}
-    type_series: dict[str, np.ndarray] = {}
+    fleet_counter = FleetCounter(steps)
     accrued = 0.0
     next_decision = start
     bucket_times = np.zeros(0)
@@ -334,6 +341,8 @@ def run_policy(
     decision = policy.decide(context(start, warm_windows), state)
     state = decision.state
     eng.apply(decision.actions, start, initial=True)
+    # the most launches one decision made, to check against the planner's per-tick cap
+    max_tick_launches = eng.serial
     pool.keep_warm(decision.warm_functions, start)
     share = decision.serverless_share
     next_decision = start + policy.interval_s
@@ -343,7 +352,9 @@ def run_policy(
         if t0 >= next_decision - 1e-9 and step > 0:
             decision = policy.decide(context(t0, warm_windows + step), state)
             state = decision.state
+            launched = eng.serial
             eng.apply(decision.actions, t0, initial=False)
+            max_tick_launches = max(max_tick_launches, eng.serial - launched)
             pool.keep_warm(decision.warm_functions, t0)
             share = decision.serverless_share
             next_decision += policy.interval_s
@@ -370,10 +381,7 @@ def run_policy(
         series["demand_rps"][step] = times.size / window
         series["capacity_rps"][step] = eng.capacity_rps()
         series["cost_usd"][step] = accrued + pool.cost_usd
-        for s in eng.fleet.values():
-            name = s.instance.offering.instance_type
-            row = type_series.setdefault(name, np.zeros(steps))
-            row[step] += 1
+        fleet_counter.count(step, eng.fleet.values())
         if progress is not None:
             progress(window)
     for sim in list(eng.fleet.values()):
@@ -392,6 +400,7 @@ def run_policy(
             spot_hours += life_h
     extra: dict[str, Any] = {
         "launches": eng.serial,
+        "max_launches_per_tick": max_tick_launches,
         "interrupted": eng.interrupted,
         "interruptions_expected": eng.interruptions_expected,
         "spot_instance_hours": spot_hours,
@@ -410,7 +419,8 @@ def run_policy(
         serverless_cost_usd=pool.cost_usd,
         instance_hours=hours,
         series=series,
-        type_series=type_series,
+        type_series=fleet_counter.by_type,
+        market_series=fleet_counter.by_market,
         extra=extra,
     )
 

@@ -1,5 +1,6 @@
 """The PNG figures of a simulation, after the MArk paper's: cost over time, instances by type
-over time, demand against capacity at the SLO, and the latency CCDF of every policy."""
+and market over time, demand against capacity at the SLO, and the latency CCDF of every
+policy."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ import numpy as np  # noqa: E402
 from mark.apps.simulator.engine import PolicyRun  # noqa: E402
 from mark.core.types import Slo  # noqa: E402
 
-__all__ = ["write_plots"]
+__all__ = ["PLOT_NAMES", "write_plots"]
 
 
 def _hours(run: PolicyRun) -> np.ndarray:
@@ -23,9 +24,13 @@ def _hours(run: PolicyRun) -> np.ndarray:
     return (t - t[0]) / 3600.0 if t.size else t
 
 
-def write_plots(runs: Sequence[PolicyRun], slo: Slo, out: Path) -> list[Path]:
-    """Write the four figures into `out`; returns their paths."""
-    paths = [out / n for n in ("cost.png", "instances.png", "capacity.png", "latency_ccdf.png")]
+PLOT_NAMES = ("cost", "instances", "capacity", "latency_ccdf")
+
+
+def write_plots(runs: Sequence[PolicyRun], slo: Slo, out: Path, *, prefix: str = "") -> list[Path]:
+    """Write the four figures into `out` as `{prefix}{name}.png` (PLOT_NAMES); returns their
+    paths."""
+    paths = [out / f"{prefix}{n}.png" for n in PLOT_NAMES]
     fig, ax = plt.subplots(figsize=(8, 4.5))
     for run in runs:
         ax.plot(_hours(run), run.series["cost_usd"], label=run.name)
@@ -37,13 +42,17 @@ def write_plots(runs: Sequence[PolicyRun], slo: Slo, out: Path) -> list[Path]:
 
     fig, axes = plt.subplots(len(runs), 1, figsize=(8, 2.2 * len(runs)), sharex=True, squeeze=False)
     for ax, run in zip(axes[:, 0], runs, strict=True):
-        names = sorted(run.type_series)
-        if names:
-            ax.stackplot(_hours(run), *[run.type_series[n] for n in names], labels=names)
+        keys = sorted(run.market_series)
+        if keys:
+            ax.stackplot(
+                _hours(run),
+                *[run.market_series[k] for k in keys],
+                labels=[f"{name} {market}" for name, market in keys],
+            )
             ax.legend(loc="upper right", fontsize=7)
         ax.set_ylabel(run.name, fontsize=8)
     axes[-1, 0].set_xlabel("hours")
-    fig.suptitle("Instances by type")
+    fig.suptitle("Instances by type and market")
     fig.tight_layout()
     fig.savefig(paths[1], dpi=110)
     plt.close(fig)

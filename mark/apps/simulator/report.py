@@ -15,7 +15,7 @@ from rich.table import Table
 from mark.apps.simulator.engine import PolicyRun
 from mark.core.types import Slo
 
-__all__ = ["policy_summary", "summary", "write_summary", "summary_table"]
+__all__ = ["fleet_by_market", "policy_summary", "summary", "write_summary", "summary_table"]
 
 
 def _percentile(latencies_ms: np.ndarray, q: float) -> float | None:
@@ -25,8 +25,21 @@ def _percentile(latencies_ms: np.ndarray, q: float) -> float | None:
     return round(value, 3) if math.isfinite(value) else None
 
 
+def fleet_by_market(run: PolicyRun) -> dict[str, dict[str, dict[str, float]]]:
+    """Peak and mean instances alive per window, by type then market (`{type: {market:
+    {"peak", "mean"}}}`): the fleet's size and mix, which instance-hours alone do not show."""
+    out: dict[str, dict[str, dict[str, float]]] = {}
+    for (name, market), counts in sorted(run.market_series.items()):
+        out.setdefault(name, {})[market] = {
+            "peak": int(counts.max(initial=0.0)),
+            "mean": round(float(counts.mean()) if counts.size else 0.0, 3),
+        }
+    return out
+
+
 def policy_summary(run: PolicyRun, slo: Slo) -> dict[str, Any]:
-    """One policy's entry: the DESIGN.md keys, then extras (failed, split of the cost)."""
+    """One policy's entry: the DESIGN.md keys, then extras (failed, split of the cost, the
+    fleet by type and market, the engine's counters)."""
     lat = run.latencies_ms
     attained = float(np.mean(lat <= slo.latency_ms)) if lat.size else 1.0
     return {
@@ -41,6 +54,7 @@ def policy_summary(run: PolicyRun, slo: Slo) -> dict[str, Any]:
         "instance_cost_usd": round(run.instance_cost_usd, 6),
         "serverless_cost_usd": round(run.serverless_cost_usd, 6),
         "slo_met": attained >= slo.percentile,
+        "instances_by_market": fleet_by_market(run),
         **{k: (round(v, 6) if isinstance(v, float) else v) for k, v in run.extra.items()},
     }
 

@@ -5,6 +5,7 @@ the data plane (`sim_dataplane`) and the fleet's events (`engine`) both act on."
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -26,6 +27,7 @@ __all__ = [
     "PolicyRun",
     "SimInstance",
     "Recorder",
+    "FleetCounter",
     "PoolReclaim",
     "EngineState",
 ]
@@ -85,6 +87,8 @@ class PolicyRun:
     series: dict[str, np.ndarray]
     type_series: dict[str, np.ndarray]
     extra: dict[str, Any] = field(default_factory=dict)
+    # instances alive per window by (type, market): the fleet's mix, which the type series hides
+    market_series: dict[tuple[str, str], np.ndarray] = field(default_factory=dict)
 
     @property
     def cost_usd(self) -> float:
@@ -120,6 +124,24 @@ class Recorder:
 
     def all(self) -> np.ndarray:
         return np.concatenate(self.chunks) if self.chunks else np.zeros(0, np.float32)
+
+
+class FleetCounter:
+    """Instances alive in each window (pending, running or draining: all of them billed), by
+    type and by (type, market), for the plots and the summary's peak and mean fleet."""
+
+    def __init__(self, steps: int) -> None:
+        self.steps = steps
+        self.by_type: dict[str, np.ndarray] = {}
+        self.by_market: dict[tuple[str, str], np.ndarray] = {}
+
+    def count(self, step: int, fleet: Iterable[SimInstance]) -> None:
+        for sim in fleet:
+            offering = sim.instance.offering
+            name = offering.instance_type
+            self.by_type.setdefault(name, np.zeros(self.steps))[step] += 1
+            key = (name, str(offering.market))
+            self.by_market.setdefault(key, np.zeros(self.steps))[step] += 1
 
 
 @dataclass
