@@ -63,7 +63,7 @@ def as_array(data: Any, datatype: str, name: str) -> np.ndarray:
         arr = np.asarray(data)
     except ValueError as exc:  # ragged nesting
         raise ProtocolError(f"input {name!r}: data is not a rectangular array", name) from exc
-    if arr.dtype == object or arr.dtype.kind in "USV":
+    if arr.dtype == object or arr.dtype.kind in "USV" or (arr.dtype.kind == "b" != dtype.kind):
         raise ProtocolError(f"input {name!r}: {datatype} data must be numbers", name)
     if dtype.kind in "iu" and arr.dtype.kind == "f":
         raise ProtocolError(f"input {name!r}: {datatype} data must be integers", name)
