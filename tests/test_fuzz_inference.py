@@ -438,8 +438,7 @@ def _wrong_value(annotation: Any) -> str:
     return "{ wrong = 1 }"
 
 
-@FUZZ
-@given(key=st.sampled_from(_leaf_keys()))
+@pytest.mark.parametrize("key", _leaf_keys(), ids=lambda k: f"{k[0]}.{k[1]}")
 def test_a_config_key_of_the_wrong_type_is_named(tmp_path: Path, key: tuple[str, str, Any]) -> None:
     section, name, annotation = key
     text = f"[{section}]\n{name} = {_wrong_value(annotation)}\n"
