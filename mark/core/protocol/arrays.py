@@ -63,16 +63,26 @@ def as_array(data: Any, datatype: str, name: str) -> np.ndarray:
         arr = np.asarray(data)
     except ValueError as exc:  # ragged nesting
         raise ProtocolError(f"input {name!r}: data is not a rectangular array", name) from exc
-    if arr.dtype == object or arr.dtype.kind in "USV":
+    if arr.dtype == object or arr.dtype.kind in "USV" or (arr.dtype.kind == "b" != dtype.kind):
         raise ProtocolError(f"input {name!r}: {datatype} data must be numbers", name)
     if dtype.kind in "iu" and arr.dtype.kind == "f":
         raise ProtocolError(f"input {name!r}: {datatype} data must be integers", name)
     if dtype.kind == "b" and arr.dtype.kind != "b":
         raise ProtocolError(f"input {name!r}: BOOL data must be true/false", name)
+    if dtype.kind in "iu" and arr.size and not _fits(arr, dtype):
+        raise ProtocolError(f"input {name!r}: values do not fit {datatype}", name)
     try:
-        return arr.astype(dtype)
-    except (OverflowError, ValueError) as exc:
+        with np.errstate(over="raise"):  # a finite number past FP16's or FP32's range
+            return arr.astype(dtype)
+    except (OverflowError, ValueError, FloatingPointError) as exc:
         raise ProtocolError(f"input {name!r}: values do not fit {datatype}", name) from exc
+
+
+def _fits(arr: np.ndarray, dtype: np.dtype[Any]) -> bool:
+    """Whether integers `arr` lie in `dtype`'s range: numpy's cast would wrap them silently
+    (300 as UINT8 is 44), so a value the model never received would be answered."""
+    info = np.iinfo(dtype)
+    return bool(info.min <= arr.min() and arr.max() <= info.max)
 
 
 def parse_shape(raw: Any, name: str) -> tuple[int, ...]:

@@ -102,7 +102,12 @@ TfFormat = Literal["instances", "inputs"]
 
 def validate(request: InferRequest, inputs: Sequence[TensorMeta]) -> None:
     """Check a request against the model's declared inputs: every input known, present, of the
-    declared datatype and shape (-1 matches any size). Raises ProtocolError (400)."""
+    declared datatype and shape (-1 matches any size), and none empty: a batch of no rows is
+    nothing to run, and joined to others it would count as one row (`batch_size(...) or 1`).
+    Raises ProtocolError (400)."""
+    for t in request.inputs:
+        if t.array.size == 0:
+            raise ProtocolError(f"input {t.name!r} is empty (shape {list(t.shape)})", t.name)
     if not inputs:
         return
     declared = {m.name: m for m in inputs}

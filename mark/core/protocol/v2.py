@@ -67,8 +67,11 @@ def parse_v2_request(body: bytes, header_length: int | None = None) -> InferRequ
     inputs, _ = _parse_tensors(doc["inputs"], rest, "inputs")
     if not inputs:
         raise ProtocolError("'inputs' must not be empty")
+    requested = doc.get("outputs") or []
+    if not isinstance(requested, list):
+        raise ProtocolError("'outputs' must be a list")
     outputs: list[RequestedOutput] = []
-    for item in doc.get("outputs") or []:
+    for item in requested:
         if not isinstance(item, dict) or not isinstance(item.get("name"), str):
             raise ProtocolError("each of 'outputs' needs a string 'name'")
         params = item.get("parameters") or {}
