@@ -25,9 +25,10 @@ request is a load or a spill.
 The packing (`place`), deterministic:
 1. Keep: every replica first tries an instance that already holds the model (largest occupancy
    first), so a steady fleet places every model where it is and makes no move.
-2. First-fit decreasing by the dominant share (occupancy, or memory over the limit), onto
-   running instances while the move budget lasts (each load onto a running instance is a move),
-   then onto new instances opened as needed; replicas of one model never share an instance.
+2. Decreasing by the dominant share (occupancy, or memory over the limit), each replica goes
+   to the new instance whose room it matches best (`_Packer.best_fit`), else onto a running
+   instance while the move budget lasts (each load onto a running instance is a move), else
+   onto a new instance; replicas of one model never share an instance.
 3. Improvement: the least-filled new instance is emptied into the others where everything
    fits, repeatedly, so a first fit that opened one instance too many closes it.
 Residents no longer needed stay loaded (an unload is a move, and an idle model costs memory,
@@ -246,13 +247,31 @@ class _Packer:
                     return True
         return False
 
-    def first_fit(self, item: Replica, max_new: int) -> bool:
+    def best_fit(self, item: Replica, max_new: int) -> bool:
+        """Place `item` where it fits best: among the new instances it fits, the one whose
+        room it matches most (the dot product of its occupancy and memory with what the
+        instance has left, so compute-heavy models join memory-full instances and the cold tail
+        joins compute-full ones: Panigrahy et al., "Heuristics for vector bin packing", 2011);
+        else a running instance while the move budget lasts (a load, unloading idle models for
+        room); else a new instance."""
+        best: Bin | None = None
+        score = -1.0
         for b in self.bins:
-            if b.instance_id is None:
-                if self.fits(b, item):
-                    b.add(item, item.memory_mb)
-                    return True
-            elif self.moves < self.max_moves and self.make_room(b, item):
+            if b.instance_id is None and self.fits(b, item):
+                fit = item.occupancy * (1.0 - b.occupancy) + (item.memory_mb / self.limit) * (
+                    1.0 - b.memory_mb / self.limit
+                )
+                if fit > score:
+                    best, score = b, fit
+        if best is not None:
+            best.add(item, item.memory_mb)
+            return True
+        for b in self.bins:
+            if (
+                b.instance_id is not None
+                and self.moves < self.max_moves
+                and self.make_room(b, item)
+            ):
                 b.add(item, self._new_mb(b, item))
                 if item.model not in self.held[b.instance_id]:
                     self.held[b.instance_id].add(item.model)
@@ -331,7 +350,7 @@ def place(
     items.sort(key=_dominant(memory_limit_mb))
     left = [item for item in items if not packer.keep(item)]
     for item in left:
-        if not packer.first_fit(item, max_new):
+        if not packer.best_fit(item, max_new):
             unplaced[item.model] = f"more than {max_new} new instances needed"
     packer.close_new()
     return Placement(
