@@ -112,10 +112,12 @@ async def wait_for(
 
 
 def worker_pids(served: Served) -> dict[str, int]:
-    """The local cloud's worker pids by instance id, from its state file."""
+    """The local cloud's worker pids by instance id, from its state file (a launch whose worker
+    has not started yet has none)."""
     path = served.workdir / ".mark-local-cloud" / "instances.json"
     try:
         doc = json.loads(Path(path).read_text())
     except (OSError, ValueError):
         return {}
-    return {r["instance"]["id"]: int(r["pid"]) for r in doc.get("instances", [])}
+    records = doc.get("instances", [])
+    return {r["instance"]["id"]: int(r["pid"]) for r in records if r["pid"] is not None}

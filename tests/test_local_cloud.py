@@ -117,6 +117,24 @@ async def test_restart_adopts_and_close_kills(tmp_path: Path) -> None:
     await first.close()
 
 
+async def test_restart_reports_a_launch_cut_short_gone(tmp_path: Path) -> None:
+    """A launch still waiting out its overhead when its provider dies has no worker to adopt:
+    the restarted provider reports it gone at once, so the loop replaces it instead of
+    counting it as capacity until reconciliation's grace runs out."""
+    slow = CloudConfig(launch_overhead_scale=1.0, zones=("us-east-1a",))
+    first = LocalCloud(slow, models=_models, state_dir=tmp_path)
+    try:
+        inst = await first.launch(offering(), ["demo"])
+        second = LocalCloud(slow, models=_models, state_dir=tmp_path)
+        assert await second.list() == []
+        notice = await asyncio.wait_for(anext(aiter(second.interruptions())), 5.0)
+        assert notice.instance_id == inst.id
+        assert notice.terminate_at_s == notice.at_s  # no warning left: already gone
+        await second.close()
+    finally:
+        await first.close()
+
+
 def test_no_worker_outlives_a_killed_control_plane(tmp_path: Path) -> None:
     script = textwrap.dedent(
         f"""

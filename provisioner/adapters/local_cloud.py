@@ -15,7 +15,10 @@ the CloudProvider contracts (provisioner/adapters/cloud.py) and imitates what ma
 - a worker that dies on its own (crash, OOM kill, SIGKILL) is noticed: its instance turns
   TERMINATED in `list()` at once and a notice with no warning left ("process exited") is
   yielded on `interruptions()`, as EC2 reports an instance already gone; so does a worker of
-  the state file that died while no provider watched it (the control plane was down).
+  the state file that died while no provider watched it (the control plane was down), and so
+  does a launch of the state file that was not yet running when its provider died (a pending
+  instance is saved at launch, so that a restart learns of it: it is reported gone, its worker
+  killed if one started, and the loop records it terminated and replaces it at once).
 
 No worker outlives its provider: close() stops them all; each worker also gets PR_SET_PDEATHSIG
 (SIGKILL when the process that launched it dies, even by SIGKILL) and an atexit hook kills any
@@ -152,12 +155,17 @@ class LocalCloud:
         for record in doc.get("instances", []):
             try:
                 instance = Instance.model_validate(record["instance"])
-                pid = int(record["pid"])
+                pid = None if record["pid"] is None else int(record["pid"])
             except (KeyError, TypeError, ValueError):
                 continue
             if not instance.live:
                 continue
-            if _is_worker(pid):
+            if pid is None or instance.state != InstanceState.RUNNING:
+                # a launch cut short: no worker yet, or one that never answered its health check
+                if pid is not None and _is_worker(pid):
+                    os.kill(pid, signal.SIGKILL)
+                self._gone(instance.id, "its launch was interrupted (the provider died)")
+            elif _is_worker(pid):
                 worker = _Worker(instance, pid=pid)
                 self._workers[instance.id] = worker
                 worker.watcher = asyncio.create_task(self._watch(worker))
@@ -170,7 +178,7 @@ class LocalCloud:
         records = [
             {"pid": w.pid, "instance": w.instance.model_dump(mode="json")}
             for w in self._workers.values()
-            if w.instance.live and w.pid is not None
+            if w.instance.live
         ]
         tmp = self._state_path.with_suffix(".tmp")
         tmp.write_text(json.dumps({"instances": records}, indent=1))
@@ -214,6 +222,7 @@ class LocalCloud:
         self._workers[instance.id] = worker
         overhead_s = itype.launch_overhead_s * self.config.launch_overhead_scale
         worker.boot = asyncio.create_task(self._boot(worker, overhead_s, resolved))
+        self._save()  # a restarted provider must learn of it even if no worker ever starts
         return instance
 
     async def terminate(self, instance_id: str) -> None:
@@ -353,6 +362,7 @@ class LocalCloud:
             )
         worker.process, worker.pid = process, process.pid
         _CHILD_PIDS.add(process.pid)
+        self._save()
         assert process.stdout is not None
         line = (await process.stdout.readline()).decode()
         if _LISTENING not in line:
