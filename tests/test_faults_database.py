@@ -13,16 +13,23 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import Coroutine, Iterator
+from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import create_async_engine
 
+from mark.adapters.db import Database
+from mark.apps.control.loop import ControlLoop, Schedule
+from mark.core.catalog import load_catalog
+from mark.core.config import Config
+from provisioner.adapters.local_cloud import LocalCloud
 from tests.conftest import Served, _pg_url_or_skip, free_port
-from tests.faults import admin_get, bounded_load, instances, wait_for
-
-pytestmark = pytest.mark.pg
+from tests.faults import admin_get, admin_post, bounded_load, instances, wait_for
+from tests.test_faults_control_plane import LATER_MODEL
+from traces import Trace
 
 MODEL = "demo"
 OUTAGE_S = 10.0
@@ -152,6 +159,7 @@ async def _rows(url: str, sql: str) -> list[Any]:
         await engine.dispose()
 
 
+@pytest.mark.pg
 async def test_database_outage_serving_goes_on_and_the_loop_resumes(
     proxied: tuple[Proxy, str, str], serve_factory: Any
 ) -> None:
@@ -175,11 +183,15 @@ async def test_database_outage_serving_goes_on_and_the_loop_resumes(
         served.base_url, MODEL, requests=AFTER, concurrency=CONCURRENCY, timeout_s=30.0
     )
 
+    # A steady fleet decides nothing; a model added now makes the resumed loop launch for it.
+    await admin_post(served, "/admin/v1/models", LATER_MODEL)
+
     async def resumed() -> list[Any]:
-        page = await admin_get(served, "/admin/v1/decisions?limit=200")
-        return [d for d in page["decisions"] if d["at_s"] > back_at]
+        page = await admin_get(served, "/admin/v1/decisions?limit=200&model=later")
+        return [d for d in page["decisions"] if d["at_s"] > back_at and d["action"] == "launch"]
 
     new = await wait_for(resumed, 30.0)
+    later = await wait_for(lambda: instances(served, "later"), 10.0)
     log = served.log()
     assert served.process.poll() is None, log[-3000:]
     assert during.counts == Counter({200: DURING}), (during.counts, log[-3000:])
@@ -196,7 +208,50 @@ async def test_database_outage_serving_goes_on_and_the_loop_resumes(
     ids = [r[0] for r in await _rows(direct, "SELECT id FROM instances")]
     charged = [r[0] for r in await _rows(direct, "SELECT instance_id FROM instance_charges")]
     assert sorted(charged) == sorted(ids), (charged, ids)
-    live = await _rows(direct, "SELECT id FROM instances WHERE state = 'running'")
-    assert len(live) == 1, live  # the outage did not make the loop buy a second one
+    live = await _rows(direct, "SELECT models, state FROM instances WHERE state != 'terminated'")
+    assert sorted(str(m) for m, _ in live) == ["['demo']", "['later']"], live  # none bought twice
+    assert len(later) == 1, later
+    updated = await _rows(direct, "SELECT updated_at_s FROM instance_charges")
+    assert max(u for (u,) in updated) > back_at  # the ledger is written again
     during_outage = [d for d in decisions if cut_at < d[0] < back_at]
     assert not during_outage, during_outage  # the loop decides nothing it cannot record
+
+
+async def test_a_launch_the_database_refused_is_written_by_the_next_sync(tmp_path: Path) -> None:
+    """The database goes away between the cloud's launch and the row that records it: the
+    next sync writes the row, so the instance is adopted and the next tick does not buy it
+    again (without the row, it would see no capacity and launch a second one)."""
+    model = load_catalog().model("demo").to_model()
+    db = await Database.open(f"sqlite+aiosqlite:///{tmp_path / 'loop.db'}")
+    await db.create_model(model)
+    config = Config.model_validate(
+        {
+            "cloud": {"zones": ["us-east-1a"], "launch_overhead_scale": 0.001},
+            "forecast": {"predictor": "last"},
+            "planner": {"spot": False, "allowed_types": ["c5.large"]},
+        }
+    )
+    start = time.time()
+    times = np.arange(start - 60.0, start + 3600.0, 60.0)
+    demand = Schedule(Trace(timestamps_s=times, counts=np.full(times.size, 60.0), bucket_s=60.0))
+    cloud = LocalCloud(config.cloud, models=db.get_model, state_dir=tmp_path / "cloud")
+    loop = ControlLoop(db, cloud, config, counts=dict, schedule=demand, clock=lambda: start)
+    save = db.save_instance
+
+    async def unreachable(_: object) -> None:
+        raise OSError("connection refused")
+
+    try:
+        db.save_instance = unreachable  # type: ignore[method-assign]
+        with pytest.raises(OSError):
+            await loop.tick()
+        launched = [i.id for i in await cloud.list()]
+        assert len(launched) == 1 and await db.list_instances() == []
+        db.save_instance = save  # type: ignore[method-assign]
+        await loop.sync()
+        assert [i.id for i in await db.list_instances()] == launched
+        await loop.tick()
+        assert [i.id for i in await cloud.list()] == launched  # not bought twice
+    finally:
+        await cloud.close()
+        await db.close()

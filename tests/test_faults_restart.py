@@ -1,9 +1,10 @@
 """`mark serve` SIGKILLed, its whole process group, while the control loop launches instances
-on the local cloud, then restarted on the same database and `cloud.local_state_dir` (issue 18,
-item 2): after the restarted control plane's first sync (it syncs before it reports running),
-every instance recorded or left in the state file is either listed live with a worker that
-answers for it or recorded terminated with no process left; no worker runs untracked, and the
-ledger has one charge row per instance."""
+on the local cloud, and again while it terminates them (the model deleted), each time
+restarted on the same database and `cloud.local_state_dir` (issue 18, item 2): soon after the
+restarted control plane's first sync (it syncs before it reports running), every instance of
+the killed run is either live with a worker process under the state dir (adopted) or recorded
+terminated with no process left; no worker runs untracked, and the ledger has one charge row
+per instance."""
 
 from __future__ import annotations
 
@@ -14,6 +15,8 @@ import sqlite3
 import time
 from pathlib import Path
 from typing import Any
+
+import aiohttp
 
 from provisioner.adapters.local_cloud import _running
 from tests.conftest import Served
@@ -29,6 +32,7 @@ launch_overhead_scale = 0.02
 zones = ["us-east-1a"]
 [planner]
 horizon_s = 10.0
+drain_s = 1.0
 spot = false
 allowed_types = ["c5.large"]
 [forecast]
@@ -47,7 +51,63 @@ def _ledger(db_path: Path) -> tuple[list[str], list[str]]:
     return ids, charged
 
 
-async def test_serve_killed_mid_launch_restart_reconciles(
+async def _kill_restart_check(
+    serve_factory: Any, served: Served, db_url: str, db_path: Path, config: str
+) -> tuple[Served, str]:
+    """SIGKILL `served`'s process group, restart on the same database and state dir, check
+    that every instance of the killed run is accounted for; the new server and a summary."""
+    name = MODEL["name"]
+    before = await instances(served, name)
+    os.killpg(served.process.pid, signal.SIGKILL)
+    served.process.wait(timeout=30.0)
+    left = worker_pids(served)  # the state file as the killed provider left it
+    await asyncio.sleep(1.0)  # the parent-death signal reaches the workers
+    survivors = {i: pid for i, pid in left.items() if _running(pid)}
+
+    again: Served = serve_factory(db_url, config_text=config)
+
+    async def accounted() -> dict[str, Any]:
+        """The instances of the killed run, once each is either terminated or has a live
+        worker under the state dir (adopted); empty while one is neither (a ghost the
+        planner would count as capacity)."""
+        after = {i["id"]: i for i in await instances(again, name, all_states=True)}
+        pids = worker_pids(again)
+        for inst in before:
+            record = after.get(inst["id"])
+            if record is None:
+                return {}
+            pid = pids.get(inst["id"])
+            if record["state"] != "terminated" and (pid is None or not _running(pid)):
+                return {}
+        return after
+
+    after = await wait_for(accounted, 15.0)
+    assert after, (before, worker_pids(again), again.log()[-3000:])
+    live = {i: r for i, r in after.items() if r["state"] != "terminated"}
+    for instance_id, pid in survivors.items():
+        if _running(pid):  # a worker that outlived the kill is adopted, never left untracked
+            assert instance_id in live, (instance_id, pid, live)
+    running_pids = {i: pid for i, pid in worker_pids(again).items() if _running(pid)}
+    assert set(running_pids) <= set(live), (running_pids, live)
+    for instance_id in set(after) - set(live):
+        pid = left.get(instance_id)
+        assert pid is None or not _running(pid), (instance_id, pid)
+
+    async def ledger_consistent() -> bool:  # a launch gets its charge row at the next sync
+        ids, charged = _ledger(db_path)
+        return sorted(charged) == sorted(ids)
+
+    assert await wait_for(ledger_consistent, 5.0), _ledger(db_path)
+    killed = {i["id"] for i in before}
+    summary = (
+        f"killed with {len(before)} live ({sorted(i['state'] for i in before)}), "
+        f"{len(left)} workers in the state file, {len(survivors)} outlived the kill; after the "
+        f"restart {len(killed & set(live))} adopted, {len(killed - set(live))} terminated"
+    )
+    return again, summary
+
+
+async def test_serve_killed_mid_launch_and_mid_termination_restart_reconciles(
     serve_factory: Any, tmp_path: Path
 ) -> None:
     schedule = tmp_path / "step.csv"
@@ -61,53 +121,27 @@ async def test_serve_killed_mid_launch_restart_reconciles(
 
     async def mid_launch() -> bool:
         live = await instances(first, name)
-        states = {i["state"] for i in live}
-        return len(live) >= 2 and "pending" in states
+        return len(live) >= 2 and "pending" in {i["state"] for i in live}
 
     if not await wait_for(mid_launch, 60.0, interval_s=0.2):
         page = await admin_get(first, "/admin/v1/decisions?limit=20")
         raise AssertionError((await instances(first, name), page, first.log()[-3000:]))
-    before = await instances(first, name)
-    os.killpg(first.process.pid, signal.SIGKILL)
-    first.process.wait(timeout=30.0)
-    left = worker_pids(first)  # the state file as the killed provider left it
-    assert left, first.log()[-3000:]
-    await asyncio.sleep(1.0)  # the parent-death signal reaches the workers
-    survivors = {i: pid for i, pid in left.items() if _running(pid)}
+    second, launching = await _kill_restart_check(serve_factory, first, db_url, db_path, config)
 
-    second: Served = serve_factory(db_url, config_text=config)
+    async def some_running() -> bool:
+        return any(i["state"] == "running" for i in await instances(second, name))
 
-    async def accounted() -> dict[str, Any]:
-        """The instances of the killed run, once each is either terminated or has a live
-        worker under the state dir (adopted); empty while one is neither (a ghost the
-        planner would count as capacity)."""
-        after = {i["id"]: i for i in await instances(second, name, all_states=True)}
-        pids = worker_pids(second)
-        for inst in before:
-            record = after.get(inst["id"])
-            if record is None:
-                return {}
-            pid = pids.get(inst["id"])
-            if record["state"] != "terminated" and (pid is None or not _running(pid)):
-                return {}
-        return after
+    assert await wait_for(some_running, 60.0), second.log()[-3000:]
+    serving = {i["id"] for i in await instances(second, name) if i["state"] == "running"}
+    async with aiohttp.ClientSession() as session:  # its instances are drained, then terminated
+        url = f"{second.base_url}/admin/v1/models/{name}"
+        async with session.delete(url, headers=second.auth) as r:
+            assert r.status == 204, await r.text()
 
-    after = await wait_for(accounted, 15.0)
-    assert after, (before, worker_pids(second), second.log()[-3000:])
-    live = {i: r for i, r in after.items() if r["state"] != "terminated"}
-    for instance_id, pid in survivors.items():
-        if _running(pid):  # a worker that outlived the kill is adopted, never left untracked
-            assert instance_id in live, (instance_id, pid, live)
-    running_pids = {i: pid for i, pid in worker_pids(second).items() if _running(pid)}
-    assert set(running_pids) <= set(live), (running_pids, live)
-    for instance_id in set(after) - set(live):
-        pid = left.get(instance_id)
-        assert pid is None or not _running(pid), (instance_id, pid)
-    ids, charged = _ledger(db_path)
-    assert len(ids) == len(set(ids))
-    assert sorted(charged) == sorted(ids), (charged, ids)
-    print(
-        f"before the kill {len(before)} live ({sorted(i['state'] for i in before)}); "
-        f"{len(left)} in the state file, {len(survivors)} workers survived; after the restart "
-        f"{len(live)} live, {len(after) - len(live)} terminated"
-    )
+    async def mid_termination() -> bool:
+        now = await instances(second, name, all_states=True)
+        return any(i["state"] != "running" for i in now if i["id"] in serving)
+
+    assert await wait_for(mid_termination, 30.0, interval_s=0.1), second.log()[-3000:]
+    _, terminating = await _kill_restart_check(serve_factory, second, db_url, db_path, config)
+    print(f"mid-launch: {launching}\nmid-termination: {terminating}")

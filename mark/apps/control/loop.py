@@ -16,6 +16,11 @@ says; it persists every decision, every instance transition and the cost ledger
 - a failed warm-up ping is logged and never fails the tick;
 - a launched instance is saved as soon as the provider returns it; if the process dies before
   that, reconciliation finds it by its ownership tag;
+- a launch or termination the cloud carried out but the database did not take (unreachable) is
+  kept in memory and written by the next sync before it reconciles, so the launch is adopted,
+  not terminated as untracked and bought again, and the termination is not counted as live
+  capacity for `control.reconcile_grace_s` (at most one tick's operations: a tick needs the
+  database before it acts);
 - an on-demand instance the cloud reports gone with no warning left (a crashed local worker,
   an EC2 instance terminated by hand) and no longer lists is recorded terminated at once, without
   reconciliation's grace (which covers a listing that lags a launch, not positive news), and
@@ -147,6 +152,7 @@ class ControlLoop:
     only one, no lease."""
     fence: Fence | None = None  # the lease's term while this process holds it
     _published: dict[str, float] = field(default_factory=dict)  # own counts already shared
+    _unsaved: dict[str, Instance] = field(default_factory=dict)  # applied, not yet recorded
 
     @property
     def bucket_s(self) -> float:
@@ -400,8 +406,14 @@ class ControlLoop:
             )
             return False
         if instance is not None:
-            await self.db.save_instance(instance)
+            await self._save_applied(instance)
         return True
+
+    async def _save_applied(self, instance: Instance) -> None:
+        """Record what the cloud just did; kept for the next sync when the database refuses."""
+        self._unsaved[instance.id] = instance
+        await self.db.save_instance(instance)
+        del self._unsaved[instance.id]
 
     async def _terminate(self, inst: Instance, now_s: float) -> None:
         done_call = await self._recorded(
@@ -410,7 +422,7 @@ class ControlLoop:
         if done_call is None:
             return  # still recorded live: the next tick or reconciliation retries
         done = inst.transition(InstanceState.TERMINATED, self.clock())
-        await self.db.save_instance(done)
+        await self._save_applied(done)
         self.interruptions.pop(inst.id, None)
         await self._charge(done, self.clock())
 
@@ -427,6 +439,10 @@ class ControlLoop:
         lost = False
         async with self._lock:
             now = self.clock()
+            for applied in list(self._unsaved.values()):
+                await self._save_applied(applied)
+                if not applied.live:
+                    await self._charge(applied, now)
             records = await self.db.list_instances(live_only=False)
             recent = [r for r in records if r.live or (r.terminated_at_s or 0) > now - 3600.0]
             for step in reconcile(
