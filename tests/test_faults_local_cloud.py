@@ -9,9 +9,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import subprocess
-import sys
-import textwrap
 from pathlib import Path
 
 from mark.core.config import CloudConfig
@@ -20,6 +17,7 @@ from mark.core.types import Model
 from provisioner.adapters.cloud import InterruptionNotice
 from provisioner.adapters.local_cloud import LocalCloud
 from tests.dataplane import model, offering
+from tests.test_local_cloud import run_provider_with_one_worker
 
 CONFIG = CloudConfig(launch_overhead_scale=0.001, zones=("us-east-1a",))
 
@@ -61,31 +59,9 @@ async def test_a_worker_that_died_with_its_control_plane_is_reported_at_start(
 ) -> None:
     """The provider's process is SIGKILLed (its worker dies with it: the parent-death signal);
     the next provider on the same state dir reports the instance gone."""
-    script = textwrap.dedent(
-        f"""
-        import asyncio
-        from mark.core.config import CloudConfig
-        from provisioner.adapters.local_cloud import LocalCloud
-        from tests.dataplane import model, offering
-
-        async def models(name):
-            return model(name)
-
-        async def main():
-            cloud = LocalCloud(CloudConfig(launch_overhead_scale=0), models=models,
-                               state_dir={str(tmp_path)!r})
-            inst = await cloud.launch(offering(), ["demo"])
-            await cloud.wait_running(inst.id, 30)
-            print(inst.id, flush=True)
-            await asyncio.sleep(60)
-
-        asyncio.run(main())
-        """
-    )
-    parent = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    parent, instance_id, _ = run_provider_with_one_worker(tmp_path)
     assert parent.stdout is not None
     try:
-        instance_id = parent.stdout.readline().strip()
         parent.send_signal(signal.SIGKILL)
         parent.wait(10)
     finally:

@@ -135,10 +135,13 @@ async def test_restart_reports_a_launch_cut_short_gone(tmp_path: Path) -> None:
         await first.close()
 
 
-def test_no_worker_outlives_a_killed_control_plane(tmp_path: Path) -> None:
+def run_provider_with_one_worker(state_dir: Path) -> tuple[subprocess.Popen[str], str, int]:
+    """A local-cloud provider in a child process of its own, with one running worker: the
+    process, the instance id and the worker's pid (read from its first line). The caller kills
+    the process (a control plane SIGKILLed) and must close its stdout."""
     script = textwrap.dedent(
         f"""
-        import asyncio, sys
+        import asyncio
         from mark.core.config import CloudConfig
         from provisioner.adapters.local_cloud import LocalCloud
         from tests.dataplane import model, offering
@@ -148,10 +151,10 @@ def test_no_worker_outlives_a_killed_control_plane(tmp_path: Path) -> None:
 
         async def main():
             cloud = LocalCloud(CloudConfig(launch_overhead_scale=0), models=models,
-                               state_dir={str(tmp_path)!r})
+                               state_dir={str(state_dir)!r})
             inst = await cloud.launch(offering(), ["demo"])
             await cloud.wait_running(inst.id, 30)
-            print(cloud.pid(inst.id), flush=True)
+            print(inst.id, cloud.pid(inst.id), flush=True)
             await asyncio.sleep(60)
 
         asyncio.run(main())
@@ -159,8 +162,14 @@ def test_no_worker_outlives_a_killed_control_plane(tmp_path: Path) -> None:
     )
     parent = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
     assert parent.stdout is not None
+    instance_id, pid = parent.stdout.readline().split()
+    return parent, instance_id, int(pid)
+
+
+def test_no_worker_outlives_a_killed_control_plane(tmp_path: Path) -> None:
+    parent, _, worker_pid = run_provider_with_one_worker(tmp_path)
+    assert parent.stdout is not None
     try:
-        worker_pid = int(parent.stdout.readline())
         assert _alive(worker_pid)
         parent.send_signal(signal.SIGKILL)
         parent.wait(10)
