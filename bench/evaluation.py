@@ -105,6 +105,8 @@ DAY_S = 86_400.0
 # The shipped surge traces' surge starts at generators.surge's default: day 2, 16:00.
 SURGE_START_S = DAY_S + 16 * 3600.0
 WINDOW_STEP_S = 900.0
+# How much of the traffic before a window every policy has seen at its start: one day.
+HISTORY_S = DAY_S
 
 
 @dataclass(frozen=True)
@@ -284,6 +286,14 @@ def scaled_window(
     raise AssertionError("unreachable: the loop returns at n == 1")
 
 
+def history_before(kind: str, start_s: float, scale: float) -> Trace:
+    """The workload trace's last HISTORY_S before `start_s`, scaled as the run's window: what
+    monitoring has recorded of a system that ran before the window (empty where the window
+    starts the trace, as MMPP's does)."""
+    full = read_trace(shipped_trace(WORKLOADS[kind].trace))
+    return _cut(full, max(float(full.timestamps_s[0]), start_s - HISTORY_S), start_s, scale)
+
+
 def _backtest(held_out: Trace, planner: PlannerConfig) -> tuple[tuple[str, float], ...]:
     """What an operator does before going live (README, "Forecaster backtests"), on traffic the
     run does not replay: backtest every forecaster at the planner's horizon and take the one
@@ -365,6 +375,7 @@ def evaluate(
         serverless_latency_ms=entry.serverless_latency_ms,
         serverless_memory_mb=entry.serverless_memory_mb,
         oracle_time_limit_s=30.0,
+        history=history_before(kind, float(trace.timestamps_s[0]), scale),
     )
     names = POLICIES + (ABLATION_POLICIES if ablations else ())
     passes = [(scenario, name) for name in names]

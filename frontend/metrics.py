@@ -112,8 +112,8 @@ RETRIES = Counter(
 
 SPILLS = Counter(
     "mark_spill",
-    "Requests answered by the serverless pool, by model and reason (deadline, cold-fleet, "
-    "draining).",
+    "Requests answered by the serverless pool, by model and reason (deadline, overload, "
+    "cold-fleet, draining).",
     ["model", "reason"],
 )
 SPILL_FAILURES = Counter(

@@ -210,6 +210,7 @@ class Forecaster(ABC):
             mean_rps=tuple(mean.tolist()),
             upper_rps=tuple(upper.tolist()),
             quantile=quantile,
+            observed_rps=float(self.history.last(1)[0]),
         )
 
     def mean_abs_error(self) -> float | None:

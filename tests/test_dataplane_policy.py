@@ -52,10 +52,34 @@ def test_walk_spills_the_threatened_and_moves_the_rest_up() -> None:
     queue = QueueView(ahead=2, service_rate_rps=10.0, batch_service_ms=50.0, running_instances=1)
     chosen, left = select_spills([0.5] * 6, queue, now_s=0.0, slo=SLO, pool=POOL, margin_ms=20)
     # positions 2, 3, 4 stay; 5 and on are threatened, and each spill leaves the next one at
-    # position 5. The two idle warm functions take two; the third would start cold (1.05 s,
-    # past its deadline), so it stays queued.
-    assert chosen == [(3, SpillReason.DEADLINE), (4, SpillReason.DEADLINE)]
-    assert left.free_slots == 1 and left.idle_warm == 0
+    # position 5. The two idle warm functions take two in time; the third would start cold
+    # (1.05 s, past its deadline) but misses in line too (0.55 s): it goes as overload.
+    assert chosen == [
+        (3, SpillReason.DEADLINE),
+        (4, SpillReason.DEADLINE),
+        (5, SpillReason.OVERLOAD),
+    ]
+    assert left.free_slots == 0 and left.idle_warm == 0
+
+
+def test_a_pool_slower_than_the_slo_takes_only_what_would_miss_in_line() -> None:
+    # The pool answers in 2 s, past every deadline: a request that the queue still serves in
+    # time (or within the margin of it) stays; one past its deadline in line leaves, so the
+    # queue stays at the deadline's length and the requests behind it meet theirs.
+    slow = ServerlessProfile(warm_ms=2000, cold_start_ms=1000, idle_warm=5, free_slots=5)
+    queue = QueueView(ahead=3, service_rate_rps=10.0, batch_service_ms=50.0, running_instances=1)
+    # positions 3, 4 complete at 0.35 s and 0.45 s (0.45 within the 20 ms margin, kept); 5 on
+    # at 0.55 s: past the deadline, each one spilled leaves the next at position 5.
+    chosen, left = select_spills([0.5] * 5, queue, now_s=0.0, slo=SLO, pool=slow, margin_ms=20)
+    assert chosen == [
+        (2, SpillReason.OVERLOAD),
+        (3, SpillReason.OVERLOAD),
+        (4, SpillReason.OVERLOAD),
+    ]
+    assert left.free_slots == 2
+    # no slot free: everything stays in line
+    full = ServerlessProfile(warm_ms=2000, cold_start_ms=1000, idle_warm=0, free_slots=0)
+    assert select_spills([0.5] * 5, queue, now_s=0.0, slo=SLO, pool=full, margin_ms=20)[0] == []
 
 
 def test_walk_keeps_requests_marked_to_stay_and_stops_when_the_pool_is_full() -> None:

@@ -193,8 +193,12 @@ def test_surplus_is_released_only_when_paid_time_ends_and_no_recent_launch() -> 
     p = run(snapshot(models=models, instances=live), spot=False)
     drained = [a for a in p.actions if isinstance(a, Drain)]
     assert len(drained) == 2 and not launches(p)
-    # A launch 100 s ago: the scale-in hold keeps them (no launch/release flapping).
-    state = PlannerState(last_launch_s={"resnet": NOW - 100})
+    # A launch of their type 100 s ago: the scale-in hold keeps them (no launch/release
+    # flapping); one of another type does not.
+    other = PlannerState(last_launch_s={("resnet", "g4dn.xlarge"): NOW - 100})
+    p = run(snapshot(models=models, instances=live, planner_state=other), spot=False)
+    assert len([a for a in p.actions if isinstance(a, Drain)]) == 2
+    state = PlannerState(last_launch_s={("resnet", "c5.large"): NOW - 100})
     p = run(snapshot(models=models, instances=live, planner_state=state), spot=False)
     assert p.actions == ()
     assert [d.action for d in p.decisions] == [ActionKind.HOLD, ActionKind.HOLD]

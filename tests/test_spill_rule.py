@@ -67,9 +67,14 @@ def test_margin_alone_tips_the_decision() -> None:
     assert reason(4, margin_ms=60) == SpillReason.DEADLINE
 
 
-def test_no_spill_when_a_cold_start_would_miss_the_deadline_anyway() -> None:
+def test_a_late_pool_takes_only_what_misses_in_line_too() -> None:
     cold = ServerlessProfile(warm_ms=100, cold_start_ms=800, idle_warm=0, free_slots=4)
-    assert reason(50, cold) is None
+    # 4 ahead: 0.45 s in line, within the 20 ms margin: a cold start (0.9 s) would miss, so
+    # the request stays (it would not stay with a pool in time: see above).
+    assert reason(4, cold, margin_ms=60) is None
+    # 50 ahead: 5.05 s in line, past the deadline; the pool misses it too, but the request
+    # leaves the queue for those behind it (overload).
+    assert reason(50, cold) == SpillReason.OVERLOAD
 
 
 def test_cold_fleet_spills_even_when_late() -> None:
@@ -117,3 +122,15 @@ def test_deadline_spill_only_when_the_pool_beats_the_deadline(
         assert NOW_S + warm_ms / 1000 <= DEADLINE_S
         view = queue(rate=rate, t_ms=t_ms)
         assert expected_completion_s(view, position, NOW_S) > DEADLINE_S - 0.02
+
+
+@settings(derandomize=True, deadline=None)
+@given(positions, rates, times_ms, st.floats(min_value=0, max_value=5_000))
+def test_overload_spill_only_for_requests_that_miss_in_line(
+    position: int, rate: float, t_ms: float, warm_ms: float
+) -> None:
+    pool = ServerlessProfile(warm_ms=warm_ms, cold_start_ms=0, idle_warm=1, free_slots=1)
+    if reason(position, pool, rate=rate, t_ms=t_ms) == SpillReason.OVERLOAD:
+        assert NOW_S + warm_ms / 1000 > DEADLINE_S  # the pool is late too
+        view = queue(rate=rate, t_ms=t_ms)
+        assert expected_completion_s(view, position, NOW_S) > DEADLINE_S

@@ -298,13 +298,16 @@ class Instance(_Value):
 
 class Forecast(_Value):
     """Forecast arrival rate for the buckets of a horizon, with an upper quantile band that the
-    planner provisions for (the provisioner covers `upper_rps`, not the mean)."""
+    planner provisions for (the provisioner covers `upper_rps`, not the mean). `observed_rps`:
+    the newest observed rate the forecast was made from (None: unknown), below which the planner
+    does not release capacity it could not buy back in time on a forecast's word alone."""
 
     start_s: float
     bucket_s: Annotated[float, Field(gt=0)]
     mean_rps: tuple[float, ...]
     upper_rps: tuple[float, ...]
     quantile: Annotated[float, Field(gt=0, lt=1)] = 0.95
+    observed_rps: Annotated[float, Field(ge=0)] | None = None
 
     @model_validator(mode="after")
     def _aligned(self) -> Forecast:

@@ -28,9 +28,11 @@ One `plan` call, in order:
    stays within `budget_per_hour`; each model left short gets a BUDGET_LIMITED decision with
    the demand left uncovered, and keeps all its instances.
 5. Release: a running instance the greedy did not need is drained only when its paid time ends
-   within `release_window_s`, the model has launched nothing for `scale_in_hold_s` (no
-   launch/release flapping), nothing is deferred or uncovered for the model, and at least
-   `min_instances` stay. Otherwise it is held, and the decision says why.
+   within `release_window_s`, the model has launched nothing of its type for `scale_in_hold_s`
+   nor this tick (no launch/release flapping: a stopgap is released while the efficient type
+   that replaces it is still being bought), nothing is budget-limited, capped or uncovered for
+   the model, and at least `min_instances` stay. Otherwise it is held, and the decision says
+   why. A launch deferred to a later tick holds nothing: that tick can still make it in time.
 6. With a serverless pool in the snapshot, each model gets the number of functions to keep
    warm (`provisioner.policy.prewarm`), returned in the Plan beside the actions.
 
@@ -243,8 +245,8 @@ def plan(
         _report_unreachable(mp, launched, out)
         _release(mp, snapshot, config, launched, out)
     last_launch = dict(state.last_launch_s)
-    for name in launched.bought:
-        last_launch[name] = now
+    for key in launched.types:
+        last_launch[key] = now
     return Plan(
         actions=tuple(out.actions),
         decisions=tuple(out.decisions),
@@ -311,7 +313,7 @@ def _report_spill(mp: _ModelPlan, snapshot: FleetSnapshot, out: _Builder) -> Non
 def _report_unreachable(mp: _ModelPlan, bought: _Bought, out: _Builder) -> None:
     """Demand the greedy could not cover with anything (every candidate too late for it, or
     excluded by caps) is said in the log, so an operator sees why the spill path carries it."""
-    if mp.name in bought.held or mp.name in bought.bought:
+    if mp.name in bought.held | bought.bought | bought.deferred:
         return  # budget-limited or launching: those decisions already say what is uncovered
     gap = mp.demand.upper_rps - mp.cover.planned_rps - mp.cover.spill_rps
     uncovered = float(np.maximum.reduce(gap, initial=0.0))
@@ -351,6 +353,8 @@ def _with_floor(cover: Cover, cands: Candidates, live: int, floor: int, demand: 
 @dataclass
 class _Bought:
     bought: set[str] = field(default_factory=set)  # models that launched this tick
+    types: set[tuple[str, str]] = field(default_factory=set)  # (model, type) launched this tick
+    deferred: set[str] = field(default_factory=set)  # models with a launch left to a later tick
     held: set[str] = field(default_factory=set)  # models that keep everything this tick
 
 
@@ -369,7 +373,7 @@ def _buy(
             overhead = snapshot.instance_types[mp.offerings[k].instance_type].launch_overhead_s
             if needed_from >= now + snapshot.tick_s + overhead:
                 out.deferred.append(_launch(mp, idx, snapshot, config, True))
-                result.held.add(mp.name)
+                result.deferred.add(mp.name)
                 continue
             wanted.append((ratio, mp.name, idx, mp))
     wanted.sort(key=lambda w: (w[0], w[1], w[2]))
@@ -405,6 +409,7 @@ def _buy(
             forecast_upper_rps=tuple(mp.demand.upper_rps.tolist()),
         )
         result.bought.add(name)
+        result.types.add((name, offering.instance_type))
     caps = (
         f"launch caps bind (max_launches_per_tick {config.max_launches_per_tick}, "
         f"max_launches_per_type_per_tick {config.max_launches_per_type_per_tick})"
@@ -474,21 +479,25 @@ def _release(
         return
     gap = mp.demand.upper_rps - mp.cover.planned_rps - mp.cover.spill_rps
     uncovered = float(np.max(gap, initial=0.0))
-    last = snapshot.planner_state.last_launch_s.get(mp.name)
     staying = len(mp.live) + len(mp.cover.launches)
     peak = int(np.argmax(mp.demand.upper_rps))
     for inst in surplus:
-        itype = snapshot.instance_types.get(inst.offering.instance_type)
+        type_name = inst.offering.instance_type
+        itype = snapshot.instance_types.get(type_name)
         paid_left = paid_until_s(inst, itype, now) - now if itype else 0.0
-        if mp.name in bought.held or mp.name in bought.bought:
-            why = "the model is launching, deferring or budget-limited this tick"
+        last = snapshot.planner_state.last_launch_s.get((mp.name, type_name))
+        if mp.name in bought.held:
+            why = "the model is budget-limited or launch-capped this tick"
+        elif (mp.name, type_name) in bought.types:
+            why = f"the model is launching {type_name} this tick"
         elif uncovered > 0:
             why = f"{uncovered:.1f} rps of the forecast is uncovered without it"
         elif paid_left > config.release_window_s:
             window = config.release_window_s
             why = f"{paid_left:.0f} s of paid time left (release window {window:g} s)"
         elif last is not None and now - last < config.scale_in_hold_s:
-            why = f"last launch {now - last:.0f} s ago (scale-in hold {config.scale_in_hold_s:g} s)"
+            hold = config.scale_in_hold_s
+            why = f"last {type_name} launch {now - last:.0f} s ago (scale-in hold {hold:g} s)"
         elif staying - 1 < config.min_instances:
             why = f"min_instances {config.min_instances}"
         else:

@@ -79,13 +79,22 @@ def _grid(now_s: float, width_s: float, horizon_s: float) -> tuple[np.ndarray, n
 
 
 def demand_buckets(
-    forecast: Forecast, now_s: float, horizon_s: float, mean_before_s: float = -math.inf
+    forecast: Forecast,
+    now_s: float,
+    horizon_s: float,
+    mean_before_s: float = -math.inf,
 ) -> Demand:
     """Resample the forecast onto buckets of its own width starting at now, each taking the
     largest rate of the forecast buckets it overlaps (before the forecast: its first value;
     after it: its last), so a peak between bucket edges is never averaged away. Buckets that
     start before `mean_before_s` take the mean forecast, the others the upper quantile (the
-    planner passes the lead time of the model's most cost-efficient type: see planner.py)."""
+    planner passes the lead time of the model's most cost-efficient type: see planner.py).
+    Every bucket takes at least the rate observed last (`forecast.observed_rps`): capacity is
+    released on a drop seen, not on a drop forecast. A forecast below the current rate is most
+    often a trend extrapolated from a level shift, or a smoother still catching up with a jump
+    (both seen on regime-switching traffic): released or not bought on its word, the capacity
+    could not be back before the efficient type's lead time if the drop does not come, while
+    waiting for the drop to be seen costs one bucket of the instances' time."""
     width = forecast.bucket_s
     starts, durations = _grid(now_s, width, horizon_s)
     upper = _resample(forecast.upper_rps, forecast.start_s, width, now_s, horizon_s, durations)
@@ -95,6 +104,8 @@ def demand_buckets(
         tail_from = int(np.count_nonzero(near))
         mean = _resample(forecast.mean_rps, forecast.start_s, width, now_s, horizon_s, durations)
         upper = np.where(near, np.minimum(mean, upper), upper)
+    if forecast.observed_rps is not None:
+        upper = np.maximum(upper, forecast.observed_rps)
     return Demand(now_s, starts, durations, upper, tail_from)
 
 

@@ -18,10 +18,11 @@ import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
-from mark.core.types import Forecast, Instance, InstanceType, Model, Offering
+from mark.core.types import Forecast, Instance, InstanceType, Model, Offering, Slo
 
 __all__ = [
     "ServerlessTerms",
+    "covered_quantile",
     "ModelDemand",
     "PlannerState",
     "FleetSnapshot",
@@ -56,6 +57,18 @@ class ServerlessTerms:
         return 0.0 < self.latency_ms < slo_latency_ms
 
 
+def covered_quantile(configured: float, slo: Slo, pool: ServerlessTerms | None) -> float:
+    """The forecast quantile the planner covers for a model: the configured one where the
+    serverless pool answers within the SLO (demand above the band is spilled in time), else at
+    least the SLO's percentile. Without such a pool every request above the capacity bought
+    misses its deadline until more capacity boots, so a band that the traffic exceeds in more
+    than 1 - percentile of the buckets spends more than the SLO's whole miss allowance on
+    forecast errors alone."""
+    if pool is not None and pool.fits(slo.latency_ms):
+        return configured
+    return max(configured, slo.percentile)
+
+
 @dataclass(frozen=True, slots=True)
 class ModelDemand:
     """A registered model and the forecast the planner covers for it this tick."""
@@ -66,12 +79,13 @@ class ModelDemand:
 
 @dataclass(frozen=True, slots=True)
 class PlannerState:
-    """What the planner remembers between ticks: when each model last launched (the scale-in
-    hold starts there), and which pools were interrupted (`preempted_pools`) or refused a
-    launch for capacity (`refused_pools`) when; both are avoided for `pool_cooldown_s`
-    (`provisioner.policy.offerings.Offerings` applies them)."""
+    """What the planner remembers between ticks: when each model last launched each instance
+    type, keyed (model, type) (that type's scale-in hold starts there), and which pools were
+    interrupted (`preempted_pools`) or refused a launch for capacity (`refused_pools`) when;
+    both are avoided for `pool_cooldown_s` (`provisioner.policy.offerings.Offerings` applies
+    them)."""
 
-    last_launch_s: Mapping[str, float] = field(default_factory=dict)
+    last_launch_s: Mapping[tuple[str, str], float] = field(default_factory=dict)
     preempted_pools: Mapping[str, float] = field(default_factory=dict)
     refused_pools: Mapping[str, float] = field(default_factory=dict)
 

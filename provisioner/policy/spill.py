@@ -11,6 +11,14 @@ will ride in; DESIGN.md, "Spill"). When that is past `deadline - margin`, and th
 serverless pool can still answer before the deadline (warm latency, plus a cold start when no
 warm function is idle), the request goes to the pool.
 
+A request the instances would answer only after its deadline, while the pool cannot answer
+before it either, misses both ways; it goes to the pool all the same ("overload"). Kept in line
+it would delay every request behind it: a model whose pool is slower than its SLO would hold the
+whole of an overload in a queue that grows until capacity boots, and every request behind the
+excess would miss too. Spilled, the excess leaves the queue at the deadline's length, so the
+requests the instances can serve in time meet their deadline: an overload misses its excess,
+not its whole demand (the excess is answered late by the pool, not dropped).
+
 Two more reasons spill without the deadline test, because the alternative is a wait measured in
 minutes (an EC2 launch) rather than milliseconds:
 - "cold-fleet": the model has no running instance yet (just registered, scaled from zero, or
@@ -40,6 +48,7 @@ __all__ = [
 
 class SpillReason(StrEnum):
     DEADLINE = "deadline"
+    OVERLOAD = "overload"
     COLD_FLEET = "cold-fleet"
     DRAINING = "draining"
 
@@ -114,8 +123,12 @@ def spill_reason(
     if queue.draining:
         return SpillReason.DRAINING
     margin_s = min(margin_ms, slo.latency_ms) / 1000.0
-    if expected_completion_s(queue, position, now_s) <= deadline_s - margin_s:
+    queued = expected_completion_s(queue, position, now_s)
+    if queued <= deadline_s - margin_s:
         return None
-    if serverless_completion_s(pool, now_s) > deadline_s:
-        return None
-    return SpillReason.DEADLINE
+    spilled = serverless_completion_s(pool, now_s)
+    if spilled <= deadline_s:
+        return SpillReason.DEADLINE
+    if queued > deadline_s:
+        return SpillReason.OVERLOAD
+    return None

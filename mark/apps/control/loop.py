@@ -72,6 +72,7 @@ from provisioner.policy.snapshot import (
     PlannerState,
     ServerlessTerms,
     build_snapshot,
+    covered_quantile,
     forecast_buckets,
     whole_buckets,
 )
@@ -230,10 +231,14 @@ class ControlLoop:
     def _forecast(self, model: Model, now_s: float) -> Forecast:
         buckets = forecast_buckets(self.config.planner.horizon_s, self.bucket_s)
         forecaster = self.forecasters[model.name]
-        quantile = self.config.forecast.quantile
+        quantile = covered_quantile(
+            self.config.forecast.quantile, model.slo, self._serverless_terms()
+        )
+        observed = None
         if forecaster.observed_buckets > 0:
             base = forecaster.forecast(buckets, quantile, band=self.config.forecast.upper_band)
             mean, upper, start = np.array(base.mean_rps), np.array(base.upper_rps), base.start_s
+            observed = base.observed_rps
         else:
             mean, upper, start = np.zeros(buckets), np.zeros(buckets), now_s
         if self.schedule is not None:
@@ -245,6 +250,7 @@ class ControlLoop:
             mean_rps=tuple(float(v) for v in mean),
             upper_rps=tuple(float(v) for v in upper),
             quantile=quantile,
+            observed_rps=observed,
         )
 
     # -- the tick -------------------------------------------------------------------------

@@ -46,6 +46,7 @@ from mark.apps.simulator.sim_state import (
     FleetCounter,
     PolicyRun,
     PoolReclaim,
+    Recorder,
     SimInstance,
     SimSettings,
 )
@@ -271,8 +272,11 @@ def run_policy(
     serverless_latency_ms: float,
     serverless_memory_mb: int,
     progress: Callable[[float], None] | None = None,
+    history: np.ndarray | None = None,
 ) -> PolicyRun:
-    """Replay `arrivals` against `policy`; deterministic for a given `settings.seed`."""
+    """Replay `arrivals` against `policy`; deterministic for a given `settings.seed`.
+    `history`: request counts of the buckets right before the trace (what monitoring recorded
+    while the system ran before the replayed window), which the first decision sees."""
     window = settings.window_s
     pool = ServerlessPool(
         pricing=catalog.lambda_pricing,
@@ -290,6 +294,7 @@ def run_policy(
         cache=CapacityCache(budget_fraction=settings.batching.slo_budget_fraction),
         pool=pool,
         rng=np.random.default_rng([settings.seed, 1]),
+        recorder=Recorder(model.slo.latency_ms),
     )
     start = arrivals.start_s
     end = start + arrivals.buckets * arrivals.bucket_s
@@ -298,18 +303,23 @@ def run_policy(
         eng.pool_reclaim = PoolReclaim(notice_s, notice_s + settings.pool_reclaim_window_s)
     steps = int(round((end - start) / window))
     per_bucket = int(round(arrivals.bucket_s / window))
-    # Warm start: the policy's first decision sees one bucket of history at the first bucket's
-    # rate, and what it launches is already running at the start (every policy alike).
-    warm_windows = per_bucket
+    # Warm start: the policy's first decision sees the history (or else one bucket at the first
+    # bucket's rate), and what it launches is already running at the start (every policy alike).
+    before = history if history is not None and history.size else arrivals.counts[:1]
+    warm_windows = per_bucket * before.size
     n_hist = warm_windows + steps
     starts = start + window * (np.arange(n_hist) - warm_windows)
     hist_arrivals = np.zeros(n_hist)
     hist_ongoing = np.zeros(n_hist)
-    hist_arrivals[:warm_windows] = arrivals.counts[0] / per_bucket
+    hist_arrivals[:warm_windows] = np.repeat(
+        np.asarray(before, dtype=np.float64) / per_bucket, per_bucket
+    )
     state = policy.initial_state()
     types = settings.types or tuple(model.profiles)
     types = tuple(t for t in types if t in model.profiles)
-    series = {k: np.zeros(steps) for k in ("time_s", "demand_rps", "capacity_rps", "cost_usd")}
+    series = {
+        k: np.zeros(steps) for k in ("time_s", "demand_rps", "capacity_rps", "cost_usd", "missed")
+    }
     fleet_counter = FleetCounter(steps)
     accrued = 0.0
     next_decision = start
@@ -330,19 +340,21 @@ def run_policy(
             now_s=now_s,
             model=model,
             instances=tuple(s.instance for s in eng.fleet.values()),
-            instance_types=catalog.instance_types if filled > warm_windows else instant_types,
+            instance_types=instant_types if filled <= warm_windows else catalog.instance_types,
             offerings=offerings,
             metrics=Metrics(window, starts[:filled], hist_arrivals[:filled], hist_ongoing[:filled]),
             cache=eng.cache,
             interruptions=dict(eng.interruptions),
             reclaimed=dict(eng.reclaimed),
+            warm_start=filled <= warm_windows,
         )
 
     decision = policy.decide(context(start, warm_windows), state)
     state = decision.state
     eng.apply(decision.actions, start, initial=True)
-    # the most launches one decision made, to check against the planner's per-tick cap
-    max_tick_launches = eng.serial
+    # the most launches one decision made, to check against the planner's per-tick cap (the
+    # warm start's fleet is not a tick's launches: see PolicyContext.warm_start)
+    max_tick_launches = 0
     pool.keep_warm(decision.warm_functions, start)
     share = decision.serverless_share
     next_decision = start + policy.interval_s
@@ -381,6 +393,7 @@ def run_policy(
         series["demand_rps"][step] = times.size / window
         series["capacity_rps"][step] = eng.capacity_rps()
         series["cost_usd"][step] = accrued + pool.cost_usd
+        series["missed"][step] = eng.recorder.missed  # cumulative: completions past the SLO
         fleet_counter.count(step, eng.fleet.values())
         if progress is not None:
             progress(window)

@@ -19,6 +19,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
+import numpy as np
+
 from mark.apps.simulator.engine import PolicyRun, SimSettings, run_policy
 from mark.apps.simulator.policies import (
     MarkPolicy,
@@ -80,6 +82,9 @@ class Scenario:
     serverless_latency_ms: float = 0.0
     serverless_memory_mb: int = 3008
     oracle_time_limit_s: float = 60.0
+    # The traffic before the trace, in its buckets (what a system that ran before the replayed
+    # window has recorded); every policy's first decision sees it. None: the first bucket only.
+    history: Trace | None = None
 
     @property
     def types(self) -> tuple[str, ...]:
@@ -231,9 +236,29 @@ def simulate(
             serverless_latency_ms=scenario.serverless_latency_ms,
             serverless_memory_mb=scenario.serverless_memory_mb,
             progress=tick,
+            history=None if scenario.history is None else _history_counts(scenario),
         )
         if isinstance(policy, OraclePolicy):
             run.extra["lower_bound_usd"] = policy.schedule.lower_bound_usd
             run.extra["milp_objective_usd"] = policy.schedule.objective_usd
         runs.append(run)
     return runs
+
+
+def _history_counts(scenario: Scenario) -> np.ndarray:
+    """The history's counts per bucket, checked to end where the trace starts."""
+    history, trace = scenario.history, scenario.trace
+    assert history is not None
+    if history.bucket_s != trace.bucket_s:
+        raise InvalidValue(
+            "history", f"buckets of {history.bucket_s:g} s, the trace's are {trace.bucket_s:g} s"
+        )
+    if not history.counts.size:
+        return np.zeros(0)
+    end = float(history.timestamps_s[-1]) + history.bucket_s
+    if abs(end - float(trace.timestamps_s[0])) > 1e-6 * history.bucket_s:
+        raise InvalidValue(
+            "history",
+            f"must end where the trace starts ({trace.timestamps_s[0]:g} s), ends at {end:g} s",
+        )
+    return Arrivals(history, 0).counts

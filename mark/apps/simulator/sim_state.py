@@ -111,16 +111,20 @@ class SimInstance:
 
 
 class Recorder:
-    """Latencies of every request (ms; inf for a failed one), in chunks."""
+    """Latencies of every request (ms; inf for a failed one), in chunks, and how many of them
+    missed `slo_ms` (so the run can say when the SLO was missed, not only how often)."""
 
-    def __init__(self) -> None:
+    def __init__(self, slo_ms: float = math.inf) -> None:
         self.chunks: list[np.ndarray] = []
         self.count = 0
+        self.slo_ms = slo_ms
+        self.missed = 0
 
     def add(self, latency_ms: np.ndarray) -> None:
         if latency_ms.size:
             self.chunks.append(latency_ms.astype(np.float32))
             self.count += latency_ms.size
+            self.missed += int(np.count_nonzero(latency_ms > self.slo_ms))
 
     def all(self) -> np.ndarray:
         return np.concatenate(self.chunks) if self.chunks else np.zeros(0, np.float32)

@@ -57,7 +57,9 @@ class PolicyContext:
     draining); `offerings` is the market's one collection (`Offerings.cheapest` is how a
     baseline picks where to launch); `interruptions` maps spot instances with a 2-minute notice
     to the time the cloud takes them back; `reclaimed` maps each pool (offering key) to its
-    latest reclaim time."""
+    latest reclaim time. `warm_start`: the decision that sets up the fleet the run starts with
+    (its launches are ready at once); a policy with per-tick launch caps lifts them there, since
+    a system that ran before the window built that fleet over as many ticks as it took."""
 
     now_s: float
     model: Model
@@ -68,6 +70,7 @@ class PolicyContext:
     cache: CapacityCache
     interruptions: Mapping[str, float] = field(default_factory=dict)
     reclaimed: Mapping[str, float] = field(default_factory=dict)
+    warm_start: bool = False
 
     def active(self) -> list[Instance]:
         """Pending and running instances (not draining)."""

@@ -34,6 +34,7 @@ from provisioner.policy.snapshot import (
     PlannerState,
     ServerlessTerms,
     build_snapshot,
+    covered_quantile,
     forecast_buckets,
     whole_buckets,
 )
@@ -88,9 +89,9 @@ class MarkPolicy:
             state.forecaster.observe(b_start, float(metrics.arrivals[lo : lo + per_bucket].sum()))
             seen_until = b_start + bucket_s
         horizon = forecast_buckets(self.planner.horizon_s, bucket_s)
-        forecast = state.forecaster.forecast(
-            horizon, self.forecast.quantile, band=self.forecast.upper_band
-        )
+        pool = self.serverless if self.spill else None
+        quantile = covered_quantile(self.forecast.quantile, ctx.model.slo, pool)
+        forecast = state.forecaster.forecast(horizon, quantile, band=self.forecast.upper_band)
         snapshot = build_snapshot(
             ctx.now_s,
             [ctx.model],
@@ -101,10 +102,19 @@ class MarkPolicy:
             tick_s=self.interval_s,
             state=state.planner_state,
             interruptions=ctx.interruptions,
-            serverless=self.serverless if self.spill else None,
+            serverless=pool,
             batching=self.batching,
         )
-        result = plan(snapshot, self.planner, ctx.cache)
+        planner = self.planner
+        if ctx.warm_start:
+            uncapped = planner.max_instances_per_model
+            planner = planner.model_copy(
+                update={
+                    "max_launches_per_tick": uncapped,
+                    "max_launches_per_type_per_tick": uncapped,
+                }
+            )
+        result = plan(snapshot, planner, ctx.cache)
         return PolicyDecision(
             actions=result.actions,
             state=dataclasses.replace(
