@@ -166,7 +166,8 @@ class RunResult:
     run used first; `efficient_type` is the type the scale is set on, `efficient_rps` its
     batched capacity at the SLO and `peak_rps` the scaled window's peak; `window_s` the
     window replayed (trace time, start and end); `spot_discount_pct` the catalog's mean spot
-    discount of each type MArk-spot ran; `wall_s` and `cpu_s` the run's wall and CPU time (they
+    discount of each type MArk-spot ran; `history_h` how much traffic before the window every
+    policy's first decision saw (hours); `wall_s` and `cpu_s` the run's wall and CPU time (they
     differ where other work shares the cores)."""
 
     model: str
@@ -187,6 +188,7 @@ class RunResult:
     spot_discount_pct: Mapping[str, float]
     wall_s: float
     cpu_s: float
+    history_h: float = 0.0
 
     @property
     def tag(self) -> str:
@@ -364,6 +366,7 @@ def evaluate(
     )
     if progress is not None:
         progress(tag, "backtest")
+    history = history_before(kind, float(trace.timestamps_s[0]), scale)
     scenario = Scenario(
         market="mixed",
         planner=planner,
@@ -375,7 +378,7 @@ def evaluate(
         serverless_latency_ms=entry.serverless_latency_ms,
         serverless_memory_mb=entry.serverless_memory_mb,
         oracle_time_limit_s=30.0,
-        history=history_before(kind, float(trace.timestamps_s[0]), scale),
+        history=history,
     )
     names = POLICIES + (ABLATION_POLICIES if ablations else ())
     passes = [(scenario, name) for name in names]
@@ -418,6 +421,7 @@ def evaluate(
         spot_discount_pct=_spot_discount_pct(catalog, rows["mark-spot"]["instance_hours"]),
         wall_s=time.perf_counter() - started,
         cpu_s=time.process_time() - cpu_started,
+        history_h=history.counts.size * history.bucket_s / 3600.0,
     )
 
 
@@ -613,7 +617,8 @@ def _run_section(result: RunResult, planner: PlannerConfig) -> list[str]:
         "",
         f"![cost](evaluation/{result.tag}-cost.png) "
         f"![instances](evaluation/{result.tag}-instances.png) "
-        f"![latency](evaluation/{result.tag}-latency_ccdf.png)",
+        f"![latency](evaluation/{result.tag}-latency_ccdf.png) "
+        f"![attainment](evaluation/{result.tag}-attainment.png)",
         "",
     ]
 
@@ -695,7 +700,15 @@ def _windows(setup: Setup, results: list[RunResult]) -> list[str]:
         "of the upper quantile at the planner's horizon (`best_forecaster`) in a backtest on "
         "the traffic named above, scaled as the run's window is, never on the window replayed. "
         "No other tunable was chosen on these traces: the planner, batching and spill rule run "
-        "their defaults. The scale, `static`'s fleet and `queue`'s max_replicas (set from the "
+        "their defaults. Every policy starts with the fleet its first decision buys (ready at "
+        "once, Mark's per-tick launch caps lifted for it), and that decision sees the traffic "
+        "before the window, as monitoring would have recorded it: "
+        + "; ".join(
+            f"{kind} {_span((r.history_h for r in results if r.kind == kind), 'g', ' h')}"
+            for kind in dict.fromkeys(r.kind for r in results)
+        )
+        + " (0 h: the window starts the trace, so Mark's forecaster starts cold there). "
+        "The scale, `static`'s fleet and `queue`'s max_replicas (set from the "
         "peak need, "
         f"{_span((r.queue_max_replicas for r in results), 'd')} here) are read from the "
         "replayed window's peak, a knowledge that favours those baselines; the oracles know the "

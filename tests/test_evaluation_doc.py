@@ -268,7 +268,8 @@ def test_a_short_real_run_is_written_as_measured(tmp_path: Path) -> None:
     assert result.peak_instances == pytest.approx(2.0, rel=1e-2)
     assert "seed=102" in result.held_out
     assert sorted(p.name for p in (tmp_path / "evaluation").iterdir()) == sorted(
-        f"{result.tag}-{n}.png" for n in ("capacity", "cost", "instances", "latency_ccdf")
+        f"{result.tag}-{n}.png"
+        for n in ("capacity", "cost", "instances", "latency_ccdf", "attainment")
     )
     for name, row in result.rows.items():
         # the fleet by type and market covers the types the policy was billed for

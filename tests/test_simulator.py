@@ -159,7 +159,7 @@ def test_cli_same_seed_same_summary(tmp_path: Path) -> None:
             "instance_hours",
         ):
             assert key in row
-    for png in ("cost.png", "instances.png", "capacity.png", "latency_ccdf.png"):
+    for png in ("cost.png", "instances.png", "capacity.png", "latency_ccdf.png", "attainment.png"):
         assert (tmp_path / "a" / png).stat().st_size > 0
 
 

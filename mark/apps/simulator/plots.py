@@ -1,6 +1,6 @@
 """The PNG figures of a simulation, after the MArk paper's: cost over time, instances by type
-and market over time, demand against capacity at the SLO, and the latency CCDF of every
-policy."""
+and market over time, demand against capacity at the SLO, the latency CCDF of every policy, and
+the SLO attained so far over time (where in the run the misses came from)."""
 
 from __future__ import annotations
 
@@ -24,11 +24,11 @@ def _hours(run: PolicyRun) -> np.ndarray:
     return (t - t[0]) / 3600.0 if t.size else t
 
 
-PLOT_NAMES = ("cost", "instances", "capacity", "latency_ccdf")
+PLOT_NAMES = ("cost", "instances", "capacity", "latency_ccdf", "attainment")
 
 
 def write_plots(runs: Sequence[PolicyRun], slo: Slo, out: Path, *, prefix: str = "") -> list[Path]:
-    """Write the four figures into `out` as `{prefix}{name}.png` (PLOT_NAMES); returns their
+    """Write the figures into `out` as `{prefix}{name}.png` (PLOT_NAMES); returns their
     paths."""
     paths = [out / f"{prefix}{n}.png" for n in PLOT_NAMES]
     fig, ax = plt.subplots(figsize=(8, 4.5))
@@ -86,4 +86,27 @@ def write_plots(runs: Sequence[PolicyRun], slo: Slo, out: Path, *, prefix: str =
     fig.tight_layout()
     fig.savefig(paths[3], dpi=110)
     plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    for run in runs:
+        answered = np.cumsum(run.series["demand_rps"]) * _window_s(run)
+        missed = run.series["missed"]
+        share = 1.0 - missed / np.maximum(answered, 1.0)
+        ax.plot(_hours(run), 100.0 * share, lw=1, label=run.name)
+    ax.axhline(100.0 * slo.percentile, color="grey", ls="--", label="SLO")
+    ax.set(
+        xlabel="hours",
+        ylabel=f"% within {slo.latency_ms:g} ms so far",
+        title="SLO attained since the start",
+        ylim=(max(0.0, 100.0 * (2 * slo.percentile - 1) - 5.0), 100.5),
+    )
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(paths[4], dpi=110)
+    plt.close(fig)
     return paths
+
+
+def _window_s(run: PolicyRun) -> float:
+    t = run.series["time_s"]
+    return float(t[1] - t[0]) if t.size > 1 else 1.0
