@@ -32,7 +32,7 @@ from provisioner.policy.planner import (
     Terminate,
     plan,
 )
-from provisioner.policy.snapshot import ServerlessTerms
+from provisioner.policy.snapshot import ServerlessTerms, covered_quantile
 
 NOW = 1_700_000_000.0
 SLO = Slo(latency_ms=600.0, percentile=0.98)
@@ -203,6 +203,36 @@ def test_surplus_is_released_only_when_paid_time_ends_and_no_recent_launch() -> 
     assert p.actions == ()
     assert [d.action for d in p.decisions] == [ActionKind.HOLD, ActionKind.HOLD]
     assert "scale-in hold" in p.decisions[0].reason
+
+
+def test_a_forecast_drop_not_yet_seen_neither_releases_nor_underbuys() -> None:
+    on = offering("c5.large")
+    live = [instance(f"i-{k}", on) for k in range(3)]
+    observed = cap("c5.large") * 2.5  # what the newest bucket showed: three instances' worth
+    falling = Forecast(
+        start_s=NOW, bucket_s=60.0, mean_rps=(1.0,) * 5, upper_rps=(1.0,) * 5
+    )  # a trend extrapolated from a level shift: "it drops to 1 rps"
+    seen = falling.model_copy(update={"observed_rps": observed})
+    # Without the observation the forecast alone releases two of them ...
+    p = run(snapshot(models={"resnet": (model(), falling)}, instances=live), spot=False)
+    assert len([a for a in p.actions if isinstance(a, Drain)]) == 2
+    # ... with it, all three stay: capacity goes on a drop seen, not on a drop forecast.
+    p = run(snapshot(models={"resnet": (model(), seen)}, instances=live), spot=False)
+    assert not [a for a in p.actions if isinstance(a, Drain)]
+    # And a fleet short of the observed rate buys up to it, whatever the forecast says.
+    p = run(snapshot(models={"resnet": (model(), seen)}, instances=live[:1]), spot=False)
+    bought = sum(a.capacity_rps for a in launches(p)) + cap("c5.large")
+    assert bought >= observed - 1e-6
+
+
+def test_the_quantile_covered_is_the_slos_where_no_pool_answers_within_it() -> None:
+    slo = Slo(latency_ms=500, percentile=0.98)
+    fits = ServerlessTerms(latency_ms=300.0, usd_per_request=1e-5, concurrency=100)
+    late = ServerlessTerms(latency_ms=900.0, usd_per_request=1e-5, concurrency=100)
+    assert covered_quantile(0.95, slo, fits) == 0.95
+    assert covered_quantile(0.95, slo, late) == 0.98
+    assert covered_quantile(0.95, slo, None) == 0.98
+    assert covered_quantile(0.99, slo, None) == 0.99  # never below the configured one
 
 
 def test_hourly_billed_instance_is_kept_until_its_hour_ends() -> None:
