@@ -15,7 +15,9 @@ and `reactive` (SageMaker, the paper's Table 5).
 Held out: Mark's forecaster is the one with the lowest pinball loss in a backtest on traffic the
 run does not replay: day 1 of the diurnal trace for a window of its day 2; a trace of the same
 kind drawn by `traces.generators` with another seed, at the same scale, for MMPP and the surge.
-No other knob is tuned: the planner runs `PlannerConfig()`'s defaults.
+No other knob is tuned: the planner runs `PlannerConfig()`'s defaults. Every policy's first
+decision sees the day of traffic before the window (`history_before`; none on MMPP, whose
+window starts the trace), as a system running before the window would have.
 
 Windows: `--hours` long (4 h; the diurnal one ends at the full hour after day 2's peak, so it
 holds the rise to the peak; the surge one starts a quarter of its length before the surge; MMPP
