@@ -30,7 +30,7 @@ never hold the cloud provider; tests may call `set_models` / `set_instances` dir
 parts live beside it: frontend/answers.py (what a request is answered with), frontend/links.py
 (route targets, plans, weights), frontend/dispatch.py (one batch to one instance),
 frontend/spill_path.py (which queued requests spill, and a failed spill's way back),
-frontend/model_metadata.py (the v2 metadata).
+frontend/model_metadata.py (the v2 metadata, an instance's or the artifact's).
 """
 
 from __future__ import annotations
@@ -48,7 +48,7 @@ from frontend.answers import Answer, Shed, Unavailable
 from frontend.batcher import InstanceBatcher, QueuedRequest, answer_once
 from frontend.dispatch import dispatch
 from frontend.links import Link, ModelRoutes, link_plan, reweigh, serves
-from frontend.model_metadata import fetch_metadata
+from frontend.model_metadata import ArtifactMetadata, artifact_metadata, fetch_metadata
 from frontend.spill_monitor import SpillMonitor
 from frontend.spill_path import SpillPath
 from mark.adapters.backends import BackendClient, new_session
@@ -212,7 +212,7 @@ class Fleet:
                 self._models[name] = ModelRoutes(model)
             elif state.model != model:
                 if state.model.backend != model.backend:
-                    state.metadata, state.inputs = None, ()
+                    state.metadata, state.inputs, state.artifact = None, (), None
                 state.model = model
                 for link in state.links.values():
                     link.profile = model.profiles.get(link.instance.offering.instance_type)
@@ -434,22 +434,47 @@ class Fleet:
 
     # --- metadata -----------------------------------------------------------------------------
 
-    async def metadata(self, name: str) -> dict[str, Any] | None:
-        """The model's v2 metadata as an instance reports it (cached), None when no instance
-        can say (none running, or a TF Serving backend)."""
+    async def metadata(self, name: str) -> dict[str, Any]:
+        """The model's v2 metadata: as an instance reports it (cached until the backend
+        changes), else as its artifact declares it (a model scaled to zero or served by the
+        serverless pool alone: frontend/model_metadata.py). Raises NotFound, or Unavailable
+        (503) with the reason when neither can say (an artifact missing or unreadable here)."""
+        state = self._state(name)
+        doc = await self._instance_metadata(state)
+        if doc is not None:
+            return doc
+        read = await self._artifact_metadata(state)
+        if read.signature is None:
+            raise Unavailable(f"model {name!r}: {read.reason}")
+        return read.to_json(state.backend_name)
+
+    async def inputs(self, name: str) -> tuple[TensorMeta, ...]:
+        """Declared inputs for validation: an instance's, else the artifact's; empty when
+        neither is known (the instance validates)."""
+        state = self._state(name)
+        if await self._instance_metadata(state) is not None:
+            return state.inputs
+        read = await self._artifact_metadata(state)
+        return read.signature.inputs if read.signature is not None else ()
+
+    def _state(self, name: str) -> ModelRoutes:
         state = self._models.get(name)
         if state is None:
             raise NotFound(f"unknown model {name!r}")
+        return state
+
+    async def _instance_metadata(self, state: ModelRoutes) -> dict[str, Any] | None:
+        """The metadata an instance reported (asked once per backend), None when none can say
+        (none running, or a TF Serving backend)."""
         if state.metadata is None and state.model.backend.protocol == "kserve-v2":
             async with state.metadata_lock:
                 if state.metadata is None:
                     await fetch_metadata(self.client, state)
         return state.metadata
 
-    async def inputs(self, name: str) -> tuple[TensorMeta, ...]:
-        """Declared inputs for validation (empty when unknown: the instance validates)."""
-        await self.metadata(name)
-        return self._models[name].inputs if name in self._models else ()
+    async def _artifact_metadata(self, state: ModelRoutes) -> ArtifactMetadata:
+        async with state.metadata_lock:
+            return await artifact_metadata(state, self.now_s(), self.config.sync_interval_s)
 
     def _drop_model(self, name: str, reason: str) -> None:
         state = self._models.pop(name)

@@ -7,7 +7,9 @@ the same internal request and go through the process's `Fleet` (frontend/fleet.p
 
 Errors are JSON `{"error": ...}`: 404 unknown model, 400 malformed body or a tensor that does not
 fit the model, 413 over `server.max_body_mb` (Sanic, before the body is read), 503 with the reason
-when the deadline cannot be met and nothing could spill it. Never a 500 for a caller's mistake.
+when the deadline cannot be met and nothing could spill it, or when no instance reports a model's
+metadata and its artifact cannot be read (the metadata is an instance's, else the artifact's:
+frontend/model_metadata.py). Never a 500 for a caller's mistake.
 
 Listeners: before the server starts, each HTTP worker process builds its Fleet from
 `app.ctx.config` and syncs it from `app.ctx.db` (opened by create_app's listener); the fleet is
@@ -109,10 +111,11 @@ async def model_metadata(request: Request, name: str, model_version: str = "") -
     fleet = _fleet(request)
     try:
         model = fleet.model(name)
-        doc = await fleet.metadata(name)
+        meta = await fleet.metadata(name)
     except NotFound as exc:
         return _error(404, str(exc))
-    meta = doc or {}
+    except Unavailable as exc:  # no instance says, and the artifact cannot be read here
+        return _error(exc.status, exc.reason)
     return json(
         {
             "name": model.name,

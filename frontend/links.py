@@ -1,6 +1,7 @@
 """The fleet's view of one model's route targets: a `Link` per running instance that serves it
 (its batcher, its profile, its routing weight) and the model's `ModelRoutes` (router, links,
-the requests waiting for a first instance, the cached metadata).
+the requests waiting for a first instance, the cached metadata of an instance and of the
+artifact).
 
 The rules these apply are the data plane's, on floor 2 (`provisioner.policy.dataplane`): the
 batch plan a link's batcher runs (`link_plan`), the weights (`reweigh`) and the queue the spill
@@ -14,7 +15,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from statistics import fmean
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from frontend.batcher import InstanceBatcher, QueuedRequest
 from mark.core.config import BatchingConfig
@@ -25,6 +26,9 @@ from provisioner.policy.capacity import CapacityCache
 from provisioner.policy.dataplane import batch_plan, routing_weight, service_rate_rps
 from provisioner.policy.routing import SmoothWeightedRoundRobin
 from provisioner.policy.spill import QueueView
+
+if TYPE_CHECKING:
+    from frontend.model_metadata import ArtifactMetadata
 
 __all__ = ["Link", "ModelRoutes", "serves", "link_plan", "reweigh"]
 
@@ -68,7 +72,8 @@ class Link:
 @dataclass(eq=False, slots=True)
 class ModelRoutes:
     """One served model in the fleet: its router over its links, the requests waiting for an
-    instance to join, and its metadata as an instance reported it."""
+    instance to join, its metadata as an instance reported it, and as its artifact declares it
+    (`artifact`, read when no instance reports it: frontend/model_metadata.py)."""
 
     model: Model
     router: SmoothWeightedRoundRobin = field(default_factory=SmoothWeightedRoundRobin)
@@ -76,6 +81,7 @@ class ModelRoutes:
     waiting: deque[QueuedRequest] = field(default_factory=deque)
     metadata: dict[str, Any] | None = None
     inputs: tuple[TensorMeta, ...] = ()
+    artifact: ArtifactMetadata | None = None
     metadata_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
     @property

@@ -1,16 +1,30 @@
 """A model's v2 metadata as the front end serves it (`GET /v2/models/{m}`) and validates
 requests with: asked of the model's instances, the first that answers, and cached on the
-model's routes until its backend changes."""
+model's routes until its backend changes; without an instance that answers (a model scaled to
+zero, or served by the serverless pool alone), read from its artifact by the reader the worker
+loads it with (`mark.adapters.artifacts`), so tritonclient users can build requests before the
+first instance runs.
+
+The artifact is read in a thread (a file read and a parse: onnxruntime, joblib) and cached on the
+routes per artifact spec and version token (the file's mtime and size, as the worker versions
+it): the token is checked again at most once per `max_age_s` (the fleet's sync interval, the
+staleness it already accepts for the models themselves) and the file read again only when it
+changed. A model with an external server's model name (`backend.backend_model_name`) has no
+artifact of Mark's to read."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
+from dataclasses import dataclass, replace
+from typing import Any
 
 from frontend.links import ModelRoutes
+from mark.adapters.artifacts import MISSING, Signature, read_signature, spec_entry
 from mark.adapters.backends import BackendClient, BackendUnavailable
 from mark.core.protocol import TensorMeta
 
-__all__ = ["fetch_metadata"]
+__all__ = ["ArtifactMetadata", "artifact_metadata", "fetch_metadata"]
 
 logger = logging.getLogger("mark.frontend.fleet")
 
@@ -29,3 +43,56 @@ async def fetch_metadata(client: BackendClient, routes: ModelRoutes) -> None:
             continue
         routes.metadata, routes.inputs = doc, inputs
         return
+
+
+@dataclass(frozen=True, slots=True)
+class ArtifactMetadata:
+    """What the front end read of one model's artifact: the spec and version token read, when
+    the token was last checked (the fleet's clock), and the signature or why there is none."""
+
+    artifact: str
+    version: str
+    checked_s: float
+    signature: Signature | None
+    reason: str = ""
+
+    def to_json(self, name: str) -> dict[str, Any]:
+        """The v2 model metadata document (the version a first load of the artifact gets)."""
+        assert self.signature is not None
+        return {
+            "name": name,
+            "versions": ["1"],
+            "platform": self.signature.platform,
+            "inputs": [t.to_json() for t in self.signature.inputs],
+            "outputs": [t.to_json() for t in self.signature.outputs],
+        }
+
+
+def _read(name: str, artifact: str, known: ArtifactMetadata | None) -> ArtifactMetadata:
+    """Blocking: stat the artifact, and read its signature unless `known` read this version."""
+    version = spec_entry(name, artifact).version
+    if known is not None and (known.artifact, known.version) == (artifact, version):
+        return known
+    try:
+        return ArtifactMetadata(artifact, version, 0.0, read_signature(artifact))
+    except Exception as exc:  # any unreadable artifact is the model's reason, not a 500
+        logger.info("metadata of %s from its artifact %s failed: %s", name, artifact, exc)
+        why = "artifact missing" if version == MISSING else "artifact unreadable"
+        return ArtifactMetadata(artifact, version, 0.0, None, f"{why}: {exc}")
+
+
+async def artifact_metadata(
+    routes: ModelRoutes, now_s: float, max_age_s: float
+) -> ArtifactMetadata:
+    """The model's artifact metadata, cached on `routes.artifact` (see the module docstring)."""
+    backend = routes.model.backend
+    known = routes.artifact
+    if backend.backend_model_name is not None:
+        reason = f"no instance reports the metadata of {backend.backend_model_name!r}"
+        return ArtifactMetadata(backend.artifact, "", now_s, None, reason)
+    if known is not None and known.artifact == backend.artifact:
+        if now_s - known.checked_s < max_age_s:
+            return known
+    got = await asyncio.to_thread(_read, routes.model.name, backend.artifact, known)
+    routes.artifact = replace(got, checked_s=now_s)
+    return routes.artifact

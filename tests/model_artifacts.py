@@ -17,15 +17,15 @@ def weights(scale: float, features: int = FEATURES) -> np.ndarray:
     return (np.arange(features * 4, dtype=np.float32).reshape(features, 4) % 7 - 3) * scale
 
 
-def onnx_bytes(scale: float, features: int = FEATURES) -> bytes:
+def onnx_bytes(scale: float, features: int = FEATURES, *, input_name: str = "input") -> bytes:
     """y = x @ W, x [batch, features], W = weights(scale): a version shows in its answers."""
     from onnx import TensorProto, helper
 
     w = weights(scale, features)
     graph = helper.make_graph(
-        [helper.make_node("MatMul", ["input", "w"], ["output"])],
+        [helper.make_node("MatMul", [input_name, "w"], ["output"])],
         "linear",
-        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", features])],
+        [helper.make_tensor_value_info(input_name, TensorProto.FLOAT, ["batch", features])],
         [helper.make_tensor_value_info("output", TensorProto.FLOAT, ["batch", 4])],
         [helper.make_tensor("w", TensorProto.FLOAT, list(w.shape), w.reshape(-1).tolist())],
     )

@@ -131,6 +131,20 @@ def test_tf_serving_row_and_columnar_formats() -> None:
             parse_tf_request(bad, MLP_INPUTS)
 
 
+def test_tf_serving_unnamed_rows_feed_the_one_input_whatever_its_name() -> None:
+    rows = json.dumps({"instances": [[1.0, 2.0], [3.0, 4.0]]}).encode()
+    (x,) = parse_tf_request(rows, (TensorMeta("x", "FP64", (-1, 2)),))[0].inputs
+    assert (x.name, x.datatype, x.array.dtype, x.shape) == ("x", "FP64", np.float64, (2, 2))
+    column = json.dumps({"inputs": [[1.0, 2.0]]}).encode()
+    assert parse_tf_request(column, (TensorMeta("x", "FP32", (-1, 2)),))[0].inputs[0].name == "x"
+    two = (TensorMeta("a", "FP32", (-1, 2)), TensorMeta("b", "FP32", (-1, 2)))
+    for body, where in ((rows, "each row of 'instances'"), (column, "'inputs'")):
+        with pytest.raises(ProtocolError, match=f"takes 2 inputs \\('a', 'b'\\): {where}"):
+            parse_tf_request(body, two)
+    named = json.dumps({"instances": [{"a": [1, 2], "b": [3, 4]}]}).encode()
+    assert [t.name for t in parse_tf_request(named, two)[0].inputs] == ["a", "b"]
+
+
 def test_concat_and_split_along_the_batch_dimension() -> None:
     reqs = [
         InferRequest((Tensor.of("input", np.full((n, 16), n, dtype=np.float32)),))

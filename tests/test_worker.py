@@ -114,7 +114,8 @@ async def test_onnx_and_sklearn_artifacts(tmp_path: Path) -> None:
         got = np.array(doc["outputs"][0]["data"]).reshape(2, 4)
         want = np.array([[1, 2, 3], [4, 5, 6]], dtype=np.float32) @ weights
         np.testing.assert_allclose(got, want, rtol=1e-5)
-        body = {"inputs": [{"name": "input", "shape": [4, 5], "datatype": "FP32",
+        # FP64: the estimator's datatype, as it was fitted on float64
+        body = {"inputs": [{"name": "input", "shape": [4, 5], "datatype": "FP64",
                             "data": x[:4].tolist()}]}  # fmt: skip
         async with s.post(f"{w.endpoint}/v2/models/clf/infer", json=body) as r:
             doc = await r.json()

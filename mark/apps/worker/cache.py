@@ -38,6 +38,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from mark.adapters.artifacts import spec_entry
 from mark.adapters.model_store import ModelStore, StoredModel
 from mark.apps.worker import metrics
 from mark.apps.worker.loaders import ServedModel, load_model
@@ -307,15 +308,7 @@ class ModelCache:
         if entry.spec is None:
             assert self.store is not None
             return await self._store_call(self.store.stat, entry.name)
-        kind, _, ref = entry.spec.partition(":")
-        if kind == _BUILTIN:
-            return StoredModel(entry.name, ref, kind, 0, entry.spec)
-        path = Path(ref)
-        try:
-            st = path.stat()
-        except FileNotFoundError:
-            return StoredModel(entry.name, ref, kind, 0, "missing")  # the loader names the error
-        return StoredModel(entry.name, ref, kind, st.st_size, f"{st.st_mtime_ns}-{st.st_size}")
+        return spec_entry(entry.name, entry.spec)
 
     # loading
 

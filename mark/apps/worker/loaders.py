@@ -5,6 +5,9 @@ weights, for demos and tests: input `input` FP32 [-1, 16], output `output` FP32 
 `onnx:/path/model.onnx` (onnxruntime, CPU), `sklearn:/path/model.joblib` (joblib pickle of a
 fitted estimator), `torchscript:/path/model.pt` (only when torch is installed). Every model takes
 and returns whole batches (dimension 0), so the worker can execute many requests as one call.
+What each artifact declares (its signature: an sklearn input of the estimator's own datatype, an
+ONNX graph's own inputs and outputs) is read by `mark.adapters.artifacts`, which the front end
+reads too when no instance runs the model.
 """
 
 from __future__ import annotations
@@ -12,27 +15,25 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
+from mark.adapters.artifacts import (
+    BUILTIN_MLP,
+    TORCHSCRIPT,
+    Signature,
+    artifact_file,
+    onnx_session,
+    onnx_signature,
+    sklearn_estimator,
+    sklearn_signature,
+)
 from mark.core.errors import InvalidValue
 from mark.core.protocol import TensorMeta
 
 __all__ = ["ServedModel", "load_model", "default_name", "MLP_SEED"]
 
 MLP_SEED = 20190710  # MArk's ATC'19 talk date; any fixed seed makes outputs reproducible
-_ONNX_TYPES = {
-    "tensor(float)": "FP32",
-    "tensor(double)": "FP64",
-    "tensor(float16)": "FP16",
-    "tensor(int64)": "INT64",
-    "tensor(int32)": "INT32",
-    "tensor(int8)": "INT8",
-    "tensor(uint8)": "UINT8",
-    "tensor(bool)": "BOOL",
-    "tensor(string)": "BYTES",
-}
 
 Predict = Callable[[Mapping[str, np.ndarray]], dict[str, np.ndarray]]
 
@@ -60,6 +61,12 @@ def default_name(artifact: str) -> str:
     return ref if kind == "builtin" else Path(ref).stem.lower()
 
 
+def _served(name: str, signature: Signature, predict: Predict, size_bytes: int) -> ServedModel:
+    return ServedModel(
+        name, signature.platform, signature.inputs, signature.outputs, predict, size_bytes
+    )
+
+
 def _builtin_mlp(name: str) -> ServedModel:
     rng = np.random.default_rng(MLP_SEED)
     w1 = rng.normal(0.0, 0.25, (16, 32)).astype(np.float32)
@@ -71,61 +78,25 @@ def _builtin_mlp(name: str) -> ServedModel:
         hidden = np.maximum(inputs["input"].astype(np.float32, copy=False) @ w1 + b1, 0.0)
         return {"output": (hidden @ w2 + b2).astype(np.float32)}
 
-    return ServedModel(
-        name,
-        "mark_builtin_mlp",
-        (TensorMeta("input", "FP32", (-1, 16)),),
-        (TensorMeta("output", "FP32", (-1, 4)),),
-        predict,
-        sum(a.nbytes for a in (w1, b1, w2, b2)),
-    )
-
-
-def _onnx_meta(node: Any) -> TensorMeta:
-    datatype = _ONNX_TYPES.get(node.type)
-    if datatype is None:
-        raise InvalidValue("model", f"ONNX {node.name!r} has unsupported type {node.type}")
-    shape = tuple(d if isinstance(d, int) and d >= 0 else -1 for d in node.shape)
-    return TensorMeta(node.name, datatype, shape)
+    return _served(name, BUILTIN_MLP, predict, sum(a.nbytes for a in (w1, b1, w2, b2)))
 
 
 def _onnx(name: str, path: Path) -> ServedModel:
-    import onnxruntime
-
-    options = onnxruntime.SessionOptions()
-    options.intra_op_num_threads = 1
-    session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    inputs = tuple(_onnx_meta(n) for n in session.get_inputs())
-    outputs = tuple(_onnx_meta(n) for n in session.get_outputs())
-    names = [m.name for m in outputs]
+    session = onnx_session(path)
+    signature = onnx_signature(session)
+    names = [m.name for m in signature.outputs]
 
     def predict(feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         return dict(zip(names, session.run(names, dict(feeds)), strict=True))
 
-    return ServedModel(name, "onnxruntime_onnx", inputs, outputs, predict, path.stat().st_size)
-
-
-def _label_type(values: np.ndarray) -> str:
-    if values.dtype.kind in "iu":
-        return "INT64"
-    if values.dtype.kind in "OUS":
-        return "BYTES"
-    return "FP32"
+    return _served(name, signature, predict, path.stat().st_size)
 
 
 def _sklearn(name: str, path: Path) -> ServedModel:
-    import joblib
-
-    estimator = joblib.load(path)
-    features = getattr(estimator, "n_features_in_", None)
-    if not hasattr(estimator, "predict") or features is None:
-        raise InvalidValue("model", f"{path} is not a fitted scikit-learn estimator")
-    classes = getattr(estimator, "classes_", None)
-    label = _label_type(np.asarray(classes)) if classes is not None else "FP32"
-    outputs = [TensorMeta("output", label, (-1,))]
-    with_proba = classes is not None and hasattr(estimator, "predict_proba")
-    if with_proba:
-        outputs.append(TensorMeta("probabilities", "FP32", (-1, len(np.asarray(classes)))))
+    estimator = sklearn_estimator(path)
+    signature = sklearn_signature(estimator)
+    label = signature.outputs[0].datatype
+    with_proba = len(signature.outputs) > 1
 
     def predict(inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         x = inputs["input"]
@@ -141,14 +112,7 @@ def _sklearn(name: str, path: Path) -> ServedModel:
             out["probabilities"] = np.asarray(estimator.predict_proba(x), dtype=np.float32)
         return out
 
-    return ServedModel(
-        name,
-        "scikit_learn",
-        (TensorMeta("input", "FP32", (-1, int(features))),),
-        tuple(outputs),
-        predict,
-        path.stat().st_size,
-    )
+    return _served(name, signature, predict, path.stat().st_size)
 
 
 def _torchscript(name: str, path: Path) -> ServedModel:
@@ -165,14 +129,7 @@ def _torchscript(name: str, path: Path) -> ServedModel:
             out = module(torch.from_numpy(np.ascontiguousarray(inputs["input"])))
         return {"output": out.detach().cpu().numpy().astype(np.float32)}
 
-    return ServedModel(
-        name,
-        "pytorch_torchscript",
-        (TensorMeta("input", "FP32", (-1, -1)),),
-        (TensorMeta("output", "FP32", (-1, -1)),),
-        predict,
-        path.stat().st_size,
-    )
+    return _served(name, TORCHSCRIPT, predict, path.stat().st_size)
 
 
 _FILE_LOADERS: Mapping[str, Callable[[str, Path], ServedModel]] = {
@@ -185,19 +142,7 @@ _FILE_LOADERS: Mapping[str, Callable[[str, Path], ServedModel]] = {
 def load_model(name: str, artifact: str) -> ServedModel:
     """Load `artifact` (see the module docstring) and serve it as `name`. Raises InvalidValue
     naming what is wrong: unknown kind, missing file, a missing optional dependency."""
-    kind, _, ref = artifact.partition(":")
-    if kind == "builtin":
-        if ref != "mlp":
-            raise InvalidValue("model", f"unknown builtin model {ref!r} (known: mlp)")
+    kind, path = artifact_file(artifact)
+    if path is None:
         return _builtin_mlp(name)
-    loader = _FILE_LOADERS.get(kind)
-    if loader is None:
-        raise InvalidValue(
-            "model",
-            f"unknown artifact kind {kind!r} in {artifact!r} "
-            "(use builtin:mlp, onnx:PATH, sklearn:PATH or torchscript:PATH)",
-        )
-    path = Path(ref)
-    if not path.is_file():
-        raise InvalidValue("model", f"artifact file {path} does not exist")
-    return loader(name, path)
+    return _FILE_LOADERS[kind](name, path)

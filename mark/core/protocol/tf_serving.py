@@ -44,14 +44,27 @@ def _meta_for(name: str, value: Any, inputs: Mapping[str, TensorMeta]) -> Tensor
     return meta if meta is not None else _infer_meta(value, name)
 
 
+def _single(inputs: Sequence[TensorMeta], field: str) -> str:
+    """The name an unnamed tensor (rows of plain values, or one unnamed column) feeds: the
+    model's one input, `input` when the inputs are not known."""
+    if len(inputs) > 1:
+        names = ", ".join(repr(m.name) for m in inputs)
+        where = "each row of 'instances'" if field == "instances" else "'inputs'"
+        raise ProtocolError(
+            f"the model takes {len(inputs)} inputs ({names}): {where} must be an object naming them"
+        )
+    return inputs[0].name if inputs else "input"
+
+
 def parse_tf_request(
     body: bytes, inputs: Sequence[TensorMeta] = ()
 ) -> tuple[InferRequest, TfFormat]:
     """Parse a TF Serving `:predict` body into the internal request. `inputs` (the model's
-    metadata, when known) names the single unnamed input and gives each input's datatype."""
+    metadata, when known) gives each input's datatype and names the unnamed one, whatever its
+    name, of a model of one input; a model of several takes only named ones (a ProtocolError,
+    400, otherwise)."""
     doc = load_object(body)
     known = {m.name: m for m in inputs}
-    single = inputs[0].name if len(inputs) == 1 else "input"
     if ("instances" in doc) == ("inputs" in doc):
         raise ProtocolError("body needs exactly one of 'instances' or 'inputs'")
     tensors: list[Tensor]
@@ -68,14 +81,14 @@ def parse_tf_request(
                 for n in names
             ]
         else:
-            tensors = [_tf_tensor(rows, _meta_for(single, rows, known))]
+            tensors = [_tf_tensor(rows, _meta_for(_single(inputs, "instances"), rows, known))]
         fmt: TfFormat = "instances"
     else:
         columns = doc["inputs"]
         if isinstance(columns, dict) and set(columns) != {"b64"}:
             tensors = [_tf_tensor(v, _meta_for(n, v, known)) for n, v in columns.items()]
         else:
-            tensors = [_tf_tensor(columns, _meta_for(single, columns, known))]
+            tensors = [_tf_tensor(columns, _meta_for(_single(inputs, "inputs"), columns, known))]
         fmt = "inputs"
     if not tensors:
         raise ProtocolError("no inputs given")
