@@ -10,12 +10,16 @@ holds the server to it with schemathesis). Every route needs
 
 from __future__ import annotations
 
+import asyncio
 import hmac
+import re
 import time
+from collections.abc import Mapping
 from typing import Any
 
 from pydantic import BaseModel, ValidationError
 from sanic import Blueprint, Request
+from sanic.exceptions import ServiceUnavailable
 from sanic.response import HTTPResponse, empty, json
 
 from frontend import observability
@@ -25,13 +29,16 @@ from frontend.admin_schema import (
     DECISIONS_QUERY,
     INSTANCES_QUERY,
     STATUS_QUERY,
+    BulkResult,
     Costs,
     DecisionPage,
+    FieldError,
     InstanceList,
     InstanceTypeList,
     ModelCreate,
     ModelList,
     ModelPatch,
+    ModelsBulk,
     ModelSpec,
     OfferingList,
     QueryParam,
@@ -40,12 +47,13 @@ from frontend.admin_schema import (
     read_body,
 )
 from frontend.errors import error_response, validation_details
+from frontend.registration import budget_faults, build_model, plan_bulk, settings_of
 from mark.adapters.db import Database
-from mark.core.catalog import load_catalog
+from mark.adapters.model_store import open_store
 from mark.core.errors import Conflict, InvalidValue, NotFound
-from mark.core.types import Model
+from mark.core.types import Model, Profile
 
-__all__ = ["bp", "openapi_bp", "token_matches", "bearer_matches"]
+__all__ = ["bp", "openapi_bp", "token_matches", "bearer_matches", "sanic_path"]
 
 bp = Blueprint("admin")
 openapi_bp = Blueprint("admin_openapi")
@@ -95,23 +103,25 @@ async def _count(request: Request, response: HTTPResponse) -> None:
     observability.observe_admin(request, response.status)
 
 
-def _model_from_spec(name: str, spec: ModelSpec) -> Model:
-    profiles = dict(spec.profiles)
-    if spec.profiles_from is not None:
-        try:
-            entry = load_catalog().model(spec.profiles_from)
-        except NotFound as exc:
-            raise InvalidValue("profiles_from", str(exc)) from exc
-        profiles = {**entry.profiles, **profiles}
-    return Model.model_validate(
-        {
-            "name": name,
-            "slo": spec.slo,
-            "backend": spec.backend,
-            "profiles": profiles,
-            "max_batch": spec.max_batch,
-        }
-    )
+def _budget_bytes(request: Request) -> int | None:
+    """The memory budget of the fleet's workers, from the `[worker]` section of the config
+    `mark serve` reads (the same file the workers are started with)."""
+    budget: int | None = request.app.ctx.config.worker.memory_budget_bytes
+    return budget
+
+
+def _within_budget(
+    request: Request, memory_mb: float | None, profiles: Mapping[str, Profile]
+) -> None:
+    faults = budget_faults(memory_mb, profiles, _budget_bytes(request))
+    if faults:
+        raise InvalidValue(faults[0].field, faults[0].message)
+
+
+def _model_from_spec(request: Request, name: str, spec: ModelSpec) -> Model:
+    model = build_model(name, settings_of(spec))
+    _within_budget(request, model.memory_mb, model.profiles)
+    return model
 
 
 async def list_models(request: Request) -> HTTPResponse:
@@ -120,7 +130,57 @@ async def list_models(request: Request) -> HTTPResponse:
 
 async def create_model(request: Request) -> HTTPResponse:
     spec = read_body(ModelCreate, request.body)
-    return _out(await _db(request).create_model(_model_from_spec(spec.name, spec)), 201)
+    return _out(await _db(request).create_model(_model_from_spec(request, spec.name, spec)), 201)
+
+
+async def _stored(request: Request, prefix: str) -> list[tuple[str, str]]:
+    """(name, artifact) of each model in the fleet's store whose name starts with `prefix`."""
+    worker = request.app.ctx.config.worker
+    if worker.store is None:
+        raise NotFound("no model store is configured (worker.store) to register models from")
+
+    def listing() -> list[tuple[str, str]]:
+        store = open_store(worker.store, endpoint_url=worker.store_endpoint_url)
+        return [(m.name, store.artifact(m)) for m in store.list(prefix)]
+
+    try:
+        return await asyncio.to_thread(listing)  # boto3 and the filesystem block
+    except Exception as exc:  # boto3's errors or a directory gone: the store can't be read now
+        raise ServiceUnavailable(f"model store {worker.store} could not be listed: {exc}") from exc
+
+
+def _refused(status: int, faults: list[FieldError]) -> HTTPResponse:
+    first = faults[0]
+    more = f" (and {len(faults) - 1} more)" if len(faults) > 1 else ""
+    return error_response(
+        status,
+        f"{first.field}: {first.message}{more}; nothing was registered",
+        field=first.field,
+        details=[f.model_dump() for f in faults],
+    )
+
+
+async def create_models(request: Request, verb: str) -> HTTPResponse:
+    """All or none: every fault is found before anything is stored (frontend/registration.py),
+    names already registered among them; then one transaction stores every model. A name
+    registered by another request in between refuses all with 409. (`verb` is the path's
+    `models:bulk`, see `sanic_path`.)"""
+    body = read_body(ModelsBulk, request.body)
+    found = await _stored(request, body.store.prefix) if body.store is not None else ()
+    plan = plan_bulk(body, _budget_bytes(request), found)
+    db = _db(request)
+    taken = await db.registered_names(plan.places)
+    registered = [
+        FieldError(field=f"{place}.name", message="a model of this name is registered already")
+        for name, place in plan.places.items()
+        if name in taken
+    ]
+    if plan.faults:
+        return _refused(422, plan.faults + registered)
+    if registered:
+        return _refused(409, registered)
+    await db.create_models(plan.models)
+    return _out(BulkResult(registered=len(plan.models), names=[m.name for m in plan.models]), 201)
 
 
 async def get_model(request: Request, name: str) -> HTTPResponse:
@@ -129,15 +189,17 @@ async def get_model(request: Request, name: str) -> HTTPResponse:
 
 async def replace_model(request: Request, name: str) -> HTTPResponse:
     """The URL names the model; the body holds everything else, so the two cannot disagree."""
-    model = _model_from_spec(name, read_body(ModelSpec, request.body))
+    model = _model_from_spec(request, name, read_body(ModelSpec, request.body))
     return _out(await _db(request).update_model(model))
 
 
 async def patch_model(request: Request, name: str) -> HTTPResponse:
-    """The patch is checked on its own first (422); what is left to fail is the patch against
-    the stored model (an SLO shorter than a kept profile, or kept SLO against new profiles),
-    which is a conflict with the model's state: 409."""
+    """The patch is checked on its own first (422, a footprint over the workers' memory budget
+    among it); what is left to fail is the patch against the stored model (an SLO shorter than
+    a kept profile, or kept SLO against new profiles), which is a conflict with the model's
+    state: 409."""
     patch = read_body(ModelPatch, request.body)
+    _within_budget(request, patch.memory_mb, patch.profiles or {})
     current = await _db(request).get_model(name)
     changed = patch.model_dump(exclude_none=True)
     try:
@@ -198,10 +260,19 @@ async def get_status(request: Request) -> HTTPResponse:
     return _out(request.app.ctx.sampler.status(reading, decisions))
 
 
+def sanic_path(path: str) -> str:
+    """Sanic's form of a route table path: `{name}` a string parameter, and a custom method's
+    segment (`models:bulk`, the colon as Google's API design guide writes them) a one-value
+    pattern, since Sanic percent-encodes a colon in a static segment and would then not match a
+    client's plain `:`. Its value reaches the handler as the `verb` keyword."""
+    path = path.replace("{name}", "<name:str>")
+    return re.sub(r"/([a-z-]+):([a-z]+)$", r"/<verb:\1\\:\2>", path)
+
+
 for _route in ADMIN_ROUTES:
     bp.add_route(
         globals()[_route.handler],
-        _route.path.replace("{name}", "<name:str>"),
+        sanic_path(_route.path),
         methods=[_route.method],
         name=f"{_route.handler}",
     )

@@ -21,7 +21,7 @@ from typing import Annotated, Any, TypeVar
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from mark.core.catalog import load_catalog
-from mark.core.errors import InvalidValue
+from mark.core.errors import InvalidValue, NotFound
 from mark.core.types import (
     MODEL_NAME_PATTERN,
     BackendSpec,
@@ -40,6 +40,14 @@ __all__ = [
     "ModelSpec",
     "ModelCreate",
     "ModelPatch",
+    "ModelDefaults",
+    "ModelGroup",
+    "BulkModel",
+    "StoreSelection",
+    "ModelsBulk",
+    "BulkResult",
+    "BULK_MAX_MODELS",
+    "BULK_MAX_GROUPS",
     "ModelList",
     "InstanceTypeList",
     "OfferingList",
@@ -70,11 +78,27 @@ __all__ = [
 BATCH_SIZE_PATTERN = r"^(?:[1-9][0-9]{0,2}|[1-3][0-9]{3}|40[0-8][0-9]|409[0-6])$"
 _BATCH_SIZE_RE = re.compile(BATCH_SIZE_PATTERN)
 
+# Models one bulk registration may hold, listed or found in the store; groups it may give.
+BULK_MAX_MODELS = 1000
+BULK_MAX_GROUPS = 100
+
 _CROSS_FIELD_RULES = (
     "Rules JSON Schema cannot state, answered with 422 naming the field: each key of `profiles` "
     "is that profile's `instance_type`; a profile's `max_batch` is at least its largest "
     "profiled batch size; `slo.latency_ms` is not shorter than the fastest profile (one request "
-    "alone on the fastest type)."
+    "alone on the fastest type); where the server's configuration sets "
+    "`worker.memory_budget_bytes`, `memory_mb` and each profile's `memory_mb` fit in it (a model "
+    "larger than a worker's whole memory budget could never be loaded)."
+)
+_BULK_RULES = (
+    "Rules JSON Schema cannot state, answered with 422 whose `details` name every fault by the "
+    "entry's place and field (`models.3.slo.latency_ms`; a store's artifact that no entry "
+    "changes by its name, `store.en-a.memory_mb`): every model gets an SLO from its entry, a "
+    "group or the template; every model keeps the rules of one model (ModelSpec); names are "
+    "unique within the request, and the store holds one artifact of each name; with `store`, "
+    f"each entry names an artifact found, and at most {BULK_MAX_MODELS} are found. Names "
+    "already registered are listed among the faults; when they are the only ones the answer is "
+    "409, with the same `details`."
 )
 
 
@@ -82,20 +106,27 @@ class _Body(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
-def _batch_keys_plain(body: Any) -> None:
-    """Each profile's batch sizes written as plain integers. Checked on the parsed JSON after
+def _batch_keys_plain(body: Any, path: str = "") -> None:
+    """Each profile's batch sizes written as plain integers, in every `profiles` of the body (a
+    bulk body has them in its template, groups and models). Checked on the parsed JSON after
     pydantic has accepted the body: pydantic reads the keys as int and would also take "01",
     " 1", "+1" or "1_0", which JSON Schema's pattern for them does not allow."""
-    profiles = body.get("profiles") if isinstance(body, Mapping) else None
-    if not isinstance(profiles, Mapping):
+    if isinstance(body, list):
+        for i, item in enumerate(body):
+            _batch_keys_plain(item, f"{path}{i}.")
+    if not isinstance(body, Mapping):
         return
-    for key, profile in profiles.items():
-        for size in profile.get("latency_ms", {}):
-            if not _BATCH_SIZE_RE.match(size):
-                raise InvalidValue(
-                    f"profiles.{key}.latency_ms",
-                    f"batch size {size!r} is not an integer from 1 to 4096 written plainly",
-                )
+    for field, value in body.items():
+        if field != "profiles" or not isinstance(value, Mapping):
+            _batch_keys_plain(value, f"{path}{field}.")
+            continue
+        for key, profile in value.items():
+            for size in profile.get("latency_ms", {}):
+                if not _BATCH_SIZE_RE.match(size):
+                    raise InvalidValue(
+                        f"{path}profiles.{key}.latency_ms",
+                        f"batch size {size!r} is not an integer from 1 to 4096 written plainly",
+                    )
 
 
 _B = TypeVar("_B", bound=BaseModel)
@@ -137,6 +168,16 @@ def _check_profiles_named(profiles: Mapping[str, Profile] | None) -> None:
             )
 
 
+def _check_profiles_from(source: str | None) -> None:
+    """`profiles_from` names a model of the catalog."""
+    if source is None:
+        return
+    try:
+        load_catalog().model(source)
+    except NotFound as exc:
+        raise InvalidValue("profiles_from", str(exc)) from exc
+
+
 class ModelSpec(_Body):
     """A model's settings, as PUT takes them (the URL names the model). `profiles_from` copies
     the catalog's profiles of that model (e.g. "inception-v3", "demo") so that a user need not
@@ -147,10 +188,12 @@ class ModelSpec(_Body):
     profiles: dict[str, Profile] = Field(default_factory=dict)
     profiles_from: str | None = None
     max_batch: Annotated[int, Field(ge=1, le=4096)] = 32
+    memory_mb: Annotated[float, Field(gt=0)] | None = None
 
     @model_validator(mode="after")
     def _profiles_named(self) -> ModelSpec:
         _check_profiles_named(self.profiles)
+        _check_profiles_from(self.profiles_from)
         return self
 
 
@@ -167,11 +210,77 @@ class ModelPatch(_Body):
     backend: BackendSpec | None = None
     profiles: dict[str, Profile] | None = None
     max_batch: Annotated[int, Field(ge=1, le=4096)] | None = None
+    memory_mb: Annotated[float, Field(gt=0)] | None = None
 
     @model_validator(mode="after")
     def _profiles_named(self) -> ModelPatch:
         _check_profiles_named(self.profiles)
         return self
+
+
+class ModelDefaults(_Body):
+    """Settings for many models at once (a bulk registration's `template`, and what each of its
+    groups and models may give), any of them. A model's settings are the template's, then those
+    of the first group whose `match` fits its name, then its own entry's: each field given (not
+    null) replaces the one below, except `backend` and `profiles`, which merge key by key (a
+    profile whole); the catalog's profiles of the topmost `profiles_from` lie under all of them.
+    `memory_mb` (MiB) is the model's footprint in a worker's memory."""
+
+    slo: Slo | None = None
+    backend: BackendSpec | None = None
+    profiles: dict[str, Profile] | None = None
+    profiles_from: str | None = None
+    max_batch: Annotated[int, Field(ge=1, le=4096)] | None = None
+    memory_mb: Annotated[float, Field(gt=0)] | None = None
+
+    @model_validator(mode="after")
+    def _profiles_named(self) -> ModelDefaults:
+        _check_profiles_named(self.profiles)
+        _check_profiles_from(self.profiles_from)
+        return self
+
+
+class ModelGroup(ModelDefaults):
+    """Settings for the models whose name fits `match`, a shell pattern (`en-*`, `*-large`,
+    `[ab]*`; Python's fnmatch, case-sensitive)."""
+
+    match: Annotated[str, Field(min_length=1, max_length=200)]
+
+
+class BulkModel(ModelDefaults):
+    """One model of a bulk registration: its name and what it sets over its group and the
+    template. With `store`, the entry changes the artifact of that name found in the store."""
+
+    name: Annotated[str, Field(pattern=MODEL_NAME_PATTERN)]
+
+
+class StoreSelection(_Body):
+    """The artifacts of the fleet's model store (`worker.store`, the one `mark worker` loads
+    from) whose model name starts with `prefix`: each becomes a model named for its file
+    (`en-a.onnx`: `en-a`), served by what its suffix names (`backend.artifact`
+    `onnx:/models/en-a.onnx`, or `onnx:s3://bucket/models/en-a.onnx`)."""
+
+    prefix: Annotated[str, Field(pattern=r"^[a-z0-9._-]{0,63}$")] = ""
+
+
+class ModelsBulk(_Body):
+    """Many models registered in one request, all or none, in one transaction: the `models`
+    listed, or with `store` every artifact found under its prefix (`models` then change some of
+    them by name). Settings come from `template`, then the first of `groups` whose `match` fits
+    the name, then the model's entry (see ModelDefaults)."""
+
+    template: ModelDefaults = Field(default_factory=ModelDefaults)
+    groups: list[ModelGroup] = Field(default_factory=list, max_length=BULK_MAX_GROUPS)
+    models: list[BulkModel] = Field(default_factory=list, max_length=BULK_MAX_MODELS)
+    store: StoreSelection | None = None
+
+
+class BulkResult(_Body):
+    """What a bulk registration registered: how many, and their names in the order of the
+    request (with `store`, the store's order: by name). `GET /admin/v1/models` lists them."""
+
+    registered: Annotated[int, Field(ge=0)]
+    names: list[str]
 
 
 class ModelList(_Body):
@@ -384,6 +493,24 @@ ADMIN_ROUTES: tuple[AdminRoute, ...] = (
         201,
         errors=((409, "a model of that name exists"),),
     ),
+    AdminRoute(
+        "POST",
+        "/admin/v1/models:bulk",
+        "create_models",
+        "Register many models at once, all or none",
+        ModelsBulk,
+        BulkResult,
+        201,
+        errors=(
+            (404, "`store` is given but no model store is configured (worker.store)"),
+            (
+                409,
+                "names already registered and nothing else wrong (`details` names each), or "
+                "registered by another request meanwhile",
+            ),
+            (503, "the model store could not be listed"),
+        ),
+    ),
     AdminRoute("GET", "/admin/v1/models/{name}", "get_model", "Read one model", None, Model),
     AdminRoute(
         "PUT", "/admin/v1/models/{name}", "replace_model", "Replace a model", ModelSpec, Model
@@ -467,11 +594,12 @@ def _tighten(schemas: dict[str, Any]) -> None:
     points["propertyNames"] = {"pattern": BATCH_SIZE_PATTERN}
     points["minProperties"] = 1
     catalog_models = sorted(load_catalog().models)
-    for name in ("ModelSpec", "ModelCreate"):
+    for name in ("ModelSpec", "ModelCreate", "ModelDefaults", "ModelGroup", "BulkModel"):
         props = schemas[name]["properties"]
         props["profiles_from"]["anyOf"] = [{"enum": catalog_models}, {"type": "null"}]
+    for name in ("ModelSpec", "ModelCreate", "ModelPatch"):
         schemas[name]["description"] += "\n\n" + _CROSS_FIELD_RULES
-    schemas["ModelPatch"]["description"] += "\n\n" + _CROSS_FIELD_RULES
+    schemas["ModelsBulk"]["description"] += "\n\n" + _BULK_RULES
 
 
 def openapi_document() -> dict[str, Any]:

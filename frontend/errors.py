@@ -25,15 +25,16 @@ def error_response(status: int, message: str, **extra: Any) -> HTTPResponse:
 
 def validation_details(exc: ValidationError) -> list[dict[str, str]]:
     """Field path and message per error; a cross-field check that raised InvalidValue names
-    its own field (pydantic would only say "body")."""
+    its own field (pydantic would only say "body"), under the path of the value it checked (a
+    bulk body's `models.3.` before a model's `slo.latency_ms`)."""
     details = []
     for e in exc.errors(include_url=False):
+        path = [str(p) for p in e["loc"]]
         cause = e.get("ctx", {}).get("error")
         if isinstance(cause, InvalidValue):
-            details.append({"field": cause.field, "message": cause.message})
+            details.append({"field": ".".join([*path, cause.field]), "message": cause.message})
         else:
-            field = ".".join(str(p) for p in e["loc"]) or "body"
-            details.append({"field": field, "message": e["msg"]})
+            details.append({"field": ".".join(path) or "body", "message": e["msg"]})
     return details
 
 

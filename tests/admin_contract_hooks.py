@@ -2,9 +2,11 @@
 
 A model body has three rules JSON Schema cannot state (frontend/admin_schema.py says them in
 the document): a profile's key is its instance type, a profile's max_batch covers its largest
-batch, the SLO is not shorter than the fastest profile. Bodies that schemathesis generates as
-*valid* are made to keep them, by the server's own types, so that "a schema-valid body is
-accepted" is checked on bodies the document calls valid; invalid bodies are left as generated.
+batch, the SLO is not shorter than the fastest profile. A bulk body adds two: every model gets
+an SLO (from its entry, a group or the template) and names are unique within the request.
+Bodies that schemathesis generates as *valid* are made to keep them, by the server's own types,
+so that "a schema-valid body is accepted" is checked on bodies the document calls valid;
+invalid bodies are left as generated.
 """
 
 from __future__ import annotations
@@ -47,20 +49,63 @@ def _keep_profile_rules(profiles: dict[str, Any]) -> dict[str, Any]:
     return named
 
 
-def _fastest_ms(body: dict[str, Any]) -> float | None:
+def _fastests_ms(body: dict[str, Any]) -> list[float]:
+    """The fastest time of each profile a body gives or copies from the catalog."""
     profiles: dict[str, Any] = {}
     source = body.get("profiles_from")
     if isinstance(source, str) and source in load_catalog().models:
         profiles.update(load_catalog().model(source).profiles)
     profiles.update(body.get("profiles") or {})
-    fastest = None
+    fastests = []
     for profile in profiles.values():
         try:
-            ms = Profile.model_validate(profile).fastest_ms
+            fastests.append(Profile.model_validate(profile).fastest_ms)
         except ValueError:
             continue
-        fastest = ms if fastest is None else min(fastest, ms)
-    return fastest
+    return fastests
+
+
+def _keep_slo_over(body: dict[str, Any], floor_ms: float) -> None:
+    slo = body.get("slo")
+    if isinstance(slo, dict) and _number(slo.get("latency_ms")):
+        slo["latency_ms"] = max(slo["latency_ms"], floor_ms)
+
+
+def _keep_model_rules(body: dict[str, Any]) -> None:
+    if isinstance(body.get("profiles"), dict):
+        body["profiles"] = _keep_profile_rules(body["profiles"])
+    fastests = _fastests_ms(body)
+    if fastests:
+        _keep_slo_over(body, min(fastests))
+
+
+def _keep_bulk_rules(body: dict[str, Any]) -> None:
+    """Every layer within the profile rules; every SLO at least the slowest profile's fastest
+    time anywhere in the body (so at least the fastest of whatever a model's layers merge to);
+    an SLO in the template where none is; names made unique."""
+    template = body.get("template")
+    if not isinstance(template, dict):
+        template = body["template"] = {}
+    groups, models = body.get("groups"), body.get("models")
+    layers = [template, *(groups if isinstance(groups, list) else [])]
+    layers += models if isinstance(models, list) else []
+    layers = [layer for layer in layers if isinstance(layer, dict)]
+    for layer in layers:
+        if isinstance(layer.get("profiles"), dict):
+            layer["profiles"] = _keep_profile_rules(layer["profiles"])
+    floor_ms = max((ms for layer in layers for ms in _fastests_ms(layer)), default=1.0)
+    if not isinstance(template.get("slo"), dict):
+        template["slo"] = {"latency_ms": floor_ms, "percentile": 0.5}
+    for layer in layers:
+        _keep_slo_over(layer, floor_ms)
+    seen: set[Any] = set()
+    for i, model in enumerate(models if isinstance(models, list) else []):
+        name = model.get("name") if isinstance(model, dict) else None
+        while isinstance(name, str) and name in seen:
+            name = f"{name[:48]}-{i}-{len(seen)}"  # still a model name: [a-z0-9._-], <= 63
+        seen.add(name)
+        if isinstance(model, dict) and "name" in model:
+            model["name"] = name
 
 
 @schemathesis.hook
@@ -74,9 +119,7 @@ def before_call(context: Any, case: Any, kwargs: dict[str, Any]) -> None:
     body = case.body
     if not isinstance(body, dict):
         return
-    if isinstance(body.get("profiles"), dict):
-        body["profiles"] = _keep_profile_rules(body["profiles"])
-    slo = body.get("slo")
-    fastest = _fastest_ms(body)
-    if isinstance(slo, dict) and _number(slo.get("latency_ms")) and fastest is not None:
-        slo["latency_ms"] = max(slo["latency_ms"], fastest)
+    if case.operation.path.endswith(":bulk"):
+        _keep_bulk_rules(body)
+    else:
+        _keep_model_rules(body)

@@ -75,6 +75,27 @@ async def test_model_crud_round_trip(db_url: str) -> None:
     await db.close()
 
 
+async def test_models_in_bulk_all_or_none(db_url: str) -> None:
+    many = [
+        MODEL.model_copy(update={"name": f"m-{i:04d}", "memory_mb": float(i + 1)})
+        for i in range(1000)
+    ]
+    db = await Database.open(db_url)
+    try:
+        await db.create_models(many)
+        assert await db.list_models() == many
+        assert await db.registered_names(["m-0003", "ghost", "m-0999"]) == {"m-0003", "m-0999"}
+        late = [MODEL.model_copy(update={"name": "late"}), many[7]]
+        with pytest.raises(Conflict):
+            await db.create_models(late)
+        assert await db.registered_names(["late"]) == set()  # nothing of a refused batch
+        lighter = many[0].model_copy(update={"memory_mb": None, "profiles": {}})
+        await db.update_model(lighter)
+        assert await db.get_model("m-0000") == lighter
+    finally:
+        await db.close()
+
+
 async def test_instance_lifecycle_is_audited(db_url: str) -> None:
     db = await Database.open(db_url)
     try:

@@ -61,7 +61,12 @@ def test_list_stat_fetch_and_versions(
         ("a", "onnx", 5),
         ("b", "sklearn", 2),
     ]
+    assert [m.name for m in st.list("b")] == ["b"]
+    assert st.list("a.") == [] and st.list("c") == []  # "a." is no model name's start
     a = st.stat("a")
+    # a model's backend.artifact: the loader, then the file or the object's s3:// URL
+    where = f"{st.url}/a.onnx" if isinstance(st, LocalStore) else f"{st.url}a.onnx"
+    assert st.artifact(a) == f"onnx:{where}"
     dest = tmp_path / "copy.onnx"
     got = st.fetch(a, dest)
     assert dest.read_bytes() == b"first" and got.version == a.version

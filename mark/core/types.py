@@ -163,13 +163,18 @@ class BackendSpec(_Value):
 
 
 class Model(_Value):
-    """A registered model: its SLO, how it is served and how fast it runs on each type."""
+    """A registered model: its SLO, how it is served, how fast it runs on each type and how
+    much memory it takes. `memory_mb` (MiB) is the footprint its owner declares for it in a
+    worker's memory, whatever the type (None: not declared), and a profile's `memory_mb` the
+    same on one type: the admin API refuses a model larger than the workers' whole memory
+    budget. A worker itself charges what it loads (loaders.py's `size_bytes`)."""
 
     name: str
     slo: Slo
     backend: BackendSpec = BackendSpec()
     profiles: dict[str, Profile] = Field(default_factory=dict)
     max_batch: Annotated[int, Field(ge=1, le=4096)] = 32
+    memory_mb: Annotated[float, Field(gt=0)] | None = None
 
     @field_validator("name")
     @classmethod

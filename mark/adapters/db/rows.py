@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 from mark.adapters.db.tables import DecisionRow, InstanceRow, ModelRow, ProfileRow
 from mark.core.types import (
@@ -19,7 +20,8 @@ from mark.core.types import (
 
 __all__ = [
     "model_from_rows",
-    "profile_rows",
+    "model_values",
+    "profile_values",
     "instance_from_row",
     "decision_from_row",
 ]
@@ -31,6 +33,7 @@ def model_from_rows(row: ModelRow, profiles: Sequence[ProfileRow]) -> Model:
         slo=Slo(latency_ms=row.slo_latency_ms, percentile=row.slo_percentile),
         backend=BackendSpec.model_validate(row.backend),
         max_batch=row.max_batch,
+        memory_mb=row.memory_mb,
         profiles={
             p.instance_type: Profile(
                 instance_type=p.instance_type,
@@ -46,18 +49,34 @@ def model_from_rows(row: ModelRow, profiles: Sequence[ProfileRow]) -> Model:
     )
 
 
-def profile_rows(model: Model) -> list[ProfileRow]:
+def model_values(model: Model, now_s: float) -> dict[str, Any]:
+    """The `models` row of `model`, as the columns' values: what an INSERT of many rows at once
+    takes (one statement for a thousand models, not a thousand)."""
+    return {
+        "name": model.name,
+        "slo_latency_ms": model.slo.latency_ms,
+        "slo_percentile": model.slo.percentile,
+        "backend": model.backend.model_dump(),
+        "max_batch": model.max_batch,
+        "memory_mb": model.memory_mb,
+        "created_at_s": now_s,
+        "updated_at_s": now_s,
+    }
+
+
+def profile_values(model: Model) -> list[dict[str, Any]]:
+    """The `profiles` rows of `model`, as the columns' values."""
     return [
-        ProfileRow(
-            model_name=model.name,
-            instance_type=p.instance_type,
-            latency_ms={str(b): ms for b, ms in p.latency_ms.items()},
-            max_batch=p.max_batch,
-            memory_mb=p.memory_mb,
-            parallelism=p.parallelism,
-            estimated=p.estimated,
-            source=p.source,
-        )
+        {
+            "model_name": model.name,
+            "instance_type": p.instance_type,
+            "latency_ms": {str(b): ms for b, ms in p.latency_ms.items()},
+            "max_batch": p.max_batch,
+            "memory_mb": p.memory_mb,
+            "parallelism": p.parallelism,
+            "estimated": p.estimated,
+            "source": p.source,
+        }
         for p in model.profiles.values()
     ]
 

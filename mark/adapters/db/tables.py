@@ -36,6 +36,7 @@ class ModelRow(Base):
     slo_percentile: Mapped[float] = mapped_column(Float)
     backend: Mapped[dict[str, Any]] = mapped_column(JSON)
     max_batch: Mapped[int] = mapped_column(Integer)
+    memory_mb: Mapped[float | None] = mapped_column(Float, nullable=True)
     created_at_s: Mapped[float] = mapped_column(Float)
     updated_at_s: Mapped[float] = mapped_column(Float)
 

@@ -42,8 +42,14 @@ class ModelStore(Protocol):
 
     url: str
 
-    def list(self) -> list[StoredModel]:
-        """Every model the store holds, by name."""
+    def list(self, prefix: str = "") -> list[StoredModel]:
+        """Every model the store holds whose name starts with `prefix`, by name (a name stored
+        with two suffixes is listed twice)."""
+        ...
+
+    def artifact(self, model: StoredModel) -> str:
+        """Where `model` is, written as a model's `backend.artifact` (its loader, then its file
+        or object): `onnx:/models/a.onnx`, `onnx:s3://bucket/models/a.onnx`."""
         ...
 
     def stat(self, name: str) -> StoredModel:

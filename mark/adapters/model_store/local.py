@@ -35,9 +35,12 @@ class LocalStore:
         name, kind = named
         return StoredModel(name, str(path), kind, st.st_size, f"{st.st_mtime_ns}-{st.st_size}")
 
-    def list(self) -> list[StoredModel]:
+    def list(self, prefix: str = "") -> list[StoredModel]:
         entries = (self._entry(p) for p in sorted(self.root.iterdir()) if p.is_file())
-        return [e for e in entries if e is not None]
+        return [e for e in entries if e is not None and e.name.startswith(prefix)]
+
+    def artifact(self, model: StoredModel) -> str:
+        return f"{model.kind}:{model.key}"
 
     def stat(self, name: str) -> StoredModel:
         if valid_name(name):

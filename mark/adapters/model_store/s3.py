@@ -42,8 +42,12 @@ class S3Store:
                     out.append(StoredModel(name, obj["Key"], kind, obj["Size"], obj["ETag"]))
         return out
 
-    def list(self) -> list[StoredModel]:
-        return self._objects(self.prefix)
+    def list(self, prefix: str = "") -> list[StoredModel]:
+        entries = self._objects(f"{self.prefix}{prefix}")
+        return [e for e in entries if e.name.startswith(prefix)]  # "a.o" lists a.onnx, not "a"
+
+    def artifact(self, model: StoredModel) -> str:
+        return f"{model.kind}:s3://{self.bucket}/{model.key}"
 
     def stat(self, name: str) -> StoredModel:
         for entry in self._objects(f"{self.prefix}{name}.") if valid_name(name) else []:
