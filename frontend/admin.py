@@ -5,7 +5,8 @@ Routes come from `frontend.admin_schema.ADMIN_ROUTES`, the same table the OpenAP
 built from, and bodies and query parameters are read by that module's `read_body` and
 `parse_query`, so what the document allows is what a handler gets (tests/test_admin_contract.py
 holds the server to it with schemathesis). Every route needs
-`Authorization: Bearer <server.admin_token>`.
+`Authorization: Bearer <server.admin_token>`. The inference keys' routes live in
+frontend/admin_keys.py behind the same `authenticate`, and the document covers them too.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from sanic.response import HTTPResponse, empty, json
 
 from frontend import observability
 from frontend import status as fleet_status
+from frontend.admin_keys_schema import KEY_ROUTES
 from frontend.admin_schema import (
     ADMIN_ROUTES,
     DECISIONS_QUERY,
@@ -45,7 +47,7 @@ from mark.core.catalog import load_catalog
 from mark.core.errors import Conflict, InvalidValue, NotFound
 from mark.core.types import Model
 
-__all__ = ["bp", "openapi_bp", "token_matches", "bearer_matches"]
+__all__ = ["bp", "openapi_bp", "token_matches", "bearer_matches", "authenticate", "count_request"]
 
 bp = Blueprint("admin")
 openapi_bp = Blueprint("admin_openapi")
@@ -81,7 +83,7 @@ def bearer_matches(request: Request) -> bool:
 
 
 @bp.on_request
-async def _authenticate(request: Request) -> HTTPResponse | None:
+async def authenticate(request: Request) -> HTTPResponse | None:
     request.ctx.started_s = time.perf_counter()
     if not bearer_matches(request):
         response = error_response(401, "missing or wrong bearer token (server.admin_token)")
@@ -91,7 +93,7 @@ async def _authenticate(request: Request) -> HTTPResponse | None:
 
 
 @bp.on_response
-async def _count(request: Request, response: HTTPResponse) -> None:
+async def count_request(request: Request, response: HTTPResponse) -> None:
     observability.observe_admin(request, response.status)
 
 
@@ -209,4 +211,4 @@ for _route in ADMIN_ROUTES:
 
 @openapi_bp.get("/admin/openapi.json")
 async def openapi(request: Request) -> HTTPResponse:
-    return json(openapi_document())
+    return json(openapi_document((*ADMIN_ROUTES, *KEY_ROUTES)))
