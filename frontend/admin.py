@@ -5,7 +5,8 @@ Routes come from `frontend.admin_schema.ADMIN_ROUTES`, the same table the OpenAP
 built from, and bodies and query parameters are read by that module's `read_body` and
 `parse_query`, so what the document allows is what a handler gets (tests/test_admin_contract.py
 holds the server to it with schemathesis). Every route needs
-`Authorization: Bearer <server.admin_token>`.
+`Authorization: Bearer <server.admin_token>`. The inference keys' routes live in
+frontend/admin_keys.py behind the same `authenticate`, and the document covers them too.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from sanic.response import HTTPResponse, empty, json
 
 from frontend import observability
 from frontend import status as fleet_status
+from frontend.admin_keys_schema import KEY_ROUTES
 from frontend.admin_schema import (
     ADMIN_ROUTES,
     DECISIONS_QUERY,
@@ -53,7 +55,15 @@ from mark.adapters.model_store import open_store
 from mark.core.errors import Conflict, InvalidValue, NotFound
 from mark.core.types import Model, Profile
 
-__all__ = ["bp", "openapi_bp", "token_matches", "bearer_matches", "sanic_path"]
+__all__ = [
+    "bp",
+    "openapi_bp",
+    "token_matches",
+    "bearer_matches",
+    "sanic_path",
+    "authenticate",
+    "count_request",
+]
 
 bp = Blueprint("admin")
 openapi_bp = Blueprint("admin_openapi")
@@ -89,7 +99,7 @@ def bearer_matches(request: Request) -> bool:
 
 
 @bp.on_request
-async def _authenticate(request: Request) -> HTTPResponse | None:
+async def authenticate(request: Request) -> HTTPResponse | None:
     request.ctx.started_s = time.perf_counter()
     if not bearer_matches(request):
         response = error_response(401, "missing or wrong bearer token (server.admin_token)")
@@ -99,7 +109,7 @@ async def _authenticate(request: Request) -> HTTPResponse | None:
 
 
 @bp.on_response
-async def _count(request: Request, response: HTTPResponse) -> None:
+async def count_request(request: Request, response: HTTPResponse) -> None:
     observability.observe_admin(request, response.status)
 
 
@@ -261,11 +271,11 @@ async def get_status(request: Request) -> HTTPResponse:
 
 
 def sanic_path(path: str) -> str:
-    """Sanic's form of a route table path: `{name}` a string parameter, and a custom method's
+    """Sanic's form of a route table path: `{param}` a string parameter, and a custom method's
     segment (`models:bulk`, the colon as Google's API design guide writes them) a one-value
     pattern, since Sanic percent-encodes a colon in a static segment and would then not match a
     client's plain `:`. Its value reaches the handler as the `verb` keyword."""
-    path = path.replace("{name}", "<name:str>")
+    path = re.sub(r"\{(\w+)\}", r"<\1:str>", path)
     return re.sub(r"/([a-z-]+):([a-z]+)$", r"/<verb:\1\\:\2>", path)
 
 
@@ -280,4 +290,4 @@ for _route in ADMIN_ROUTES:
 
 @openapi_bp.get("/admin/openapi.json")
 async def openapi(request: Request) -> HTTPResponse:
-    return json(openapi_document())
+    return json(openapi_document((*ADMIN_ROUTES, *KEY_ROUTES)))

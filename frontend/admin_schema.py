@@ -472,13 +472,14 @@ class AdminRoute:
 
     method: str
     path: str  # OpenAPI style, {name}
-    handler: str  # attribute of frontend.admin
+    handler: str  # attribute of the module serving it (frontend.admin, frontend.admin_keys)
     summary: str
     request: type[BaseModel] | None
     response: type[BaseModel] | None
     status: int = 200
     query: tuple[QueryParam, ...] = ()
     errors: tuple[tuple[int, str], ...] = ()
+    path_params: tuple[Mapping[str, Any], ...] = ()  # OpenAPI parameters other than {name}
 
 
 ADMIN_ROUTES: tuple[AdminRoute, ...] = (
@@ -602,7 +603,9 @@ def _tighten(schemas: dict[str, Any]) -> None:
     schemas["ModelsBulk"]["description"] += "\n\n" + _BULK_RULES
 
 
-def openapi_document() -> dict[str, Any]:
+def openapi_document(routes: Sequence[AdminRoute]) -> dict[str, Any]:
+    """The document of `routes`: `ADMIN_ROUTES` and those of the modules beside frontend.admin
+    (frontend/admin_keys_schema.py)."""
     schemas: dict[str, Any] = {}
     paths: dict[str, Any] = {}
 
@@ -620,8 +623,8 @@ def openapi_document() -> dict[str, Any]:
         "required": True,
         "schema": {"type": "string", "pattern": MODEL_NAME_PATTERN},
     }
-    model_ops = [r for r in ADMIN_ROUTES if "{name}" in r.path]
-    for route in ADMIN_ROUTES:
+    model_ops = [r for r in routes if "{name}" in r.path]
+    for route in routes:
         responses: dict[str, Any] = {
             str(status): {"description": why, "content": error}
             for status, why in _error_responses(route).items()
@@ -644,6 +647,7 @@ def openapi_document() -> dict[str, Any]:
         ]
         if "{name}" in route.path:
             params.append(name_param)
+        params += [dict(p) for p in route.path_params]
         if params:
             op["parameters"] = params
         if route.request is not None:

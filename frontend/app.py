@@ -15,7 +15,7 @@ from pathlib import Path
 from sanic import Request, Sanic
 from sanic.response import HTTPResponse, json
 
-from frontend import admin, console, inference, observability, status
+from frontend import admin, admin_keys, console, inference, observability, status
 from frontend.errors import install_error_handlers
 from mark.adapters.db import Database
 from mark.core.config import Config
@@ -75,6 +75,7 @@ def create_app(config: Config, *, name: str = "mark") -> Sanic:
         return json({"ready": ok}, status=200 if ok else 503)
 
     app.blueprint(admin.bp)
+    app.blueprint(admin_keys.bp)
     app.blueprint(admin.openapi_bp)
     app.blueprint(observability.bp)
     app.blueprint(inference.bp)

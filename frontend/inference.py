@@ -5,10 +5,12 @@ KServe v2 / Open Inference Protocol: `GET /v2`, `GET /v2/models/{m}`, `GET /v2/m
 `tritonclient.http` works unchanged; TF Serving REST: `POST /v1/models/{m}:predict`. Both become
 the same internal request and go through the process's `Fleet` (frontend/fleet.py).
 
-Errors are JSON `{"error": ...}`: 404 unknown model, 400 malformed body or a tensor that does not
-fit the model, 413 over `server.max_body_mb` (Sanic, before the body is read), 503 with the reason
-when the deadline cannot be met and nothing could spill it, or when no instance reports a model's
-metadata and its artifact cannot be read (the metadata is an instance's, else the artifact's:
+Errors are JSON `{"error": ...}`: 401 with `WWW-Authenticate` for a model that needs an inference
+key and got none or a bad one (frontend/inference_keys.py, checked before anything else), 404
+unknown model, 400 malformed body or a tensor that does not fit the model, 413 over
+`server.max_body_mb` (Sanic, before the body is read), 503 with the reason when the deadline
+cannot be met and nothing could spill it, or when no instance reports a model's metadata and its
+artifact cannot be read (the metadata is an instance's, else the artifact's:
 frontend/model_metadata.py). Never a 500 for a caller's mistake.
 
 Listeners: before the server starts, each HTTP worker process builds its Fleet from
@@ -32,7 +34,7 @@ from typing import Any
 from sanic import Blueprint, Request, Sanic
 from sanic.response import HTTPResponse, json, raw
 
-from frontend import metrics
+from frontend import inference_keys, metrics
 from frontend.fleet import Answer, Fleet, Unavailable
 from frontend.spill_monitor import ChargeSink, SpillLedger, SpillMonitor
 from mark.adapters.backends import BackendRejected
@@ -54,6 +56,10 @@ from provisioner.adapters.serverless import build_pool
 __all__ = ["bp", "start_fleet", "stop_fleet", "spill_monitor"]
 
 bp = Blueprint("inference")
+# Keys first: loaded before the fleet starts, checked before any route that names a model.
+bp.before_server_start(inference_keys.load_keys)
+bp.after_server_stop(inference_keys.stop_keys)
+bp.on_request(inference_keys.guard)
 
 _SERVER = {"name": "mark", "version": version("mark"), "extensions": ["binary_tensor_data"]}
 

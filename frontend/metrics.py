@@ -42,6 +42,7 @@ __all__ = [
     "SPILLS",
     "SPILL_FAILURES",
     "SPILL_COST",
+    "UNAUTHORIZED",
     "observe_answer",
     "child",
     "add",
@@ -126,6 +127,13 @@ SPILL_COST = Counter(
     "mark_spill_cost_usd",
     "What the serverless pool billed for spilled requests (per request plus GB-seconds).",
     ["model"],
+)
+UNAUTHORIZED = Counter(
+    "mark_inference_unauthorized",
+    "Inference requests refused with 401 for want of a valid key (frontend/inference_keys.py), "
+    "by model and reason (missing, wrong, expired, revoked); not in mark_inference_requests, so "
+    "they add nothing to the demand the fleet is planned for.",
+    ["model", "reason"],
 )
 
 

@@ -73,6 +73,9 @@ class ServerConfig(_Section):
     port: Annotated[int, Field(ge=0, le=65535)] = 8000
     workers: Annotated[int, Field(ge=1, le=64)] = 1
     admin_token: str | None = None
+    # Every model's inference routes need a key (README, "Inference keys"); off: only the
+    # models some key covers do.
+    inference_keys_required: bool = False
     max_body_mb: Annotated[float, Field(gt=0, le=1024)] = 64.0
     request_timeout_s: Annotated[float, Field(gt=0)] = 60.0
     demo: bool = False

@@ -13,6 +13,7 @@ from sqlalchemy.ext.asyncio import create_async_engine
 
 from mark.adapters.db.decisions import DecisionLog
 from mark.adapters.db.fleet import FleetStore
+from mark.adapters.db.inference_keys import InferenceKeyStore
 from mark.adapters.db.leadership import Leadership
 from mark.adapters.db.ledger import CostLedger
 from mark.adapters.db.models import ModelStore
@@ -22,9 +23,9 @@ from mark.core.errors import InvalidValue
 __all__ = ["Database"]
 
 
-class Database(ModelStore, FleetStore, DecisionLog, CostLedger, Leadership):
+class Database(ModelStore, FleetStore, DecisionLog, CostLedger, Leadership, InferenceKeyStore):
     """Async access to Mark's tables. Open with `await Database.open(url)`. Its methods come
-    from one module per part: models, fleet, decisions, ledger, leadership."""
+    from one module per part: models, fleet, decisions, ledger, leadership, inference keys."""
 
     @classmethod
     async def open(cls, url: str, *, echo: bool = False) -> Database:

@@ -5,7 +5,14 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from mark.adapters.db.tables import DecisionRow, InstanceRow, ModelRow, ProfileRow
+from mark.adapters.db.tables import (
+    DecisionRow,
+    InferenceKeyRow,
+    InstanceRow,
+    ModelRow,
+    ProfileRow,
+)
+from mark.core.inference_keys import InferenceKey, StoredKey
 from mark.core.types import (
     ActionKind,
     BackendSpec,
@@ -24,6 +31,8 @@ __all__ = [
     "profile_values",
     "instance_from_row",
     "decision_from_row",
+    "key_from_row",
+    "key_row",
 ]
 
 
@@ -107,4 +116,35 @@ def decision_from_row(row: DecisionRow) -> Decision:
         expected_cost_usd=row.expected_cost_usd,
         forecast_upper_rps=tuple(row.forecast_upper_rps),
         term=row.term,
+    )
+
+
+def key_from_row(row: InferenceKeyRow) -> StoredKey:
+    key = InferenceKey.model_validate(
+        {
+            "id": row.id,
+            "prefix": row.prefix,
+            "scope": row.scope,
+            "label": row.label,
+            "created_at_s": row.created_at_s,
+            "expires_at_s": row.expires_at_s,
+            "last_used_at_s": row.last_used_at_s,
+            "revoked_at_s": row.revoked_at_s,
+        }
+    )
+    return StoredKey(key, row.digest)
+
+
+def key_row(stored: StoredKey) -> InferenceKeyRow:
+    key = stored.key
+    return InferenceKeyRow(
+        id=key.id,
+        prefix=key.prefix,
+        digest=stored.digest,
+        scope=key.scope.model_dump(),
+        label=key.label,
+        created_at_s=key.created_at_s,
+        expires_at_s=key.expires_at_s,
+        last_used_at_s=key.last_used_at_s,
+        revoked_at_s=key.revoked_at_s,
     )

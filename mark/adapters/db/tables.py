@@ -21,6 +21,7 @@ __all__ = [
     "ServerlessChargeRow",
     "LeaseRow",
     "ObservedCountRow",
+    "InferenceKeyRow",
 ]
 
 
@@ -170,3 +171,20 @@ class ObservedCountRow(Base):
     model: Mapped[str] = mapped_column(String(63), primary_key=True)
     bucket_start_s: Mapped[float] = mapped_column(Float, primary_key=True)
     requests: Mapped[float] = mapped_column(Float)
+
+
+class InferenceKeyRow(Base):
+    """An inference key (mark.core.inference_keys): its scope and times, and the SHA-256 of its
+    secret, never the secret itself."""
+
+    __tablename__ = "inference_keys"
+
+    id: Mapped[str] = mapped_column(String(16), primary_key=True)
+    prefix: Mapped[str] = mapped_column(String(16))
+    digest: Mapped[str] = mapped_column(String(64), unique=True)
+    scope: Mapped[dict[str, Any]] = mapped_column(JSON)
+    label: Mapped[str | None] = mapped_column(Text, nullable=True)
+    created_at_s: Mapped[float] = mapped_column(Float)
+    expires_at_s: Mapped[float | None] = mapped_column(Float, nullable=True)
+    last_used_at_s: Mapped[float | None] = mapped_column(Float, nullable=True)
+    revoked_at_s: Mapped[float | None] = mapped_column(Float, nullable=True)
