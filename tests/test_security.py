@@ -39,13 +39,20 @@ def request(
         return e.code, dict(e.headers), e.read()
 
 
+def _filled(param: re.Match[str]) -> str:
+    """A route parameter's value: a model name for a typed one (`<name:str>`), the one value a
+    pattern allows for a custom method's segment (`<verb:models\\:bulk>`: `models:bulk`)."""
+    kind = param.group(2) or "str"
+    return "demo" if kind in {"str", "int", "slug", "path"} else kind.replace("\\:", ":")
+
+
 def admin_routes() -> list[tuple[str, str]]:
     """(method, path) of every route under /admin in the app's own route table, parameters
     filled with a model name."""
     app = create_app(load_config(environ={}, server={"admin_token": "x"}), name="security_walk")
     found = []
     for route in app.router.routes:
-        path = re.sub(r"<[^>]+>", "demo", "/" + route.path.strip("/"))
+        path = re.sub(r"<(\w+)(?::([^>]+))?>", _filled, "/" + route.path.strip("/"))
         if path.startswith("/admin") and path not in PUBLIC_ADMIN_PATHS:
             found += [(method, path) for method in sorted(route.methods)]
     return found
