@@ -423,10 +423,9 @@ class Fleet:
             link = state.links.get(load.instance_id)
             wait_s = load.remaining_s(now)
         else:
-            candidates = [x for x in state.links.values() if not x.ejected and not x.closed]
-            if not candidates:
+            link = self._soonest(state, frozenset())
+            if link is None:
                 return False
-            link = min(candidates, key=lambda x: self._residency.expected_load_s(x.id, name))
             wait_s = self._residency.expected_load_s(link.id, name)
         profile = link.profile if link is not None else None
         service_s = profile.service_ms(1) / 1000.0 if profile is not None else 0.0
@@ -447,19 +446,37 @@ class Fleet:
             return True
         if load is None:
             assert link is not None
-            load = state.loading = ModelLoad(link.id, now, wait_s)
-            load.task = asyncio.ensure_future(self._load(state, link, load))
-            self._tasks.add(load.task)
-            load.task.add_done_callback(self._tasks.discard)
+            load = self._start_load(state, link, frozenset())
         load.held.append(q)
         metrics.add(metrics.child(metrics.HELD, name))
         return True
 
+    def _soonest(self, state: ModelRoutes, tried: frozenset[str]) -> Link | None:
+        """The instance of `state`'s model, not in `tried`, with the least expected load time
+        (the first listed among equals); None when none is up."""
+        name = state.model.name
+        candidates = [
+            x for x in state.links.values() if not x.ejected and not x.closed and x.id not in tried
+        ]
+        return min(
+            candidates, key=lambda x: self._residency.expected_load_s(x.id, name), default=None
+        )
+
+    def _start_load(self, state: ModelRoutes, link: Link, tried: frozenset[str]) -> ModelLoad:
+        expected_s = self._residency.expected_load_s(link.id, state.model.name)
+        load = state.loading = ModelLoad(link.id, self.now_s(), expected_s, tried=tried)
+        load.task = asyncio.ensure_future(self._load(state, link, load))
+        self._tasks.add(load.task)
+        load.task.add_done_callback(self._tasks.discard)
+        return load
+
     async def _load(self, state: ModelRoutes, link: Link, load: ModelLoad) -> None:
         """Ask `link`'s instance to load the model (within `batching.queue_timeout_s`, the
         longest a request waits), then route what the load held: to the instance, now that it
-        holds the model; if the load failed, to the pool when it has room, else 503 with the
-        instance's reason."""
+        holds the model. If the load failed (no room without evicting a pinned model, say), the
+        requests that may still wait are held for a load on the next instance not tried yet;
+        once every instance failed, they go to the pool when it has room, else 503 with the
+        last instance's reason."""
         name = state.model.name
         failure: str | None = None
         try:
@@ -480,6 +497,15 @@ class Fleet:
                 self._route(q)
             return
         logger.warning("loading %s on instance %s failed: %s", name, link.id, failure)
+        tried = load.tried | {link.id}
+        after = self._soonest(state, tried)
+        now = self.now_s()
+        waiting = [q for q in held if not q.done and now < q.give_up_s]
+        if after is not None and waiting:
+            retry = self._start_load(state, after, tried)
+            retry.held.extend(waiting)
+            metrics.add(metrics.child(metrics.HELD, name), len(waiting))
+            held = [q for q in held if q not in waiting]
         for q in held:
             if q.done or (self._spills is not None and self._spills.take_late(state, q)):
                 continue

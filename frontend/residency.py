@@ -110,6 +110,7 @@ class ModelLoad:
     started_s: float
     expected_s: float
     held: list[QueuedRequest] = field(default_factory=list)
+    tried: frozenset[str] = frozenset()  # instances where this model's load failed just before
     task: asyncio.Task[None] | None = None
 
     def remaining_s(self, now_s: float) -> float:

@@ -30,6 +30,7 @@ from tests.dataplane import WorkerProcess, front_end, model, running, workers
 from tests.model_artifacts import body, expected, row, samples, write_model
 
 SCALES = {"m1": 1.0, "m2": 2.0, "m3": 3.0, "m4": 4.0}
+LOADS = "mark_frontend_model_loads_total"
 GROUP = ("m1", "m2", "m3", "m4", "gone")  # "gone" is in no store: its load fails
 
 
@@ -83,10 +84,7 @@ def _sample(name: str, **labels: str) -> float:
 
 
 def _front_end_loads(model_name: str, outcome: str = "ok") -> float:
-    return sum(
-        _sample("mark_frontend_model_loads_total", model=model_name, instance=i, outcome=outcome)
-        for i in ("a", "b")
-    )
+    return sum(_sample(LOADS, model=model_name, instance=i, outcome=outcome) for i in ("a", "b"))
 
 
 async def _worker_loads(pair: Pair, model_name: str) -> float:
@@ -202,7 +200,27 @@ async def test_a_load_that_cannot_fit_the_deadline_spills_instead(
     assert await _worker_loads(pair, "m4") == 0
 
 
-async def test_a_failed_load_answers_what_it_held_with_503_and_the_reason(pair: Pair) -> None:
+async def test_a_load_refused_for_want_of_room_goes_to_the_next_instance(pair: Pair) -> None:
+    """Worker a holds m1 and m3, both pinned: it refuses m4 (503, no room) and b loads it."""
+    async with aiohttp.ClientSession() as s:
+        async with s.post(f"{pair.a.endpoint}/v2/repository/models/m3/load") as r:
+            assert r.status == 200
+    failed_before = _sample(LOADS, model="m4", instance="a", outcome="failed")
+    ok_before = _sample(LOADS, model="m4", instance="b", outcome="ok")
+    fleet = await _fleet(pair)
+    try:
+        results = await _burst(fleet, "m4", 3)
+        assert fleet.routable("m4") == ["b"]
+    finally:
+        await fleet.close()
+    for result in results:
+        assert isinstance(result, Answer) and result.instance_id == "b", results
+        _check(result, "m4")
+    assert _sample(LOADS, model="m4", instance="a", outcome="failed") == failed_before + 1
+    assert _sample(LOADS, model="m4", instance="b", outcome="ok") == ok_before + 1
+
+
+async def test_when_every_load_fails_held_requests_get_503_and_the_reason(pair: Pair) -> None:
     failed_before = _front_end_loads("gone", "failed")
     fleet = await _fleet(pair)
     try:
@@ -211,9 +229,9 @@ async def test_a_failed_load_answers_what_it_held_with_503_and_the_reason(pair: 
         await fleet.close()
     for result in results:
         assert isinstance(result, Unavailable) and result.status == 503, results
-        assert "loading it on instance a failed" in result.reason
+        assert "loading it on instance b failed" in result.reason  # a was tried first
         assert "unknown model" in result.reason  # the worker's own answer
-    assert _front_end_loads("gone", "failed") == failed_before + 1
+    assert _front_end_loads("gone", "failed") == failed_before + 2
 
 
 async def _solo_server() -> tuple[web.AppRunner, str]:

@@ -215,9 +215,11 @@ class ModelCache:
 
     async def index(self, *, ready_only: bool = False) -> list[dict[str, str]]:
         """Triton's and MLServer's `$repository_index_response`: every model the worker could
-        load, with its state and the reason for it."""
+        load, with its state and the reason for it. With `ready_only` the store is not listed
+        (a model known only to the store is never READY): the front end reads that index on
+        every fleet sync (frontend/residency.py), and on S3 a listing is a paid LIST call."""
         names = set(self._entries)
-        if self.store is not None:
+        if self.store is not None and not ready_only:
             try:
                 names |= {m.name for m in await asyncio.to_thread(self.store.list)}
             except Exception:  # the store is unreachable: the models known here still list
