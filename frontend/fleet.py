@@ -279,8 +279,8 @@ class Fleet:
         for instance_id, generation, read in zip(ids, began, reads, strict=True):
             if isinstance(read, IndexUnreadable):
                 logger.info("keeping the last residency of %s: %s", instance_id, read)
-            elif isinstance(read, BaseException):
-                raise read
+            elif isinstance(read, BaseException):  # never let one instance stop the sync
+                logger.warning("reading the index of %s failed: %r", instance_id, read)
             else:
                 residency.apply(instance_id, read, generation)
         for state in self._models.values():
@@ -289,7 +289,7 @@ class Fleet:
     def _apply_residency(self, state: ModelRoutes) -> None:
         """Route `state`'s model to the links that hold it, and only to those."""
         for link in state.links.values():
-            resident = self._residency.holds(link.instance, state.model.name)
+            resident = self._residency.holds(link.instance, state.model.name, state.backend_name)
             if resident == link.resident:
                 continue
             link.resident = resident
@@ -317,7 +317,7 @@ class Fleet:
             clock=self.now_s,
         )
         link = Link(instance, batcher, state.model.profiles.get(instance.offering.instance_type))
-        link.resident = self._residency.holds(instance, state.model.name)
+        link.resident = self._residency.holds(instance, state.model.name, state.backend_name)
         holder.append(link)
         state.links[instance.id] = link
 
@@ -426,7 +426,7 @@ class Fleet:
             link = self._soonest(state, frozenset())
             if link is None:
                 return False
-            wait_s = self._residency.expected_load_s(link.id, name)
+            wait_s = self._residency.expected_load_s(link.id, state.backend_name)
         profile = link.profile if link is not None else None
         service_s = profile.service_ms(1) / 1000.0 if profile is not None else 0.0
         if now + wait_s + service_s > q.deadline_s and self._spills is not None:
@@ -454,16 +454,16 @@ class Fleet:
     def _soonest(self, state: ModelRoutes, tried: frozenset[str]) -> Link | None:
         """The instance of `state`'s model, not in `tried`, with the least expected load time
         (the first listed among equals); None when none is up."""
-        name = state.model.name
+        backend = state.backend_name
         candidates = [
             x for x in state.links.values() if not x.ejected and not x.closed and x.id not in tried
         ]
         return min(
-            candidates, key=lambda x: self._residency.expected_load_s(x.id, name), default=None
+            candidates, key=lambda x: self._residency.expected_load_s(x.id, backend), default=None
         )
 
     def _start_load(self, state: ModelRoutes, link: Link, tried: frozenset[str]) -> ModelLoad:
-        expected_s = self._residency.expected_load_s(link.id, state.model.name)
+        expected_s = self._residency.expected_load_s(link.id, state.backend_name)
         load = state.loading = ModelLoad(link.id, self.now_s(), expected_s, tried=tried)
         load.task = asyncio.ensure_future(self._load(state, link, load))
         self._tasks.add(load.task)
@@ -480,7 +480,9 @@ class Fleet:
         name = state.model.name
         failure: str | None = None
         try:
-            await request_load(self._session, link.endpoint, name, self.config.queue_timeout_s)
+            await request_load(
+                self._session, link.endpoint, state.backend_name, self.config.queue_timeout_s
+            )
         except LoadFailed as exc:
             failure = exc.reason
         took_s = self.now_s() - load.started_s
@@ -491,7 +493,7 @@ class Fleet:
         outcome = "ok" if failure is None else "failed"
         metrics.child(metrics.LOADS, name, link.id, outcome).inc()
         if failure is None:
-            self._residency.loaded(link.id, name, took_s)
+            self._residency.loaded(link.id, state.backend_name, took_s)
             self._apply_residency(state)
             for q in held:
                 self._route(q)

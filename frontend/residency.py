@@ -131,13 +131,17 @@ class Residency:
     generation: dict[str, int] = field(default_factory=dict)
     load_times_s: dict[tuple[str, str], float] = field(default_factory=dict)
 
-    def holds(self, instance: Instance, model: str) -> bool:
-        """Whether `model` is in memory on `instance`, as far as the front end knows."""
+    def holds(self, instance: Instance, model: str, backend_name: str) -> bool:
+        """Whether Mark's `model` is in memory on `instance` as far as the front end knows: in
+        its index under the name the instance serves it by (`backend_name`), or, without an
+        index, in its `Instance.models`."""
         ready = self.ready.get(instance.id, NO_REPOSITORY_API)
-        return model in (instance.models if ready is NO_REPOSITORY_API else ready)
+        if ready is NO_REPOSITORY_API:
+            return model in instance.models
+        return backend_name in ready
 
-    def expected_load_s(self, instance_id: str, model: str) -> float:
-        return self.load_times_s.get((instance_id, model), self.default_load_s)
+    def expected_load_s(self, instance_id: str, backend_name: str) -> float:
+        return self.load_times_s.get((instance_id, backend_name), self.default_load_s)
 
     def apply(self, instance_id: str, ready: frozenset[str] | None, generation: int) -> bool:
         """Take an index read that began at `generation`; False when a load completed since
@@ -147,13 +151,13 @@ class Residency:
         self.ready[instance_id] = ready
         return True
 
-    def loaded(self, instance_id: str, model: str, took_s: float) -> None:
+    def loaded(self, instance_id: str, backend_name: str, took_s: float) -> None:
         """A load the front end asked for completed in `took_s`."""
         self.generation[instance_id] = self.generation.get(instance_id, 0) + 1
-        self.load_times_s[(instance_id, model)] = took_s
+        self.load_times_s[(instance_id, backend_name)] = took_s
         ready = self.ready.get(instance_id, NO_REPOSITORY_API)
         if ready is not NO_REPOSITORY_API:
-            self.ready[instance_id] = ready | {model}
+            self.ready[instance_id] = ready | {backend_name}
 
     def forget(self, keep: Iterable[str]) -> None:
         """Drop what is known of instances no longer running."""

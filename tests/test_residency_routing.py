@@ -19,6 +19,7 @@ from prometheus_client import REGISTRY
 from frontend import metrics
 from frontend.answers import Shed
 from frontend.fleet import Answer, Fleet, Unavailable
+from frontend.residency import NO_REPOSITORY_API, Residency
 from frontend.spill_monitor import SpillMonitor
 from mark.adapters.db import Database
 from mark.core.config import BatchingConfig, ServerlessConfig, SpillConfig, load_config
@@ -301,3 +302,41 @@ async def test_the_front_end_learns_residency_on_its_sync_cadence(
             assert len(app.ctx.fleet.routable("m3")) == 1
     finally:
         await db.close()
+
+
+async def test_residency_is_read_under_the_name_the_instance_serves_the_model_by(
+    pair: Pair,
+) -> None:
+    """Mark's model `alias` is the workers' m2 (`backend_model_name`): it goes where m2 is."""
+    alias = model("alias", slo_ms=30_000.0, backend_model_name="m2")
+    fleet = Fleet(BatchingConfig())
+    try:
+        fleet.set_models([*pair.models, alias])
+        listed = (*GROUP, "alias")
+        fleet.set_instances([running("a", pair.a.endpoint, listed),
+                             running("b", pair.b.endpoint, listed)])  # fmt: skip
+        await fleet.refresh_residency()
+        assert fleet.routable("alias") == ["b"]
+        answer = await fleet.infer("alias", _request())
+        assert answer.instance_id == "b"
+        _check(answer, "m2")
+    finally:
+        await fleet.close()
+
+
+def test_an_index_read_older_than_a_completed_load_is_not_applied() -> None:
+    residency = Residency(default_load_s=5.0)
+    instance = running("a", "http://127.0.0.1:1", ("m1", "m2"))
+    assert residency.holds(instance, "m1", "m1")  # not read yet: the listing
+    assert residency.apply("a", frozenset({"m1"}), generation=0)
+    assert not residency.holds(instance, "m2", "m2")
+    began = residency.generation.get("a", 0)
+    residency.loaded("a", "m2", took_s=0.25)  # completes while a read is in flight
+    assert not residency.apply("a", frozenset({"m1"}), generation=began)
+    assert residency.holds(instance, "m2", "m2")
+    assert residency.expected_load_s("a", "m2") == 0.25
+    assert residency.expected_load_s("a", "m1") == 5.0
+    assert residency.apply("a", NO_REPOSITORY_API, residency.generation["a"])
+    assert residency.holds(instance, "m2", "m2")  # no index: the listing again
+    residency.forget(())
+    assert residency.expected_load_s("a", "m2") == 5.0
