@@ -10,7 +10,7 @@ Serving) holds exactly the models it was launched with (`Instance.models`), as d
 read yet: the fleet's listing is the best guess until the instance says otherwise.
 
 A model resident nowhere is loaded by asking the instance that can load it soonest
-(`POST /v2/repository/models/{m}/load`; the worker pins what it loaded that way): one load per
+(`POST /v2/repository/models/{m}/load`, unpinned: mark/core/protocol/repository.py): one load per
 model at a time (later requests join it: it is the soonest), whose wall time is remembered as
 that (instance, model)'s expected load time (until one is measured: `batching.default_load_s`).
 The requests waiting for it are held on the load (`ModelLoad.held`), bounded per model by
@@ -28,6 +28,7 @@ from typing import Any
 import aiohttp
 
 from frontend.batcher import QueuedRequest
+from mark.core.protocol import LOAD_PIN_HEADER
 from mark.core.types import Instance
 
 __all__ = ["NO_REPOSITORY_API", "IndexUnreadable", "LoadFailed", "ModelLoad", "Residency",
@@ -84,10 +85,12 @@ async def read_index(
 async def request_load(
     session: aiohttp.ClientSession, endpoint: str, model: str, timeout_s: float
 ) -> None:
-    """Ask the instance to load `model` and wait until it has (raises LoadFailed)."""
+    """Ask the instance to load `model`, unpinned, and wait until it has (raises LoadFailed)."""
     try:
         async with asyncio.timeout(timeout_s):
-            async with session.post(f"{endpoint}/v2/repository/models/{model}/load") as resp:
+            async with session.post(
+                f"{endpoint}/v2/repository/models/{model}/load", headers={LOAD_PIN_HEADER: "false"}
+            ) as resp:
                 payload = await resp.read()
                 status = resp.status
     except (aiohttp.ClientError, TimeoutError) as exc:

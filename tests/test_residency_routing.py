@@ -133,6 +133,14 @@ async def test_requests_go_where_the_model_is_resident_and_a_miss_loads_it_once(
         answer = await fleet.infer("m3", _request())
         assert isinstance(answer, Answer) and answer.instance_id in places
         assert await _worker_loads(pair, "m3") == 1
+        # the front end's load did not pin m3 on a: m4 loads there in its place, and the next
+        # index read says m3 left
+        assert places == {"a"}
+        answer = await fleet.infer("m4", _request())
+        assert answer.instance_id == "a"
+        _check(answer, "m4")
+        await fleet.refresh_residency()
+        assert fleet.routable("m4") == ["a"] and fleet.routable("m3") == []
     finally:
         await fleet.close()
 
