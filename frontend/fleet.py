@@ -38,7 +38,8 @@ never hold the cloud provider; tests may call `set_models` / `set_instances` dir
 parts live beside it: frontend/answers.py (what a request is answered with), frontend/links.py
 (route targets, plans, weights), frontend/dispatch.py (one batch to one instance),
 frontend/spill_path.py (which queued requests spill, and a failed spill's way back),
-frontend/model_metadata.py (the v2 metadata, an instance's or the artifact's).
+frontend/model_metadata.py (the v2 metadata, an instance's or the artifact's),
+frontend/residency.py (which models each instance holds, and the loads the front end asks for).
 """
 
 from __future__ import annotations
