@@ -26,7 +26,8 @@ Routing by residency (frontend/residency.py): a model goes only to the instances
 in memory, as each instance's repository index says (read on the sync cadence; an instance
 without the repository API holds its `Instance.models`). When none holds it, the instance that
 can load it soonest is asked to, and the request is held until the load completes if the
-expected load time and its service fit its deadline; otherwise it spills when a pool exists.
+expected load time and its service fit its deadline; otherwise it spills when a pool exists
+(and the load goes on, for the model's next requests).
 At most `batching.max_held_per_model` requests wait for a model's load; the next spill when a
 slot is free, else get 429 with Retry-After; a failed load answers what it held 503 (or spills).
 
@@ -410,24 +411,25 @@ class Fleet:
         return link
 
     def _await_load(self, state: ModelRoutes, q: QueuedRequest) -> bool:
-        """`q`'s model is in memory on none of its instances: hold `q` for its load on the
-        instance that can load it soonest (the load in flight, else the least expected load
-        time), asking for the load if none is in flight, when the load and one request's
-        service fit `q`'s deadline; else spill it when the pool has room (and hold it
-        otherwise: a late answer beats none). Beyond `batching.max_held_per_model` held
-        requests, spill when a slot is free, else 429 with Retry-After (the expected load time
-        left). False when no instance could load it (none, or all ejected)."""
+        """`q`'s model is in memory on none of its instances: it is loaded on the instance
+        that can load it soonest (the load in flight, else the least expected load time), and
+        `q` waits for that load when the load and one request's service fit its deadline;
+        else it spills when the pool has room (the load goes on for the requests after it),
+        and waits otherwise (a late answer beats none). Beyond `batching.max_held_per_model`
+        held requests it spills when a slot is free, else gets 429 with Retry-After (the
+        expected load time left). False when no instance could load it (none, or all
+        ejected)."""
         name = state.model.name
         now = self.now_s()
         load = state.loading
-        if load is not None:
-            link = state.links.get(load.instance_id)
-            wait_s = load.remaining_s(now)
-        else:
+        if load is None:
             link = self._soonest(state, frozenset())
             if link is None:
                 return False
-            wait_s = self._residency.expected_load_s(link.id, state.backend_name)
+            load = self._start_load(state, link, frozenset())
+        else:
+            link = state.links.get(load.instance_id)
+        wait_s = load.remaining_s(now)
         profile = link.profile if link is not None else None
         service_s = profile.service_ms(1) / 1000.0 if profile is not None else 0.0
         if now + wait_s + service_s > q.deadline_s and self._spills is not None:
@@ -445,9 +447,6 @@ class Fleet:
                     ),
                 )
             return True
-        if load is None:
-            assert link is not None
-            load = self._start_load(state, link, frozenset())
         load.held.append(q)
         metrics.add(metrics.child(metrics.HELD, name))
         return True
