@@ -188,7 +188,16 @@ class Fleet:
         return [s.model for s in self._models.values()]
 
     def routable(self, name: str) -> list[str]:
-        """Ids of the instances currently taking this model's requests."""
+        """Ids of the instances currently taking this model's requests: those holding it in
+        memory and those that would load it for them (`GET /v2/models/{m}/ready` says ready
+        while there is one)."""
+        state = self._models.get(name)
+        if state is None:
+            return []
+        return [link.id for link in state.links.values() if not link.ejected and not link.closed]
+
+    def resident(self, name: str) -> list[str]:
+        """Ids of the instances this model is routed to now: holding it, not ejected."""
         state = self._models.get(name)
         return list(state.router.weights) if state else []
 

@@ -111,8 +111,9 @@ async def test_requests_go_where_the_model_is_resident_and_a_miss_loads_it_once(
     fleet = await _fleet(pair)
     loads_before = _front_end_loads("m3")
     try:
-        assert fleet.routable("m1") == ["a"] and fleet.routable("m2") == ["b"]
-        assert fleet.routable("m3") == []
+        assert fleet.resident("m1") == ["a"] and fleet.resident("m2") == ["b"]
+        assert fleet.resident("m3") == []
+        assert fleet.routable("m3") == ["a", "b"]  # either would load it
         for name, where in (("m1", "a"), ("m2", "b")):
             for answer in await asyncio.gather(*(fleet.infer(name, _request()) for _ in range(8))):
                 assert answer.instance_id == where
@@ -127,9 +128,9 @@ async def test_requests_go_where_the_model_is_resident_and_a_miss_loads_it_once(
             _check(result, "m3")
         assert _front_end_loads("m3") == loads_before + 1
         assert await _worker_loads(pair, "m3") == 1
-        assert fleet.routable("m3") == list(places)
+        assert fleet.resident("m3") == list(places)
         await fleet.refresh_residency()  # the worker's index agrees
-        assert fleet.routable("m3") == list(places)
+        assert fleet.resident("m3") == list(places)
         answer = await fleet.infer("m3", _request())
         assert isinstance(answer, Answer) and answer.instance_id in places
         assert await _worker_loads(pair, "m3") == 1
@@ -140,7 +141,7 @@ async def test_requests_go_where_the_model_is_resident_and_a_miss_loads_it_once(
         assert answer.instance_id == "a"
         _check(answer, "m4")
         await fleet.refresh_residency()
-        assert fleet.routable("m4") == ["a"] and fleet.routable("m3") == []
+        assert fleet.resident("m4") == ["a"] and fleet.resident("m3") == []
     finally:
         await fleet.close()
 
@@ -204,7 +205,7 @@ async def test_a_request_that_cannot_wait_for_the_load_spills_and_the_load_goes_
         assert answer.path == "serverless"
         _check(answer, "m4")
         async with asyncio.timeout(30):  # the load started for it serves the next requests
-            while not fleet.routable("m4"):
+            while not fleet.resident("m4"):
                 await asyncio.sleep(0.02)
         answer = await fleet.infer("m4", _request())
         assert answer.path == "instance" and answer.instance_id == "a"
@@ -225,7 +226,7 @@ async def test_a_load_refused_for_want_of_room_goes_to_the_next_instance(pair: P
     fleet = await _fleet(pair)
     try:
         results = await _burst(fleet, "m4", 3)
-        assert fleet.routable("m4") == ["b"]
+        assert fleet.resident("m4") == ["b"]
     finally:
         await fleet.close()
     for result in results:
@@ -274,7 +275,7 @@ async def test_a_server_without_the_repository_api_gets_its_models_traffic() -> 
         fleet.set_models([model("solo", slo_ms=30_000.0)])
         fleet.set_instances([running("solo-1", endpoint, ("solo",))])
         await fleet.refresh_residency()
-        assert fleet.routable("solo") == ["solo-1"]
+        assert fleet.resident("solo") == ["solo-1"]
         answer = await fleet.infer("solo", _request())
         assert answer.instance_id == "solo-1"
         assert answer.response.outputs[0].array.tolist() == [[7.0]]
@@ -305,15 +306,17 @@ async def test_the_front_end_learns_residency_on_its_sync_cadence(
         await db.save_instance(running("b", pair.b.endpoint, GROUP))
         async with front_end(config) as app, aiohttp.ClientSession() as s:
             async with asyncio.timeout(10):
-                while app.ctx.fleet.routable("m1") != ["a"]:
+                while app.ctx.fleet.resident("m1") != ["a"]:
                     await asyncio.sleep(0.02)
-            assert app.ctx.fleet.routable("m2") == ["b"]
+            assert app.ctx.fleet.resident("m2") == ["b"]
+            async with s.get(f"http://127.0.0.1:{port}/v2/models/m3/ready") as r:
+                assert r.status == 200  # resident nowhere, but loadable
             url = f"http://127.0.0.1:{port}/v2/models/m3/infer"
             async with s.post(url, json=body()) as r:
                 assert r.status == 200, await r.text()
                 doc = await r.json()
             np.testing.assert_allclose(doc["outputs"][0]["data"], expected(3.0)[0], rtol=1e-5)
-            assert len(app.ctx.fleet.routable("m3")) == 1
+            assert len(app.ctx.fleet.resident("m3")) == 1
     finally:
         await db.close()
 
@@ -330,7 +333,7 @@ async def test_residency_is_read_under_the_name_the_instance_serves_the_model_by
         fleet.set_instances([running("a", pair.a.endpoint, listed),
                              running("b", pair.b.endpoint, listed)])  # fmt: skip
         await fleet.refresh_residency()
-        assert fleet.routable("alias") == ["b"]
+        assert fleet.resident("alias") == ["b"]
         answer = await fleet.infer("alias", _request())
         assert answer.instance_id == "b"
         _check(answer, "m2")
