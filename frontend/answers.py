@@ -56,7 +56,15 @@ class Unavailable(Exception):
 
 
 class Shed(Unavailable):
-    """The request could not meet its SLO, no pool slot was free, and the front end sheds late
-    requests (`batching.shed_late`): 429, with when to retry."""
+    """429, with when to retry: the request could not meet its SLO, no pool slot was free, and
+    the front end sheds late requests (`batching.shed_late`), or the model is loading and
+    enough requests wait for it already (`batching.max_held_per_model`)."""
 
     status = 429
+
+    def __init__(
+        self, reason: str, *, retry_after_s: int | None = None, cause: str = "late"
+    ) -> None:
+        super().__init__(reason, retry_after_s=retry_after_s)
+        self.cause = cause  # `late` (batching.shed_late) or `hold-full` (a model's loads held
+        # batching.max_held_per_model requests already): the label of mark_inference_shed_total

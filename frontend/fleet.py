@@ -22,6 +22,15 @@ gets a 503 that says why (Sanic's own timeout, `server.request_timeout_s`, comes
 shedding is opt-in: with `batching.shed_late` such a request is answered 429 with Retry-After
 at its deadline. Each request's `give_up_s` holds which of the two applies.
 
+Routing by residency (frontend/residency.py): a model goes only to the instances that hold it
+in memory, as each instance's repository index says (read on the sync cadence; an instance
+without the repository API holds its `Instance.models`). When none holds it, the instance that
+can load it soonest is asked to, and the request is held until the load completes if the
+expected load time and its service fit its deadline; otherwise it spills when a pool exists
+(and the load goes on, for the model's next requests).
+At most `batching.max_held_per_model` requests wait for a model's load; the next spill when a
+slot is free, else get 429 with Retry-After; a failed load answers what it held 503 (or spills).
+
 A failed call ejects the instance (`mark_instance_ejected` is 1 while it stays out): the control
 plane reads that gauge and replaces an instance kept out for `control.unhealthy_replace_s`.
 
@@ -30,13 +39,15 @@ never hold the cloud provider; tests may call `set_models` / `set_instances` dir
 parts live beside it: frontend/answers.py (what a request is answered with), frontend/links.py
 (route targets, plans, weights), frontend/dispatch.py (one batch to one instance),
 frontend/spill_path.py (which queued requests spill, and a failed spill's way back),
-frontend/model_metadata.py (the v2 metadata, an instance's or the artifact's).
+frontend/model_metadata.py (the v2 metadata, an instance's or the artifact's),
+frontend/residency.py (which models each instance holds, and the loads the front end asks for).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import math
 from collections import deque
 from collections.abc import Awaitable, Iterable, Sequence
 from typing import Any, Protocol
@@ -49,6 +60,14 @@ from frontend.batcher import InstanceBatcher, QueuedRequest, answer_once
 from frontend.dispatch import dispatch
 from frontend.links import Link, ModelRoutes, link_plan, reweigh, serves
 from frontend.model_metadata import ArtifactMetadata, artifact_metadata, fetch_metadata
+from frontend.residency import (
+    IndexUnreadable,
+    LoadFailed,
+    ModelLoad,
+    Residency,
+    read_index,
+    request_load,
+)
 from frontend.spill_monitor import SpillMonitor
 from frontend.spill_path import SpillPath
 from mark.adapters.backends import BackendClient, new_session
@@ -98,6 +117,7 @@ class Fleet:
         # Routing weights are capacities at the SLO with the budget this fleet batches with.
         self._capacity = CapacityCache(budget_fraction=config.slo_budget_fraction)
         self._models: dict[str, ModelRoutes] = {}
+        self._residency = Residency(default_load_s=config.default_load_s)
         self._tasks: set[asyncio.Task[Any]] = set()
         self._sync: asyncio.Task[None] | None = None
         self._watch: asyncio.Task[None] | None = None
@@ -168,7 +188,16 @@ class Fleet:
         return [s.model for s in self._models.values()]
 
     def routable(self, name: str) -> list[str]:
-        """Ids of the instances currently taking this model's requests."""
+        """Ids of the instances currently taking this model's requests: those holding it in
+        memory and those that would load it for them (`GET /v2/models/{m}/ready` says ready
+        while there is one)."""
+        state = self._models.get(name)
+        if state is None:
+            return []
+        return [link.id for link in state.links.values() if not link.ejected and not link.closed]
+
+    def resident(self, name: str) -> list[str]:
+        """Ids of the instances this model is routed to now: holding it, not ejected."""
         state = self._models.get(name)
         return list(state.router.weights) if state else []
 
@@ -199,6 +228,7 @@ class Fleet:
             else:
                 self.set_models(models)
                 self.set_instances(instances)
+                await self.refresh_residency()
             await asyncio.sleep(interval_s)
 
     def set_models(self, models: Sequence[Model]) -> None:
@@ -241,6 +271,44 @@ class Fleet:
                 reweigh(state, self._capacity)
                 self._release_waiting(state)
 
+    async def refresh_residency(self) -> None:
+        """Read every running instance's repository index (each within
+        `batching.health_interval_s`, together) and route each model only to the instances that
+        hold it (frontend/residency.py); an index that cannot be read keeps the last view."""
+        instances = {
+            link.id: link for state in self._models.values() for link in state.links.values()
+        }
+        residency = self._residency
+        residency.forget(instances)
+        ids = list(instances)
+        began = [residency.generation.get(i, 0) for i in ids]
+        timeout_s = self.config.health_interval_s
+        reads = await asyncio.gather(
+            *(read_index(self._session, instances[i].endpoint, timeout_s) for i in ids),
+            return_exceptions=True,
+        )
+        for instance_id, generation, read in zip(ids, began, reads, strict=True):
+            if isinstance(read, IndexUnreadable):
+                logger.info("keeping the last residency of %s: %s", instance_id, read)
+            elif isinstance(read, BaseException):  # never let one instance stop the sync
+                logger.warning("reading the index of %s failed: %r", instance_id, read)
+            else:
+                residency.apply(instance_id, read, generation)
+        for state in self._models.values():
+            self._apply_residency(state)
+
+    def _apply_residency(self, state: ModelRoutes) -> None:
+        """Route `state`'s model to the links that hold it, and only to those."""
+        for link in state.links.values():
+            resident = self._residency.holds(link.instance, state.model.name, state.backend_name)
+            if resident == link.resident:
+                continue
+            link.resident = resident
+            if link.routable:
+                state.router.set(link.id, link.weight)
+            else:
+                state.router.remove(link.id)
+
     # --- links --------------------------------------------------------------------------------
 
     def _add_link(self, state: ModelRoutes, instance: Instance) -> None:
@@ -260,6 +328,7 @@ class Fleet:
             clock=self.now_s,
         )
         link = Link(instance, batcher, state.model.profiles.get(instance.offering.instance_type))
+        link.resident = self._residency.holds(instance, state.model.name, state.backend_name)
         holder.append(link)
         state.links[instance.id] = link
 
@@ -300,7 +369,8 @@ class Fleet:
             if ok and not link.closed:
                 link.ejected = False
                 metrics.child(metrics.INSTANCE_EJECTED, state.model.name, link.id).set(0)
-                state.router.set(link.id, link.weight)
+                if link.routable:
+                    state.router.set(link.id, link.weight)
                 self._release_waiting(state)
                 return
 
@@ -322,7 +392,11 @@ class Fleet:
                 link.batcher.wake()
             else:  # an idle instance: send from this task, no hand-over to the batch loop
                 await link.batcher.send(batch)
-        result: Answer = await q.future
+        try:
+            result: Answer = await q.future
+        except Shed as exc:
+            metrics.add(metrics.child(metrics.SHED, name, exc.cause))
+            raise
         return result
 
     def _route(self, q: QueuedRequest, *, wake: bool = True) -> Link | None:
@@ -336,13 +410,123 @@ class Fleet:
             return None
         key = state.router.pick()
         if key is None:
-            self._no_instance(state, q)
+            if not self._await_load(state, q):
+                self._no_instance(state, q)
             return None
         link = state.links[key]
         ahead = link.batcher.offer(q, wake=wake)
         if self._spills is not None and q.spill_error is None:
             self._spills.check_one(state, link, q, ahead)
         return link
+
+    def _await_load(self, state: ModelRoutes, q: QueuedRequest) -> bool:
+        """`q`'s model is in memory on none of its instances: it is loaded on the instance
+        that can load it soonest (the load in flight, else the least expected load time), and
+        `q` waits for that load when the load and one request's service fit its deadline;
+        else it spills when the pool has room (the load goes on for the requests after it),
+        and waits otherwise (a late answer beats none). Beyond `batching.max_held_per_model`
+        held requests it spills when a slot is free, else gets 429 with Retry-After (the
+        expected load time left). False when no instance could load it (none, or all
+        ejected)."""
+        name = state.model.name
+        now = self.now_s()
+        load = state.loading
+        if load is None:
+            link = self._soonest(state, frozenset())
+            if link is None:
+                return False
+            load = self._start_load(state, link, frozenset())
+        else:
+            link = state.links.get(load.instance_id)
+        wait_s = load.remaining_s(now)
+        profile = link.profile if link is not None else None
+        service_s = profile.service_ms(1) / 1000.0 if profile is not None else 0.0
+        if now + wait_s + service_s > q.deadline_s and self._spills is not None:
+            if not self._spill_some(state, (q,), QueueView()):  # spilled as cold-fleet
+                return True
+        if state.held() >= self.config.max_held_per_model:
+            if self._spills is None or not self._spills.take_late(state, q):
+                answer_once(
+                    q,
+                    Shed(
+                        f"model {name!r} is loading and {state.held()} requests wait for it "
+                        f"already (batching.max_held_per_model), and {self._no_spill_why(q)}",
+                        retry_after_s=max(1, math.ceil(wait_s)),
+                        cause="hold-full",
+                    ),
+                )
+            return True
+        load.held.append(q)
+        metrics.add(metrics.child(metrics.HELD, name))
+        return True
+
+    def _soonest(self, state: ModelRoutes, tried: frozenset[str]) -> Link | None:
+        """The instance of `state`'s model, not in `tried`, with the least expected load time
+        (the first listed among equals); None when none is up."""
+        backend = state.backend_name
+        candidates = [
+            x for x in state.links.values() if not x.ejected and not x.closed and x.id not in tried
+        ]
+        return min(
+            candidates, key=lambda x: self._residency.expected_load_s(x.id, backend), default=None
+        )
+
+    def _start_load(self, state: ModelRoutes, link: Link, tried: frozenset[str]) -> ModelLoad:
+        expected_s = self._residency.expected_load_s(link.id, state.backend_name)
+        load = state.loading = ModelLoad(link.id, self.now_s(), expected_s, tried=tried)
+        load.task = asyncio.ensure_future(self._load(state, link, load))
+        self._tasks.add(load.task)
+        load.task.add_done_callback(self._tasks.discard)
+        return load
+
+    async def _load(self, state: ModelRoutes, link: Link, load: ModelLoad) -> None:
+        """Ask `link`'s instance to load the model (within `batching.queue_timeout_s`, the
+        longest a request waits), then route what the load held: to the instance, now that it
+        holds the model. If the load failed (no room without evicting a pinned model, say), the
+        requests that may still wait are held for a load on the next instance not tried yet;
+        once every instance failed, they go to the pool when it has room, else 503 with the
+        last instance's reason."""
+        name = state.model.name
+        failure: str | None = None
+        try:
+            await request_load(
+                self._session, link.endpoint, state.backend_name, self.config.queue_timeout_s
+            )
+        except LoadFailed as exc:
+            failure = exc.reason
+        took_s = self.now_s() - load.started_s
+        if state.loading is load:
+            state.loading = None
+        held, load.held = load.held, []
+        metrics.add(metrics.child(metrics.HELD, name), -len(held))
+        outcome = "ok" if failure is None else "failed"
+        metrics.child(metrics.LOADS, name, link.id, outcome).inc()
+        if failure is None:
+            self._residency.loaded(link.id, state.backend_name, took_s)
+            self._apply_residency(state)
+            for q in held:
+                self._route(q)
+            return
+        logger.warning("loading %s on instance %s failed: %s", name, link.id, failure)
+        tried = load.tried | {link.id}
+        after = self._soonest(state, tried)
+        now = self.now_s()
+        waiting = [q for q in held if not q.done and now < q.give_up_s]
+        if after is not None and waiting:
+            retry = self._start_load(state, after, tried)
+            retry.held.extend(waiting)
+            metrics.add(metrics.child(metrics.HELD, name), len(waiting))
+            held = [q for q in held if q not in waiting]
+        for q in held:
+            if q.done or (self._spills is not None and self._spills.take_late(state, q)):
+                continue
+            answer_once(
+                q,
+                Unavailable(
+                    f"model {name!r} is in memory on none of its instances, and loading it on "
+                    f"instance {link.id} failed: {failure}"
+                ),
+            )
 
     def _no_instance(self, state: ModelRoutes, q: QueuedRequest) -> None:
         if self._spill_some(state, (q,), QueueView()):
@@ -489,3 +673,10 @@ class Fleet:
         for q in state.waiting:
             answer_once(q, Unavailable(reason))
         state.waiting.clear()
+        load, state.loading = state.loading, None
+        if load is not None:
+            if load.task is not None:
+                load.task.cancel()
+            metrics.add(metrics.child(metrics.HELD, name), -len(load.held))
+            for q in load.held:
+                answer_once(q, Unavailable(reason))

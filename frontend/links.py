@@ -29,6 +29,7 @@ from provisioner.policy.spill import QueueView
 
 if TYPE_CHECKING:
     from frontend.model_metadata import ArtifactMetadata
+    from frontend.residency import ModelLoad
 
 __all__ = ["Link", "ModelRoutes", "serves", "link_plan", "reweigh"]
 
@@ -43,6 +44,8 @@ class Link:
     weight: float = 1.0
     ejected: bool = False
     closed: bool = False
+    # the model is in memory there (frontend/residency.py): only resident links are routed to
+    resident: bool = True
 
     @property
     def id(self) -> str:
@@ -52,6 +55,11 @@ class Link:
     def endpoint(self) -> str:
         assert self.instance.endpoint is not None
         return self.instance.endpoint
+
+    @property
+    def routable(self) -> bool:
+        """In the router: holding the model, not ejected, not gone."""
+        return self.resident and not self.ejected and not self.closed
 
     def queue(self, running_instances: int, *, ahead: int = 0, draining: bool = False) -> QueueView:
         """This instance's backlog for the spill rule: the requests in flight plus `ahead`, and
@@ -71,14 +79,16 @@ class Link:
 
 @dataclass(eq=False, slots=True)
 class ModelRoutes:
-    """One served model in the fleet: its router over its links, the requests waiting for an
-    instance to join, its metadata as an instance reported it, and as its artifact declares it
-    (`artifact`, read when no instance reports it: frontend/model_metadata.py)."""
+    """One served model in the fleet: its router over its resident links, the requests
+    waiting for an instance to join, the load in flight for it (when it is resident nowhere)
+    with the requests it holds, its metadata as an instance reported it, and as its artifact
+    declares it (`artifact`, read when no instance reports it: frontend/model_metadata.py)."""
 
     model: Model
     router: SmoothWeightedRoundRobin = field(default_factory=SmoothWeightedRoundRobin)
     links: dict[str, Link] = field(default_factory=dict)
     waiting: deque[QueuedRequest] = field(default_factory=deque)
+    loading: ModelLoad | None = None
     metadata: dict[str, Any] | None = None
     inputs: tuple[TensorMeta, ...] = ()
     artifact: ArtifactMetadata | None = None
@@ -96,6 +106,10 @@ class ModelRoutes:
             if link.profile is not None and not link.ejected
         ]
         return min(times, default=0.0)
+
+    def held(self) -> int:
+        """Requests held for this model's load."""
+        return len(self.loading.held) if self.loading is not None else 0
 
 
 def serves(instance: Instance, model: str) -> bool:
@@ -125,7 +139,8 @@ def link_plan(
 
 def reweigh(routes: ModelRoutes, cache: CapacityCache) -> None:
     """Weights = `routing_weight` (capacity at the SLO); links without a profile get the mean
-    of the others (1.0 when none has one). Ejected links keep their weight for their return."""
+    of the others (1.0 when none has one). Ejected links and links not holding the model keep
+    their weight for their return."""
     model = routes.model
     known = {
         link.id: routing_weight(link.profile, model.slo, model.max_batch, cache)
@@ -135,5 +150,5 @@ def reweigh(routes: ModelRoutes, cache: CapacityCache) -> None:
     default = fmean(known.values()) if known else 1.0
     for link in routes.links.values():
         link.weight = known.get(link.id, default)
-        if not link.ejected:
+        if link.routable:
             routes.router.set(link.id, link.weight)

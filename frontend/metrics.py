@@ -39,6 +39,9 @@ __all__ = [
     "INSTANCE_ERRORS",
     "INSTANCE_EJECTED",
     "RETRIES",
+    "HELD",
+    "SHED",
+    "LOADS",
     "SPILLS",
     "SPILL_FAILURES",
     "SPILL_COST",
@@ -109,6 +112,24 @@ RETRIES = Counter(
     "mark_inference_retries",
     "Requests re-routed to another instance after a failed call.",
     ["model"],
+)
+HELD = Gauge(
+    "mark_inference_held_requests",
+    "Requests held while a model that no instance holds in memory loads (frontend/residency.py).",
+    ["model"],
+    multiprocess_mode="livesum",
+)
+SHED = Counter(
+    "mark_inference_shed",
+    "Requests answered 429 with Retry-After, by reason: late (batching.shed_late) or hold-full "
+    "(batching.max_held_per_model requests already wait for the model's load).",
+    ["model", "reason"],
+)
+LOADS = Counter(
+    "mark_frontend_model_loads",
+    "Model loads the front end asked an instance for (the model was resident nowhere), by "
+    "outcome (ok, failed).",
+    ["model", "instance", "outcome"],
 )
 
 SPILLS = Counter(

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import aiohttp
 
+from mark.core.protocol import LOAD_PIN_HEADER
 from tests.dataplane import workers
 from tests.model_artifacts import index, infer, samples, write_model
 
@@ -76,3 +77,26 @@ async def test_index_load_unload_round_trip_and_pinning(tmp_path: Path) -> None:
                 assert r.status == status and "unknown model" in (await r.json())["error"]
         async with s.post(f"{w.endpoint}/v2/repository/index", data=b"[1]") as r:
             assert r.status == 400 and "error" in await r.json()
+
+
+async def test_a_load_marked_unpinned_stays_evictable(tmp_path: Path) -> None:
+    """`Mark-Load-Pin: false` (the front end's loads): loaded, not pinned, so a later request
+    for another model evicts it once idle instead of being refused."""
+    store = tmp_path / "store"
+    store.mkdir()
+    size = write_model(store, "m1", 1.0).stat().st_size
+    write_model(store, "m2", 2.0)
+    config = tmp_path / "worker.toml"
+    config.write_text(f"[worker]\nmemory_budget_bytes = {size + size // 2}\n")  # one fits
+    args = ["--store", str(store), "--config", str(config), "--protect-s", "0", "--poll-s", "0"]
+    async with workers(args) as [w], aiohttp.ClientSession() as s:
+        load = f"{w.endpoint}/v2/repository/models/m1/load"
+        async with s.post(load, headers={LOAD_PIN_HEADER: "false"}) as r:
+            assert r.status == 200
+        async with s.get(f"{w.endpoint}/v2") as r:
+            [m1] = (await r.json())["cache"]["models"]
+        assert m1["name"] == "m1" and m1["pinned"] is False
+        status, _, _ = await infer(s, w.endpoint, "m2")
+        assert status == 200
+        idx = await index(s, w.endpoint)
+        assert idx["m1"]["state"] == "UNAVAILABLE" and idx["m2"]["state"] == "READY"

@@ -221,6 +221,11 @@ class BatchingConfig(_Section):
     queue_timeout_s: Annotated[float, Field(gt=0)] = 30.0
     shed_late: bool = False
     shed_retry_after_s: Annotated[int, Field(ge=0)] = 1
+    # Routing by residency (frontend/residency.py): a model resident on no instance is loaded on
+    # the one that can load it soonest, its expected load time this until one is measured; at
+    # most `max_held_per_model` requests wait for its loads, the next spill or get 429.
+    default_load_s: Annotated[float, Field(gt=0)] = 5.0
+    max_held_per_model: Annotated[int, Field(ge=1)] = 256
 
 
 class SpillConfig(_Section):

@@ -8,7 +8,8 @@ least recently used artifacts are deleted, those of models still in memory last.
 
 Eviction protection (roboflow/inference #2448: models in active rotation reloaded hundreds of
 times an hour): a model that served a request in the last `protect_s`, that has a request in
-flight, or that is pinned (a `--model` preload, a repository `load`) is never evicted. When a load
+flight, or that is pinned (a `--model` preload, a repository `load` unless it asked not to be:
+the front end's loads, frontend/residency.py) is never evicted. When a load
 fits only by evicting such a model it is refused, 503 with Retry-After (the seconds until the
 first protection lapses), so the front end can send the request elsewhere or spill it, rather
 than the worker trading a hot model for a cold one.
@@ -190,8 +191,11 @@ class ModelCache:
 
     # the repository extension
 
-    async def load(self, name: str) -> None:
-        """Load (or reload, if its artifact changed) and pin `name` until `unload`."""
+    async def load(self, name: str, *, pin: bool = True) -> None:
+        """Load (or reload, if its artifact changed) and pin `name` until `unload`; with
+        `pin=False` it is not pinned but counts as just used (protected for `protect_s`, then
+        evicted like any other: the front end loads a model for the requests it holds, and a
+        pin that outlived them would keep every later load out once memory is full)."""
         entry = self._entries.get(name) or await self._discover(name)
         if entry.resident is not None:
             stored = await self._stat(entry)
@@ -199,7 +203,8 @@ class ModelCache:
                 await self._reload(entry, stored, propagate=True)
         else:
             await self._ensure(entry)
-        entry.pinned = True
+        entry.pinned = entry.pinned or pin
+        entry.last_used_s = self.clock()
 
     async def unload(self, name: str) -> None:
         """Unpin `name` and move it out of memory (its artifact stays in the disk tier). A later
@@ -215,9 +220,11 @@ class ModelCache:
 
     async def index(self, *, ready_only: bool = False) -> list[dict[str, str]]:
         """Triton's and MLServer's `$repository_index_response`: every model the worker could
-        load, with its state and the reason for it."""
+        load, with its state and the reason for it. With `ready_only` the store is not listed
+        (a model known only to the store is never READY): the front end reads that index on
+        every fleet sync (frontend/residency.py), and on S3 a listing is a paid LIST call."""
         names = set(self._entries)
-        if self.store is not None:
+        if self.store is not None and not ready_only:
             try:
                 names |= {m.name for m in await asyncio.to_thread(self.store.list)}
             except Exception:  # the store is unreachable: the models known here still list

@@ -12,7 +12,8 @@ The model repository extension, in the shapes Triton documents
 `POST /v2/repository/index` (body `{"ready": bool}` optional) answers a JSON array of
 `{"name", "version" (when loaded), "state", "reason"}`, state READY, LOADING or UNAVAILABLE;
 `POST /v2/repository/models/{m}/load` and `.../unload` answer 200 with an empty body, errors
-`{"error": ...}`. A model loaded through the API is pinned (never evicted) until unloaded.
+`{"error": ...}`. A model loaded through the API is pinned (never evicted) until unloaded, unless
+the load carries `Mark-Load-Pin: false` (the front end's loads: mark/core/protocol/repository.py).
 `GET /v2` adds `model_repository` to the extensions and the cache's budgets and loaded models
 (bytes, load time) under `cache`; `GET /metrics` is Prometheus text (metrics.py).
 
@@ -34,6 +35,7 @@ from mark.apps.worker.runner import InferenceFailed
 from mark.core.errors import NotFound
 from mark.core.protocol import (
     HEADER_LENGTH,
+    LOAD_PIN_HEADER,
     InferRequest,
     ProtocolError,
     encode_tf_response,
@@ -190,7 +192,8 @@ def build_app(cache: ModelCache, *, max_body_mb: float = 64.0, version: str) -> 
     @routes.post("/v2/repository/models/{model}/load")
     @_cache_errors
     async def repository_load(request: web.Request) -> web.Response:
-        await cache.load(request.match_info["model"])
+        pin = request.headers.get(LOAD_PIN_HEADER, "true").strip().lower() != "false"
+        await cache.load(request.match_info["model"], pin=pin)
         return web.Response(status=200)
 
     @routes.post("/v2/repository/models/{model}/unload")

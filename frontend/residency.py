@@ -1,0 +1,172 @@
+"""Which models each instance holds in memory, learnt from the instances (issue 19, "Routing
+by residency"), and the loads the front end asks them for.
+
+A many-model `mark worker` holds only some of the models it may serve (its memory budget,
+mark/apps/worker/cache.py). The front end reads each running instance's KServe v2 repository
+index (`POST /v2/repository/index`, Triton's and MLServer's shape) on the fleet's sync cadence,
+off the request path and within a timeout, and keeps the models READY there. An instance that
+does not implement the repository API (404: a single-model worker of another server, TF
+Serving) holds exactly the models it was launched with (`Instance.models`), as does one not
+read yet: the fleet's listing is the best guess until the instance says otherwise.
+
+A model resident nowhere is loaded by asking the instance that can load it soonest
+(`POST /v2/repository/models/{m}/load`, unpinned: mark/core/protocol/repository.py): one load per
+model at a time (later requests join it: it is the soonest), whose wall time is remembered as
+that (instance, model)'s expected load time (until one is measured: `batching.default_load_s`).
+The requests waiting for it are held on the load (`ModelLoad.held`), bounded per model by
+`batching.max_held_per_model`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+
+from frontend.batcher import QueuedRequest
+from mark.core.protocol import LOAD_PIN_HEADER
+from mark.core.types import Instance
+
+__all__ = ["NO_REPOSITORY_API", "IndexUnreadable", "LoadFailed", "ModelLoad", "Residency",
+           "read_index", "request_load"]  # fmt: skip
+
+# The index of an instance without the repository API: it holds its Instance.models.
+NO_REPOSITORY_API = None
+
+
+class IndexUnreadable(Exception):
+    """The instance did not answer its index usably in time: keep the previous view."""
+
+
+class LoadFailed(Exception):
+    """The instance did not load the model; `reason` is its answer (or the error)."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+async def read_index(
+    session: aiohttp.ClientSession, endpoint: str, timeout_s: float
+) -> frozenset[str] | None:
+    """The models READY on the instance at `endpoint`, or NO_REPOSITORY_API when it answers
+    404 (raises IndexUnreadable for anything else that is not a JSON array)."""
+    try:
+        async with asyncio.timeout(timeout_s):
+            async with session.post(
+                f"{endpoint}/v2/repository/index", json={"ready": True}
+            ) as resp:
+                if resp.status in (404, 405):
+                    return NO_REPOSITORY_API
+                payload = await resp.read()
+                if resp.status != 200:
+                    raise IndexUnreadable(f"{endpoint}: index answered HTTP {resp.status}")
+    except (aiohttp.ClientError, TimeoutError) as exc:
+        raise IndexUnreadable(f"{endpoint}: {exc!r}") from exc
+    try:
+        doc: Any = json.loads(payload)
+    except ValueError as exc:
+        raise IndexUnreadable(f"{endpoint}: the index is not JSON") from exc
+    if not isinstance(doc, list):
+        raise IndexUnreadable(f"{endpoint}: the index is not a JSON array")
+    return frozenset(
+        item["name"]
+        for item in doc
+        if isinstance(item, dict)
+        and isinstance(item.get("name"), str)
+        and item.get("state") == "READY"
+    )
+
+
+async def request_load(
+    session: aiohttp.ClientSession, endpoint: str, model: str, timeout_s: float
+) -> None:
+    """Ask the instance to load `model`, unpinned, and wait until it has (raises LoadFailed)."""
+    try:
+        async with asyncio.timeout(timeout_s):
+            async with session.post(
+                f"{endpoint}/v2/repository/models/{model}/load", headers={LOAD_PIN_HEADER: "false"}
+            ) as resp:
+                payload = await resp.read()
+                status = resp.status
+    except (aiohttp.ClientError, TimeoutError) as exc:
+        raise LoadFailed(f"the load call failed: {exc!r}") from exc
+    if status != 200:
+        try:
+            detail = json.loads(payload).get("error")
+        except (ValueError, AttributeError):
+            detail = None
+        text = detail if isinstance(detail, str) else payload.decode("utf-8", "replace")[:300]
+        raise LoadFailed(f"HTTP {status}: {text or 'no detail'}")
+
+
+@dataclass(eq=False, slots=True)
+class ModelLoad:
+    """One load of one model on one instance that the front end asked for, and the requests
+    held until it completes."""
+
+    instance_id: str
+    started_s: float
+    expected_s: float
+    held: list[QueuedRequest] = field(default_factory=list)
+    tried: frozenset[str] = frozenset()  # instances where this model's load failed just before
+    task: asyncio.Task[None] | None = None
+
+    def remaining_s(self, now_s: float) -> float:
+        """The expected time left (0 once overdue: it may end any moment)."""
+        return max(self.expected_s - (now_s - self.started_s), 0.0)
+
+
+@dataclass(slots=True)
+class Residency:
+    """What the front end knows of each instance's memory: the READY models from its last
+    index (NO_REPOSITORY_API without one; absent: not read yet), and the measured load times.
+
+    `generation` counts the loads the front end saw complete on an instance: an index read
+    that began before one completed is stale for it and is not applied."""
+
+    default_load_s: float
+    ready: dict[str, frozenset[str] | None] = field(default_factory=dict)
+    generation: dict[str, int] = field(default_factory=dict)
+    load_times_s: dict[tuple[str, str], float] = field(default_factory=dict)
+
+    def holds(self, instance: Instance, model: str, backend_name: str) -> bool:
+        """Whether Mark's `model` is in memory on `instance` as far as the front end knows: in
+        its index under the name the instance serves it by (`backend_name`), or, without an
+        index, in its `Instance.models`."""
+        ready = self.ready.get(instance.id, NO_REPOSITORY_API)
+        if ready is NO_REPOSITORY_API:
+            return model in instance.models
+        return backend_name in ready
+
+    def expected_load_s(self, instance_id: str, backend_name: str) -> float:
+        return self.load_times_s.get((instance_id, backend_name), self.default_load_s)
+
+    def apply(self, instance_id: str, ready: frozenset[str] | None, generation: int) -> bool:
+        """Take an index read that began at `generation`; False when a load completed since
+        (the read may predate it)."""
+        if self.generation.get(instance_id, 0) != generation:
+            return False
+        self.ready[instance_id] = ready
+        return True
+
+    def loaded(self, instance_id: str, backend_name: str, took_s: float) -> None:
+        """A load the front end asked for completed in `took_s`."""
+        self.generation[instance_id] = self.generation.get(instance_id, 0) + 1
+        self.load_times_s[(instance_id, backend_name)] = took_s
+        ready = self.ready.get(instance_id, NO_REPOSITORY_API)
+        if ready is not NO_REPOSITORY_API:
+            self.ready[instance_id] = ready | {backend_name}
+
+    def forget(self, keep: Iterable[str]) -> None:
+        """Drop what is known of instances no longer running."""
+        kept = set(keep)
+        for known in (self.ready, self.generation):
+            for instance_id in set(known) - kept:
+                del known[instance_id]
+        for key in [k for k in self.load_times_s if k[0] not in kept]:
+            del self.load_times_s[key]

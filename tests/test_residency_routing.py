@@ -1,0 +1,359 @@
+"""Routing by residency (frontend/residency.py, issue 19 item 3): in-process Fleets against real
+many-model `mark worker` processes with a small memory budget, a real third-party-like server
+without the repository API, and the real local serverless pool."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import numpy as np
+import pytest
+from aiohttp import web
+from prometheus_client import REGISTRY
+
+from frontend import metrics
+from frontend.answers import Shed
+from frontend.fleet import Answer, Fleet, Unavailable
+from frontend.residency import NO_REPOSITORY_API, Residency
+from frontend.spill_monitor import SpillMonitor
+from mark.adapters.db import Database
+from mark.core.config import BatchingConfig, ServerlessConfig, SpillConfig, load_config
+from mark.core.protocol import InferRequest, Tensor
+from mark.core.types import Model
+from provisioner.adapters.serverless import LocalFunctionPool
+from tests.conftest import free_port
+from tests.dataplane import WorkerProcess, front_end, model, running, workers
+from tests.model_artifacts import body, expected, row, samples, write_model
+
+SCALES = {"m1": 1.0, "m2": 2.0, "m3": 3.0, "m4": 4.0}
+LOADS = "mark_frontend_model_loads_total"
+GROUP = ("m1", "m2", "m3", "m4", "gone")  # "gone" is in no store: its load fails
+
+
+@dataclass
+class Pair:
+    """Two many-model workers over one store, m1 loaded on `a`, m2 on `b`."""
+
+    a: WorkerProcess
+    b: WorkerProcess
+    models: list[Model]
+
+
+@pytest.fixture
+async def pair(tmp_path: Path) -> AsyncIterator[Pair]:
+    store = tmp_path / "store"
+    store.mkdir()
+    paths = {name: write_model(store, name, scale) for name, scale in SCALES.items()}
+    size = max(p.stat().st_size for p in paths.values())
+    config = tmp_path / "worker.toml"
+    config.write_text(f"[worker]\nmemory_budget_bytes = {2 * size + size // 2}\n")  # two fit
+    args = ["--store", str(store), "--config", str(config), "--protect-s", "0", "--poll-s", "0"]
+    models = [model(n, slo_ms=30_000.0, artifact=f"onnx:{paths[n]}") for n in SCALES]
+    models.append(model("gone", slo_ms=30_000.0, artifact="onnx:/nonexistent/gone.onnx"))
+    async with workers(args, args) as [a, b], aiohttp.ClientSession() as s:
+        for w, name in ((a, "m1"), (b, "m2")):
+            async with s.post(f"{w.endpoint}/v2/repository/models/{name}/load") as r:
+                assert r.status == 200
+        yield Pair(a, b, models)
+
+
+async def _fleet(pair: Pair, *, spill: SpillMonitor | None = None, **batching: Any) -> Fleet:
+    fleet = Fleet(BatchingConfig(**batching), spill=spill)
+    fleet.set_models(pair.models)
+    fleet.set_instances(
+        [running("a", pair.a.endpoint, GROUP), running("b", pair.b.endpoint, GROUP)]
+    )
+    await fleet.refresh_residency()
+    return fleet
+
+
+def _request() -> InferRequest:
+    return InferRequest((Tensor.of("input", np.asarray([row()], dtype=np.float32)),))
+
+
+def _check(answer: Answer, name: str) -> None:
+    np.testing.assert_allclose(answer.response.outputs[0].array, expected(SCALES[name]), rtol=1e-5)
+
+
+def _sample(name: str, **labels: str) -> float:
+    return REGISTRY.get_sample_value(name, labels) or 0.0
+
+
+def _front_end_loads(model_name: str, outcome: str = "ok") -> float:
+    return sum(_sample(LOADS, model=model_name, instance=i, outcome=outcome) for i in ("a", "b"))
+
+
+async def _worker_loads(pair: Pair, model_name: str) -> float:
+    """Loads of `model_name` into memory on both workers, from any source."""
+    total = 0.0
+    async with aiohttp.ClientSession() as s:
+        for w in (pair.a, pair.b):
+            for (sample, labels), value in (await samples(s, w.endpoint)).items():
+                if sample == "mark_worker_model_loads_total" and f"model={model_name}," in labels:
+                    total += value
+    return total
+
+
+async def _burst(fleet: Fleet, name: str, count: int) -> Sequence[Answer | BaseException]:
+    return await asyncio.gather(
+        *(fleet.infer(name, _request()) for _ in range(count)), return_exceptions=True
+    )
+
+
+async def test_requests_go_where_the_model_is_resident_and_a_miss_loads_it_once(
+    pair: Pair,
+) -> None:
+    fleet = await _fleet(pair)
+    loads_before = _front_end_loads("m3")
+    try:
+        assert fleet.resident("m1") == ["a"] and fleet.resident("m2") == ["b"]
+        assert fleet.resident("m3") == []
+        assert fleet.routable("m3") == ["a", "b"]  # either would load it
+        for name, where in (("m1", "a"), ("m2", "b")):
+            for answer in await asyncio.gather(*(fleet.infer(name, _request()) for _ in range(8))):
+                assert answer.instance_id == where
+                _check(answer, name)
+        # m3 is resident nowhere: five concurrent requests share one load on one worker
+        answers = await _burst(fleet, "m3", 5)
+        assert all(isinstance(a, Answer) for a in answers), answers
+        places = {a.instance_id for a in answers if isinstance(a, Answer)}
+        assert len(places) == 1
+        for result in answers:
+            assert isinstance(result, Answer)
+            _check(result, "m3")
+        assert _front_end_loads("m3") == loads_before + 1
+        assert await _worker_loads(pair, "m3") == 1
+        assert fleet.resident("m3") == list(places)
+        await fleet.refresh_residency()  # the worker's index agrees
+        assert fleet.resident("m3") == list(places)
+        answer = await fleet.infer("m3", _request())
+        assert isinstance(answer, Answer) and answer.instance_id in places
+        assert await _worker_loads(pair, "m3") == 1
+        # the front end's load did not pin m3 on a: m4 loads there in its place, and the next
+        # index read says m3 left
+        assert places == {"a"}
+        answer = await fleet.infer("m4", _request())
+        assert answer.instance_id == "a"
+        _check(answer, "m4")
+        await fleet.refresh_residency()
+        assert fleet.resident("m4") == ["a"] and fleet.resident("m3") == []
+    finally:
+        await fleet.close()
+
+
+async def test_a_burst_beyond_the_hold_cap_gets_429_with_retry_after(pair: Pair) -> None:
+    shed_before = _sample("mark_inference_shed_total", model="m4", reason="hold-full")
+    fleet = await _fleet(pair, max_held_per_model=2)
+    try:
+        results = await _burst(fleet, "m4", 6)
+    finally:
+        await fleet.close()
+    answered = [r for r in results if isinstance(r, Answer)]
+    shed = [r for r in results if isinstance(r, Shed)]
+    assert len(answered) == 2 and len(shed) == 4, results
+    for answer in answered:
+        _check(answer, "m4")
+    for refusal in shed:
+        assert refusal.status == 429 and refusal.cause == "hold-full"
+        assert refusal.retry_after_s is not None and refusal.retry_after_s >= 1
+        assert "batching.max_held_per_model" in refusal.reason and "spill is off" in refusal.reason
+    metrics.flush()
+    assert _sample("mark_inference_shed_total", model="m4", reason="hold-full") == shed_before + 4
+    assert _sample("mark_inference_held_requests", model="m4") == 0
+    assert await _worker_loads(pair, "m4") == 1
+
+
+@pytest.fixture
+async def pool() -> AsyncIterator[LocalFunctionPool]:
+    pool = LocalFunctionPool(ServerlessConfig(concurrency=4, memory_mb=1024, timeout_s=60))
+    try:
+        yield pool
+    finally:
+        await pool.close()
+
+
+async def test_beyond_the_hold_cap_requests_spill_when_a_pool_is_configured(
+    pair: Pair, pool: LocalFunctionPool
+) -> None:
+    fleet = await _fleet(pair, spill=SpillMonitor(pool, SpillConfig()), max_held_per_model=2)
+    try:
+        results = await _burst(fleet, "m4", 6)
+    finally:
+        await fleet.close()
+    assert all(isinstance(r, Answer) for r in results), results
+    paths = sorted(r.path for r in results if isinstance(r, Answer))
+    assert paths == ["instance"] * 2 + ["serverless"] * 4
+    for answer in results:
+        assert isinstance(answer, Answer)
+        _check(answer, "m4")
+    assert await _worker_loads(pair, "m4") == 1
+
+
+async def test_a_request_that_cannot_wait_for_the_load_spills_and_the_load_goes_on(
+    pair: Pair, pool: LocalFunctionPool
+) -> None:
+    loads_before = _front_end_loads("m4")
+    # expected load time 60 s, SLO 30 s: waiting for the load would miss the deadline
+    fleet = await _fleet(pair, spill=SpillMonitor(pool, SpillConfig()), default_load_s=60.0)
+    try:
+        answer = await fleet.infer("m4", _request())
+        assert answer.path == "serverless"
+        _check(answer, "m4")
+        async with asyncio.timeout(30):  # the load started for it serves the next requests
+            while not fleet.resident("m4"):
+                await asyncio.sleep(0.02)
+        answer = await fleet.infer("m4", _request())
+        assert answer.path == "instance" and answer.instance_id == "a"
+        _check(answer, "m4")
+    finally:
+        await fleet.close()
+    assert _front_end_loads("m4") == loads_before + 1
+    assert await _worker_loads(pair, "m4") == 1
+
+
+async def test_a_load_refused_for_want_of_room_goes_to_the_next_instance(pair: Pair) -> None:
+    """Worker a holds m1 and m3, both pinned: it refuses m4 (503, no room) and b loads it."""
+    async with aiohttp.ClientSession() as s:
+        async with s.post(f"{pair.a.endpoint}/v2/repository/models/m3/load") as r:
+            assert r.status == 200
+    failed_before = _sample(LOADS, model="m4", instance="a", outcome="failed")
+    ok_before = _sample(LOADS, model="m4", instance="b", outcome="ok")
+    fleet = await _fleet(pair)
+    try:
+        results = await _burst(fleet, "m4", 3)
+        assert fleet.resident("m4") == ["b"]
+    finally:
+        await fleet.close()
+    for result in results:
+        assert isinstance(result, Answer) and result.instance_id == "b", results
+        _check(result, "m4")
+    assert _sample(LOADS, model="m4", instance="a", outcome="failed") == failed_before + 1
+    assert _sample(LOADS, model="m4", instance="b", outcome="ok") == ok_before + 1
+
+
+async def test_when_every_load_fails_held_requests_get_503_and_the_reason(pair: Pair) -> None:
+    failed_before = _front_end_loads("gone", "failed")
+    fleet = await _fleet(pair)
+    try:
+        results = await _burst(fleet, "gone", 3)
+    finally:
+        await fleet.close()
+    for result in results:
+        assert isinstance(result, Unavailable) and result.status == 503, results
+        assert "loading it on instance b failed" in result.reason  # a was tried first
+        assert "unknown model" in result.reason  # the worker's own answer
+    assert _front_end_loads("gone", "failed") == failed_before + 2
+
+
+async def _solo_server() -> tuple[web.AppRunner, str]:
+    """A single-model v2 server with no repository API (its index is a 404): y = 7."""
+
+    async def infer(request: web.Request) -> web.Response:
+        await request.read()
+        output = {"name": "output", "shape": [1, 1], "datatype": "FP32", "data": [7.0]}
+        return web.json_response({"model_name": "solo", "outputs": [output]})
+
+    app = web.Application()
+    app.router.add_post("/v2/models/solo/infer", infer)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    return runner, f"http://127.0.0.1:{port}"
+
+
+async def test_a_server_without_the_repository_api_gets_its_models_traffic() -> None:
+    runner, endpoint = await _solo_server()
+    fleet = Fleet(BatchingConfig())
+    try:
+        fleet.set_models([model("solo", slo_ms=30_000.0)])
+        fleet.set_instances([running("solo-1", endpoint, ("solo",))])
+        await fleet.refresh_residency()
+        assert fleet.resident("solo") == ["solo-1"]
+        answer = await fleet.infer("solo", _request())
+        assert answer.instance_id == "solo-1"
+        assert answer.response.outputs[0].array.tolist() == [[7.0]]
+    finally:
+        await fleet.close()
+        await runner.cleanup()
+
+
+async def test_the_front_end_learns_residency_on_its_sync_cadence(
+    pair: Pair, tmp_path: Path
+) -> None:
+    """`mark serve`'s front end, synced from the database: until the first index read it takes
+    the listing (m1 on both), then only the worker that holds m1; a miss over HTTP loads."""
+    db_url = f"sqlite+aiosqlite:///{tmp_path / 'mark.db'}"
+    db = await Database.open(db_url)
+    port = free_port()
+    config = load_config(
+        environ={},
+        server={"port": port},
+        database={"url": db_url},
+        batching={"sync_interval_s": 0.05},
+        spill={"enabled": False},
+    )
+    try:
+        for m in pair.models:
+            await db.create_model(m)
+        await db.save_instance(running("a", pair.a.endpoint, GROUP))
+        await db.save_instance(running("b", pair.b.endpoint, GROUP))
+        async with front_end(config) as app, aiohttp.ClientSession() as s:
+            async with asyncio.timeout(10):
+                while app.ctx.fleet.resident("m1") != ["a"]:
+                    await asyncio.sleep(0.02)
+            assert app.ctx.fleet.resident("m2") == ["b"]
+            async with s.get(f"http://127.0.0.1:{port}/v2/models/m3/ready") as r:
+                assert r.status == 200  # resident nowhere, but loadable
+            url = f"http://127.0.0.1:{port}/v2/models/m3/infer"
+            async with s.post(url, json=body()) as r:
+                assert r.status == 200, await r.text()
+                doc = await r.json()
+            np.testing.assert_allclose(doc["outputs"][0]["data"], expected(3.0)[0], rtol=1e-5)
+            assert len(app.ctx.fleet.resident("m3")) == 1
+    finally:
+        await db.close()
+
+
+async def test_residency_is_read_under_the_name_the_instance_serves_the_model_by(
+    pair: Pair,
+) -> None:
+    """Mark's model `alias` is the workers' m2 (`backend_model_name`): it goes where m2 is."""
+    alias = model("alias", slo_ms=30_000.0, backend_model_name="m2")
+    fleet = Fleet(BatchingConfig())
+    try:
+        fleet.set_models([*pair.models, alias])
+        listed = (*GROUP, "alias")
+        fleet.set_instances([running("a", pair.a.endpoint, listed),
+                             running("b", pair.b.endpoint, listed)])  # fmt: skip
+        await fleet.refresh_residency()
+        assert fleet.resident("alias") == ["b"]
+        answer = await fleet.infer("alias", _request())
+        assert answer.instance_id == "b"
+        _check(answer, "m2")
+    finally:
+        await fleet.close()
+
+
+def test_an_index_read_older_than_a_completed_load_is_not_applied() -> None:
+    residency = Residency(default_load_s=5.0)
+    instance = running("a", "http://127.0.0.1:1", ("m1", "m2"))
+    assert residency.holds(instance, "m1", "m1")  # not read yet: the listing
+    assert residency.apply("a", frozenset({"m1"}), generation=0)
+    assert not residency.holds(instance, "m2", "m2")
+    began = residency.generation.get("a", 0)
+    residency.loaded("a", "m2", took_s=0.25)  # completes while a read is in flight
+    assert not residency.apply("a", frozenset({"m1"}), generation=began)
+    assert residency.holds(instance, "m2", "m2")
+    assert residency.expected_load_s("a", "m2") == 0.25
+    assert residency.expected_load_s("a", "m1") == 5.0
+    assert residency.apply("a", NO_REPOSITORY_API, residency.generation["a"])
+    assert residency.holds(instance, "m2", "m2")  # no index: the listing again
+    residency.forget(())
+    assert residency.expected_load_s("a", "m2") == 5.0
