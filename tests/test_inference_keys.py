@@ -205,7 +205,13 @@ async def test_keys_guard_models_over_http(serve_factory: Any, db_url: str) -> N
         assert await c.get("/v2") == 200
         async with s.post(f"{served.base_url}/v1/models/demo:predict", json={}) as r:
             assert r.status == 401
-        # a model no key covers stays open; the group key opens its group only
+
+        # a model no key covers stays open; the group key opens its group only (the models'
+        # sync is the keys' own: wait for the new model to reach the front end too)
+        async def registered() -> bool:
+            return (await c.infer("open-one"))[0] != 404
+
+        await until(registered, "the new model reached the front end")
         assert (await c.infer("open-one"))[0] == 200
         assert (await c.infer("grp-a"))[0] == 401
         assert (await c.infer("grp-a", bearer(demo["secret"])))[0] == 401
