@@ -101,3 +101,43 @@ async def test_a_replan_within_a_bucket_feeds_the_forecaster_nothing(tmp_path: P
     finally:
         await cloud.close()
         await db.close()
+
+
+async def test_a_many_model_instances_charge_is_shared_by_busy_time(tmp_path: Path) -> None:
+    """One real local worker serving two models, busy 3:1 in the first period: the ledger
+    gives them 75 % and 25 % of it; a second period with no busy time goes half and half."""
+    demo = load_catalog().model("demo").to_model()
+    other = demo.model_copy(update={"name": "demo-b"})
+    db = await Database.open(f"sqlite+aiosqlite:///{tmp_path / 'loop.db'}")
+    for m in (demo, other):
+        await db.create_model(m)
+    config = _config()
+    cloud = LocalCloud(config.cloud, models=db.get_model, state_dir=tmp_path / "cloud")
+    busy: dict[tuple[str, str], float] = {}
+    try:
+        offering = next(
+            o for o in await cloud.offerings() if o.market.value == "on-demand" and o.available
+        )
+        inst = await cloud.launch(offering, [demo.name, other.name])
+        await db.save_instance(inst)
+        clock = _Clock(inst.launched_at_s)
+        loop = ControlLoop(db, cloud, config, counts=dict, clock=clock, busy=lambda: dict(busy))
+        busy.update({(inst.id, demo.name): 30.0, (inst.id, other.name): 10.0})
+        clock.now_s += 600.0
+        await loop.sync()
+        first = (await db.costs()).per_model_usd
+        hourly = offering.price_per_hour
+        assert sum(first.values()) == pytest.approx(600.0 * hourly / 3600.0)
+        assert first[demo.name] == pytest.approx(0.75 * sum(first.values()))
+        assert first[other.name] == pytest.approx(0.25 * sum(first.values()))
+        clock.now_s += 600.0  # idle: no busy time past what was shared
+        await loop.sync()
+        costs = await db.costs()
+        assert costs.instances_usd == pytest.approx(1200.0 * hourly / 3600.0)
+        second = 600.0 * hourly / 3600.0
+        assert costs.per_model_usd == pytest.approx(
+            {demo.name: first[demo.name] + second / 2, other.name: first[other.name] + second / 2}
+        )
+    finally:
+        await cloud.close()
+        await db.close()
