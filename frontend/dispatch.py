@@ -12,6 +12,7 @@ ejects the instance and re-routes the batch.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable
 
 from frontend import metrics
@@ -47,6 +48,7 @@ async def dispatch(
     metrics.observe(metrics.child(metrics.BATCH_SIZE, name), len(live))
     inflight = metrics.child(metrics.INSTANCE_INFLIGHT, name, link.id)
     metrics.add(inflight, len(live))
+    sent = time.monotonic()
     protocol = routes.model.backend.protocol
     forward = live[0].request.raw if len(live) == 1 else None
     if protocol != "kserve-v2" or routes.backend_name != name:
@@ -68,19 +70,25 @@ async def dispatch(
         )
         parts = split(response, [q.rows for q in live])
     except BackendRejected as exc:
+        rejected: BackendRejected | None = exc
+    except (BackendUnavailable, BackendError) as exc:
+        metrics.child(metrics.INSTANCE_ERRORS, name, link.id).inc()
+        failed(live, exc)
+        return
+    else:
+        rejected = None
+    finally:
+        metrics.add(inflight, -len(live))
+        # The call's own time in service (a rejected batch's retries alone count for themselves).
+        metrics.add(metrics.child(metrics.INSTANCE_BUSY, name, link.id), time.monotonic() - sent)
+    if rejected is not None:
         if len(live) == 1:
-            answer_once(live[0], exc)
+            answer_once(live[0], rejected)
         else:  # find the request at fault: each alone, on the same instance
             await asyncio.gather(
                 *(dispatch(client, routes, link, [q], failed, now_s) for q in live)
             )
         return
-    except (BackendUnavailable, BackendError) as exc:
-        metrics.child(metrics.INSTANCE_ERRORS, name, link.id).inc()
-        failed(live, exc)
-        return
-    finally:
-        metrics.add(inflight, -len(live))
     for q, part in zip(live, parts, strict=True):
         answer_once(
             q,

@@ -7,7 +7,8 @@ processes count). The control loop reads the observed arrival rate per model fro
 
 `path` says who answered: `instance`, `serverless` (spilled), or `none` (rejected or failed).
 Spills are also counted by reason (`mark_spill_total`), with their cost
-(`mark_spill_cost_usd_total`).
+(`mark_spill_cost_usd_total`). The cost ledger shares each instance's charge among its models by
+`mark_instance_busy_seconds_total` (read by the control plane, like the request counts).
 SLO attainment = `mark_inference_slo_total{met="true"}` / `mark_inference_slo_total`.
 
 The per-request series (answers, latency, SLO, queue time, batch size, in-flight) are buffered:
@@ -38,6 +39,7 @@ __all__ = [
     "INSTANCE_INFLIGHT",
     "INSTANCE_ERRORS",
     "INSTANCE_EJECTED",
+    "INSTANCE_BUSY",
     "RETRIES",
     "HELD",
     "SHED",
@@ -98,6 +100,13 @@ INSTANCE_INFLIGHT = Gauge(
 INSTANCE_ERRORS = Counter(
     "mark_instance_errors",
     "Failed calls to an instance (connection, timeout, 5xx), each followed by ejection.",
+    ["model", "instance"],
+)
+INSTANCE_BUSY = Counter(
+    "mark_instance_busy_seconds",
+    "Seconds this front end had batches of a model in service on an instance (from sending "
+    "the call to its answer). The control plane shares each instance's charge among the "
+    "models it served by these.",
     ["model", "instance"],
 )
 INSTANCE_EJECTED = Gauge(

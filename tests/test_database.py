@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from mark.adapters.db import Database
+from mark.adapters.db import Database, ModelCharge
 from mark.core.errors import Conflict, NotFound
 from mark.core.types import (
     AcceleratorKind,
@@ -196,6 +196,32 @@ async def test_cost_ledger_and_catalog_tables(db_url: str) -> None:
         assert c.per_model_usd == pytest.approx({"a": 1.25, "b": 2.0})
         assert c.per_instance_type_usd == pytest.approx({"c5.large": 1.0, "p2.xlarge": 2.0})
         assert c.serverless_requests == 10
+
+        # A many-model instance: its charge shared among the models it served.
+        await db.set_instance_charge(
+            instance_id="i-3",
+            model="a",
+            instance_type="c5.large",
+            market="on-demand",
+            seconds=60,
+            usd=0.4,
+            at_s=3,
+            parts={"a": ModelCharge(0.3, busy_s=30.0), "b": ModelCharge(0.1, busy_s=10.0)},
+        )
+        c = await db.costs()
+        assert c.per_model_usd == pytest.approx({"a": 1.55, "b": 2.1})
+        assert c.per_instance_type_usd == pytest.approx({"c5.large": 1.4, "p2.xlarge": 2.0})
+        line = await db.instance_charge("i-3")
+        assert line is not None and (line.seconds, line.usd) == (60, 0.4)
+        assert line.models == {"a": ModelCharge(0.3, 30.0), "b": ModelCharge(0.1, 10.0)}
+        assert await db.instance_charge("i-9") is None
+
+        # Busy seconds per instance and model: added per host, summed over hosts.
+        await db.add_busy("h1", {("i-3", "a"): 20.0, ("i-3", "b"): 5.0, ("i-4", "a"): 1.0})
+        await db.add_busy("h2", {("i-3", "a"): 10.0, ("i-3", "b"): 0.0})
+        await db.add_busy("h1", {("i-3", "b"): 5.0})
+        assert await db.busy_of("i-3") == pytest.approx({"a": 30.0, "b": 10.0})
+        assert await db.busy_of("i-9") == {}
 
         gpu = InstanceType(
             name="p2.xlarge",

@@ -146,6 +146,25 @@ async def test_requests_go_where_the_model_is_resident_and_a_miss_loads_it_once(
         await fleet.close()
 
 
+async def test_each_batchs_time_in_service_is_counted_per_instance_and_model(
+    pair: Pair,
+) -> None:
+    """What the ledger shares an instance's charge by (mark_instance_busy_seconds)."""
+    busy = "mark_instance_busy_seconds_total"
+    keys = [(m, i) for m in ("m1", "m2") for i in ("a", "b")]
+    before = {k: _sample(busy, model=k[0], instance=k[1]) for k in keys}
+    fleet = await _fleet(pair)
+    try:
+        for name in ("m1", "m1", "m1", "m2"):
+            _check(await fleet.infer(name, _request()), name)
+    finally:
+        await fleet.close()
+    metrics.flush()
+    grown = {k: _sample(busy, model=k[0], instance=k[1]) - before[k] for k in keys}
+    assert grown[("m1", "a")] > 0 and grown[("m2", "b")] > 0  # where each was resident
+    assert grown[("m1", "b")] == 0 and grown[("m2", "a")] == 0
+
+
 async def test_a_burst_beyond_the_hold_cap_gets_429_with_retry_after(pair: Pair) -> None:
     shed_before = _sample("mark_inference_shed_total", model="m4", reason="hold-full")
     fleet = await _fleet(pair, max_held_per_model=2)

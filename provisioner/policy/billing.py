@@ -14,11 +14,18 @@ is paid for, so the launch is the closer start, and it is the one the ledger rec
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 
 from mark.core.types import Instance, InstanceType, Market
 
-__all__ = ["billed_from_s", "paid_until_s", "price_now", "charge_usd", "spot_charge_usd"]
+__all__ = [
+    "billed_from_s",
+    "paid_until_s",
+    "price_now",
+    "period_charge_usd",
+    "split_charge",
+    "spot_charge_usd",
+]
 
 # Spot price histories change at most hourly in the catalog: integrate in steps of this.
 _SPOT_STEP_S = 3600.0
@@ -47,12 +54,36 @@ def price_now(instance: Instance, prices: Mapping[str, float]) -> float:
     return instance.offering.price_per_hour
 
 
-def charge_usd(instance: Instance, itype: InstanceType, end_s: float) -> float:
-    """What `instance` has cost from its billing start to `end_s` (its termination, or now for
-    a live one) at its offering's price: the ledger's line for it."""
-    return itype.charge_usd(
-        max(end_s - billed_from_s(instance), 0.0), instance.offering.price_per_hour
-    )
+def period_charge_usd(
+    itype: InstanceType, billed_before_s: float, billed_until_s: float, price_per_hour: float
+) -> float:
+    """What an instance's running from `billed_before_s` to `billed_until_s` (seconds since its
+    billing start) adds to its bill at `price_per_hour`, the price in force over that period
+    (`price_now`: a spot price moves, and EC2 bills the market price of each period, not the
+    launch price). The type's rounding applies to the running total, so at one price the
+    periods add up to the whole run's charge; the ledger adds one period per sync."""
+    before = itype.charge_usd(max(billed_before_s, 0.0), price_per_hour)
+    return max(itype.charge_usd(max(billed_until_s, 0.0), price_per_hour) - before, 0.0)
+
+
+def split_charge(
+    usd: float, busy_s: Mapping[str, float], models: Sequence[str]
+) -> dict[str, float]:
+    """Share one instance's charge for a period among the models it served, in proportion to
+    the seconds its batches of each model were in service (`busy_s`, what the front ends
+    recorded for that period): a many-model instance costs each model what it used. With no
+    busy time recorded (idle, loading, or nothing reported yet) the instance's listed `models`
+    share it equally; an instance with neither charges the model named "". The parts sum to
+    `usd` and none is negative."""
+    weights = {m: s for m, s in busy_s.items() if s > 0}
+    if not weights:
+        weights = dict.fromkeys(models or [""], 1.0)
+    total = math.fsum(weights.values())
+    parts = {m: usd * w / total for m, w in weights.items()}
+    # The largest part absorbs the rounding, so the parts add up to `usd` to the last bit.
+    largest = max(parts, key=lambda m: (parts[m], m))
+    parts[largest] = max(usd - math.fsum(p for m, p in parts.items() if m != largest), 0.0)
+    return parts
 
 
 def spot_charge_usd(

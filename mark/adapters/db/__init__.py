@@ -2,7 +2,15 @@
 
 from mark.adapters.db.database import Database
 from mark.adapters.db.leadership import Fence, Lease
-from mark.adapters.db.ledger import CostSummary
+from mark.adapters.db.ledger import CostSummary, InstanceCharge, ModelCharge
 from mark.adapters.db.schema import migrate
 
-__all__ = ["Database", "CostSummary", "Fence", "Lease", "migrate"]
+__all__ = [
+    "Database",
+    "CostSummary",
+    "Fence",
+    "InstanceCharge",
+    "Lease",
+    "ModelCharge",
+    "migrate",
+]

@@ -12,7 +12,9 @@ old plan cannot record it after the new leader took over. Cloud calls cannot be 
 database; the control loop renews, and so checks, its lease right before it acts.
 
 Observed counts: each front end adds what it saw per model and forecast bucket under its own
-host name (an upsert that adds); the leader reads the totals over hosts.
+host name (an upsert that adds); the leader reads the totals over hosts. Busy time likewise:
+the seconds each front end's batches were in service per instance and model, by which the
+leader shares an instance's charge among its models (`billing.split_charge`).
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from mark.adapters.db.store import Store
-from mark.adapters.db.tables import LeaseRow, ObservedCountRow
+from mark.adapters.db.tables import LeaseRow, ObservedBusyRow, ObservedCountRow
 from mark.core.errors import Fenced
 
 __all__ = ["Lease", "Fence", "Leadership", "check_fence"]
@@ -156,6 +158,35 @@ class Leadership(Store):
         async with self.session() as s:
             await s.execute(statement)
             await s.commit()
+
+    async def add_busy(self, host: str, busy_s: Mapping[tuple[str, str], float]) -> None:
+        """Add `busy_s` (seconds in service per instance id and model) to this host's rows."""
+        rows = [
+            {"host": host, "instance_id": i, "model": m, "seconds": float(s)}
+            for (i, m), s in sorted(busy_s.items())
+            if s > 0
+        ]
+        if not rows:
+            return
+        insert = pg_insert if self.engine.dialect.name == "postgresql" else sqlite_insert
+        statement = insert(ObservedBusyRow).values(rows)
+        statement = statement.on_conflict_do_update(
+            index_elements=["host", "instance_id", "model"],
+            set_={"seconds": ObservedBusyRow.seconds + statement.excluded.seconds},
+        )
+        async with self.session() as s:
+            await s.execute(statement)
+            await s.commit()
+
+    async def busy_of(self, instance_id: str) -> dict[str, float]:
+        """Seconds the instance had batches of each model in service, summed over hosts."""
+        query = (
+            select(ObservedBusyRow.model, func.sum(ObservedBusyRow.seconds))
+            .where(ObservedBusyRow.instance_id == instance_id)
+            .group_by(ObservedBusyRow.model)
+        )
+        async with self.session() as s:
+            return {m: float(n) for m, n in (await s.execute(query)).all()}
 
     async def observed_totals(self) -> dict[str, float]:
         """Requests per model over every host and bucket kept: the cumulative counter the

@@ -1,19 +1,45 @@
 """The cost ledger: what each instance has cost so far (one row per instance, overwritten as it
-runs) and each batch of serverless requests (appended)."""
+runs), the part of it each model it served bears (one row per instance and model, by busy
+time: `billing.split_charge`) and each batch of serverless requests (appended)."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from sqlalchemy import func, select
+from sqlalchemy import delete, func, select
 
 from mark.adapters.db.store import Store
-from mark.adapters.db.tables import InstanceChargeRow, ServerlessChargeRow
+from mark.adapters.db.tables import (
+    InstanceChargeRow,
+    InstanceModelChargeRow,
+    ServerlessChargeRow,
+)
 
 __all__ = [
     "CostSummary",
     "CostLedger",
+    "InstanceCharge",
+    "ModelCharge",
 ]
+
+
+@dataclass(frozen=True, slots=True)
+class ModelCharge:
+    """One model's part of an instance's cumulative charge, and the busy seconds shared so far
+    (the next period shares only the busy time past them)."""
+
+    usd: float
+    busy_s: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class InstanceCharge:
+    """An instance's ledger line as last written: billed seconds, dollars, and their parts."""
+
+    seconds: float
+    usd: float
+    models: dict[str, ModelCharge] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,8 +67,23 @@ class CostLedger(Store):
         seconds: float,
         usd: float,
         at_s: float,
+        parts: Mapping[str, ModelCharge] | None = None,
     ) -> None:
+        """Write an instance's cumulative charge and its parts per model (None: all of it is
+        `model`'s), replacing what was written for it before."""
+        shares = {model: ModelCharge(usd)} if parts is None else parts
         async with self.session() as s:
+            await s.execute(
+                delete(InstanceModelChargeRow).where(
+                    InstanceModelChargeRow.instance_id == instance_id
+                )
+            )
+            s.add_all(
+                InstanceModelChargeRow(
+                    instance_id=instance_id, model=m, usd=share.usd, busy_s=share.busy_s
+                )
+                for m, share in shares.items()
+            )
             await s.merge(
                 InstanceChargeRow(
                     instance_id=instance_id,
@@ -55,6 +96,25 @@ class CostLedger(Store):
                 )
             )
             await s.commit()
+
+    async def instance_charge(self, instance_id: str) -> InstanceCharge | None:
+        """The instance's line as last written; None before its first."""
+        async with self.session() as s:
+            row = await s.get(InstanceChargeRow, instance_id, populate_existing=True)
+            if row is None:
+                return None
+            parts = (
+                await s.execute(
+                    select(InstanceModelChargeRow).where(
+                        InstanceModelChargeRow.instance_id == instance_id
+                    )
+                )
+            ).scalars()
+            return InstanceCharge(
+                seconds=row.seconds,
+                usd=row.usd,
+                models={p.model: ModelCharge(p.usd, p.busy_s) for p in parts},
+            )
 
     async def charge_serverless(
         self, *, model: str, requests: int, gb_seconds: float, usd: float, at_s: float, reason: str
@@ -77,10 +137,15 @@ class CostLedger(Store):
             inst = (
                 await s.execute(
                     select(
-                        InstanceChargeRow.model,
-                        InstanceChargeRow.instance_type,
-                        func.sum(InstanceChargeRow.usd),
-                    ).group_by(InstanceChargeRow.model, InstanceChargeRow.instance_type)
+                        InstanceChargeRow.instance_type, func.sum(InstanceChargeRow.usd)
+                    ).group_by(InstanceChargeRow.instance_type)
+                )
+            ).all()
+            by_model = (
+                await s.execute(
+                    select(
+                        InstanceModelChargeRow.model, func.sum(InstanceModelChargeRow.usd)
+                    ).group_by(InstanceModelChargeRow.model)
                 )
             ).all()
             sls = (
@@ -95,11 +160,12 @@ class CostLedger(Store):
         per_model: dict[str, float] = {}
         per_type: dict[str, float] = {}
         instances_usd = 0.0
-        for model, itype, usd in inst:
+        for itype, usd in inst:
             usd = float(usd or 0.0)
-            per_model[model] = per_model.get(model, 0.0) + usd
             per_type[itype] = per_type.get(itype, 0.0) + usd
             instances_usd += usd
+        for model, usd in by_model:
+            per_model[model] = per_model.get(model, 0.0) + float(usd or 0.0)
         serverless_usd = 0.0
         serverless_requests = 0
         for model, usd, requests in sls:

@@ -18,9 +18,11 @@ __all__ = [
     "TransitionRow",
     "DecisionRow",
     "InstanceChargeRow",
+    "InstanceModelChargeRow",
     "ServerlessChargeRow",
     "LeaseRow",
     "ObservedCountRow",
+    "ObservedBusyRow",
     "InferenceKeyRow",
 ]
 
@@ -136,6 +138,18 @@ class InstanceChargeRow(Base):
     updated_at_s: Mapped[float] = mapped_column(Float)
 
 
+class InstanceModelChargeRow(Base):
+    """The part of one instance's cumulative charge that each model it served bears (shared
+    by busy time, `billing.split_charge`), and the busy seconds already shared out."""
+
+    __tablename__ = "instance_model_charges"
+
+    instance_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    model: Mapped[str] = mapped_column(String(63), primary_key=True)
+    usd: Mapped[float] = mapped_column(Float)
+    busy_s: Mapped[float] = mapped_column(Float)
+
+
 class ServerlessChargeRow(Base):
     __tablename__ = "serverless_charges"
 
@@ -171,6 +185,18 @@ class ObservedCountRow(Base):
     model: Mapped[str] = mapped_column(String(63), primary_key=True)
     bucket_start_s: Mapped[float] = mapped_column(Float, primary_key=True)
     requests: Mapped[float] = mapped_column(Float)
+
+
+class ObservedBusyRow(Base):
+    """Seconds one front end (`host`) had batches of a model in service on an instance, so far;
+    the leader shares the instance's charge by their sum over hosts."""
+
+    __tablename__ = "observed_busy"
+
+    host: Mapped[str] = mapped_column(String(255), primary_key=True)
+    instance_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    model: Mapped[str] = mapped_column(String(63), primary_key=True)
+    seconds: Mapped[float] = mapped_column(Float)
 
 
 class InferenceKeyRow(Base):

@@ -43,7 +43,7 @@ from typing import TypeVar
 
 import numpy as np
 
-from mark.adapters.db import Database, Fence
+from mark.adapters.db import Database, Fence, InstanceCharge, ModelCharge
 from mark.apps.control import metrics
 from mark.core.catalog import load_catalog
 from mark.core.config import Config
@@ -135,6 +135,9 @@ class ControlLoop:
     """Warmed each tick with the plan's `warm_functions`; None: no pool to warm."""
     ejected: Callable[[], Collection[str]] = tuple
     """Ids of the instances the front ends keep out of rotation now (failed health checks)."""
+    busy: Callable[[], Mapping[tuple[str, str], float]] = dict
+    """Cumulative seconds this host's front ends had batches in service, per (instance id,
+    model): the ledger shares each instance's charge among its models by them."""
     state: PlannerState = field(default_factory=PlannerState)
     forecasters: dict[str, Forecaster] = field(default_factory=dict)
     interruptions: dict[str, float] = field(default_factory=dict)
@@ -153,6 +156,7 @@ class ControlLoop:
     only one, no lease."""
     fence: Fence | None = None  # the lease's term while this process holds it
     _published: dict[str, float] = field(default_factory=dict)  # own counts already shared
+    _published_busy: dict[tuple[str, str], float] = field(default_factory=dict)  # likewise
     _unsaved: dict[str, Instance] = field(default_factory=dict)  # applied, not yet recorded
 
     @property
@@ -165,7 +169,8 @@ class ControlLoop:
     async def lead(self, now_s: float) -> bool:
         """Take or renew the control lease (a single process always leads). Every control
         plane first adds its own front ends' new requests to the shared counts, so that the
-        leader forecasts the sum over hosts."""
+        leader forecasts the sum over hosts (and their busy time, for the ledger)."""
+        await self._publish_busy()
         if self.holder is None:
             return True
         own = self.counts()
@@ -183,6 +188,15 @@ class ControlLoop:
                 f"leading in term {lease.term}" if lease is not None else "following",
             )
         return lease is not None
+
+    async def _publish_busy(self) -> None:
+        """Add this host's busy seconds since the last call to its shared rows: each host
+        publishes, and the leader shares charges by the sum over hosts, which also outlives
+        a restart of this process (its counters start again at zero, and so does this)."""
+        own = self.busy()
+        fresh = {k: s - self._published_busy.get(k, 0.0) for k, s in own.items()}
+        await self.db.add_busy(self.holder or "", fresh)
+        self._published_busy = {k: max(s, self._published_busy.get(k, 0.0)) for k, s in own.items()}
 
     async def _totals(self) -> Mapping[str, float]:
         """Cumulative requests per model: this host's counters, or with a lease the sum over
@@ -273,8 +287,7 @@ class ControlLoop:
         if not leading:
             return None
         metrics.record_objectives(models, self.config.planner.budget_per_hour)
-        if not self._types:
-            self._types = {t.name: t for t in await self.cloud.instance_types()}
+        await self._instance_types()
         try:
             offerings = await self.cloud.offerings()
         except MarkError as exc:
@@ -445,6 +458,7 @@ class ControlLoop:
         lost = False
         async with self._lock:
             now = self.clock()
+            await self._publish_busy()
             for applied in list(self._unsaved.values()):
                 await self._save_applied(applied)
                 if not applied.live:
@@ -540,19 +554,45 @@ class ControlLoop:
                 replaced = True
         return replaced
 
+    async def _instance_types(self) -> dict[str, InstanceType]:
+        """The cloud's instance types, read once (a sync before the first tick charges too)."""
+        if not self._types:
+            self._types = {t.name: t for t in await self.cloud.instance_types()}
+        return self._types
+
     async def _charge(self, inst: Instance, now_s: float) -> None:
-        itype = self._types.get(inst.offering.instance_type)
+        """Add the period since the instance's last ledger line at the price in force now
+        (`billing.price_now`: a spot price moves) and share it among the models it served by
+        their busy time in that period (`billing.split_charge`)."""
+        itype = (await self._instance_types()).get(inst.offering.instance_type)
         if itype is None:
             return
         end = inst.terminated_at_s if inst.terminated_at_s is not None else now_s
+        seconds = max(end - billing.billed_from_s(inst), 0.0)
+        last = await self.db.instance_charge(inst.id) or InstanceCharge(0.0, 0.0)
+        usd = billing.period_charge_usd(
+            itype, last.seconds, seconds, billing.price_now(inst, self._prices)
+        )
+        busy = await self.db.busy_of(inst.id)
+        before = {m: c.busy_s for m, c in last.models.items()}
+        fresh = {m: max(s - before.get(m, 0.0), 0.0) for m, s in busy.items()}
+        split = billing.split_charge(usd, fresh, inst.models)
+        parts = {
+            m: ModelCharge(
+                last.models.get(m, ModelCharge(0.0)).usd + split.get(m, 0.0),
+                max(busy.get(m, 0.0), before.get(m, 0.0)),
+            )
+            for m in set(last.models) | set(split) | set(busy)
+        }
         await self.db.set_instance_charge(
             instance_id=inst.id,
             model=inst.models[0] if inst.models else "",
             instance_type=itype.name,
             market=inst.offering.market.value,
-            seconds=max(end - billing.billed_from_s(inst), 0.0),
-            usd=billing.charge_usd(inst, itype, end),
+            seconds=max(seconds, last.seconds),
+            usd=last.usd + usd,
             at_s=now_s,
+            parts=parts,
         )
 
     async def on_interruption(self, notice: InterruptionNotice) -> None:

@@ -39,6 +39,7 @@ __all__ = [
     "DEMO_MODEL",
     "observed_counts",
     "ejected_instances",
+    "busy_seconds",
     "build_cloud",
     "publish_offerings",
 ]
@@ -48,6 +49,7 @@ logger = logging.getLogger("mark.apps.control")
 DEMO_MODEL = "demo"
 REQUESTS_METRIC = "mark_inference_requests"
 EJECTED_METRIC = "mark_instance_ejected"
+BUSY_METRIC = "mark_instance_busy_seconds"
 PROCESS_NAME = "MarkControlPlane"
 _WATCHDOG_INTERVAL_S = 1.0
 _CRASH_LOOP_S = 60.0
@@ -163,6 +165,28 @@ def ejected_instances() -> set[str]:
     }
 
 
+def busy_seconds() -> Mapping[tuple[str, str], float]:
+    """Cumulative seconds this host's HTTP workers had batches in service per (instance id,
+    model), their `mark_instance_busy_seconds` counters summed as `observed_counts` sums
+    the request counts."""
+    from prometheus_client import CollectorRegistry
+    from prometheus_client.multiprocess import MultiProcessCollector
+
+    if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        return {}
+    registry = CollectorRegistry()
+    MultiProcessCollector(registry)
+    totals: dict[tuple[str, str], float] = {}
+    for metric in registry.collect():
+        if metric.name != BUSY_METRIC:
+            continue
+        for sample in metric.samples:
+            if sample.name.endswith("_total"):
+                key = (sample.labels.get("instance", ""), sample.labels.get("model", ""))
+                totals[key] = totals.get(key, 0.0) + sample.value
+    return totals
+
+
 def build_cloud(config: Config, db: Database) -> CloudProvider:
     """The configured provider behind the one retry layer for cloud calls: a transient
     CloudError is retried `control.apply_retries` times with backoff (RetryingCloud)."""
@@ -214,6 +238,7 @@ async def _main(config: Config) -> None:
             schedule=schedule,
             serverless=pool,
             ejected=ejected_instances,
+            busy=busy_seconds,
             cache=cache,
         )
         if config.control.leader_election:
