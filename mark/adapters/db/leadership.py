@@ -21,6 +21,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from sqlalchemy import and_, delete, func, or_, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
@@ -147,17 +148,7 @@ class Leadership(Store):
             for m, n in sorted(counts.items())
             if n > 0
         ]
-        if not rows:
-            return
-        insert = pg_insert if self.engine.dialect.name == "postgresql" else sqlite_insert
-        statement = insert(ObservedCountRow).values(rows)
-        statement = statement.on_conflict_do_update(
-            index_elements=["host", "model", "bucket_start_s"],
-            set_={"requests": ObservedCountRow.requests + statement.excluded.requests},
-        )
-        async with self.session() as s:
-            await s.execute(statement)
-            await s.commit()
+        await self._add_to(ObservedCountRow, rows, ("host", "model", "bucket_start_s"), "requests")
 
     async def add_busy(self, host: str, busy_s: Mapping[tuple[str, str], float]) -> None:
         """Add `busy_s` (seconds in service per instance id and model) to this host's rows."""
@@ -166,13 +157,20 @@ class Leadership(Store):
             for (i, m), s in sorted(busy_s.items())
             if s > 0
         ]
+        await self._add_to(ObservedBusyRow, rows, ("host", "instance_id", "model"), "seconds")
+
+    async def _add_to(
+        self, table: Any, rows: list[dict[str, Any]], key: tuple[str, ...], column: str
+    ) -> None:
+        """Insert `rows`, or add their `column` to the rows already there with the same `key`
+        (one statement: front ends on several hosts add to their own rows concurrently)."""
         if not rows:
             return
         insert = pg_insert if self.engine.dialect.name == "postgresql" else sqlite_insert
-        statement = insert(ObservedBusyRow).values(rows)
+        statement = insert(table).values(rows)
         statement = statement.on_conflict_do_update(
-            index_elements=["host", "instance_id", "model"],
-            set_={"seconds": ObservedBusyRow.seconds + statement.excluded.seconds},
+            index_elements=list(key),
+            set_={column: getattr(table, column) + getattr(statement.excluded, column)},
         )
         async with self.session() as s:
             await s.execute(statement)
