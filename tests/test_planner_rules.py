@@ -182,7 +182,12 @@ def test_billing_rounding_has_one_home() -> None:
     )
     inst = _instance("run", InstanceState.RUNNING)
     assert billing.billed_from_s(inst) == inst.launched_at_s
-    assert billing.charge_usd(inst, hourly, NOW) == pytest.approx(inst.offering.price_per_hour)
+    life_s = NOW - billing.billed_from_s(inst)
+    price = inst.offering.price_per_hour
+    assert billing.period_charge_usd(hourly, 0.0, life_s, price) == pytest.approx(price)
+    # a later period within the paid hour adds nothing; one past it adds the next hour
+    assert billing.period_charge_usd(hourly, life_s, life_s + 1.0, price) == 0.0
+    assert billing.period_charge_usd(hourly, life_s, 3600.0 + 1.0, price) == pytest.approx(price)
     assert billing.paid_until_s(inst, hourly, NOW) == inst.launched_at_s + 3600.0
     # Spot over two price steps, rounded once on the total.
     assert billing.spot_charge_usd(
