@@ -52,6 +52,9 @@ class QueuedRequest:
     # Set once the request was sent to the serverless pool and that failed: it is not spilled a
     # second time, and its 503 (if it comes to that) says why the pool could not answer.
     spill_error: str | None = None
+    # Set once an instance answered that it does not have the model and the request was routed
+    # again: it is routed again once only (frontend/fleet.py, `_model_not_served`).
+    not_served_retried: bool = False
 
     def __post_init__(self) -> None:
         self.rows = batch_size(self.request) or 1

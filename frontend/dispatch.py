@@ -6,7 +6,9 @@ A v2 request alone in its batch, as the client sent it, is forwarded as it came 
 passed back unparsed (`Answer.body`). A call the instance rejects (4xx) is the caller's mistake:
 with several requests in the batch each is sent alone on the same instance to find the one at
 fault. A call that fails (connection refused or reset, timeout, 5xx) goes to `failed`, which
-ejects the instance and re-routes the batch.
+ejects the instance and re-routes the batch. An instance that answers it does not have the model
+(`ModelNotServed`: 404, or 503 with Retry-After) has failed for this model alone: the batch goes
+to `failed` too, which tells the two apart by the error's type.
 """
 
 from __future__ import annotations
@@ -19,12 +21,18 @@ from frontend import metrics
 from frontend.answers import Answer
 from frontend.batcher import QueuedRequest, answer_once
 from frontend.links import Link, ModelRoutes
-from mark.adapters.backends import BackendClient, BackendRejected, BackendUnavailable
+from mark.adapters.backends import (
+    BackendClient,
+    BackendRejected,
+    BackendUnavailable,
+    ModelNotServed,
+)
 from mark.core.protocol import BackendError, InferResponse, concat, split
 
 __all__ = ["InstanceFailed", "dispatch"]
 
-# Called with the requests of a batch whose call failed on the instance, and the error.
+# Called with the requests of a batch whose call failed on the instance, and the error (a
+# ModelNotServed when only the model is missing there).
 InstanceFailed = Callable[[list[QueuedRequest], Exception], None]
 
 
@@ -71,6 +79,9 @@ async def dispatch(
         parts = split(response, [q.rows for q in live])
     except BackendRejected as exc:
         rejected: BackendRejected | None = exc
+    except ModelNotServed as exc:  # the instance is fine: not an instance error
+        failed(live, exc)
+        return
     except (BackendUnavailable, BackendError) as exc:
         metrics.child(metrics.INSTANCE_ERRORS, name, link.id).inc()
         failed(live, exc)

@@ -30,6 +30,11 @@ expected load time and its service fit its deadline; otherwise it spills when a 
 (and the load goes on, for the model's next requests).
 At most `batching.max_held_per_model` requests wait for a model's load; the next spill when a
 slot is free, else get 429 with Retry-After; a failed load answers what it held 503 (or spills).
+An instance whose load of a model failed backs off loading it (frontend/residency.py,
+`Backoff`); while every instance backs off, the model's requests spill, else get 503 with the
+last reason and Retry-After. An instance that answers a call saying it does not have the model
+(`ModelNotServed`: the residency view is up to one sync old) is not ejected: the model is marked
+not resident there and the batch is routed again, once per request.
 
 A failed call ejects the instance (`mark_instance_ejected` is 1 while it stays out): the control
 plane reads that gauge and replaces an instance kept out for `control.unhealthy_replace_s`.
@@ -70,7 +75,7 @@ from frontend.residency import (
 )
 from frontend.spill_monitor import SpillMonitor
 from frontend.spill_path import SpillPath
-from mark.adapters.backends import BackendClient, new_session
+from mark.adapters.backends import BackendClient, ModelNotServed, new_session
 from mark.adapters.http_pool import HttpPool
 from mark.core.config import BatchingConfig
 from mark.core.errors import NotFound
@@ -117,7 +122,11 @@ class Fleet:
         # Routing weights are capacities at the SLO with the budget this fleet batches with.
         self._capacity = CapacityCache(budget_fraction=config.slo_budget_fraction)
         self._models: dict[str, ModelRoutes] = {}
-        self._residency = Residency(default_load_s=config.default_load_s)
+        self._residency = Residency(
+            default_load_s=config.default_load_s,
+            backoff_base_s=config.load_backoff_base_s,
+            backoff_max_s=config.load_backoff_max_s,
+        )
         self._tasks: set[asyncio.Task[Any]] = set()
         self._sync: asyncio.Task[None] | None = None
         self._watch: asyncio.Task[None] | None = None
@@ -426,15 +435,15 @@ class Fleet:
         else it spills when the pool has room (the load goes on for the requests after it),
         and waits otherwise (a late answer beats none). Beyond `batching.max_held_per_model`
         held requests it spills when a slot is free, else gets 429 with Retry-After (the
-        expected load time left). False when no instance could load it (none, or all
-        ejected)."""
+        expected load time left). While every instance backs off loading it, `_backing_off`
+        answers. False when no instance could load it (none, or all ejected)."""
         name = state.model.name
         now = self.now_s()
         load = state.loading
         if load is None:
             link = self._soonest(state, frozenset())
             if link is None:
-                return False
+                return self._backing_off(state, q)
             load = self._start_load(state, link, frozenset())
         else:
             link = state.links.get(load.instance_id)
@@ -460,13 +469,46 @@ class Fleet:
         metrics.add(metrics.child(metrics.HELD, name))
         return True
 
+    def _backing_off(self, state: ModelRoutes, q: QueuedRequest) -> bool:
+        """No instance may be asked to load `q`'s model: when that is because each one up backs
+        off after failed loads, `q` spills when the pool has room, else gets 503 with the last
+        failure and Retry-After (when the first back-off ends). False when none is up."""
+        now = self.now_s()
+        backoffs = [
+            b
+            for link in state.links.values()
+            if not link.ejected and not link.closed
+            and (b := self._residency.backoff(link.id, state.backend_name, now)) is not None
+        ]  # fmt: skip
+        if not backoffs:
+            return False
+        if not self._spill_some(state, (q,), QueueView()):  # spilled as cold-fleet
+            return True
+        last = max(backoffs, key=lambda b: b.until_s)
+        wait_s = min(b.until_s for b in backoffs) - now
+        answer_once(
+            q,
+            Unavailable(
+                f"model {q.model!r} is in memory on none of its instances, and its loads "
+                f"failed on each lately (the last: {last.reason}); none is asked again for "
+                f"{wait_s:.3g} s (batching.load_backoff_base_s), and {self._no_spill_why(q)}",
+                retry_after_s=max(1, math.ceil(wait_s)),
+            ),
+        )
+        return True
+
     def _soonest(self, state: ModelRoutes, tried: frozenset[str]) -> Link | None:
-        """The instance of `state`'s model, not in `tried`, with the least expected load time
-        (the first listed among equals); None when none is up."""
+        """The instance of `state`'s model, not in `tried` nor backing off after a failed load
+        of it, with the least expected load time (the first listed among equals); None when
+        none is up."""
         backend = state.backend_name
+        now = self.now_s()
         candidates = [
-            x for x in state.links.values() if not x.ejected and not x.closed and x.id not in tried
-        ]
+            x
+            for x in state.links.values()
+            if not x.ejected and not x.closed and x.id not in tried
+            and self._residency.backoff(x.id, backend, now) is None
+        ]  # fmt: skip
         return min(
             candidates, key=lambda x: self._residency.expected_load_s(x.id, backend), default=None
         )
@@ -508,9 +550,11 @@ class Fleet:
                 self._route(q)
             return
         logger.warning("loading %s on instance %s failed: %s", name, link.id, failure)
+        now = self.now_s()
+        self._residency.load_failed(link.id, state.backend_name, failure, now)
+        retry_s = self._residency.backoffs[(link.id, state.backend_name)].until_s - now
         tried = load.tried | {link.id}
         after = self._soonest(state, tried)
-        now = self.now_s()
         waiting = [q for q in held if not q.done and now < q.give_up_s]
         if after is not None and waiting:
             retry = self._start_load(state, after, tried)
@@ -524,7 +568,8 @@ class Fleet:
                 q,
                 Unavailable(
                     f"model {name!r} is in memory on none of its instances, and loading it on "
-                    f"instance {link.id} failed: {failure}"
+                    f"instance {link.id} failed: {failure}",
+                    retry_after_s=max(1, math.ceil(retry_s)),
                 ),
             )
 
@@ -600,9 +645,10 @@ class Fleet:
             return [q for q in requests if not q.done]
         return self._spills.spill_some(state, requests, queue)
 
-    def _retry(self, state: ModelRoutes, q: QueuedRequest, why: str) -> None:
+    def _retry(self, state: ModelRoutes, q: QueuedRequest, why: str, reason: str) -> None:
+        """Route `q` again while its deadline allows (counted by `reason`)."""
         if self.now_s() + state.fastest_s() < q.deadline_s:
-            metrics.child(metrics.RETRIES, q.model).inc()
+            metrics.child(metrics.RETRIES, q.model, reason).inc()
             self._route(q)
         else:
             self._cannot_meet(q, f"{why} and the deadline is too close to retry")
@@ -611,10 +657,39 @@ class Fleet:
         self, state: ModelRoutes, link: Link, batch: list[QueuedRequest], exc: Exception
     ) -> None:
         """A call to `link` failed (refused, reset, timed out, 5xx): eject it until its health
-        check passes and retry the batch's requests elsewhere while their deadlines allow."""
+        check passes and retry the batch's requests elsewhere while their deadlines allow. A
+        ModelNotServed is no failure of the instance (`_model_not_served`)."""
+        if isinstance(exc, ModelNotServed):
+            self._model_not_served(state, link, batch, exc)
+            return
         self._eject(state, link, str(exc))
         for q in batch:
-            self._retry(state, q, f"instance {link.id} failed ({exc})")
+            self._retry(state, q, f"instance {link.id} failed ({exc})", "instance-failed")
+
+    def _model_not_served(
+        self, state: ModelRoutes, link: Link, batch: list[QueuedRequest], exc: ModelNotServed
+    ) -> None:
+        """`link`'s instance said it does not have the model (it evicted it since the last
+        index read): routing takes it as not holding the model (and, when it cannot load it
+        now, backs off loading it there), and it stays in service for its other models. The
+        requests queued there go elsewhere; the batch's are routed again once each, and one
+        refused a second time spills when the pool has a slot, else gets 503 with the reason."""
+        name, backend = state.model.name, state.backend_name
+        logger.info("instance %s does not have %s now: %s", link.id, name, exc.reason)
+        self._residency.refused(link.id, backend)
+        if exc.retry_after_s is not None:
+            self._residency.load_failed(link.id, backend, exc.reason, self.now_s())
+        self._apply_residency(state)
+        why = f"instance {link.id} does not have model {name!r} ({exc.reason})"
+        for q in batch:
+            if not q.not_served_retried:
+                q.not_served_retried = True
+                self._retry(state, q, why, "not-resident")
+            elif not q.done and (self._spills is None or not self._spills.take_late(state, q)):
+                retry_s = exc.retry_after_s if exc.retry_after_s is not None else 1.0
+                answer_once(q, Unavailable(why, retry_after_s=max(1, math.ceil(retry_s))))
+        for q in link.batcher.take_all():
+            self._route(q)
 
     # --- metadata -----------------------------------------------------------------------------
 

@@ -119,8 +119,9 @@ INSTANCE_EJECTED = Gauge(
 )
 RETRIES = Counter(
     "mark_inference_retries",
-    "Requests re-routed to another instance after a failed call.",
-    ["model"],
+    "Requests re-routed after a failed call, by reason: instance-failed (the instance was "
+    "ejected) or not-resident (the instance said it does not have the model).",
+    ["model", "reason"],
 )
 HELD = Gauge(
     "mark_inference_held_requests",

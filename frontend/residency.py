@@ -15,6 +15,12 @@ model at a time (later requests join it: it is the soonest), whose wall time is 
 that (instance, model)'s expected load time (until one is measured: `batching.default_load_s`).
 The requests waiting for it are held on the load (`ModelLoad.held`), bounded per model by
 `batching.max_held_per_model`.
+
+An (instance, model) whose load failed is not asked to load it again for a back-off,
+`batching.load_backoff_base_s` doubled per failure in a row up to `batching.load_backoff_max_s`
+(`Backoff`): a model whose artifact is corrupt is tried once per back-off, not once per request.
+An instance that answers an inference call saying it does not have the model (the index was up
+to one sync old) is marked not holding it (`refused`) until its next index read says otherwise.
 """
 
 from __future__ import annotations
@@ -31,8 +37,8 @@ from frontend.batcher import QueuedRequest
 from mark.core.protocol import LOAD_PIN_HEADER
 from mark.core.types import Instance
 
-__all__ = ["NO_REPOSITORY_API", "IndexUnreadable", "LoadFailed", "ModelLoad", "Residency",
-           "read_index", "request_load"]  # fmt: skip
+__all__ = ["NO_REPOSITORY_API", "Backoff", "IndexUnreadable", "LoadFailed", "ModelLoad",
+           "Residency", "read_index", "request_load"]  # fmt: skip
 
 # The index of an instance without the repository API: it holds its Instance.models.
 NO_REPOSITORY_API = None
@@ -121,6 +127,16 @@ class ModelLoad:
         return max(self.expected_s - (now_s - self.started_s), 0.0)
 
 
+@dataclass(frozen=True, slots=True)
+class Backoff:
+    """An (instance, model) not asked to load the model before `until_s`: `failures` loads
+    failed there in a row, the last with `reason`."""
+
+    failures: int
+    until_s: float
+    reason: str
+
+
 @dataclass(slots=True)
 class Residency:
     """What the front end knows of each instance's memory: the READY models from its last
@@ -130,14 +146,21 @@ class Residency:
     that began before one completed is stale for it and is not applied."""
 
     default_load_s: float
+    backoff_base_s: float = 1.0
+    backoff_max_s: float = 60.0
     ready: dict[str, frozenset[str] | None] = field(default_factory=dict)
     generation: dict[str, int] = field(default_factory=dict)
     load_times_s: dict[tuple[str, str], float] = field(default_factory=dict)
+    # (instance, backend name) that said they do not have the model, until their next index
+    absent: set[tuple[str, str]] = field(default_factory=set)
+    backoffs: dict[tuple[str, str], Backoff] = field(default_factory=dict)
 
     def holds(self, instance: Instance, model: str, backend_name: str) -> bool:
         """Whether Mark's `model` is in memory on `instance` as far as the front end knows: in
         its index under the name the instance serves it by (`backend_name`), or, without an
-        index, in its `Instance.models`."""
+        index, in its `Instance.models`; not since it said otherwise (`refused`)."""
+        if (instance.id, backend_name) in self.absent:
+            return False
         ready = self.ready.get(instance.id, NO_REPOSITORY_API)
         if ready is NO_REPOSITORY_API:
             return model in instance.models
@@ -152,12 +175,35 @@ class Residency:
         if self.generation.get(instance_id, 0) != generation:
             return False
         self.ready[instance_id] = ready
+        self.absent = {key for key in self.absent if key[0] != instance_id}
         return True
+
+    def refused(self, instance_id: str, backend_name: str) -> None:
+        """The instance answered that it does not have the model: it does not hold it until an
+        index read that begins after now says it does."""
+        self.generation[instance_id] = self.generation.get(instance_id, 0) + 1
+        self.absent.add((instance_id, backend_name))
+
+    def load_failed(self, instance_id: str, backend_name: str, reason: str, now_s: float) -> None:
+        """A load failed there: back off, twice as long as after the previous failure in a
+        row (from `backoff_base_s`, at most `backoff_max_s`)."""
+        key = (instance_id, backend_name)
+        previous = self.backoffs.get(key)
+        failures = previous.failures + 1 if previous is not None else 1
+        wait_s = min(self.backoff_base_s * 2 ** (failures - 1), self.backoff_max_s)
+        self.backoffs[key] = Backoff(failures, now_s + wait_s, reason)
+
+    def backoff(self, instance_id: str, backend_name: str, now_s: float) -> Backoff | None:
+        """The back-off in force for loading the model there, None when it may be asked."""
+        found = self.backoffs.get((instance_id, backend_name))
+        return found if found is not None and now_s < found.until_s else None
 
     def loaded(self, instance_id: str, backend_name: str, took_s: float) -> None:
         """A load the front end asked for completed in `took_s`."""
         self.generation[instance_id] = self.generation.get(instance_id, 0) + 1
         self.load_times_s[(instance_id, backend_name)] = took_s
+        self.absent.discard((instance_id, backend_name))
+        self.backoffs.pop((instance_id, backend_name), None)
         ready = self.ready.get(instance_id, NO_REPOSITORY_API)
         if ready is not NO_REPOSITORY_API:
             self.ready[instance_id] = ready | {backend_name}
@@ -168,5 +214,7 @@ class Residency:
         for known in (self.ready, self.generation):
             for instance_id in set(known) - kept:
                 del known[instance_id]
-        for key in [k for k in self.load_times_s if k[0] not in kept]:
-            del self.load_times_s[key]
+        for keyed in (self.load_times_s, self.backoffs):
+            for key in [k for k in keyed if k[0] not in kept]:
+                del keyed[key]
+        self.absent = {key for key in self.absent if key[0] in kept}

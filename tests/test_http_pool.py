@@ -1,6 +1,7 @@
 """The lean HTTP client of the inference hot path (mark/adapters/http_pool.py) against real TCP
 servers on loopback that answer as the test scripts them: keep-alive reuse, the instance closing
-an idle connection, `Connection: close`, chunked answers, the v2 binary header, refusals,
+an idle connection, `Connection: close`, chunked answers, the v2 binary header and Retry-After,
+refusals,
 timeouts and answers cut short."""
 
 from __future__ import annotations
@@ -124,6 +125,8 @@ async def test_binary_header_length_and_error_statuses_come_back() -> None:
     def handler(body: bytes, _n: int) -> bytes:
         if body == b"bad":
             return b'HTTP/1.1 400 Bad Request\r\nContent-Length: 13\r\n\r\n{"error":"x"}'
+        if body == b"later":  # the worker's refusal of a model it cannot load now
+            return b"HTTP/1.1 503 Unavailable\r\nRetry-After: 7\r\nContent-Length: 0\r\n\r\n"
         return answer(b'{"outputs":[]}XXXX', "Inference-Header-Content-Length: 14")
 
     async with serving(handler) as (_server, url):
@@ -132,6 +135,8 @@ async def test_binary_header_length_and_error_statuses_come_back() -> None:
         assert (got.status, got.header_length) == (200, b"14")
         bad = await pool.post(url, "/x", b"bad")
         assert (bad.status, bad.body, bad.header_length) == (400, b'{"error":"x"}', None)
+        later = await pool.post(url, "/x", b"later")
+        assert (later.status, later.retry_after, got.retry_after) == (503, b"7", None)
         await pool.close()
 
 

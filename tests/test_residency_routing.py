@@ -19,7 +19,7 @@ from prometheus_client import REGISTRY
 from frontend import metrics
 from frontend.answers import Shed
 from frontend.fleet import Answer, Fleet, Unavailable
-from frontend.residency import NO_REPOSITORY_API, Residency
+from frontend.residency import NO_REPOSITORY_API, Backoff, Residency
 from frontend.spill_monitor import SpillMonitor
 from mark.adapters.db import Database
 from mark.core.config import BatchingConfig, ServerlessConfig, SpillConfig, load_config
@@ -32,7 +32,8 @@ from tests.model_artifacts import body, expected, row, samples, write_model
 
 SCALES = {"m1": 1.0, "m2": 2.0, "m3": 3.0, "m4": 4.0}
 LOADS = "mark_frontend_model_loads_total"
-GROUP = ("m1", "m2", "m3", "m4", "gone")  # "gone" is in no store: its load fails
+# "gone" is in no store: its load fails; "corrupt" is in the store but no ONNX graph
+GROUP = ("m1", "m2", "m3", "m4", "gone", "corrupt")
 
 
 @dataclass
@@ -49,12 +50,14 @@ async def pair(tmp_path: Path) -> AsyncIterator[Pair]:
     store = tmp_path / "store"
     store.mkdir()
     paths = {name: write_model(store, name, scale) for name, scale in SCALES.items()}
+    (store / "corrupt.onnx").write_bytes(b"not an onnx graph")
     size = max(p.stat().st_size for p in paths.values())
     config = tmp_path / "worker.toml"
     config.write_text(f"[worker]\nmemory_budget_bytes = {2 * size + size // 2}\n")  # two fit
     args = ["--store", str(store), "--config", str(config), "--protect-s", "0", "--poll-s", "0"]
     models = [model(n, slo_ms=30_000.0, artifact=f"onnx:{paths[n]}") for n in SCALES]
     models.append(model("gone", slo_ms=30_000.0, artifact="onnx:/nonexistent/gone.onnx"))
+    models.append(model("corrupt", slo_ms=30_000.0, artifact=f"onnx:{store / 'corrupt.onnx'}"))
     async with workers(args, args) as [a, b], aiohttp.ClientSession() as s:
         for w, name in ((a, "m1"), (b, "m2")):
             async with s.post(f"{w.endpoint}/v2/repository/models/{name}/load") as r:
@@ -269,6 +272,80 @@ async def test_when_every_load_fails_held_requests_get_503_and_the_reason(pair: 
     assert _front_end_loads("gone", "failed") == failed_before + 2
 
 
+async def test_an_instance_that_evicted_a_model_moves_its_request_and_stays_in_service(
+    pair: Pair,
+) -> None:
+    """The front end read a's index (m1 there); then a unloaded m1 and pinned m3 and m4, with
+    no room left for m1: a's 503 for m1 moves the request to b, which loads it, and a is not
+    ejected: it goes on serving m3."""
+    retries = "mark_inference_retries_total"
+    retried_before = _sample(retries, model="m1", reason="not-resident")
+    errors_before = _sample("mark_instance_errors_total", model="m1", instance="a")
+    fleet = await _fleet(pair)
+    try:
+        assert fleet.resident("m1") == ["a"]
+        async with aiohttp.ClientSession() as s:
+            for path in ("m1/unload", "m3/load", "m4/load"):
+                async with s.post(f"{pair.a.endpoint}/v2/repository/models/{path}") as r:
+                    assert r.status == 200
+        assert fleet.resident("m1") == ["a"]  # the front end's view is one read old
+        answer = await fleet.infer("m1", _request())
+        assert answer.path == "instance" and answer.instance_id == "b"
+        _check(answer, "m1")
+        assert fleet.resident("m1") == ["b"]
+        assert sorted(fleet.routable("m1")) == ["a", "b"]  # a was not ejected
+        await fleet.refresh_residency()
+        assert fleet.resident("m3") == ["a"]
+        answer = await fleet.infer("m3", _request())
+        assert answer.instance_id == "a"
+        _check(answer, "m3")
+    finally:
+        await fleet.close()
+    metrics.flush()
+    assert _sample(retries, model="m1", reason="not-resident") == retried_before + 1
+    assert _sample("mark_instance_errors_total", model="m1", instance="a") == errors_before
+    assert _sample("mark_instance_ejected", model="m1", instance="a") == 0
+
+
+async def test_a_corrupt_model_is_loaded_once_per_back_off_and_its_requests_get_503(
+    pair: Pair,
+) -> None:
+    """Each worker fails to load `corrupt` (503: load failed): under a stream of requests
+    each is asked once within the back-off, and every request is answered 503 with the
+    worker's reason and Retry-After."""
+    failed_before = _front_end_loads("corrupt", "failed")
+    fleet = await _fleet(pair, load_backoff_base_s=600.0, load_backoff_max_s=600.0)
+    try:
+        results = [await _burst(fleet, "corrupt", 2) for _ in range(5)]
+        assert sorted(fleet.routable("m1")) == ["a", "b"]  # neither was ejected
+    finally:
+        await fleet.close()
+    for result in (r for burst in results for r in burst):
+        assert isinstance(result, Unavailable) and result.status == 503, results
+        assert "load failed" in result.reason, result.reason  # the worker's own answer
+        assert result.retry_after_s is not None and result.retry_after_s >= 1
+    assert "spill is off" in str(results[-1][0])
+    assert _front_end_loads("corrupt", "failed") == failed_before + 2  # a once, b once
+
+
+async def test_a_corrupt_models_requests_go_to_the_pool_while_its_loads_back_off(
+    pair: Pair, pool: LocalFunctionPool
+) -> None:
+    """With a pool, the requests a failed load held and those that find every instance
+    backing off are sent there (which fails to load the artifact too: 503 with its reason)."""
+    spill = SpillMonitor(pool, SpillConfig())
+    failed_before = _front_end_loads("corrupt", "failed")
+    fleet = await _fleet(pair, spill=spill, load_backoff_base_s=600.0, load_backoff_max_s=600.0)
+    try:
+        results = [await _burst(fleet, "corrupt", 2) for _ in range(3)]
+    finally:
+        await fleet.close()
+    for result in (r for burst in results for r in burst):
+        assert isinstance(result, Unavailable) and result.status == 503, results
+        assert "the serverless pool failed" in result.reason, result.reason
+    assert _front_end_loads("corrupt", "failed") == failed_before + 2
+
+
 async def _solo_server() -> tuple[web.AppRunner, str]:
     """A single-model v2 server with no repository API (its index is a 404): y = 7."""
 
@@ -295,6 +372,29 @@ async def test_a_server_without_the_repository_api_gets_its_models_traffic() -> 
         fleet.set_instances([running("solo-1", endpoint, ("solo",))])
         await fleet.refresh_residency()
         assert fleet.resident("solo") == ["solo-1"]
+        answer = await fleet.infer("solo", _request())
+        assert answer.instance_id == "solo-1"
+        assert answer.response.outputs[0].array.tolist() == [[7.0]]
+    finally:
+        await fleet.close()
+        await runner.cleanup()
+
+
+async def test_a_404_from_a_server_without_the_repository_api_leaves_it_in_service() -> None:
+    """Listed as holding `other` too, the solo server answers 404 for it: `other` is marked not
+    resident there and, the load it is then asked for failing too, answered 503 with the
+    server's reason; the instance is not ejected and goes on serving `solo`."""
+    runner, endpoint = await _solo_server()
+    fleet = Fleet(BatchingConfig())
+    try:
+        fleet.set_models([model("solo", slo_ms=30_000.0), model("other", slo_ms=30_000.0)])
+        fleet.set_instances([running("solo-1", endpoint, ("solo", "other"))])
+        await fleet.refresh_residency()
+        assert fleet.resident("other") == ["solo-1"]  # the listing says so
+        with pytest.raises(Unavailable) as refused:
+            await fleet.infer("other", _request())
+        assert refused.value.status == 503 and "HTTP 404" in refused.value.reason
+        assert fleet.resident("other") == [] and fleet.routable("other") == ["solo-1"]
         answer = await fleet.infer("solo", _request())
         assert answer.instance_id == "solo-1"
         assert answer.response.outputs[0].array.tolist() == [[7.0]]
@@ -376,3 +476,32 @@ def test_an_index_read_older_than_a_completed_load_is_not_applied() -> None:
     assert residency.holds(instance, "m2", "m2")  # no index: the listing again
     residency.forget(())
     assert residency.expected_load_s("a", "m2") == 5.0
+
+
+def test_a_failed_load_backs_off_doubling_to_the_cap_and_a_success_ends_it() -> None:
+    residency = Residency(default_load_s=5.0, backoff_base_s=2.0, backoff_max_s=5.0)
+    assert residency.backoff("a", "m1", 0.0) is None
+    residency.load_failed("a", "m1", "load failed: x", now_s=10.0)
+    assert residency.backoff("a", "m1", 11.0) == Backoff(1, 12.0, "load failed: x")
+    assert residency.backoff("a", "m1", 12.0) is None  # over: it may be asked again
+    assert residency.backoff("b", "m1", 11.0) is None  # per instance
+    residency.load_failed("a", "m1", "load failed: y", now_s=12.0)
+    assert residency.backoff("a", "m1", 12.0) == Backoff(2, 16.0, "load failed: y")
+    residency.load_failed("a", "m1", "load failed: z", now_s=16.0)
+    assert residency.backoff("a", "m1", 16.0) == Backoff(3, 21.0, "load failed: z")  # capped
+    residency.loaded("a", "m1", took_s=0.5)
+    assert residency.backoff("a", "m1", 16.0) is None
+    residency.load_failed("a", "m1", "again", now_s=30.0)
+    assert residency.backoff("a", "m1", 30.0) == Backoff(1, 32.0, "again")  # from the base
+
+
+def test_an_instance_that_refused_a_model_holds_it_again_after_a_newer_index() -> None:
+    residency = Residency(default_load_s=5.0)
+    instance = running("a", "http://127.0.0.1:1", ("m1",))
+    began = residency.generation.get("a", 0)  # a read in flight when the refusal comes
+    residency.refused("a", "m1")
+    assert not residency.holds(instance, "m1", "m1")  # over the listing
+    assert not residency.apply("a", frozenset({"m1"}), generation=began)
+    assert not residency.holds(instance, "m1", "m1")
+    assert residency.apply("a", frozenset({"m1"}), generation=residency.generation["a"])
+    assert residency.holds(instance, "m1", "m1")

@@ -5,7 +5,10 @@ of mark/adapters/http_pool.py; health checks and metadata through one pooled aio
 
 Failures are split by what the caller should do: `BackendUnavailable` (connection refused or
 reset, timeout, 5xx, an unparseable answer) means try another instance and eject this one;
-`BackendRejected` (4xx) means the request itself is at fault and goes back to the client.
+`ModelNotServed` (404: the instance does not have the model; 503 with Retry-After: it cannot
+load it now, mark/apps/worker/server.py) means this instance lacks this one model, and is fine
+for its others: try another instance for the model alone; `BackendRejected` (other 4xx) means
+the request itself is at fault and goes back to the client.
 
 Per call, the hot path reuses the request line and headers of each (endpoint, model).
 """
@@ -32,11 +35,28 @@ from mark.core.protocol import (
 )
 from mark.core.types import Protocol
 
-__all__ = ["BackendClient", "BackendUnavailable", "BackendRejected", "new_session"]
+__all__ = [
+    "BackendClient",
+    "BackendUnavailable",
+    "BackendRejected",
+    "ModelNotServed",
+    "new_session",
+]
 
 
 class BackendUnavailable(Exception):
     """The instance could not answer; retry elsewhere (inference is idempotent)."""
+
+
+class ModelNotServed(BackendUnavailable):
+    """The instance is up but does not have this model in memory and will not load it now:
+    404 (it does not know the model) or 503 with Retry-After (no room beside protected models,
+    an artifact that failed to load). `retry_after_s` is the latter's, None for a 404."""
+
+    def __init__(self, reason: str, retry_after_s: float | None) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.retry_after_s = retry_after_s
 
 
 class BackendRejected(Exception):
@@ -90,6 +110,11 @@ class BackendClient:
         except HttpError as exc:
             raise BackendUnavailable(f"{endpoint}{path}: {exc}") from exc
         status, payload = answer.status, answer.body
+        if status == 404 or (status == 503 and answer.retry_after is not None):
+            raise ModelNotServed(
+                f"{endpoint}{path}: HTTP {status}: {_error_text(payload)}",
+                None if status == 404 else _seconds(answer.retry_after),
+            )
         if 400 <= status < 500 and status not in (408, 429):
             raise BackendRejected(status, _error_text(payload))
         if status != 200:
@@ -166,6 +191,14 @@ class BackendClient:
         if not isinstance(doc, dict):
             raise BackendUnavailable("metadata is not a JSON object")
         return doc
+
+
+def _seconds(retry_after: bytes | None) -> float:
+    """A Retry-After in seconds (an HTTP date, or garbage, counts as 1 s)."""
+    try:
+        return max(float(retry_after or b"1"), 0.0)
+    except ValueError:
+        return 1.0
 
 
 def _error_text(payload: bytes) -> str:

@@ -28,6 +28,7 @@ import httptools
 __all__ = ["HttpError", "HttpAnswer", "HttpPool"]
 
 _HEADER = b"inference-header-content-length"
+_RETRY_AFTER = b"retry-after"
 _TIMED_OUT = "mark: instance call timed out"
 
 
@@ -40,6 +41,9 @@ class HttpAnswer:
     status: int
     body: bytes
     header_length: bytes | None  # the v2 binary extension's Inference-Header-Content-Length
+    # A refusal's Retry-After (the worker's 503 for a model it cannot load now:
+    # mark/apps/worker/server.py), None on a plain answer.
+    retry_after: bytes | None = None
 
 
 class _Connection(asyncio.Protocol):
@@ -57,6 +61,7 @@ class _Connection(asyncio.Protocol):
         self._status = 0
         self._chunks: list[bytes] = []
         self._header_length: bytes | None = None
+        self._retry_after: bytes | None = None
 
     # asyncio.Protocol
 
@@ -83,6 +88,8 @@ class _Connection(asyncio.Protocol):
     def on_header(self, name: bytes, value: bytes) -> None:
         if len(name) == len(_HEADER) and name.lower() == _HEADER:
             self._header_length = value
+        elif len(name) == len(_RETRY_AFTER) and name.lower() == _RETRY_AFTER:
+            self._retry_after = value
 
     def on_headers_complete(self) -> None:
         self._status = self.parser.get_status_code()
@@ -91,9 +98,12 @@ class _Connection(asyncio.Protocol):
         self._chunks.append(body)
 
     def on_message_complete(self) -> None:
-        answer = HttpAnswer(self._status, b"".join(self._chunks), self._header_length)
+        answer = HttpAnswer(
+            self._status, b"".join(self._chunks), self._header_length, self._retry_after
+        )
         self._chunks = []
         self._header_length = None
+        self._retry_after = None
         if not self.parser.should_keep_alive():
             self.close()
         waiter, self.waiter = self.waiter, None

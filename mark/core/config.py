@@ -226,6 +226,10 @@ class BatchingConfig(_Section):
     # most `max_held_per_model` requests wait for its loads, the next spill or get 429.
     default_load_s: Annotated[float, Field(gt=0)] = 5.0
     max_held_per_model: Annotated[int, Field(ge=1)] = 256
+    # After a failed load, that instance is not asked to load that model again for
+    # `load_backoff_base_s`, doubled per failure in a row up to `load_backoff_max_s`.
+    load_backoff_base_s: Annotated[float, Field(gt=0)] = 1.0
+    load_backoff_max_s: Annotated[float, Field(gt=0)] = 60.0
 
 
 class SpillConfig(_Section):
