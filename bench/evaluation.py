@@ -298,6 +298,15 @@ def history_before(kind: str, start_s: float, scale: float) -> Trace:
     return _cut(full, max(float(full.timestamps_s[0]), start_s - HISTORY_S), start_s, scale)
 
 
+def held_out_scores(
+    held_out: Trace, scale: float, planner: PlannerConfig
+) -> tuple[tuple[str, float], ...]:
+    """`_backtest` on the held-out traffic scaled as the run's window is (`scale`): the
+    forecaster a run uses is the first."""
+    scaled = Trace(held_out.timestamps_s, np.rint(held_out.counts * scale), held_out.bucket_s)
+    return _backtest(scaled, planner)
+
+
 def _backtest(held_out: Trace, planner: PlannerConfig) -> tuple[tuple[str, float], ...]:
     """What an operator does before going live (README, "Forecaster backtests"), on traffic the
     run does not replay: backtest every forecaster at the planner's horizon and take the one
@@ -362,10 +371,7 @@ def evaluate(
     chosen, capacity = efficient_type(model, catalog, cache)
     trace, scale = scaled_window(kind, hours, instances, capacity, max_requests)
     workload = WORKLOADS[kind]
-    held = workload.held_out()
-    scores = _backtest(
-        Trace(held.timestamps_s, np.rint(held.counts * scale), held.bucket_s), planner
-    )
+    scores = held_out_scores(workload.held_out(), scale, planner)
     if progress is not None:
         progress(tag, "backtest")
     history = history_before(kind, float(trace.timestamps_s[0]), scale)
