@@ -255,7 +255,7 @@ async def test_live_loop_forecast_band_switch(tmp_path: Path, band: bool) -> Non
             total[model.name] += count
             await loop.tick()
             now["s"] += 60.0
-        forecast = loop._forecast(model, now["s"])
+        forecast = loop._forecast(model, now["s"], loop._serverless_terms())
         assert forecast.mean_rps[0] == pytest.approx(20.0)
         if band:
             assert forecast.upper_rps[0] > forecast.mean_rps[0]

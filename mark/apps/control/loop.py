@@ -242,12 +242,10 @@ class ControlLoop:
         except InvalidValue:  # not a refitting forecaster: it takes no phase
             return create_forecaster(name, bucket_s=bucket_s)
 
-    def _forecast(self, model: Model, now_s: float) -> Forecast:
+    def _forecast(self, model: Model, now_s: float, pool: ServerlessTerms | None) -> Forecast:
         buckets = forecast_buckets(self.config.planner.horizon_s, self.bucket_s)
         forecaster = self.forecasters[model.name]
-        quantile = covered_quantile(
-            self.config.forecast.quantile, model.slo, self._serverless_terms()
-        )
+        quantile = covered_quantile(self.config.forecast.quantile, model.slo, pool)
         observed = None
         if forecaster.observed_buckets > 0:
             base = forecaster.forecast(buckets, quantile, band=self.config.forecast.upper_band)
@@ -294,7 +292,8 @@ class ControlLoop:
             await self._record_error(now, f"could not read offerings: {exc}")
             return None
         self._prices = Offerings.of(offerings).prices()
-        forecasts = {m.name: self._forecast(m, now) for m in models}
+        pool = self._serverless_terms()
+        forecasts = {m.name: self._forecast(m, now, pool) for m in models}
         metrics.record_forecasts({n: f.peak_upper_rps for n, f in forecasts.items()})
         result: Plan | None = None
         for _ in range(_MAX_REPLANS):
@@ -308,7 +307,7 @@ class ControlLoop:
                 tick_s=self.config.control.tick_s,
                 state=self.state,
                 interruptions=self.interruptions,
-                serverless=self._serverless_terms(),
+                serverless=pool,
                 batching=self.config.batching.enabled,
             )
             try:
