@@ -11,14 +11,17 @@ import time
 from pathlib import Path
 
 import aiohttp
+import boto3
+import numpy as np
 import pytest
 
-from mark.core.config import CloudConfig
+from mark.core.config import CloudConfig, WorkerConfig
 from mark.core.errors import NotFound
 from mark.core.types import InstanceState, Market, Model
 from provisioner.adapters.cloud import MODELS_TAG, OWNER_TAG, CloudProvider
 from provisioner.adapters.local_cloud import LocalCloud
-from tests.dataplane import model, offering
+from tests.dataplane import linear_profile, model, offering
+from tests.model_artifacts import expected, index, infer, onnx_bytes, samples, write_model
 
 CONFIG = CloudConfig(launch_overhead_scale=0.001, zones=("us-east-1a",))
 
@@ -105,6 +108,77 @@ async def test_failed_boot_terminates_and_unknown_model_raises(tmp_path: Path) -
     assert not raised.value.transient  # RetryingCloud does not retry it
 
 
+async def test_workers_get_the_worker_section_and_serve_file_and_s3_artifacts(
+    tmp_path: Path, moto_url: str
+) -> None:
+    """The `[worker]` section reaches the workers the local cloud starts (their cache reports
+    its budget, protection and polling), and a model whose artifact is an S3 object (as a bulk
+    registration from an S3 store writes it) is served by them as a local file's is: loaded on
+    demand with a memory budget, at start without one. An object gone is the model's 503, not
+    the worker's failure. Each is served under the name the front end calls it by."""
+    client = boto3.client("s3", endpoint_url=moto_url, region_name="us-east-1")
+    bucket = f"models-{time.monotonic_ns()}"
+    client.create_bucket(Bucket=bucket)
+    client.put_object(Bucket=bucket, Key="models/fromS3.onnx", Body=onnx_bytes(2.0))
+    local = write_model(tmp_path, "local", 1.0)
+    pace = [linear_profile("c5.large", 1.0, 0.1)]
+    registered = {
+        "s3m": model("s3m", artifact=f"onnx:s3://{bucket}/models/fromS3.onnx", profiles=pace),
+        "filem": model("filem", artifact=f"onnx:{local}", profiles=pace,
+                       backend_model_name="served-name"),
+        "gone": model("gone", artifact=f"onnx:s3://{bucket}/models/gone.onnx", profiles=pace),
+    }  # fmt: skip
+
+    async def lookup(name: str) -> Model:
+        return registered[name]
+
+    budget = local.stat().st_size * 4
+    lazy = WorkerConfig(
+        store_endpoint_url=moto_url, memory_budget_bytes=budget, protect_s=7.0, poll_s=0.0
+    )
+    cloud = LocalCloud(CONFIG, models=lookup, worker=lazy, state_dir=tmp_path / "lazy")
+    try:
+        inst = await cloud.wait_running(
+            (await cloud.launch(offering(), ["s3m", "filem", "gone"])).id, 30
+        )
+        assert inst.endpoint is not None
+        async with aiohttp.ClientSession() as s:
+            async with s.get(f"{inst.endpoint}/v2") as r:
+                cache = (await r.json())["cache"]
+            assert (cache["memory_budget_bytes"], cache["protect_s"]) == (budget, 7.0)
+            assert cache["poll_s"] == 0 and cache["models"] == []  # nothing loaded at start
+            idx = await index(s, inst.endpoint)
+            assert {n: i["state"] for n, i in idx.items()} == dict.fromkeys(
+                ("s3m", "served-name", "gone"), "UNAVAILABLE"
+            )
+            for name, scale in (("s3m", 2.0), ("served-name", 1.0)):
+                status, doc, _ = await infer(s, inst.endpoint, name)
+                assert status == 200, doc
+                np.testing.assert_allclose(doc["outputs"][0]["data"], expected(scale)[0])
+            status, doc, headers = await infer(s, inst.endpoint, "gone")
+            assert status == 503 and "artifact missing" in doc["error"], doc
+            assert int(headers["Retry-After"]) >= 1
+            m = await samples(s, inst.endpoint)
+            assert m[("mark_worker_model_loads_total", "model=s3m,source=store")] == 1
+            assert m[("mark_worker_model_loads_total", "model=served-name,source=file")] == 1
+            assert (await infer(s, inst.endpoint, "s3m"))[0] == 200  # still up
+    finally:
+        await cloud.close()
+
+    eager = WorkerConfig(store_endpoint_url=moto_url)
+    cloud = LocalCloud(CONFIG, models=lookup, worker=eager, state_dir=tmp_path / "eager")
+    try:
+        inst = await cloud.wait_running((await cloud.launch(offering(), ["s3m"])).id, 30)
+        assert inst.endpoint is not None
+        async with aiohttp.ClientSession() as s:
+            assert (await index(s, inst.endpoint))["s3m"]["state"] == "READY"  # at start
+            status, doc, _ = await infer(s, inst.endpoint, "s3m")
+            assert status == 200
+            np.testing.assert_allclose(doc["outputs"][0]["data"], expected(2.0)[0])
+    finally:
+        await cloud.close()
+
+
 async def test_restart_adopts_and_close_kills(tmp_path: Path) -> None:
     first = LocalCloud(CONFIG, models=_models, state_dir=tmp_path)
     inst = await first.wait_running((await first.launch(offering(), ["demo"])).id, 30)
@@ -144,7 +218,8 @@ def run_provider_with_one_worker(state_dir: Path) -> tuple[subprocess.Popen[str]
         import asyncio
         from mark.core.config import CloudConfig
         from provisioner.adapters.local_cloud import LocalCloud
-        from tests.dataplane import model, offering
+        from tests.dataplane import linear_profile, model, offering
+from tests.model_artifacts import expected, index, infer, onnx_bytes, samples, write_model
 
         async def models(name):
             return model(name)

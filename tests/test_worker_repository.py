@@ -7,7 +7,7 @@ from pathlib import Path
 
 import aiohttp
 
-from mark.core.protocol import LOAD_PIN_HEADER
+from mark.core.protocol import LOAD_PIN_HEADER, UNLOAD_IDLE_HEADER
 from tests.dataplane import workers
 from tests.model_artifacts import index, infer, samples, write_model
 
@@ -100,3 +100,31 @@ async def test_a_load_marked_unpinned_stays_evictable(tmp_path: Path) -> None:
         assert status == 200
         idx = await index(s, w.endpoint)
         assert idx["m1"]["state"] == "UNAVAILABLE" and idx["m2"]["state"] == "READY"
+
+
+async def test_an_idle_unload_keeps_a_model_in_use_or_pinned(tmp_path: Path) -> None:
+    """`Mark-Unload-Idle-S: N` (the front end's idle unloads): 409 for a model pinned or used
+    in the last N seconds, 200 once it has been idle that long; a bad value is a 400."""
+    store = tmp_path / "store"
+    store.mkdir()
+    write_model(store, "m1", 1.0)
+    write_model(store, "m2", 2.0)
+    args = ["--store", str(store), "--protect-s", "0", "--poll-s", "0"]
+    async with workers(args) as [w], aiohttp.ClientSession() as s:
+        async with s.post(f"{w.endpoint}/v2/repository/models/m1/load") as r:
+            assert r.status == 200  # pinned
+        assert (await infer(s, w.endpoint, "m2"))[0] == 200  # loaded by a request, unpinned
+
+        async def unload(name: str, idle: str) -> tuple[int, str]:
+            url = f"{w.endpoint}/v2/repository/models/{name}/unload"
+            async with s.post(url, headers={UNLOAD_IDLE_HEADER: idle}) as r:
+                return r.status, (await r.json())["error"] if r.status != 200 else ""
+
+        status, error = await unload("m1", "0")
+        assert status == 409 and "pinned" in error
+        status, error = await unload("m2", "60")
+        assert status == 409 and "used" in error and "not idle for 60 s" in error
+        assert (await unload("m2", "soon"))[0] == 400
+        assert await unload("m2", "0") == (200, "")
+        idx = await index(s, w.endpoint)
+        assert idx["m1"]["state"] == "READY" and idx["m2"]["state"] == "UNAVAILABLE"

@@ -8,6 +8,20 @@ the CloudProvider contracts (provisioner/adapters/cloud.py) and imitates what ma
   that fails to start is terminated, never left half-alive.
 - each worker paces batches to the model's profile for the offering's type (T(b) = a + c*b), so
   a c5.large and a g4dn.xlarge stand-in differ the way the planner assumes;
+- each worker gets the `[worker]` section (`worker`: the store, the memory budget, protection,
+  polling) as `mark worker` flags. Without a memory budget the instance's models load at start
+  and stay (`--model`), as a single-model instance always did; with one they are known to the
+  worker but load on demand (`--lazy-model`): a many-model instance may list more models than
+  its memory holds, and the front end loads them where they are asked for (frontend/residency.py).
+  Each model is served under the name the front end calls it by (`backend_model_name`, else its
+  own), its artifact a file or an S3 object (`onnx:s3://bucket/key`, fetched by the worker);
+- `cloud.worker_command` names what an instance runs. `mark worker ...` (the default, written for
+  EC2's user data) starts the reference worker above, always on loopback and with this
+  interpreter; any other command (Seldon MLServer, Triton with `--model-control-mode=explicit`)
+  is run as given, `{port}` in it replaced by a free loopback port, and the instance is
+  `http://127.0.0.1:{port}` once `GET /v2/health/ready` answers 200 there. Such a server loads
+  its models from its own repository: Mark drives it through the repository API (the front
+  end's loads and idle unloads), and a restarted provider does not adopt it (`_is_worker`);
 - billing as EC2 would, from launch to termination at the offering's price, is the control
   loop's (`provisioner.policy.billing`, written to the cost ledger), as for any provider;
 - spot interruptions on demand: `interrupt(id, notice_s)` yields a notice on `interruptions()`,
@@ -36,7 +50,9 @@ import ctypes
 import json
 import logging
 import os
+import shlex
 import signal
+import socket
 import sys
 import time
 import uuid
@@ -47,7 +63,7 @@ from pathlib import Path
 import aiohttp
 
 from mark.core.catalog import Catalog, load_catalog
-from mark.core.config import CloudConfig
+from mark.core.config import CloudConfig, WorkerConfig
 from mark.core.errors import CloudError, CloudNotFound, InsufficientCapacity, NotFound
 from mark.core.types import Instance, InstanceState, InstanceType, Model, Offering
 from provisioner.adapters.cloud import MODELS_TAG, OWNER_TAG, CloudProvider, InterruptionNotice
@@ -60,6 +76,7 @@ STATE_FILE = "instances.json"
 _PR_SET_PDEATHSIG = 1
 _LISTENING = "listening on "
 _STOP_GRACE_S = 5.0
+_REFERENCE = ("mark", "worker")  # a cloud.worker_command that runs the reference worker
 _CHILD_PIDS: set[int] = set()
 
 
@@ -97,6 +114,13 @@ def _running(pid: int) -> bool:
     return state not in ("Z", "X")
 
 
+def _free_port() -> int:
+    """A loopback port free now, for a server that cannot pick its own (`{port}`)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
 _BOOT_ESTIMATE_S = 3.0  # a Python worker's start-up on a loaded 2-core machine, until measured
 
 
@@ -123,12 +147,14 @@ class LocalCloud:
         config: CloudConfig,
         *,
         models: Callable[[str], Awaitable[Model]],
+        worker: WorkerConfig | None = None,
         catalog: Catalog | None = None,
         state_dir: str | Path | None = None,
         clock: Callable[[], float] = time.time,
         owner: str = "mark",
     ) -> None:
         self.config = config
+        self.worker = worker if worker is not None else WorkerConfig()
         self.catalog = catalog if catalog is not None else load_catalog()
         self._models = models
         self._clock = clock
@@ -285,19 +311,36 @@ class LocalCloud:
 
     # --- processes ----------------------------------------------------------------------------
 
+    def _third_party(self, port: int) -> builtins.list[str] | None:
+        """The argv of `cloud.worker_command` with `port`, None when it is `mark worker`."""
+        argv = shlex.split(self.config.worker_command.format(port=port))
+        return None if argv[:2] == list(_REFERENCE) else argv
+
     def _command(self, instance: Instance, models: Sequence[Model]) -> builtins.list[str]:
+        """The reference worker's argv: the instance type's profiles (in a file: a thousand
+        models' inline JSON would pass the kernel's 128 KiB limit on one argument), the
+        `[worker]` section as flags, and each model under its served name."""
         itype = instance.offering.instance_type
+        served = [(m.backend.backend_model_name or m.name, m) for m in models]
         profiles = {
-            m.name: m.profiles[itype].model_dump(mode="json") for m in models if itype in m.profiles
+            name: m.profiles[itype].model_dump(mode="json")
+            for name, m in served
+            if itype in m.profiles
         }
         cmd = [sys.executable, "-m", "mark.apps.cli", "worker"]
         cmd += ["--host", "127.0.0.1", "--port", "0"]
         cmd += ["--instance-type", itype]
         if profiles:
-            cmd += ["--profiles", json.dumps(profiles)]
+            path = self.state_dir / f"{instance.id}.profiles.json"
+            path.write_text(json.dumps(profiles))
+            cmd += ["--profiles", str(path)]
         cmd += ["--max-batch", str(max(m.max_batch for m in models))]
-        for m in models:
-            cmd += ["--model", f"{m.name}={m.backend.artifact}"]
+        for key, value in self.worker.model_dump().items():
+            if value is not None:
+                cmd += [f"--{key.replace('_', '-')}", str(value)]
+        flag = "--model" if self.worker.memory_budget_bytes is None else "--lazy-model"
+        for spec in dict.fromkeys(f"{name}={m.backend.artifact}" for name, m in served):
+            cmd += [flag, spec]
         return cmd
 
     async def _boot(self, worker: _Worker, overhead_s: float, models: Sequence[Model]) -> None:
@@ -352,22 +395,28 @@ class LocalCloud:
 
     async def _start(self, worker: _Worker, models: Sequence[Model]) -> str:
         assert worker.log_path is not None
+        port = _free_port()
+        third_party = self._third_party(port)
+        argv = third_party or self._command(worker.instance, models)
         with open(worker.log_path, "ab") as log:
             process = await asyncio.create_subprocess_exec(
-                *self._command(worker.instance, models),
+                *argv,
                 stdin=asyncio.subprocess.DEVNULL,
-                stdout=asyncio.subprocess.PIPE,
+                stdout=log if third_party else asyncio.subprocess.PIPE,
                 stderr=log,
                 preexec_fn=_die_with_parent,
             )
         worker.process, worker.pid = process, process.pid
         _CHILD_PIDS.add(process.pid)
         self._save()
-        assert process.stdout is not None
-        line = (await process.stdout.readline()).decode()
-        if _LISTENING not in line:
-            raise CloudError(f"worker exited before listening (code {await process.wait()})")
-        endpoint = line.split(_LISTENING, 1)[1].strip()
+        if third_party:
+            endpoint = f"http://127.0.0.1:{port}"
+        else:
+            assert process.stdout is not None
+            line = (await process.stdout.readline()).decode()
+            if _LISTENING not in line:
+                raise CloudError(f"worker exited before listening (code {await process.wait()})")
+            endpoint = line.split(_LISTENING, 1)[1].strip()
         async with aiohttp.ClientSession() as session:
             while True:
                 with contextlib.suppress(aiohttp.ClientError):

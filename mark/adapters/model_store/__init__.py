@@ -19,7 +19,15 @@ from typing import Protocol
 from mark.core.errors import InvalidValue
 from mark.core.types import MODEL_NAME_PATTERN
 
-__all__ = ["ModelStore", "StoredModel", "SUFFIX_KINDS", "open_store", "split_name", "valid_name"]
+__all__ = [
+    "ModelStore",
+    "StoredModel",
+    "SUFFIX_KINDS",
+    "object_artifact",
+    "open_store",
+    "split_name",
+    "valid_name",
+]
 
 SUFFIX_KINDS = {".onnx": "onnx", ".joblib": "sklearn", ".pkl": "sklearn", ".pt": "torchscript"}
 
@@ -76,6 +84,20 @@ def split_name(filename: str) -> tuple[str, str] | None:
     if kind is None or not valid_name(path.stem):
         return None
     return path.stem, kind
+
+
+def object_artifact(artifact: str) -> tuple[str, str, str] | None:
+    """(kind, bucket, key) of an artifact spec whose file is an S3 object, as a store writes
+    them (`onnx:s3://bucket/models/a.onnx`, `ModelStore.artifact`); None for any other spec (a
+    local file, `builtin:mlp`). A model registered from an S3 store carries such a spec, and the
+    worker started for it fetches the object (mark/apps/worker/cache.py)."""
+    kind, _, ref = artifact.partition(":")
+    if not ref.startswith("s3://"):
+        return None
+    bucket, _, key = ref.removeprefix("s3://").partition("/")
+    if not bucket or not key or key.endswith("/"):
+        raise InvalidValue("model", f"{artifact!r} names no object (KIND:s3://bucket/key)")
+    return kind, bucket, key
 
 
 def open_store(url: str, *, endpoint_url: str | None = None) -> ModelStore:

@@ -55,6 +55,17 @@ class S3Store:
                 return entry
         raise NotFound(f"model {name!r} is not in the store {self.url}")
 
+    def head(self, name: str, kind: str, key: str) -> StoredModel:
+        """The entry of the object at `key` in this bucket, served as `name` by loader `kind`
+        (one HEAD): an artifact named by its URL rather than found under the prefix."""
+        try:
+            got = self.client.head_object(Bucket=self.bucket, Key=key)
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") in _MISSING:
+                raise NotFound(f"model {name!r}: no object s3://{self.bucket}/{key}") from exc
+            raise
+        return StoredModel(name, key, kind, got["ContentLength"], got["ETag"])
+
     def fetch(self, model: StoredModel, dest: Path) -> StoredModel:
         try:
             got = self.client.get_object(Bucket=self.bucket, Key=model.key)

@@ -3,12 +3,16 @@
     mark worker --model demo=builtin:mlp --port 0 --instance-type c5.large
     mark worker --store s3://bucket/models --memory-budget-bytes 4000000000 --port 8080
 
-`--model [NAME=]ARTIFACT` may repeat: those models load at start and stay (pinned). With
-`--store` (a directory or s3://bucket/prefix) any model the store holds loads on its first request
-within `--memory-budget-bytes` (mark/apps/worker/cache.py); the cache's flags override the
-`[worker]` section of `--config FILE` and its `MARK_WORKER__...` environment. `--port 0` picks a
-free port. The worker has no authentication, so it listens on loopback unless `--allow-remote`
-lets `--host` name another address. Once serving, the worker prints one line
+`--model [NAME=]ARTIFACT` may repeat: those models load at start and stay (pinned).
+`--lazy-model [NAME=]ARTIFACT` may repeat too: those load on their first request, like stored
+ones (the local cloud starts a worker with a memory budget so). With `--store` (a directory or
+s3://bucket/prefix) any model the store holds loads on its first request within
+`--memory-budget-bytes` (mark/apps/worker/cache.py). An artifact may be an S3 object
+(`onnx:s3://bucket/key`, fetched through `--store-endpoint-url` when given, versioned by its
+ETag). The cache's flags override the `[worker]` section of `--config FILE` and its
+`MARK_WORKER__...` environment. `--port 0` picks a free port. The worker has no
+authentication, so it listens on loopback unless `--allow-remote` lets `--host` name another
+address. Once serving, the worker prints one line
 `mark-worker listening on http://HOST:PORT` to stdout (the local cloud reads the port from it)
 and stops cleanly on SIGTERM or SIGINT.
 """
@@ -44,6 +48,14 @@ def register(subparsers: Any) -> None:
         metavar="[NAME=]ARTIFACT",
         help="builtin:mlp, onnx:PATH, sklearn:PATH or torchscript:PATH, loaded at start and "
         "pinned (repeatable)",
+    )
+    parser.add_argument(
+        "--lazy-model",
+        action="append",
+        default=[],
+        metavar="[NAME=]ARTIFACT",
+        help="like --model, but loaded on its first request (or a repository load) within the "
+        "memory budget and evicted like a stored model (repeatable)",
     )
     parser.add_argument("--config", default=None, metavar="FILE", help="TOML with [worker]")
     cache = parser.add_argument_group("model cache (the [worker] config section)")
@@ -195,26 +207,33 @@ async def _serve(args: argparse.Namespace, settings: Any, cache_dir: Path) -> No
     from mark.core.errors import InvalidValue
 
     specs = parse_model_specs(args.model)
-    if not specs and settings.store is None:
-        raise InvalidValue("model", "give --model, --store (or [worker] store), or both")
+    lazy = parse_model_specs(args.lazy_model)
+    both = sorted(set(specs) & set(lazy))
+    if both:
+        raise InvalidValue("model", f"given as --model and --lazy-model: {', '.join(both)}")
+    if not specs and not lazy and settings.store is None:
+        raise InvalidValue(
+            "model", "give --model, --lazy-model or --store (or [worker] store), or several"
+        )
+    known = {**lazy, **specs}
     explicit = parse_profiles(args.profiles)
     if explicit and args.instance_type is None:
         raise InvalidValue("profiles", "--profiles needs --instance-type")
     if args.instance_type:
-        resolve_profiles(specs, args.instance_type, explicit)  # refuse a bad type at start
+        resolve_profiles(known, args.instance_type, explicit)  # refuse a bad type at start
 
     def make_runner(model: ServedModel, model_version: str) -> ModelRunner:
         """A stored model is paced like a --model one: its explicit or catalog profile."""
         profile = None
         if args.instance_type:
-            named = {model.name: specs.get(model.name, "store")}
+            named = {model.name: known.get(model.name, "store")}
             profile = resolve_profiles(named, args.instance_type, explicit)[model.name]
         return ModelRunner(model, profile=profile, max_batch=args.max_batch, version=model_version)
 
     store = None
     if settings.store is not None:
         store = open_store(settings.store, endpoint_url=settings.store_endpoint_url)
-    cache = ModelCache(settings, store, specs, cache_dir, make_runner)
+    cache = ModelCache(settings, store, specs, cache_dir, make_runner, on_demand=lazy)
     try:
         await cache.start()
     except BaseException:

@@ -40,14 +40,15 @@ from pathlib import Path
 from typing import Any
 
 from mark.adapters.artifacts import spec_entry
-from mark.adapters.model_store import ModelStore, StoredModel
+from mark.adapters.model_store import ModelStore, StoredModel, object_artifact
 from mark.apps.worker import metrics
 from mark.apps.worker.loaders import ServedModel, load_model
 from mark.apps.worker.runner import ModelRunner
 from mark.core.config import WorkerConfig
 from mark.core.errors import MarkError, NotFound
 
-__all__ = ["ModelCache", "ModelUnavailable", "ModelTooLarge", "READY", "LOADING", "UNAVAILABLE"]
+__all__ = ["ModelCache", "ModelUnavailable", "ModelInUse", "ModelTooLarge", "READY", "LOADING",
+           "UNAVAILABLE"]  # fmt: skip
 
 log = logging.getLogger(__name__)
 READY, LOADING, UNAVAILABLE = "READY", "LOADING", "UNAVAILABLE"  # the repository index states
@@ -65,6 +66,11 @@ class ModelUnavailable(MarkError):
         super().__init__(reason)
         self.reason = reason
         self.retry_after_s = max(1, math.ceil(retry_after_s))
+
+
+class ModelInUse(MarkError):
+    """An unload that asked for an idle model found it in use: pinned, a request in flight,
+    or one served within the idle time asked for (409)."""
 
 
 class ModelTooLarge(MarkError):
@@ -117,7 +123,10 @@ class _Entry:
 @dataclass(slots=True)
 class ModelCache:
     """The models of one worker. `fixed` are the `--model` specs (name -> artifact), loaded and
-    pinned by `start`; the others come from `store` on demand."""
+    pinned by `start`; `on_demand` (`--lazy-model`) are known by their specs but load on
+    demand and are evicted like stored models; the others come from `store` on demand. A spec
+    whose file is an S3 object (`onnx:s3://bucket/key`) is fetched into the disk tier through
+    boto3 (`settings.store_endpoint_url`), versioned by its ETag like a stored model."""
 
     settings: WorkerConfig
     store: ModelStore | None
@@ -125,7 +134,9 @@ class ModelCache:
     cache_dir: Path
     make_runner: RunnerFactory
     clock: Callable[[], float] = time.monotonic
+    on_demand: Mapping[str, str] = field(default_factory=dict)
     _entries: dict[str, _Entry] = field(default_factory=dict)
+    _buckets: dict[str, Any] = field(default_factory=dict)  # bucket -> S3Store of spec objects
     _draining: set[_Resident] = field(default_factory=set)
     _reserved_bytes: int = 0
     _tasks: set[asyncio.Task[Any]] = field(default_factory=set)
@@ -137,6 +148,9 @@ class ModelCache:
     async def start(self) -> None:
         """Load and pin the `--model` models (an error here is a start-up error), then poll."""
         metrics.MEMORY_BUDGET.set(self.settings.memory_budget_bytes or 0)
+        for name, spec in self.on_demand.items():
+            object_artifact(spec)  # a malformed object URL is a start-up error
+            self._entries[name] = _Entry(name, spec)
         for name, spec in self.fixed.items():
             entry = self._entries[name] = _Entry(name, spec, pinned=True)
             await self._ensure(entry, raw_errors=True)
@@ -206,10 +220,17 @@ class ModelCache:
         entry.pinned = entry.pinned or pin
         entry.last_used_s = self.clock()
 
-    async def unload(self, name: str) -> None:
+    async def unload(self, name: str, *, idle_s: float | None = None) -> None:
         """Unpin `name` and move it out of memory (its artifact stays in the disk tier). A later
-        request loads it again, as for any stored model."""
+        request loads it again, as for any stored model. With `idle_s` only a model idle that
+        long, unpinned and with no request in flight (raises ModelInUse otherwise)."""
         entry = self._entries.get(name) or await self._discover(name)
+        if idle_s is not None:
+            busy = entry.loading is not None or (entry.resident and entry.resident.inflight > 0)
+            ago_s = self.clock() - entry.last_used_s
+            if entry.pinned or busy or ago_s < idle_s:
+                why = "pinned" if entry.pinned else "in use" if busy else f"used {ago_s:.3g} s ago"
+                raise ModelInUse(f"model {name!r} is {why}, not idle for {idle_s:g} s")
         entry.pinned = False
         if entry.loading is not None:
             with contextlib.suppress(Exception):
@@ -311,11 +332,30 @@ class ModelCache:
             raise ModelUnavailable(f"model store unreachable: {exc}", self._retry_s()) from exc
 
     async def _stat(self, entry: _Entry) -> StoredModel:
-        """The artifact's current entry: the store's, or a --model spec's file."""
+        """The artifact's current entry: the store's, a spec's S3 object's, or a spec's file."""
         if entry.spec is None:
             assert self.store is not None
             return await self._store_call(self.store.stat, entry.name)
+        remote = self._object(entry.spec)
+        if remote is not None:
+            bucket, kind, key = remote
+            return await self._store_call(lambda name: bucket.head(name, kind, key), entry.name)
         return spec_entry(entry.name, entry.spec)
+
+    def _object(self, spec: str) -> tuple[Any, str, str] | None:
+        """(the S3Store of its bucket, kind, key) of a spec whose file is an S3 object, else
+        None. One client per bucket, made on first use (boto3 is slow to import)."""
+        found = object_artifact(spec)
+        if found is None:
+            return None
+        kind, bucket, key = found
+        store = self._buckets.get(bucket)
+        if store is None:
+            from mark.adapters.model_store.s3 import S3Store
+
+            endpoint_url = self.settings.store_endpoint_url
+            store = self._buckets[bucket] = S3Store(bucket, "", endpoint_url=endpoint_url)
+        return store, kind, key
 
     # loading
 
@@ -419,16 +459,19 @@ class ModelCache:
 
     async def _local_spec(self, entry: _Entry, stored: StoredModel) -> tuple[str, str, StoredModel]:
         """The loader spec of a local copy of `stored`, where it came from, and the version
-        the copy holds. A store's artifact is fetched into the disk tier unless already there."""
-        if entry.spec is not None:
+        the copy holds. A store's artifact (or a spec's S3 object) is fetched into the disk tier
+        unless already there."""
+        remote = self._object(entry.spec) if entry.spec is not None else None
+        if entry.spec is not None and remote is None:
             return entry.spec, ("file" if stored.kind != _BUILTIN else _BUILTIN), stored
         if entry.disk is not None and entry.disk[1].version == stored.version:
             return f"{stored.kind}:{entry.disk[0]}", "disk", stored
-        assert self.store is not None
+        source = remote[0] if remote is not None else self.store
+        assert source is not None
         self._make_disk_room(entry, stored.size_bytes)
         number = entry.number(stored.version)
         dest = self.cache_dir / f"{entry.name}.v{number}{_SUFFIXES[stored.kind]}"
-        fetched = await asyncio.to_thread(self.store.fetch, stored, dest)
+        fetched = await asyncio.to_thread(source.fetch, stored, dest)
         if entry.disk is not None and entry.disk[0] != dest:  # after a failed version: same name
             entry.disk[0].unlink(missing_ok=True)
         entry.disk = (dest, fetched)
@@ -551,7 +594,10 @@ class ModelCache:
                     e.reason = f"store poll failed: {exc}"
         for e in loaded:
             if e.spec is not None:
-                current[e.name] = await self._stat(e)
+                try:
+                    current[e.name] = await self._stat(e)
+                except (NotFound, ModelUnavailable) as exc:  # an S3 object: keep serving
+                    e.reason = f"store poll failed: {exc}"
         metrics.STORE_POLLS.inc()
         for e in loaded:
             stored = current.get(e.name)

@@ -13,7 +13,9 @@ The model repository extension, in the shapes Triton documents
 `{"name", "version" (when loaded), "state", "reason"}`, state READY, LOADING or UNAVAILABLE;
 `POST /v2/repository/models/{m}/load` and `.../unload` answer 200 with an empty body, errors
 `{"error": ...}`. A model loaded through the API is pinned (never evicted) until unloaded, unless
-the load carries `Mark-Load-Pin: false` (the front end's loads: mark/core/protocol/repository.py).
+the load carries `Mark-Load-Pin: false` (the front end's loads: mark/core/protocol/repository.py);
+an unload with `Mark-Unload-Idle-S: N` (the front end's idle unloads) is refused with 409 unless
+the model is unpinned, idle for N seconds and has nothing in flight.
 `GET /v2` adds `model_repository` to the extensions and the cache's budgets and loaded models
 (bytes, load time) under `cache`; `GET /metrics` is Prometheus text (metrics.py).
 
@@ -29,13 +31,14 @@ from collections.abc import Awaitable, Callable
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 
-from mark.apps.worker.cache import ModelCache, ModelTooLarge, ModelUnavailable
+from mark.apps.worker.cache import ModelCache, ModelInUse, ModelTooLarge, ModelUnavailable
 from mark.apps.worker.loaders import ServedModel
 from mark.apps.worker.runner import InferenceFailed
 from mark.core.errors import NotFound
 from mark.core.protocol import (
     HEADER_LENGTH,
     LOAD_PIN_HEADER,
+    UNLOAD_IDLE_HEADER,
     InferRequest,
     ProtocolError,
     encode_tf_response,
@@ -67,6 +70,8 @@ def _cache_errors(handler: Handler) -> Handler:
             return _error(404, str(exc))
         except ModelTooLarge as exc:
             return _error(422, str(exc))
+        except ModelInUse as exc:
+            return _error(409, str(exc))
         except ModelUnavailable as exc:
             retry = {"Retry-After": str(exc.retry_after_s)}
             return _error(503, f"model {request.match_info['model']!r}: {exc.reason}", retry)
@@ -199,7 +204,14 @@ def build_app(cache: ModelCache, *, max_body_mb: float = 64.0, version: str) -> 
     @routes.post("/v2/repository/models/{model}/unload")
     @_cache_errors
     async def repository_unload(request: web.Request) -> web.Response:
-        await cache.unload(request.match_info["model"])
+        raw = request.headers.get(UNLOAD_IDLE_HEADER)
+        try:
+            idle_s = None if raw is None else float(raw)
+        except ValueError:
+            idle_s = -1.0
+        if idle_s is not None and not idle_s >= 0:
+            return _error(400, f"{UNLOAD_IDLE_HEADER} is seconds (>= 0), got {raw!r}")
+        await cache.unload(request.match_info["model"], idle_s=idle_s)
         return web.Response(status=200)
 
     app.add_routes(routes)

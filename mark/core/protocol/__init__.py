@@ -9,7 +9,8 @@ Shared by the front end (parsing clients, talking to instances) and the referenc
 - `binary`: Triton's binary tensor data extension (`Inference-Header-Content-Length`);
 - `v2`: KServe v2 requests and responses; `tf_serving`: TF Serving's `instances` and `inputs`;
 - `batching`: concatenating requests along dimension 0 and splitting the answer back;
-- `repository`: Mark's addition to the model repository extension (`LOAD_PIN_HEADER`).
+- `repository`: Mark's additions to the model repository extension (`LOAD_PIN_HEADER`,
+  `UNLOAD_IDLE_HEADER`).
 
 Hot path (bench/bench_frontend.py): JSON goes through orjson, numeric tensors are serialized
 straight from their arrays, and a v2 JSON request keeps its body (`InferRequest.raw`) so that a
@@ -28,7 +29,7 @@ from mark.core.protocol.messages import (
     TfFormat,
     validate,
 )
-from mark.core.protocol.repository import LOAD_PIN_HEADER
+from mark.core.protocol.repository import LOAD_PIN_HEADER, UNLOAD_IDLE_HEADER
 from mark.core.protocol.tf_serving import (
     encode_tf_request,
     encode_tf_response,
@@ -47,6 +48,7 @@ __all__ = [
     "BackendError",
     "HEADER_LENGTH",
     "LOAD_PIN_HEADER",
+    "UNLOAD_IDLE_HEADER",
     "parse_header_length",
     "Tensor",
     "TensorMeta",
