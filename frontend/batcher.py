@@ -80,6 +80,11 @@ class RateEstimator:
             return 0.0
         return self._rate_rps * math.exp(-max(now_s - self._at_s, 0.0) / self.window_s)
 
+    @property
+    def last_s(self) -> float | None:
+        """When the last arrival was observed (None: none yet)."""
+        return self._at_s
+
     def observe(self, now_s: float, count: int = 1) -> None:
         self._rate_rps = self.rate_rps(now_s) + count / self.window_s
         self._at_s = now_s

@@ -72,6 +72,7 @@ from frontend.residency import (
     Residency,
     read_index,
     request_load,
+    request_unload,
 )
 from frontend.spill_monitor import SpillMonitor
 from frontend.spill_path import SpillPath
@@ -128,6 +129,7 @@ class Fleet:
             backoff_max_s=config.load_backoff_max_s,
         )
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._loaded_here: set[tuple[ModelRoutes, Link]] = set()  # this front end's loads
         self._sync: asyncio.Task[None] | None = None
         self._watch: asyncio.Task[None] | None = None
         self._flush = asyncio.create_task(self._flush_metrics())
@@ -305,6 +307,7 @@ class Fleet:
                 residency.apply(instance_id, read, generation)
         for state in self._models.values():
             self._apply_residency(state)
+        self._unload_idle()
 
     def _apply_residency(self, state: ModelRoutes) -> None:
         """Route `state`'s model to the links that hold it, and only to those."""
@@ -355,6 +358,59 @@ class Fleet:
             self._route(q)
         self._spawn(link.batcher.close())
 
+    def _check_health(self, state: ModelRoutes, link: Link, why: str) -> None:
+        """An instance refused a call or a load in words that are no failure of its own (503
+        with Retry-After: no room, loading, busy; a load it could not do), so it is not ejected
+        for that; but an instance that refuses because it is failing as a whole (its runtime
+        broken, a server overloaded past its readiness, a process gone for loads only) must not
+        keep its place on such words: its health is checked, at most once per
+        `batching.health_interval_s`, and a failed check ejects it (then it is probed, and the
+        control plane replaces an instance kept out for `control.unhealthy_replace_s`)."""
+        now = self.now_s()
+        if link.ejected or link.closed or now - link.checked_s < self.config.health_interval_s:
+            return
+        link.checked_s = now
+
+        async def check() -> None:
+            if not await self._healthy(state, link):
+                self._eject(state, link, f"{why}, then failed its health check")
+
+        self._spawn(check())
+
+    def _unload_idle(self) -> None:
+        """Unload each model this front end loaded on an instance and routed nothing to there
+        for `batching.unload_idle_s` (frontend/residency.py); once per idle period each."""
+        idle_s = self.config.unload_idle_s
+        if idle_s <= 0 or not self._loaded_here:
+            return
+        now = self.now_s()
+        for state, link in list(self._loaded_here):
+            current = self._models.get(state.model.name) is state and not link.closed
+            if not current or not link.resident or link.loaded_s is None:
+                link.loaded_s = None  # gone, or evicted there since: not ours to unload
+                self._loaded_here.discard((state, link))
+                continue
+            used_s = max(link.loaded_s, link.batcher.rate.last_s or -math.inf)
+            if now - used_s < idle_s or link.batcher.inflight or link.batcher.pending:
+                continue
+            link.loaded_s = now  # not asked again before another idle period
+            self._spawn(self._unload(state, link, idle_s))
+
+    async def _unload(self, state: ModelRoutes, link: Link, idle_s: float) -> None:
+        outcome = await request_unload(
+            self._session, link.endpoint, state.backend_name, idle_s, self.config.worker_timeout_s
+        )
+        metrics.child(metrics.UNLOADS, state.model.name, link.id, outcome).inc()
+        if outcome != "ok" or link.closed:
+            return
+        logger.info(
+            "unloaded %s from instance %s: idle for %g s", state.model.name, link.id, idle_s
+        )
+        link.loaded_s = None
+        self._loaded_here.discard((state, link))
+        self._residency.unloaded(link.id, state.backend_name)
+        self._apply_residency(state)
+
     def _eject(self, state: ModelRoutes, link: Link, reason: str) -> None:
         if link.ejected or link.closed:
             return
@@ -366,15 +422,19 @@ class Fleet:
             self._route(q)
         self._spawn(self._probe(state, link))
 
+    async def _healthy(self, state: ModelRoutes, link: Link) -> bool:
+        """The instance's readiness (v2 `/v2/health/ready`, TF Serving's model status), within
+        `batching.health_interval_s`."""
+        timeout_s = self.config.health_interval_s
+        if state.model.backend.protocol == "tfserving":
+            return await self.client.tf_ready(link.endpoint, state.backend_name, timeout_s)
+        return await self.client.ready(link.endpoint, timeout_s)
+
     async def _probe(self, state: ModelRoutes, link: Link) -> None:
         """Health-check an ejected instance until it passes (then it rejoins) or leaves."""
-        interval_s = self.config.health_interval_s
         while not link.closed:
-            await asyncio.sleep(interval_s)
-            if state.model.backend.protocol == "tfserving":
-                ok = await self.client.tf_ready(link.endpoint, state.backend_name, interval_s)
-            else:
-                ok = await self.client.ready(link.endpoint, interval_s)
+            await asyncio.sleep(self.config.health_interval_s)
+            ok = await self._healthy(state, link)
             if ok and not link.closed:
                 link.ejected = False
                 metrics.child(metrics.INSTANCE_EJECTED, state.model.name, link.id).set(0)
@@ -536,6 +596,8 @@ class Fleet:
             )
         except LoadFailed as exc:
             failure = exc.reason
+            if exc.status is None or exc.status >= 500:  # no answer, or it may be failing
+                self._check_health(state, link, f"its load of {name!r} failed ({failure})")
         took_s = self.now_s() - load.started_s
         if state.loading is load:
             state.loading = None
@@ -545,6 +607,8 @@ class Fleet:
         metrics.child(metrics.LOADS, name, link.id, outcome).inc()
         if failure is None:
             self._residency.loaded(link.id, state.backend_name, took_s)
+            link.loaded_s = self.now_s()
+            self._loaded_here.add((state, link))
             self._apply_residency(state)
             for q in held:
                 self._route(q)
@@ -679,6 +743,7 @@ class Fleet:
         self._residency.refused(link.id, backend)
         if exc.retry_after_s is not None:
             self._residency.load_failed(link.id, backend, exc.reason, self.now_s())
+            self._check_health(state, link, f"it answered 503 for {name!r} ({exc.reason})")
         self._apply_residency(state)
         why = f"instance {link.id} does not have model {name!r} ({exc.reason})"
         for q in batch:

@@ -11,6 +11,7 @@ rule sees (`Link.queue`), the same functions the simulator calls.
 from __future__ import annotations
 
 import asyncio
+import math
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -46,6 +47,10 @@ class Link:
     closed: bool = False
     # the model is in memory there (frontend/residency.py): only resident links are routed to
     resident: bool = True
+    # when this front end's load of the model there completed (or its idle unload was last
+    # declined): a model it loaded is unloaded once idle (frontend/residency.py); None: not ours
+    loaded_s: float | None = None
+    checked_s: float = -math.inf  # when its health was last checked after a refusal
 
     @property
     def id(self) -> str:

@@ -44,6 +44,7 @@ __all__ = [
     "HELD",
     "SHED",
     "LOADS",
+    "UNLOADS",
     "SPILLS",
     "SPILL_FAILURES",
     "SPILL_COST",
@@ -139,6 +140,13 @@ LOADS = Counter(
     "mark_frontend_model_loads",
     "Model loads the front end asked an instance for (the model was resident nowhere), by "
     "outcome (ok, failed).",
+    ["model", "instance", "outcome"],
+)
+UNLOADS = Counter(
+    "mark_frontend_model_unloads",
+    "Idle unloads the front end asked an instance for (a model it loaded there had no request "
+    "routed to it for batching.unload_idle_s), by outcome: ok, kept (the instance still uses "
+    "it: 409) or failed.",
     ["model", "instance", "outcome"],
 )
 

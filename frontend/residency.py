@@ -21,6 +21,15 @@ An (instance, model) whose load failed is not asked to load it again for a back-
 (`Backoff`): a model whose artifact is corrupt is tried once per back-off, not once per request.
 An instance that answers an inference call saying it does not have the model (the index was up
 to one sync old) is marked not holding it (`refused`) until its next index read says otherwise.
+
+Scale to zero per model (issue 19, item 4): a model this front end loaded on an instance and
+routed nothing to there for `batching.unload_idle_s` is unloaded from it
+(`POST /v2/repository/models/{m}/unload`, `request_unload`), so a model with no traffic holds no
+memory there, on a server without its own eviction (MLServer, Triton) too. Only the front end's
+own loads (`Link.loaded_s`) are unloaded: an instance's launch models and the placement's pins
+are not its to drop. The unload carries `Mark-Unload-Idle-S` (mark/core/protocol/repository.py):
+a `mark worker` keeps a model another front end still uses (409), which a front end, seeing only
+its own traffic, cannot know.
 """
 
 from __future__ import annotations
@@ -34,11 +43,11 @@ from typing import Any
 import aiohttp
 
 from frontend.batcher import QueuedRequest
-from mark.core.protocol import LOAD_PIN_HEADER
+from mark.core.protocol import LOAD_PIN_HEADER, UNLOAD_IDLE_HEADER
 from mark.core.types import Instance
 
 __all__ = ["NO_REPOSITORY_API", "Backoff", "IndexUnreadable", "LoadFailed", "ModelLoad",
-           "Residency", "read_index", "request_load"]  # fmt: skip
+           "Residency", "read_index", "request_load", "request_unload"]  # fmt: skip
 
 # The index of an instance without the repository API: it holds its Instance.models.
 NO_REPOSITORY_API = None
@@ -49,11 +58,13 @@ class IndexUnreadable(Exception):
 
 
 class LoadFailed(Exception):
-    """The instance did not load the model; `reason` is its answer (or the error)."""
+    """The instance did not load the model; `reason` is its answer (or the error), `status`
+    the HTTP status it answered (None: the call itself failed)."""
 
-    def __init__(self, reason: str) -> None:
+    def __init__(self, reason: str, status: int | None = None) -> None:
         super().__init__(reason)
         self.reason = reason
+        self.status = status
 
 
 async def read_index(
@@ -107,7 +118,25 @@ async def request_load(
         except (ValueError, AttributeError):
             detail = None
         text = detail if isinstance(detail, str) else payload.decode("utf-8", "replace")[:300]
-        raise LoadFailed(f"HTTP {status}: {text or 'no detail'}")
+        raise LoadFailed(f"HTTP {status}: {text or 'no detail'}", status)
+
+
+async def request_unload(
+    session: aiohttp.ClientSession, endpoint: str, model: str, idle_s: float, timeout_s: float
+) -> str:
+    """Ask the instance to unload `model` if idle for `idle_s`: "ok" (unloaded, or not there:
+    404), "kept" (409: in use there, by another front end say) or "failed" (anything else)."""
+    try:
+        async with asyncio.timeout(timeout_s):
+            async with session.post(
+                f"{endpoint}/v2/repository/models/{model}/unload",
+                headers={UNLOAD_IDLE_HEADER: f"{idle_s:g}"},
+            ) as resp:
+                await resp.read()
+                status = resp.status
+    except (aiohttp.ClientError, TimeoutError):
+        return "failed"
+    return {200: "ok", 404: "ok", 409: "kept"}.get(status, "failed")
 
 
 @dataclass(eq=False, slots=True)
@@ -207,6 +236,13 @@ class Residency:
         ready = self.ready.get(instance_id, NO_REPOSITORY_API)
         if ready is not NO_REPOSITORY_API:
             self.ready[instance_id] = ready | {backend_name}
+
+    def unloaded(self, instance_id: str, backend_name: str) -> None:
+        """The front end's idle unload completed: the model is not there any more."""
+        self.refused(instance_id, backend_name)
+        ready = self.ready.get(instance_id, NO_REPOSITORY_API)
+        if ready is not NO_REPOSITORY_API:
+            self.ready[instance_id] = ready - {backend_name}
 
     def forget(self, keep: Iterable[str]) -> None:
         """Drop what is known of instances no longer running."""

@@ -403,6 +403,73 @@ async def test_a_404_from_a_server_without_the_repository_api_leaves_it_in_servi
         await runner.cleanup()
 
 
+async def _flaky_server(state: dict[str, bool]) -> tuple[web.AppRunner, str]:
+    """A single-model v2 server (no repository API) that, while `state["broken"]`, answers every
+    inference 503 with Retry-After, as an overloaded third-party server may, and fails its
+    readiness; else it answers y = 8."""
+
+    async def infer(request: web.Request) -> web.Response:
+        await request.read()
+        if state["broken"]:
+            return web.json_response({"error": "overloaded"}, status=503,
+                                     headers={"Retry-After": "1"})  # fmt: skip
+        output = {"name": "output", "shape": [1, 1], "datatype": "FP32", "data": [8.0]}
+        return web.json_response({"model_name": "solo", "outputs": [output]})
+
+    async def ready(_: web.Request) -> web.Response:
+        return web.json_response({}, status=503 if state["broken"] else 200)
+
+    app = web.Application()
+    app.router.add_post("/v2/models/solo/infer", infer)
+    app.router.add_get("/v2/health/ready", ready)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    return runner, f"http://127.0.0.1:{runner.addresses[0][1]}"
+
+
+async def test_an_instance_failing_behind_503s_with_retry_after_is_ejected_until_it_recovers() -> (
+    None
+):
+    """A 503 with Retry-After does not eject an instance by itself (it may mean "not here, not
+    now"), but it has the instance's health checked: one that fails the check is ejected (the
+    gauge the control plane replaces instances by) and probed, and rejoins once it passes.
+    Meanwhile every request is answered by the healthy instance."""
+    state = {"broken": True}
+    broken, broken_url = await _flaky_server(state)
+    good, good_url = await _solo_server()
+    fleet = Fleet(BatchingConfig(health_interval_s=0.2))
+    ejected = "mark_instance_ejected"
+    try:
+        fleet.set_models([model("solo", slo_ms=30_000.0)])
+        fleet.set_instances(
+            [running("broken-1", broken_url, ("solo",)), running("good-1", good_url, ("solo",))]
+        )
+        await fleet.refresh_residency()
+        assert sorted(fleet.resident("solo")) == ["broken-1", "good-1"]
+        answers = [await fleet.infer("solo", _request()) for _ in range(4)]
+        assert {a.instance_id for a in answers} == {"good-1"}
+        async with asyncio.timeout(10):
+            while fleet.routable("solo") != ["good-1"]:
+                await asyncio.sleep(0.02)
+        assert _sample(ejected, model="solo", instance="broken-1") == 1
+        answers = [await fleet.infer("solo", _request()) for _ in range(4)]
+        assert {a.instance_id for a in answers} == {"good-1"}
+        state["broken"] = False  # recovered: its probe passes and it takes requests again
+        async with asyncio.timeout(10):
+            while sorted(fleet.resident("solo")) != ["broken-1", "good-1"]:
+                await fleet.refresh_residency()  # the sync's: the refusal held until a read
+                await asyncio.sleep(0.02)
+        assert _sample(ejected, model="solo", instance="broken-1") == 0
+        answers = [await fleet.infer("solo", _request()) for _ in range(4)]
+        assert {a.instance_id for a in answers} == {"broken-1", "good-1"}
+    finally:
+        await fleet.close()
+        await broken.cleanup()
+        await good.cleanup()
+
+
 async def test_the_front_end_learns_residency_on_its_sync_cadence(
     pair: Pair, tmp_path: Path
 ) -> None:

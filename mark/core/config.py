@@ -126,7 +126,10 @@ class CloudConfig(_Section):
     local_boot_timeout_s: Annotated[float, Field(gt=0)] = 60.0
     poll_interval_s: Annotated[float, Field(gt=0)] = 5.0
     # EC2 (provisioner/adapters/ec2/): the `mark:owner` tag value that marks this fleet's
-    # instances, the worker started by user data, and botocore's attempts per call.
+    # instances, the worker started by user data, and botocore's attempts per call. The local
+    # cloud runs `worker_command` too: `mark worker ...` is its reference worker (on loopback,
+    # with the [worker] section), any other command a third-party server whose `{port}` it picks
+    # (provisioner/adapters/local_cloud.py).
     owner: Annotated[str, Field(min_length=1, max_length=128)] = "mark"
     worker_port: Annotated[int, Field(ge=1, le=65535)] = 8080
     worker_command: str = "mark worker --host 0.0.0.0 --allow-remote --port {port}"
@@ -230,6 +233,9 @@ class BatchingConfig(_Section):
     # `load_backoff_base_s`, doubled per failure in a row up to `load_backoff_max_s`.
     load_backoff_base_s: Annotated[float, Field(gt=0)] = 1.0
     load_backoff_max_s: Annotated[float, Field(gt=0)] = 60.0
+    # Scale to zero per model: a model this front end loaded on an instance and routed nothing
+    # to there for this long is unloaded from it (frontend/residency.py; 0: never).
+    unload_idle_s: Annotated[float, Field(ge=0)] = 300.0
 
 
 class SpillConfig(_Section):
