@@ -218,8 +218,7 @@ def run_provider_with_one_worker(state_dir: Path) -> tuple[subprocess.Popen[str]
         import asyncio
         from mark.core.config import CloudConfig
         from provisioner.adapters.local_cloud import LocalCloud
-        from tests.dataplane import linear_profile, model, offering
-from tests.model_artifacts import expected, index, infer, onnx_bytes, samples, write_model
+        from tests.dataplane import model, offering
 
         async def models(name):
             return model(name)

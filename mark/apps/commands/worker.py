@@ -213,7 +213,7 @@ async def _serve(args: argparse.Namespace, settings: Any, cache_dir: Path) -> No
         raise InvalidValue("model", f"given as --model and --lazy-model: {', '.join(both)}")
     if not specs and not lazy and settings.store is None:
         raise InvalidValue(
-            "model", "give --model, --lazy-model or --store (or [worker] store), or several"
+            "model", "give --model, --store (or [worker] store), --lazy-model, or several"
         )
     known = {**lazy, **specs}
     explicit = parse_profiles(args.profiles)

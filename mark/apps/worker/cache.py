@@ -39,7 +39,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mark.adapters.artifacts import spec_entry
+from mark.adapters.artifacts import MISSING, spec_entry
 from mark.adapters.model_store import ModelStore, StoredModel, object_artifact
 from mark.apps.worker import metrics
 from mark.apps.worker.loaders import ServedModel, load_model
@@ -379,6 +379,9 @@ class ModelCache:
         except NotFound as exc:
             entry.reason = f"artifact missing: {exc}"
             raise ModelUnavailable(entry.reason, self._retry_s()) from exc
+        if stored.version == MISSING and stored.kind in _SUFFIXES:  # a spec file gone
+            entry.reason = f"artifact missing: artifact file {stored.key} does not exist"
+            raise ModelUnavailable(entry.reason, self._retry_s())
         if stored.version == entry.failed_version:
             raise ModelUnavailable(entry.reason, self._retry_s())
         resident = await self._build(entry, stored, raw_errors)
