@@ -15,7 +15,7 @@ import asyncio
 import hmac
 import re
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from pydantic import BaseModel, ValidationError
@@ -49,7 +49,15 @@ from frontend.admin_schema import (
     read_body,
 )
 from frontend.errors import error_response, validation_details
-from frontend.registration import budget_faults, build_model, plan_bulk, settings_of
+from frontend.registration import (
+    artifact_fault,
+    budget_faults,
+    build_model,
+    named_artifacts,
+    plan_bulk,
+    settings_of,
+)
+from mark.adapters.artifacts import spec_entry
 from mark.adapters.db import Database
 from mark.adapters.model_store import open_store
 from mark.core.errors import Conflict, InvalidValue, NotFound
@@ -128,9 +136,24 @@ def _within_budget(
         raise InvalidValue(faults[0].field, faults[0].message)
 
 
-def _model_from_spec(request: Request, name: str, spec: ModelSpec) -> Model:
+async def _artifact_bytes(artifacts: Iterable[str]) -> dict[str, int]:
+    """The size of each artifact that is a local file (a stat each, in a thread); 0 for one
+    that is not (`builtin:mlp`, an S3 object, an external server's name, a missing file)."""
+    wanted = set(artifacts)
+    return await asyncio.to_thread(lambda: {a: spec_entry("", a).size_bytes for a in wanted})
+
+
+async def _artifact_within_budget(request: Request, model: Model) -> None:
+    sizes = await _artifact_bytes([model.backend.artifact])
+    fault = artifact_fault(sizes[model.backend.artifact], _budget_bytes(request))
+    if fault is not None:
+        raise InvalidValue(fault.field, fault.message)
+
+
+async def _model_from_spec(request: Request, name: str, spec: ModelSpec) -> Model:
     model = build_model(name, settings_of(spec))
     _within_budget(request, model.memory_mb, model.profiles)
+    await _artifact_within_budget(request, model)
     return model
 
 
@@ -140,18 +163,20 @@ async def list_models(request: Request) -> HTTPResponse:
 
 async def create_model(request: Request) -> HTTPResponse:
     spec = read_body(ModelCreate, request.body)
-    return _out(await _db(request).create_model(_model_from_spec(request, spec.name, spec)), 201)
+    model = await _model_from_spec(request, spec.name, spec)
+    return _out(await _db(request).create_model(model), 201)
 
 
-async def _stored(request: Request, prefix: str) -> list[tuple[str, str]]:
-    """(name, artifact) of each model in the fleet's store whose name starts with `prefix`."""
+async def _stored(request: Request, prefix: str) -> list[tuple[str, str, int]]:
+    """(name, artifact, bytes) of each model in the fleet's store whose name starts with
+    `prefix`."""
     worker = request.app.ctx.config.worker
     if worker.store is None:
         raise NotFound("no model store is configured (worker.store) to register models from")
 
-    def listing() -> list[tuple[str, str]]:
+    def listing() -> list[tuple[str, str, int]]:
         store = open_store(worker.store, endpoint_url=worker.store_endpoint_url)
-        return [(m.name, store.artifact(m)) for m in store.list(prefix)]
+        return [(m.name, store.artifact(m), m.size_bytes) for m in store.list(prefix)]
 
     try:
         return await asyncio.to_thread(listing)  # boto3 and the filesystem block
@@ -176,8 +201,11 @@ async def create_models(request: Request, verb: str) -> HTTPResponse:
     registered by another request in between refuses all with 409. (`verb` is the path's
     `models:bulk`, see `sanic_path`.)"""
     body = read_body(ModelsBulk, request.body)
-    found = await _stored(request, body.store.prefix) if body.store is not None else ()
-    plan = plan_bulk(body, _budget_bytes(request), found)
+    stored = await _stored(request, body.store.prefix) if body.store is not None else []
+    sizes = await _artifact_bytes(named_artifacts(body))
+    sizes.update((artifact, size) for _, artifact, size in stored)
+    found = [(name, artifact) for name, artifact, _ in stored]
+    plan = plan_bulk(body, _budget_bytes(request), found, sizes)
     db = _db(request)
     taken = await db.registered_names(plan.places)
     registered = [
@@ -199,7 +227,7 @@ async def get_model(request: Request, name: str) -> HTTPResponse:
 
 async def replace_model(request: Request, name: str) -> HTTPResponse:
     """The URL names the model; the body holds everything else, so the two cannot disagree."""
-    model = _model_from_spec(request, name, read_body(ModelSpec, request.body))
+    model = await _model_from_spec(request, name, read_body(ModelSpec, request.body))
     return _out(await _db(request).update_model(model))
 
 
@@ -216,6 +244,7 @@ async def patch_model(request: Request, name: str) -> HTTPResponse:
         model = Model.model_validate({**current.model_dump(), **changed})
     except ValidationError as exc:
         raise Conflict(f"model {name!r}: {validation_details(exc)[0]['message']}") from exc
+    await _artifact_within_budget(request, model)
     return _out(await _db(request).update_model(model))
 
 

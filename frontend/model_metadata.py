@@ -30,10 +30,13 @@ logger = logging.getLogger("mark.frontend.fleet")
 
 
 async def fetch_metadata(client: BackendClient, routes: ModelRoutes) -> None:
-    """Ask the routable instances in turn; the first valid answer fills `routes.metadata` and
-    `routes.inputs`. Nothing changes when none answers (no instance, all failing)."""
+    """Ask the instances that hold the model in memory, in turn; the first valid answer fills
+    `routes.metadata` and `routes.inputs`. Nothing changes when none answers (none holds it,
+    all failing). An instance that does not hold the model is not asked: a many-model worker
+    would load it to answer (or refuse for want of room), a load the front end's residency
+    routing did not choose; the artifact answers until one holds it."""
     for link in list(routes.links.values()):
-        if link.ejected:
+        if not link.routable:
             continue
         try:
             doc = await client.metadata(link.endpoint, routes.backend_name, 2.0)

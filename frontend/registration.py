@@ -24,7 +24,8 @@ from frontend.errors import validation_details
 from mark.core.catalog import load_catalog
 from mark.core.types import Model, Profile
 
-__all__ = ["BulkPlan", "settings_of", "build_model", "budget_faults", "plan_bulk"]
+__all__ = ["BulkPlan", "settings_of", "build_model", "budget_faults", "artifact_fault",
+           "named_artifacts", "plan_bulk"]  # fmt: skip
 
 _SETTINGS = frozenset({"slo", "backend", "profiles", "profiles_from", "max_batch", "memory_mb"})
 _MERGED_BY_KEY = frozenset({"backend", "profiles"})
@@ -79,6 +80,20 @@ def budget_faults(
         for where, mb in sizes
         if mb is not None and mb * _MIB > budget_bytes
     ]
+
+
+def artifact_fault(artifact_bytes: int, budget_bytes: int | None) -> FieldError | None:
+    """The fault of an artifact larger than a worker's whole memory budget (None: it fits, or
+    the budget is unbounded): a worker charges a model at least its artifact's bytes
+    (mark/apps/worker/loaders.py), so such a model is refused whatever footprint it declares
+    (or none), as the worker would refuse it with 422 at its first request."""
+    if budget_bytes is None or artifact_bytes <= budget_bytes:
+        return None
+    return FieldError(
+        field="backend.artifact",
+        message=f"the artifact is {artifact_bytes} bytes, more than a worker's whole memory "
+        f"budget (worker.memory_budget_bytes = {budget_bytes})",
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -156,12 +171,24 @@ def _group(groups: Sequence[ModelGroup], name: str) -> int | None:
     return next((i for i, g in enumerate(groups) if fnmatch.fnmatchcase(name, g.match)), None)
 
 
+def named_artifacts(body: ModelsBulk) -> set[str]:
+    """Every artifact spec a bulk body gives, in its template, groups or entries (the admin
+    API learns their sizes before `plan_bulk`, which does no I/O)."""
+    layers = [body.template, *body.groups, *body.models]
+    return {a for layer in layers if (a := settings_of(layer).get("backend", {}).get("artifact"))}
+
+
 def plan_bulk(
-    body: ModelsBulk, budget_bytes: int | None, found: Sequence[tuple[str, str]] = ()
+    body: ModelsBulk,
+    budget_bytes: int | None,
+    found: Sequence[tuple[str, str]] = (),
+    artifact_bytes: Mapping[str, int] | None = None,
 ) -> BulkPlan:
     """Every model of `body` built and checked, or the faults that keep it from being built.
     `budget_bytes` is the workers' memory budget (None: unbounded); with `body.store`, `found`
-    holds the (name, artifact) of each artifact under its prefix, in the store's order."""
+    holds the (name, artifact) of each artifact under its prefix, in the store's order;
+    `artifact_bytes` the size of each artifact known (a local file's, a store listing's)."""
+    sizes = artifact_bytes or {}
     plan = BulkPlan()
     if body.store is None:
         entries = _listed(body, plan)
@@ -187,6 +214,8 @@ def plan_bulk(
                 plan.fault(f"{entry.place}.{d['field']}", d["message"])
             continue
         over = budget_faults(model.memory_mb, model.profiles, budget_bytes)
+        too_big = artifact_fault(sizes.get(model.backend.artifact, 0), budget_bytes)
+        over += [too_big] if too_big is not None else []
         for f in over:
             plan.fault(f"{entry.place}.{f.field}", f.message)
         if not over:
