@@ -63,7 +63,7 @@ from frontend import metrics
 from frontend.answers import Answer, Shed, Unavailable
 from frontend.batcher import InstanceBatcher, QueuedRequest, answer_once
 from frontend.dispatch import dispatch
-from frontend.links import Link, ModelRoutes, link_plan, reweigh, serves
+from frontend.links import Link, ModelRoutes, link_plan, reachable, reweigh, serving
 from frontend.model_metadata import ArtifactMetadata, artifact_metadata, fetch_metadata
 from frontend.residency import (
     IndexUnreadable,
@@ -89,6 +89,7 @@ from provisioner.policy.spill import QueueView
 __all__ = ["Fleet", "FleetSource", "Answer", "Unavailable"]
 
 logger = logging.getLogger("mark.frontend.fleet")
+_UNREAD = object()  # an instance whose index was never read (its listing stands)
 
 
 class FleetSource(Protocol):
@@ -129,7 +130,11 @@ class Fleet:
             backoff_max_s=config.load_backoff_max_s,
         )
         self._tasks: set[asyncio.Task[Any]] = set()
+        # models that had requests queued since the spill watch last looked (`_queued_models`)
+        self._queued: dict[ModelRoutes, None] = {}
         self._loaded_here: set[tuple[ModelRoutes, Link]] = set()  # this front end's loads
+        self._listing: list[Instance] | None = None  # the last set_instances, None: relink
+        self._endpoints: dict[str, str] = {}  # its reachable instances' endpoints, by id
         self._sync: asyncio.Task[None] | None = None
         self._watch: asyncio.Task[None] | None = None
         self._flush = asyncio.create_task(self._flush_metrics())
@@ -146,15 +151,27 @@ class Fleet:
                 timeout_s=config.queue_timeout_s,
             )
             self._watch = asyncio.create_task(
-                self._spills.watch(
-                    lambda: list(self._models.values()), spill.config.interval_ms / 1e3
-                )
+                self._spills.watch(self._queued_models, spill.config.interval_ms / 1e3)
             )
 
     # --- clock and housekeeping --------------------------------------------------------------
 
     def now_s(self) -> float:
         return self._loop.time()
+
+    def _queued_models(self) -> list[ModelRoutes]:
+        """The models with requests queued on an instance or waiting for one: the spill
+        watch's work every `spill.interval_ms`. Only those are looked at, not every registered
+        model and its every instance (a thousand models on twenty instances were 20,000 queue
+        checks a hundred times a second); a model leaves the set once nothing of it waits."""
+        queued = [
+            state
+            for state in self._queued
+            if self._models.get(state.model.name) is state
+            and (state.waiting or any(link.batcher.pending for link in state.links.values()))
+        ]
+        self._queued = dict.fromkeys(queued)
+        return queued
 
     def _spawn(self, coro: Awaitable[Any]) -> None:
         task: asyncio.Task[Any] = asyncio.ensure_future(coro)
@@ -243,7 +260,9 @@ class Fleet:
             await asyncio.sleep(interval_s)
 
     def set_models(self, models: Sequence[Model]) -> None:
-        """Replace the set of served models; removed models answer their queued requests 503."""
+        """Replace the set of served models; removed models answer their queued requests 503.
+        A model given as the very object it holds is unchanged (the database hands back the
+        same objects until the models change: a thousand comparisons saved per sync)."""
         wanted = {m.name: m for m in models}
         for name in set(self._models) - set(wanted):
             self._drop_model(name, f"model {name!r} was removed")
@@ -251,7 +270,8 @@ class Fleet:
             state = self._models.get(name)
             if state is None:
                 self._models[name] = ModelRoutes(model)
-            elif state.model != model:
+                self._listing = None  # its links are made by the next set_instances
+            elif state.model is not model and state.model != model:
                 if state.model.backend != model.backend:
                     state.metadata, state.inputs, state.artifact = None, (), None
                 state.model = model
@@ -262,10 +282,19 @@ class Fleet:
     def set_instances(self, instances: Sequence[Instance]) -> None:
         """Make the running instances that serve each model its route targets; instances that
         left, drain or terminate stop taking requests (their unsent requests are re-routed, or,
-        from a draining instance, spilled while the pool has room)."""
-        draining = {i.id for i in instances if i.state == InstanceState.DRAINING}
+        from a draining instance, spilled while the pool has room). The same listing as last
+        time, with no model added since, changes nothing and is skipped."""
+        listing = list(instances)
+        if listing == self._listing:
+            return
+        self._listing = listing
+        self._endpoints = {
+            i.id: i.endpoint for i in listing if reachable(i) and i.endpoint is not None
+        }
+        draining = {i.id for i in listing if i.state == InstanceState.DRAINING}
+        targets = serving(listing)
         for name, state in self._models.items():
-            wanted = {i.id: i for i in instances if serves(i, name)}
+            wanted = targets.get(name, {})
             for link_id in list(state.links):
                 link = state.links[link_id]
                 current = wanted.get(link_id)
@@ -285,17 +314,19 @@ class Fleet:
     async def refresh_residency(self) -> None:
         """Read every running instance's repository index (each within
         `batching.health_interval_s`, together) and route each model only to the instances that
-        hold it (frontend/residency.py); an index that cannot be read keeps the last view."""
-        instances = {
-            link.id: link for state in self._models.values() for link in state.links.values()
-        }
+        hold it (frontend/residency.py); an index that cannot be read keeps the last view. Only
+        the models whose residency an index changed are routed anew, so a sync of a thousand
+        models whose memory did not change costs the index reads alone."""
+        instances = self._endpoints
         residency = self._residency
         residency.forget(instances)
         ids = list(instances)
         began = [residency.generation.get(i, 0) for i in ids]
+        before = {i: residency.ready.get(i, _UNREAD) for i in ids}
+        absent = set(residency.absent)
         timeout_s = self.config.health_interval_s
         reads = await asyncio.gather(
-            *(read_index(self._session, instances[i].endpoint, timeout_s) for i in ids),
+            *(read_index(self._session, instances[i], timeout_s) for i in ids),
             return_exceptions=True,
         )
         for instance_id, generation, read in zip(ids, began, reads, strict=True):
@@ -305,8 +336,19 @@ class Fleet:
                 logger.warning("reading the index of %s failed: %r", instance_id, read)
             else:
                 residency.apply(instance_id, read, generation)
+        changed = {backend for _, backend in absent - residency.absent}  # refusals read over
+        whole: set[str] = set()  # instances to or from the listing's view: all their models
+        for instance_id, old in before.items():
+            new = residency.ready.get(instance_id, _UNREAD)
+            if new == old:
+                continue
+            if isinstance(old, frozenset) and isinstance(new, frozenset):
+                changed |= old ^ new
+            else:
+                whole.add(instance_id)
         for state in self._models.values():
-            self._apply_residency(state)
+            if state.backend_name in changed or (whole and not whole.isdisjoint(state.links)):
+                self._apply_residency(state)
         self._unload_idle()
 
     def _apply_residency(self, state: ModelRoutes) -> None:
@@ -484,6 +526,7 @@ class Fleet:
             return None
         link = state.links[key]
         ahead = link.batcher.offer(q, wake=wake)
+        self._queued[state] = None
         if self._spills is not None and q.spill_error is None:
             self._spills.check_one(state, link, q, ahead)
         return link
@@ -640,6 +683,7 @@ class Fleet:
     def _no_instance(self, state: ModelRoutes, q: QueuedRequest) -> None:
         if self._spill_some(state, (q,), QueueView()):
             state.waiting.append(q)
+            self._queued[state] = None
             self._loop.call_at(q.give_up_s, self._waiting_expired, state, q)
 
     def _waiting_expired(self, state: ModelRoutes, q: QueuedRequest) -> None:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import math
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from statistics import fmean
 from typing import TYPE_CHECKING, Any
@@ -32,7 +32,7 @@ if TYPE_CHECKING:
     from frontend.model_metadata import ArtifactMetadata
     from frontend.residency import ModelLoad
 
-__all__ = ["Link", "ModelRoutes", "serves", "link_plan", "reweigh"]
+__all__ = ["Link", "ModelRoutes", "reachable", "serving", "link_plan", "reweigh"]
 
 
 @dataclass(eq=False, slots=True)
@@ -117,13 +117,21 @@ class ModelRoutes:
         return len(self.loading.held) if self.loading is not None else 0
 
 
-def serves(instance: Instance, model: str) -> bool:
-    """Whether `instance` takes `model`'s requests: running, reachable, holding the model."""
-    return (
-        instance.state == InstanceState.RUNNING
-        and instance.endpoint is not None
-        and model in instance.models
-    )
+def reachable(instance: Instance) -> bool:
+    """Whether `instance` takes requests: running, with an endpoint."""
+    return instance.state == InstanceState.RUNNING and instance.endpoint is not None
+
+
+def serving(instances: Iterable[Instance]) -> dict[str, dict[str, Instance]]:
+    """Each model's route targets among `instances` (by id): the reachable ones that list it.
+    One pass over every instance's models, so a sync costs the listing's size, not the models
+    times the instances times their lists."""
+    out: dict[str, dict[str, Instance]] = {}
+    for instance in instances:
+        if reachable(instance):
+            for model in instance.models:
+                out.setdefault(model, {})[instance.id] = instance
+    return out
 
 
 def link_plan(

@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import Collection, Sequence
 
-from sqlalchemy import delete, insert, select
+from sqlalchemy import delete, func, insert, select
 from sqlalchemy.exc import IntegrityError
 
 from mark.adapters.db.rows import model_from_rows, model_values, profile_values
@@ -20,7 +20,15 @@ __all__ = [
 
 
 class ModelStore(Store):
-    """Create, read, update and delete registered models."""
+    """Create, read, update and delete registered models.
+
+    `list_models` answers from the last read while `models_version` says nothing changed: every
+    front-end process reads the models on each fleet sync (twice a second) and its status
+    sampler, and building a thousand models from their rows took longer than the rest of a
+    sync together; the version is one aggregate query. The models it returns are the same
+    (frozen) objects until a change, which lets a caller skip comparing them."""
+
+    _listed: tuple[tuple[int, float | None], list[Model]] | None = None  # (version, models)
 
     async def create_model(self, model: Model) -> Model:
         await self.create_models([model])
@@ -64,14 +72,31 @@ class ModelStore(Store):
             ).all()
             return model_from_rows(row, profiles)
 
+    async def models_version(self) -> tuple[int, float | None]:
+        """A token that changes whenever the registered models do: their count and the last
+        write's time (a create or update stamps `updated_at_s`; a delete lowers the count), in
+        one aggregate query. A write stamped by a clock behind the last one and leaving the
+        count as it was (an update from another host) is seen at the next change."""
+        async with self.session() as s:
+            count, last = (
+                await s.execute(select(func.count(), func.max(ModelRow.updated_at_s)))
+            ).one()
+        return int(count), last
+
     async def list_models(self) -> list[Model]:
+        version = await self.models_version()
+        listed = self._listed
+        if listed is not None and listed[0] == version:
+            return list(listed[1])
         async with self.session() as s:
             rows = (await s.scalars(select(ModelRow).order_by(ModelRow.name))).all()
             profiles = (await s.scalars(select(ProfileRow))).all()
         by_model: dict[str, list[ProfileRow]] = {}
         for p in profiles:
             by_model.setdefault(p.model_name, []).append(p)
-        return [model_from_rows(r, by_model.get(r.name, [])) for r in rows]
+        models = [model_from_rows(r, by_model.get(r.name, [])) for r in rows]
+        self._listed = (version, models)
+        return list(models)
 
     async def update_model(self, model: Model) -> Model:
         async with self.session() as s:
