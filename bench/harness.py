@@ -163,12 +163,41 @@ class Front(Proc):
         super().stop()
 
 
+def start_pool() -> Proc:
+    """The local function pool behind Lambda's Invoke API (what `mark serve`'s control plane
+    runs), in a process of its own: a front end given its port spills there."""
+    port = free_port()
+    popen = subprocess.Popen([sys.executable, "-m", "bench.harness", "--pool", str(port)],
+                             cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})  # fmt: skip
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        with socket.socket() as sock:
+            if sock.connect_ex(("127.0.0.1", port)) == 0:
+                return Proc(popen, f"http://127.0.0.1:{port}")
+        time.sleep(0.1)
+    popen.kill()
+    raise RuntimeError("the local function pool did not start")
+
+
+async def _serve_pool(port: int) -> None:
+    from mark.core.config import load_config
+    from provisioner.adapters.serverless import InvokeServer, LocalFunctionPool
+
+    pool = LocalFunctionPool(load_config(environ={}, serverless={"local_port": port}).serverless)
+    await InvokeServer(pool).start()
+    await asyncio.Event().wait()
+
+
 def start_front(model: dict[str, object], upstreams: Sequence[tuple[str, str]], workdir: Path,
-                batching: dict[str, object] | None = None, workers: int = 1) -> Front:  # fmt: skip
+                batching: dict[str, object] | None = None, workers: int = 1,
+                extra_models: Sequence[dict[str, object]] = (),
+                pool: Proc | None = None) -> Front:  # fmt: skip
     """A real Mark front end (create_app + the inference blueprint) whose database lists
     `upstreams` ((instance type, endpoint)) as running instances of `model`. As under `mark serve`
     with `server.workers = workers`: that many processes share the port (SO_REUSEPORT: the
-    kernel spreads connections) and the metrics are in multiprocess mode."""
+    kernel spreads connections) and the metrics are in multiprocess mode. `extra_models` are
+    registered too and listed on every instance (a many-model fleet); with `pool`
+    (`start_pool`) it spills there, as `mark serve` does, else spill is off."""
     port = free_port()
     metrics_dir = workdir / "metrics"
     metrics_dir.mkdir(exist_ok=True)
@@ -179,9 +208,12 @@ def start_front(model: dict[str, object], upstreams: Sequence[tuple[str, str]], 
         ready = workdir / f"front-{index}.ready"
         spec = {"model": model, "upstreams": list(upstreams), "db": str(workdir / "bench.db"),
                 "port": port, "batching": batching or {}, "seed": index == 0,
-                "ready_file": str(ready)}  # fmt: skip
+                "ready_file": str(ready), "extra_models": list(extra_models),
+                "pool_port": int(pool.url.rsplit(":", 1)[1]) if pool else 0}  # fmt: skip
+        spec_file = workdir / f"front-{index}.json"  # a thousand models pass argv's limit
+        spec_file.write_text(json.dumps(spec))
         popen = subprocess.Popen(
-            [sys.executable, "-m", "bench.harness", json.dumps(spec)], cwd=ROOT, env=env
+            [sys.executable, "-m", "bench.harness", str(spec_file)], cwd=ROOT, env=env
         )
         procs.append(Proc(popen, url))
         deadline = time.monotonic() + 60
@@ -247,17 +279,22 @@ async def _serve_front(spec: dict) -> None:
     if spec["seed"]:
         db = await Database.open(url)
         model = Model.model_validate(spec["model"])
-        await db.create_model(model)
+        extra = [Model.model_validate(m) for m in spec["extra_models"]]
+        await db.create_models([model, *extra])
+        served = (model.name, *(m.name for m in extra))
         for i, (itype, endpoint) in enumerate(spec["upstreams"]):
             offering = Offering(instance_type=itype, zone="local", market=Market.ON_DEMAND,
                                 price_per_hour=0.1)  # fmt: skip
             await db.save_instance(
-                Instance(id=f"bench-{i}", offering=offering, models=(model.name,),
+                Instance(id=f"bench-{i}", offering=offering, models=served,
                          state=InstanceState.RUNNING, endpoint=endpoint, launched_at_s=0.0)
             )  # fmt: skip
         await db.close()
     config = load_config(
-        server={"port": spec["port"]}, database={"url": url}, batching=spec["batching"]
+        server={"port": spec["port"]},
+        database={"url": url},
+        batching=spec["batching"],
+        serverless={"local_port": spec["pool_port"]},
     )
     app = create_app(config, name="bench")
     if "inference" not in app.blueprints:
@@ -276,7 +313,7 @@ async def _serve_front(spec: dict) -> None:
     await server.before_start()
     await server.after_start()
     fleet = app.ctx.fleet
-    while not fleet.routable(spec["model"]["name"]):
+    while not fleet.resident(spec["model"]["name"]):  # routed to an instance holding it
         await asyncio.sleep(0.05)
     await server.start_serving()
     Path(spec["ready_file"]).touch()
@@ -286,4 +323,7 @@ async def _serve_front(spec: dict) -> None:
 if __name__ == "__main__":
     import uvloop
 
-    uvloop.run(_serve_front(json.loads(sys.argv[1])))
+    if sys.argv[1] == "--pool":
+        uvloop.run(_serve_pool(int(sys.argv[2])))
+    else:
+        uvloop.run(_serve_front(json.loads(Path(sys.argv[1]).read_text())))
