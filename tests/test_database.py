@@ -96,6 +96,27 @@ async def test_models_in_bulk_all_or_none(db_url: str) -> None:
         await db.close()
 
 
+async def test_listed_models_are_read_again_only_after_a_change(db_url: str) -> None:
+    """list_models answers from its last read while models_version stands (the front end asks
+    twice a second): the same objects then, and every create, update and delete seen at once,
+    by this process and by another (a second Database on the same URL)."""
+    db, other = await Database.open(db_url), await Database.open(db_url)
+    try:
+        await db.create_models([MODEL, MODEL.model_copy(update={"name": "b"})])
+        first, again = await db.list_models(), await db.list_models()
+        assert [m.name for m in first] == ["b", "inception-v3"]
+        assert all(x is y for x, y in zip(first, again, strict=True))
+        await other.update_model(MODEL.model_copy(update={"max_batch": 4}))
+        assert [m.max_batch for m in await db.list_models()] == [16, 4]
+        await other.delete_model("b")
+        assert [m.name for m in await db.list_models()] == ["inception-v3"]
+        await other.create_model(MODEL.model_copy(update={"name": "c"}))
+        assert [m.name for m in await db.list_models()] == ["c", "inception-v3"]
+    finally:
+        await db.close()
+        await other.close()
+
+
 async def test_instance_lifecycle_is_audited(db_url: str) -> None:
     db = await Database.open(db_url)
     try:

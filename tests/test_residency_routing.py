@@ -527,6 +527,25 @@ async def test_residency_is_read_under_the_name_the_instance_serves_the_model_by
         await fleet.close()
 
 
+async def test_an_unchanged_listing_still_gives_a_new_model_its_routes() -> None:
+    """The fleet skips a sync whose instance listing did not change, unless a model was added
+    since: the new model gets its routes from the same listing."""
+    fleet = Fleet(BatchingConfig())
+    try:
+        listing = [running("a", "http://127.0.0.1:9", ("x", "y")),
+                   running("b", "http://127.0.0.1:9", ("y",))]  # fmt: skip
+        fleet.set_models([model("x")])
+        fleet.set_instances(listing)
+        assert fleet.routable("x") == ["a"]
+        fleet.set_models([model("x"), model("y")])
+        fleet.set_instances(list(listing))
+        assert sorted(fleet.routable("y")) == ["a", "b"] and fleet.routable("x") == ["a"]
+        fleet.set_instances(listing[:1])  # b left
+        assert fleet.routable("y") == ["a"]
+    finally:
+        await fleet.close()
+
+
 def test_an_index_read_older_than_a_completed_load_is_not_applied() -> None:
     residency = Residency(default_load_s=5.0)
     instance = running("a", "http://127.0.0.1:1", ("m1", "m2"))
