@@ -112,8 +112,9 @@ INSTANCE_BUSY = Counter(
 )
 INSTANCE_EJECTED = Gauge(
     "mark_instance_ejected",
-    "1 while this front end keeps an instance out of rotation (a failed call, then failing "
-    "health checks), else 0. The control plane replaces an instance ejected for "
+    "1 while this front end keeps an instance out of rotation (a failed call, or a 503 with "
+    "Retry-After or a failed load followed by a failed health check; then failing health "
+    "checks), else 0. The control plane replaces an instance ejected for "
     "control.unhealthy_replace_s.",
     ["model", "instance"],
     multiprocess_mode="livemax",
