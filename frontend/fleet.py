@@ -203,7 +203,18 @@ class Fleet:
         state = self._models.get(name)
         if state is None:
             return []
-        return [link.id for link in state.links.values() if not link.ejected and not link.closed]
+        return [link.id for link in state.links.values() if link.up]
+
+    async def admitted(self, timeout_s: float = 10.0) -> None:
+        """Until every instance that joined has passed its first health check or left: what a
+        caller that sets instances by hand (tests, benches) waits on before reading routes."""
+        async with asyncio.timeout(timeout_s):
+            while any(
+                not link.proven and not link.closed
+                for state in self._models.values()
+                for link in state.links.values()
+            ):
+                await asyncio.sleep(0.01)
 
     def resident(self, name: str) -> list[str]:
         """Ids of the instances this model is routed to now: holding it, not ejected."""
@@ -340,6 +351,7 @@ class Fleet:
         link.resident = self._residency.holds(instance, state.model.name, state.backend_name)
         holder.append(link)
         state.links[instance.id] = link
+        self._spawn(self._admit(state, link))
 
     def _remove_link(self, state: ModelRoutes, link: Link, *, draining: bool = False) -> None:
         link.closed = True
@@ -366,21 +378,53 @@ class Fleet:
             self._route(q)
         self._spawn(self._probe(state, link))
 
+    async def _healthy(self, state: ModelRoutes, link: Link) -> bool:
+        interval_s = self.config.health_interval_s
+        if state.model.backend.protocol == "tfserving":
+            return await self.client.tf_ready(link.endpoint, state.backend_name, interval_s)
+        return await self.client.ready(link.endpoint, interval_s)
+
+    def _rejoin(self, state: ModelRoutes, link: Link) -> None:
+        if link.routable:
+            state.router.set(link.id, link.weight)
+        self._release_waiting(state)
+
+    async def _admit(self, state: ModelRoutes, link: Link) -> None:
+        """Health-check a new instance until it passes (then it is routed to) or leaves. One
+        still failing after `batching.boot_grace_s` is reported ejected, so that the control
+        plane replaces an instance whose worker never came up; it is admitted if it ever
+        passes."""
+        grace_ends_s = self.now_s() + self.config.boot_grace_s
+        while not link.closed:
+            if await self._healthy(state, link):
+                if link.closed:
+                    return
+                link.proven = True
+                if link.ejected:  # reported after the grace: it came up after all
+                    link.ejected = False
+                    metrics.child(metrics.INSTANCE_EJECTED, state.model.name, link.id).set(0)
+                self._rejoin(state, link)
+                return
+            if not link.ejected and self.now_s() >= grace_ends_s:
+                logger.warning(
+                    "instance %s of %s failed its health checks for %g s after it joined "
+                    "(batching.boot_grace_s)",
+                    link.id,
+                    state.model.name,
+                    self.config.boot_grace_s,
+                )
+                link.ejected = True
+                metrics.child(metrics.INSTANCE_EJECTED, state.model.name, link.id).set(1)
+            await asyncio.sleep(self.config.health_interval_s)
+
     async def _probe(self, state: ModelRoutes, link: Link) -> None:
         """Health-check an ejected instance until it passes (then it rejoins) or leaves."""
-        interval_s = self.config.health_interval_s
         while not link.closed:
-            await asyncio.sleep(interval_s)
-            if state.model.backend.protocol == "tfserving":
-                ok = await self.client.tf_ready(link.endpoint, state.backend_name, interval_s)
-            else:
-                ok = await self.client.ready(link.endpoint, interval_s)
-            if ok and not link.closed:
+            await asyncio.sleep(self.config.health_interval_s)
+            if await self._healthy(state, link) and not link.closed:
                 link.ejected = False
                 metrics.child(metrics.INSTANCE_EJECTED, state.model.name, link.id).set(0)
-                if link.routable:
-                    state.router.set(link.id, link.weight)
-                self._release_waiting(state)
+                self._rejoin(state, link)
                 return
 
     # --- requests -----------------------------------------------------------------------------
@@ -477,7 +521,7 @@ class Fleet:
         backoffs = [
             b
             for link in state.links.values()
-            if not link.ejected and not link.closed
+            if link.up
             and (b := self._residency.backoff(link.id, state.backend_name, now)) is not None
         ]  # fmt: skip
         if not backoffs:
@@ -506,7 +550,7 @@ class Fleet:
         candidates = [
             x
             for x in state.links.values()
-            if not x.ejected and not x.closed and x.id not in tried
+            if x.up and x.id not in tried
             and self._residency.backoff(x.id, backend, now) is None
         ]  # fmt: skip
         return min(

@@ -44,6 +44,9 @@ class Link:
     weight: float = 1.0
     ejected: bool = False
     closed: bool = False
+    # its health check has passed once: a new instance is not routed to before (its worker may
+    # still be starting), and a failure before is no ejection (`Fleet._admit`)
+    proven: bool = False
     # the model is in memory there (frontend/residency.py): only resident links are routed to
     resident: bool = True
 
@@ -57,9 +60,14 @@ class Link:
         return self.instance.endpoint
 
     @property
+    def up(self) -> bool:
+        """Answering its health checks and not gone: it may serve or load any of its models."""
+        return self.proven and not self.ejected and not self.closed
+
+    @property
     def routable(self) -> bool:
-        """In the router: holding the model, not ejected, not gone."""
-        return self.resident and not self.ejected and not self.closed
+        """In the router: proven, holding the model, not ejected, not gone."""
+        return self.up and self.resident
 
     def queue(self, running_instances: int, *, ahead: int = 0, draining: bool = False) -> QueueView:
         """This instance's backlog for the spill rule: the requests in flight plus `ahead`, and

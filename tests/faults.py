@@ -42,10 +42,12 @@ async def bounded_load(
     timeout_s: float,
     fault_after: int | None = None,
     fault: Callable[[], Awaitable[None]] | None = None,
+    pace_s: float = 0.0,
 ) -> LoadResult:
     """`requests` requests from `concurrency` closed-loop clients, each with a client timeout of
-    `timeout_s`; `fault` runs once, when `fault_after` requests have been answered. Every
-    request sent is counted once in the result, answered or not."""
+    `timeout_s` and `pace_s` of think time after each answer (so that a load can outlast a
+    fault's whole course); `fault` runs once, when `fault_after` requests have been answered.
+    Every request sent is counted once in the result, answered or not."""
     url = f"{base_url}/v2/models/{model}/infer"
     result = LoadResult([0] * requests, [0.0] * requests)
     next_index = 0
@@ -71,6 +73,8 @@ async def bounded_load(
             answered += 1
             if fault is not None and fault_task is None and answered >= (fault_after or 0):
                 fault_task = asyncio.create_task(fault())
+            if pace_s:
+                await asyncio.sleep(pace_s)
 
     connector = aiohttp.TCPConnector(limit=concurrency)
     async with aiohttp.ClientSession(connector=connector) as session:

@@ -347,7 +347,11 @@ async def test_a_corrupt_models_requests_go_to_the_pool_while_its_loads_back_off
 
 
 async def _solo_server() -> tuple[web.AppRunner, str]:
-    """A single-model v2 server with no repository API (its index is a 404): y = 7."""
+    """A single-model v2 server with no repository API (its index is a 404), only inference
+    and the protocol's health route: y = 7."""
+
+    async def ready(request: web.Request) -> web.Response:
+        return web.Response()
 
     async def infer(request: web.Request) -> web.Response:
         await request.read()
@@ -356,6 +360,7 @@ async def _solo_server() -> tuple[web.AppRunner, str]:
 
     app = web.Application()
     app.router.add_post("/v2/models/solo/infer", infer)
+    app.router.add_get("/v2/health/ready", ready)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
@@ -370,6 +375,7 @@ async def test_a_server_without_the_repository_api_gets_its_models_traffic() -> 
     try:
         fleet.set_models([model("solo", slo_ms=30_000.0)])
         fleet.set_instances([running("solo-1", endpoint, ("solo",))])
+        await fleet.admitted()
         await fleet.refresh_residency()
         assert fleet.resident("solo") == ["solo-1"]
         answer = await fleet.infer("solo", _request())
@@ -389,6 +395,7 @@ async def test_a_404_from_a_server_without_the_repository_api_leaves_it_in_servi
     try:
         fleet.set_models([model("solo", slo_ms=30_000.0), model("other", slo_ms=30_000.0)])
         fleet.set_instances([running("solo-1", endpoint, ("solo", "other"))])
+        await fleet.admitted()
         await fleet.refresh_residency()
         assert fleet.resident("other") == ["solo-1"]  # the listing says so
         with pytest.raises(Unavailable) as refused:

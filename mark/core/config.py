@@ -208,6 +208,10 @@ class BatchingConfig(_Section):
     slo_budget_fraction: Annotated[float, Field(gt=0, le=1)] = 0.8
     worker_timeout_s: Annotated[float, Field(gt=0)] = 30.0
     health_interval_s: Annotated[float, Field(gt=0)] = 1.0
+    # a new instance is routed to once its health check passes (EC2 says `running` a minute
+    # before the worker its user data starts listens); one still failing it after this long
+    # is reported unhealthy, for the control plane to replace (ASG's health check grace period)
+    boot_grace_s: Annotated[float, Field(gt=0)] = 300.0
     # batches outstanding per instance; the backlog beyond waits in the front end (spill sees it)
     max_inflight_batches: Annotated[int, Field(ge=1, le=64)] = 2
     rate_window_s: Annotated[float, Field(gt=0)] = 1.0  # EWMA of the rate routed to an instance
