@@ -24,8 +24,16 @@ from pathlib import Path
 from typing import Any
 
 from tests.aws import FAKE_ENV
+from tests.conftest import free_port
 
-__all__ = ["Ec2Machines", "ec2_worker_command", "loopback_subnets", "running_machines"]
+__all__ = [
+    "Ec2Machines",
+    "cloud_ids",
+    "ec2_cloud_toml",
+    "ec2_worker_command",
+    "loopback_subnets",
+    "running_machines",
+]
 
 
 def ec2_worker_command() -> str:
@@ -44,6 +52,39 @@ def loopback_subnets(client: Any, zones: Sequence[str]) -> list[str]:
         ]["SubnetId"]
         for k, zone in enumerate(zones)
     ]
+
+
+def ec2_cloud_toml(
+    client: Any, moto_url: str, image_id: str, owner: str, zones: Sequence[str]
+) -> str:
+    """A `[cloud]` section for `mark serve` on the emulator: its own owner tag, loopback
+    subnets in `zones`, this interpreter's worker at each instance's address, no retries."""
+    quoted = ", ".join(f'"{x}"' for x in zones)
+    subnets = ", ".join(f'"{x}"' for x in loopback_subnets(client, zones))
+    return (
+        "[cloud]\n"
+        'provider = "ec2"\n'
+        f'endpoint_url = "{moto_url}"\n'
+        f'image_id = "{image_id}"\n'
+        f'owner = "{owner}"\n'
+        f"zones = [{quoted}]\n"
+        f"subnet_ids = [{subnets}]\n"
+        f'worker_command = "{ec2_worker_command()}"\n'
+        f"worker_port = {free_port()}\n"
+        "poll_interval_s = 1.0\n"
+        "api_max_attempts = 1\n"
+    )
+
+
+def cloud_ids(client: Any, owner: str) -> set[str]:
+    """The owner's instances that EC2 lists as pending or running (the cloud's own truth)."""
+    pages = client.get_paginator("describe_instances").paginate(
+        Filters=[
+            {"Name": "tag:mark:owner", "Values": [owner]},
+            {"Name": "instance-state-name", "Values": ["pending", "running"]},
+        ]
+    )
+    return {i["InstanceId"] for page in pages for r in page["Reservations"] for i in r["Instances"]}
 
 
 class Ec2Machines:

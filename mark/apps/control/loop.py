@@ -178,6 +178,18 @@ class ControlLoop:
         bucket = now_s - now_s % self.bucket_s
         await self.db.add_observed(self.holder, bucket, fresh)
         self._published = {m: max(n, self._published.get(m, 0.0)) for m, n in own.items()}
+        return await self._acquire(now_s)
+
+    async def renew(self) -> None:
+        """Renew a held lease between ticks (every `control.sync_s`, outside the tick's lock),
+        so that a tick slowed by the cloud's API (throttling, botocore's backoff) or by warming
+        the pool does not let the lease run out and hand the fleet to another host in the
+        middle of its actions. Only a holder renews: taking the lease is the tick's."""
+        if self.holder is not None and self.fence is not None:
+            await self._acquire(self.clock())
+
+    async def _acquire(self, now_s: float) -> bool:
+        assert self.holder is not None
         ttl = self.config.control.lease_ticks * self.config.control.tick_s
         lease = await self.db.acquire_lease(self.holder, now_s, ttl)
         was = self.fence

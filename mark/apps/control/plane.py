@@ -194,7 +194,9 @@ def build_cloud(config: Config, db: Database) -> CloudProvider:
     if config.cloud.provider == "ec2":
         from provisioner.adapters.ec2 import Ec2Cloud
 
-        inner = Ec2Cloud(config.cloud, models=db.get_model)
+        inner = Ec2Cloud(
+            config.cloud, models=db.get_model, offered_types=config.planner.allowed_types
+        )
     else:
         from provisioner.adapters.local_cloud import LocalCloud
 
@@ -262,6 +264,10 @@ async def _main(config: Config) -> None:
         scheduler.add_job(
             control.sync_and_replan, "interval", seconds=config.control.sync_s, id="sync", **job
         )
+        if config.control.leader_election:
+            scheduler.add_job(
+                control.renew, "interval", seconds=config.control.sync_s, id="renew", **job
+            )
         scheduler.add_job(
             publish_offerings, "interval", args=(db, cloud), seconds=config.control.tick_s, **job
         )
