@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from mark.adapters.db import Database, ModelCharge
+from mark.adapters.db import Database, InstanceCharge, LedgerLine, ModelCharge
 from mark.core.errors import Conflict, NotFound
 from mark.core.types import (
     AcceleratorKind,
@@ -156,34 +156,23 @@ async def test_decisions_page_newest_first(db_url: str) -> None:
         await db.close()
 
 
+def line(
+    instance_id: str, model: str, instance_type: str, market: str, charge: InstanceCharge
+) -> LedgerLine:
+    return LedgerLine(instance_id, model, instance_type, market, charge)
+
+
 async def test_cost_ledger_and_catalog_tables(db_url: str) -> None:
     db = await Database.open(db_url)
     try:
-        await db.set_instance_charge(
-            instance_id="i-1",
-            model="a",
-            instance_type="c5.large",
-            market="spot",
-            seconds=60,
-            usd=0.5,
-            at_s=1,
+        await db.set_instance_charges(
+            [line("i-1", "a", "c5.large", "spot", InstanceCharge(60, 0.5))], at_s=1
         )
-        await db.set_instance_charge(
-            instance_id="i-1",
-            model="a",
-            instance_type="c5.large",
-            market="spot",
-            seconds=120,
-            usd=1.0,
-            at_s=2,
-        )  # cumulative
-        await db.set_instance_charge(
-            instance_id="i-2",
-            model="b",
-            instance_type="p2.xlarge",
-            market="on-demand",
-            seconds=60,
-            usd=2.0,
+        await db.set_instance_charges(
+            [
+                line("i-1", "a", "c5.large", "spot", InstanceCharge(120, 1.0)),  # cumulative
+                line("i-2", "b", "p2.xlarge", "on-demand", InstanceCharge(60, 2.0)),
+            ],
             at_s=2,
         )
         await db.charge_serverless(
@@ -198,30 +187,26 @@ async def test_cost_ledger_and_catalog_tables(db_url: str) -> None:
         assert c.serverless_requests == 10
 
         # A many-model instance: its charge shared among the models it served.
-        await db.set_instance_charge(
-            instance_id="i-3",
-            model="a",
-            instance_type="c5.large",
-            market="on-demand",
-            seconds=60,
-            usd=0.4,
-            at_s=3,
-            parts={"a": ModelCharge(0.3, busy_s=30.0), "b": ModelCharge(0.1, busy_s=10.0)},
+        parts = {"a": ModelCharge(0.3, busy_s=30.0), "b": ModelCharge(0.1, busy_s=10.0)}
+        await db.set_instance_charges(
+            [line("i-3", "a", "c5.large", "on-demand", InstanceCharge(60, 0.4, parts))], at_s=3
         )
         c = await db.costs()
         assert c.per_model_usd == pytest.approx({"a": 1.55, "b": 2.1})
         assert c.per_instance_type_usd == pytest.approx({"c5.large": 1.4, "p2.xlarge": 2.0})
-        line = await db.instance_charge("i-3")
-        assert line is not None and (line.seconds, line.usd) == (60, 0.4)
-        assert line.models == {"a": ModelCharge(0.3, 30.0), "b": ModelCharge(0.1, 10.0)}
-        assert await db.instance_charge("i-9") is None
+        lines = await db.instance_charges(["i-3", "i-1", "i-9"])
+        assert set(lines) == {"i-1", "i-3"}  # none written for i-9
+        assert (lines["i-3"].seconds, lines["i-3"].usd) == (60, 0.4)
+        assert lines["i-3"].models == parts
+        assert lines["i-1"] == InstanceCharge(120, 1.0, {"a": ModelCharge(1.0)})
+        assert await db.instance_charges([]) == {}
 
         # Busy seconds per instance and model: added per host, summed over hosts.
         await db.add_busy("h1", {("i-3", "a"): 20.0, ("i-3", "b"): 5.0, ("i-4", "a"): 1.0})
         await db.add_busy("h2", {("i-3", "a"): 10.0, ("i-3", "b"): 0.0})
         await db.add_busy("h1", {("i-3", "b"): 5.0})
-        assert await db.busy_of("i-3") == pytest.approx({"a": 30.0, "b": 10.0})
-        assert await db.busy_of("i-9") == {}
+        busy = await db.busy_by_instance(["i-3", "i-4", "i-9"])
+        assert busy == {"i-3": {"a": 30.0, "b": 10.0}, "i-4": {"a": 1.0}}  # whole seconds: exact
 
         gpu = InstanceType(
             name="p2.xlarge",
