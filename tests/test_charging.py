@@ -57,7 +57,9 @@ def statements(db: Database) -> Iterator[list[str]]:
 
 async def busy_rows(db: Database) -> int:
     async with db.session() as s:
-        return int((await s.execute(select(func.count()).select_from(ObservedBusyRow))).scalar_one())
+        return int(
+            (await s.execute(select(func.count()).select_from(ObservedBusyRow))).scalar_one()
+        )
 
 
 async def test_a_charge_is_the_same_statements_for_one_instance_as_for_fifty(db_url: str) -> None:
