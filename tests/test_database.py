@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
+import subprocess
+import sys
+
 import pytest
 
 from mark.adapters.db import Database, InstanceCharge, LedgerLine, ModelCharge
@@ -20,6 +24,7 @@ from mark.core.types import (
     Profile,
     Slo,
 )
+from tests.conftest import _fresh_pg_schema, _pg_url_or_skip
 
 MODEL = Model(
     name="inception-v3",
@@ -223,3 +228,32 @@ async def test_cost_ledger_and_catalog_tables(db_url: str) -> None:
         assert await db.list_offerings() == [SPOT]
     finally:
         await db.close()
+
+
+# One `mark serve` opening the database, as each front end does when it starts.
+_OPEN = """
+import asyncio, sys
+from mark.adapters.db import Database
+
+async def main() -> None:
+    db = await Database.open(sys.argv[1])
+    await db.close()
+
+asyncio.run(main())
+"""
+
+
+@pytest.mark.pg
+def test_front_ends_starting_together_on_a_fresh_postgresql_database_all_open_it() -> None:
+    """Two replicas of one Deployment start at once on an empty database: one migrates, the
+    others wait for it (an advisory lock) and find the schema migrated, where before all but
+    one failed on tables created under them."""
+    url = _pg_url_or_skip()
+    asyncio.run(_fresh_pg_schema(url))
+    starts = [
+        subprocess.Popen([sys.executable, "-c", _OPEN, url], stderr=subprocess.PIPE)
+        for _ in range(3)
+    ]
+    for start in starts:
+        _, err = start.communicate(timeout=120)
+        assert start.returncode == 0, err.decode()
