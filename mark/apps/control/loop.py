@@ -37,14 +37,14 @@ import asyncio
 import logging
 import time
 import zlib
-from collections.abc import Awaitable, Callable, Collection, Mapping
+from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TypeVar
 
 import numpy as np
 
-from mark.adapters.db import Database, Fence, InstanceCharge, ModelCharge
-from mark.apps.control import metrics
+from mark.adapters.db import Database, Fence
+from mark.apps.control import charging, metrics
 from mark.core.catalog import load_catalog
 from mark.core.config import Config
 from mark.core.errors import CloudError, Fenced, InsufficientCapacity, InvalidValue, MarkError
@@ -62,7 +62,6 @@ from predictors.base import Forecaster
 from predictors.registry import create_forecaster
 from provisioner.adapters.cloud import CloudProvider, InterruptionNotice
 from provisioner.adapters.serverless import ServerlessPool
-from provisioner.policy import billing
 from provisioner.policy.actions import Launch, OperationKind, Plan, fleet_operations
 from provisioner.policy.capacity import CapacityCache
 from provisioner.policy.offerings import Offerings
@@ -454,7 +453,7 @@ class ControlLoop:
         done = inst.transition(InstanceState.TERMINATED, self.clock())
         await self._save_applied(done)
         self.interruptions.pop(inst.id, None)
-        await self._charge(done, self.clock())
+        await self._charge([done], self.clock())
 
     async def _record_error(self, now_s: float, reason: str, model: str | None = None) -> None:
         await self.db.add_decisions(
@@ -473,7 +472,7 @@ class ControlLoop:
             for applied in list(self._unsaved.values()):
                 await self._save_applied(applied)
                 if not applied.live:
-                    await self._charge(applied, now)
+                    await self._charge([applied], now)
             records = await self.db.list_instances(live_only=False)
             recent = [r for r in records if r.live or (r.terminated_at_s or 0) > now - 3600.0]
             for step in reconcile(
@@ -503,10 +502,10 @@ class ControlLoop:
                         if self.interruptions.pop(step.instance.id, None) is None:
                             metrics.record_interruption("vanished")
                         lost = True
-                        await self._charge(step.instance, now)
+                        await self._charge([step.instance], now)
             live = await self.db.list_instances()
-            for inst in live:
-                await self._charge(inst, now)
+            await self._charge(live, now)
+            await charging.prune(self.db, now)
             metrics.record_fleet(live, self._prices)
         return lost
 
@@ -571,40 +570,10 @@ class ControlLoop:
             self._types = {t.name: t for t in await self.cloud.instance_types()}
         return self._types
 
-    async def _charge(self, inst: Instance, now_s: float) -> None:
-        """Add the period since the instance's last ledger line at the price in force now
-        (`billing.price_now`: a spot price moves) and share it among the models it served by
-        their busy time in that period (`billing.split_charge`)."""
-        itype = (await self._instance_types()).get(inst.offering.instance_type)
-        if itype is None:
-            return
-        end = inst.terminated_at_s if inst.terminated_at_s is not None else now_s
-        seconds = max(end - billing.billed_from_s(inst), 0.0)
-        last = await self.db.instance_charge(inst.id) or InstanceCharge(0.0, 0.0)
-        usd = billing.period_charge_usd(
-            itype, last.seconds, seconds, billing.price_now(inst, self._prices)
-        )
-        busy = await self.db.busy_of(inst.id)
-        before = {m: c.busy_s for m, c in last.models.items()}
-        fresh = {m: max(s - before.get(m, 0.0), 0.0) for m, s in busy.items()}
-        split = billing.split_charge(usd, fresh, inst.models)
-        parts = {
-            m: ModelCharge(
-                last.models.get(m, ModelCharge(0.0)).usd + split.get(m, 0.0),
-                max(busy.get(m, 0.0), before.get(m, 0.0)),
-            )
-            for m in set(last.models) | set(split) | set(busy)
-        }
-        await self.db.set_instance_charge(
-            instance_id=inst.id,
-            model=inst.models[0] if inst.models else "",
-            instance_type=itype.name,
-            market=inst.offering.market.value,
-            seconds=max(seconds, last.seconds),
-            usd=last.usd + usd,
-            at_s=now_s,
-            parts=parts,
-        )
+    async def _charge(self, instances: Sequence[Instance], now_s: float) -> None:
+        """The ledger's charge of `instances` up to now, at the prices of the last tick
+        (`charging.charge`: a constant number of statements for any number of them)."""
+        await charging.charge(self.db, instances, await self._instance_types(), self._prices, now_s)
 
     async def on_interruption(self, notice: InterruptionNotice) -> None:
         """Replace at once: record the notice and plan now rather than at the next tick. An
@@ -649,7 +618,7 @@ class ControlLoop:
                 done = inst.transition(InstanceState.TERMINATED, now)
                 await self.db.save_instance(done)
                 self.interruptions.pop(inst.id, None)
-                await self._charge(done, now)
+                await self._charge([done], now)
                 await self.db.add_decisions(
                     [
                         Decision(
