@@ -264,8 +264,9 @@ class WorkerConfig(_Section):
 
 
 class PlacementConfig(_Section):
-    """Many-model fleets (mark/apps/control/placement_applier.py): with `worker.store` set, the
-    models that declare `memory_mb` share instances of one type, which load them from the store;
+    """Many-model fleets (mark/apps/control/placement_applier.py): with `worker.store` set (on
+    the local cloud), the models that declare `memory_mb` share instances of one type, which
+    load them from the store;
     each tick places them (provisioner/policy/placement.py) and moves them through the workers'
     repository API, loads before the front ends route there, unloads after they stopped. Models
     without `memory_mb` keep the per-model planner."""
