@@ -32,7 +32,7 @@ from mark.core.protocol import InferRequest, Tensor
 from mark.core.types import ActionKind, Decision, InstanceState, Model
 from provisioner.adapters.local_cloud import LocalCloud
 from tests.dataplane import linear_profile, model
-from tests.model_artifacts import expected, row, write_model
+from tests.model_artifacts import expected, row, samples, write_model
 from traces import Trace
 
 pytestmark = pytest.mark.slow
@@ -42,6 +42,7 @@ BUCKET_S = 5.0  # the forecast's bucket, in the loop's (test) clock
 DRAIN_S = 2.0
 BUSY = "mark_instance_busy_seconds_total"
 FRONT_END_LOADS = "mark_frontend_model_loads_total"
+MISSES = "mark_worker_cache_requests_total"
 # T(b) = 30 + 30 b ms: about 29 rps at the SLO, so 2 rps is a tenth of an instance and 20 rps
 # more than half of one (placement.replicate_above): two replicas
 PROFILE = linear_profile("c5.large", 30.0, 30.0)
@@ -98,6 +99,16 @@ class Plane:
         self.clock.now_s += advance_s
         await self.loop.sync()
         await self.loop.placement.settled()
+
+    async def misses(self, name: str) -> float:
+        """Requests of `name` a worker had to load it for, over every worker."""
+        total = 0.0
+        async with aiohttp.ClientSession() as s:
+            for inst in await self.db.list_instances():
+                if inst.endpoint is not None:
+                    found = await samples(s, inst.endpoint)
+                    total += found.get((MISSES, f"model={name},result=miss"), 0.0)
+        return total
 
     async def held(self) -> dict[str, frozenset[str]]:
         """What each running worker's repository index says it holds."""
@@ -237,6 +248,9 @@ async def test_placement_moves_under_load_with_no_failed_request_and_scales_to_z
         if d.action == ActionKind.LOAD and d.at_s == plane.clock.now_s
     ]
     assert [d.model for d in loads] == ["m1"] and loads[0].instance_id in holders
+    # load before route: no request of m1 reached the new replica before its load (the
+    # worker would have loaded it for the request: a cache miss)
+    assert await plane.misses("m1") == 0
 
     # m4's traffic stops (m1 goes on at its new rate): at the tick it is placed nowhere, taken
     # off the front end's routes, then unloaded (scale to zero).

@@ -281,8 +281,9 @@ class PlacementConfig(_Section):
     # a model leaving an instance is off the front ends' routes this long before its unload
     # (their sync, batching.sync_interval_s, and the requests queued there, must fit in it)
     unload_drain_s: Annotated[float, Field(ge=0)] = 10.0
-    # a repository call (index, load, unload) to an instance gives up after this
-    call_timeout_s: Annotated[float, Field(gt=0)] = 120.0
+    # a placement's load gives up after this (an index read or an unload: after control.sync_s,
+    # so that an instance that does not answer never holds up a sync)
+    load_timeout_s: Annotated[float, Field(gt=0)] = 120.0
 
 
 class Config(BaseSettings):

@@ -34,7 +34,9 @@ routing the model there, and asking for its load there, from their next sync; it
 `placement.unload_drain_s` later), and instances left with nothing placed drained once their
 models are served elsewhere (the planner terminates them after `planner.drain_s`). Moves are
 at most `placement.max_moves` per tick, however many syncs carry them out. A load that failed is
-tried again at the next tick, not at every sync.
+tried again at the next tick, not at every sync. An index read or an unload gives up after
+`control.sync_s` (an instance that does not answer never holds up a sync: its last index is
+kept), a load after `placement.load_timeout_s`.
 
 The front ends route by residency (frontend/residency.py): a model goes to the instances that
 hold it where it is placed, else to any that holds it, so a completed load is what makes an
@@ -488,9 +490,7 @@ class PlacementApplier:
         assert inst.endpoint is not None
         drained_s = now_s - self._since.get((inst.id, model), now_s)
         try:
-            await request_unload(
-                session, inst.endpoint, model, self.config.placement.call_timeout_s
-            )
+            await request_unload(session, inst.endpoint, model, self.config.control.sync_s)
         except LoadFailed as exc:  # still marked: the next step tries again
             logger.warning("unloading %s from %s failed: %s", model, inst.id, exc.reason)
             metrics.record_move("unload", False)
@@ -545,7 +545,7 @@ class PlacementApplier:
                     session,
                     inst.endpoint,
                     model,
-                    self.config.placement.call_timeout_s,
+                    self.config.placement.load_timeout_s,
                     pin=True,
                 )
         except LoadFailed as exc:
@@ -584,7 +584,7 @@ class PlacementApplier:
     async def _read(self, instances: Sequence[Instance]) -> dict[str, frozenset[str]]:
         """The READY models of each instance by its index; an index that cannot be read keeps
         the last read (none yet: its placement)."""
-        timeout_s = self.config.placement.call_timeout_s
+        timeout_s = self.config.control.sync_s
         async with aiohttp.ClientSession() as session:
             reads = await asyncio.gather(
                 *(read_index(session, i.endpoint or "", timeout_s) for i in instances),
