@@ -27,7 +27,10 @@ in memory, as each instance's repository index says (read on the sync cadence; a
 without the repository API holds its `Instance.models`). When none holds it, the instance that
 can load it soonest is asked to, and the request is held until the load completes if the
 expected load time and its service fit its deadline; otherwise it spills when a pool exists
-(and the load goes on, for the model's next requests).
+(and the load goes on, for the model's next requests). Where the control loop places models
+(`Instance.placed_models`), a model goes to the instances holding it where it is placed, else to
+any holding it; an instance it is being drained off (`Instance.draining_models`) gets none of its
+requests and no load of it while it holds it, from the first sync that reads the mark.
 At most `batching.max_held_per_model` requests wait for a model's load; the next spill when a
 slot is free, else get 429 with Retry-After; a failed load answers what it held 503 (or spills).
 An instance whose load of a model failed backs off loading it (frontend/residency.py,
@@ -83,6 +86,7 @@ from mark.core.protocol import InferRequest, TensorMeta
 from mark.core.types import Instance, InstanceState, Model
 from provisioner.policy.batching import BatchPlan
 from provisioner.policy.capacity import CapacityCache
+from provisioner.policy.placement_steps import route_targets
 from provisioner.policy.spill import QueueView
 
 __all__ = ["Fleet", "FleetSource", "Answer", "Unavailable"]
@@ -289,7 +293,8 @@ class Fleet:
                     joined = True
             if joined:
                 reweigh(state, self._capacity)
-                self._release_waiting(state)
+            # residency of new links (the waiting requests go to them), the placement's marks
+            self._apply_residency(state)
 
     async def refresh_residency(self) -> None:
         """Read every running instance's repository index (each within
@@ -318,16 +323,44 @@ class Fleet:
             self._apply_residency(state)
 
     def _apply_residency(self, state: ModelRoutes) -> None:
-        """Route `state`'s model to the links that hold it, and only to those."""
+        """Route `state`'s model to the links that hold it (not being drained off them), those
+        where it is placed first (`route_targets`), and only to those; requests waiting for an
+        instance are routed again when one more could take them."""
+        name, backend = state.model.name, state.backend_name
+        before = {link.id for link in state.links.values() if link.routable or link.loadable}
         for link in state.links.values():
-            resident = self._residency.holds(link.instance, state.model.name, state.backend_name)
-            if resident == link.resident:
-                continue
-            link.resident = resident
+            inst = link.instance
+            link.resident = (
+                self._residency.holds(inst, name, backend) and name not in inst.draining_models
+            )
+            link.loadable = self._loadable(state, link)
+        targets = route_targets(
+            {
+                link.id: link.instance.placed_models is None or name in link.instance.placed_models
+                for link in state.links.values()
+                if link.resident and link.up
+            }
+        )
+        for link in state.links.values():
+            link.preferred = link.id in targets or not link.resident
             if link.routable:
                 state.router.set(link.id, link.weight)
             else:
                 state.router.remove(link.id)
+        if state.waiting and any(
+            (link.routable or link.loadable) and link.id not in before
+            for link in state.links.values()
+        ):
+            self._release_waiting(state)
+
+    def _loadable(self, state: ModelRoutes, link: Link) -> bool:
+        """`link`'s instance may be asked to load the model: up, and not an instance the model
+        is being drained off while it still holds it there (a load would keep it)."""
+        name = state.model.name
+        return link.up and (
+            name not in link.instance.draining_models
+            or not self._residency.holds(link.instance, name, state.backend_name)
+        )
 
     # --- links --------------------------------------------------------------------------------
 
@@ -348,7 +381,7 @@ class Fleet:
             clock=self.now_s,
         )
         link = Link(instance, batcher, state.model.profiles.get(instance.offering.instance_type))
-        link.resident = self._residency.holds(instance, state.model.name, state.backend_name)
+        link.resident = False  # until `_apply_residency`, which its caller runs
         holder.append(link)
         state.links[instance.id] = link
         self._spawn(self._admit(state, link))
@@ -374,6 +407,7 @@ class Fleet:
         link.ejected = True
         metrics.child(metrics.INSTANCE_EJECTED, state.model.name, link.id).set(1)
         state.router.remove(link.id)
+        self._apply_residency(state)  # another holder may take its place in the routes
         for q in link.batcher.take_all():
             self._route(q)
         self._spawn(self._probe(state, link))
@@ -385,8 +419,7 @@ class Fleet:
         return await self.client.ready(link.endpoint, interval_s)
 
     def _rejoin(self, state: ModelRoutes, link: Link) -> None:
-        if link.routable:
-            state.router.set(link.id, link.weight)
+        self._apply_residency(state)  # routes `link` where it holds and is placed
         self._release_waiting(state)
 
     async def _admit(self, state: ModelRoutes, link: Link) -> None:
@@ -480,14 +513,15 @@ class Fleet:
         and waits otherwise (a late answer beats none). Beyond `batching.max_held_per_model`
         held requests it spills when a slot is free, else gets 429 with Retry-After (the
         expected load time left). While every instance backs off loading it, `_backing_off`
-        answers. False when no instance could load it (none, or all ejected)."""
+        answers. False when no instance could load it (none, all ejected, or those left are
+        having it drained off: the caller waits for one, `_apply_residency` routes it then)."""
         name = state.model.name
         now = self.now_s()
         load = state.loading
         if load is None:
             link = self._soonest(state, frozenset())
             if link is None:
-                return self._backing_off(state, q)
+                return not self._drain_blocked(state) and self._backing_off(state, q)
             load = self._start_load(state, link, frozenset())
         else:
             link = state.links.get(load.instance_id)
@@ -543,19 +577,24 @@ class Fleet:
 
     def _soonest(self, state: ModelRoutes, tried: frozenset[str]) -> Link | None:
         """The instance of `state`'s model, not in `tried` nor backing off after a failed load
-        of it, with the least expected load time (the first listed among equals); None when
-        none is up."""
+        of it nor draining it, with the least expected load time, those where the placement
+        put the model first (the first listed among equals); None when none is up."""
         backend = state.backend_name
         now = self.now_s()
+        name = state.model.name
         candidates = [
             x
             for x in state.links.values()
-            if x.up and x.id not in tried
+            if self._loadable(state, x) and x.id not in tried
             and self._residency.backoff(x.id, backend, now) is None
         ]  # fmt: skip
-        return min(
-            candidates, key=lambda x: self._residency.expected_load_s(x.id, backend), default=None
-        )
+
+        def key(x: Link) -> tuple[bool, float]:
+            # where the placement put the model first: the control loop may be loading it there
+            placed = x.instance.placed_models is None or name in x.instance.placed_models
+            return not placed, self._residency.expected_load_s(x.id, backend)
+
+        return min(candidates, key=key, default=None)
 
     def _start_load(self, state: ModelRoutes, link: Link, tried: frozenset[str]) -> ModelLoad:
         expected_s = self._residency.expected_load_s(link.id, state.backend_name)
@@ -588,6 +627,8 @@ class Fleet:
         outcome = "ok" if failure is None else "failed"
         metrics.child(metrics.LOADS, name, link.id, outcome).inc()
         if failure is None:
+            # the instance's time loading it is the model's: the ledger shares by busy time
+            metrics.add(metrics.child(metrics.INSTANCE_BUSY, name, link.id), took_s)
             self._residency.loaded(link.id, state.backend_name, took_s)
             self._apply_residency(state)
             for q in held:
@@ -605,6 +646,10 @@ class Fleet:
             retry.held.extend(waiting)
             metrics.add(metrics.child(metrics.HELD, name), len(waiting))
             held = [q for q in held if q not in waiting]
+        elif waiting and self._drain_blocked(state):  # it may load there once it left
+            for q in waiting:
+                self._no_instance(state, q)
+            held = [q for q in held if q not in waiting]
         for q in held:
             if q.done or (self._spills is not None and self._spills.take_late(state, q)):
                 continue
@@ -616,6 +661,15 @@ class Fleet:
                     retry_after_s=max(1, math.ceil(retry_s)),
                 ),
             )
+
+    def _drain_blocked(self, state: ModelRoutes) -> bool:
+        """An instance up is not asked to load the model only because the model is being
+        drained off it (the control loop unloads it, and clears the mark, within
+        `placement.unload_drain_s` and a sync): a request waits for it rather than fail."""
+        return any(
+            link.up and state.model.name in link.instance.draining_models
+            for link in state.links.values()
+        )
 
     def _no_instance(self, state: ModelRoutes, q: QueuedRequest) -> None:
         if self._spill_some(state, (q,), QueueView()):

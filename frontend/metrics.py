@@ -105,8 +105,8 @@ INSTANCE_ERRORS = Counter(
 INSTANCE_BUSY = Counter(
     "mark_instance_busy_seconds",
     "Seconds this front end had batches of a model in service on an instance (from sending "
-    "the call to its answer). The control plane shares each instance's charge among the "
-    "models it served by these.",
+    "the call to its answer), and loads of it there that it asked for (a model resident "
+    "nowhere). The control plane shares each instance's charge among its models by these.",
     ["model", "instance"],
 )
 INSTANCE_EJECTED = Gauge(

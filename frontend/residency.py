@@ -7,7 +7,13 @@ index (`POST /v2/repository/index`, Triton's and MLServer's shape) on the fleet'
 off the request path and within a timeout, and keeps the models READY there. An instance that
 does not implement the repository API (404: a single-model worker of another server, TF
 Serving) holds exactly the models it was launched with (`Instance.models`), as does one not
-read yet: the fleet's listing is the best guess until the instance says otherwise.
+read yet: the fleet's listing is the best guess until the instance says otherwise. The calls
+are mark/adapters/repository.py's, which the control loop's placement uses too.
+
+Where the control loop places models (`Instance.placed_models`, `Instance.draining_models`:
+mark/apps/control/placement_applier.py), a model goes to the instances holding it where it is
+placed, else to every instance holding it (`provisioner.policy.placement_steps.route_targets`),
+and never to, nor loaded on, an instance it is being drained from while it is there.
 
 A model resident nowhere is loaded by asking the instance that can load it soonest
 (`POST /v2/repository/models/{m}/load`, unpinned: mark/core/protocol/repository.py): one load per
@@ -26,88 +32,21 @@ to one sync old) is marked not holding it (`refused`) until its next index read 
 from __future__ import annotations
 
 import asyncio
-import json
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any
-
-import aiohttp
 
 from frontend.batcher import QueuedRequest
-from mark.core.protocol import LOAD_PIN_HEADER
+from mark.adapters.repository import (
+    NO_REPOSITORY_API,
+    IndexUnreadable,
+    LoadFailed,
+    read_index,
+    request_load,
+)
 from mark.core.types import Instance
 
 __all__ = ["NO_REPOSITORY_API", "Backoff", "IndexUnreadable", "LoadFailed", "ModelLoad",
            "Residency", "read_index", "request_load"]  # fmt: skip
-
-# The index of an instance without the repository API: it holds its Instance.models.
-NO_REPOSITORY_API = None
-
-
-class IndexUnreadable(Exception):
-    """The instance did not answer its index usably in time: keep the previous view."""
-
-
-class LoadFailed(Exception):
-    """The instance did not load the model; `reason` is its answer (or the error)."""
-
-    def __init__(self, reason: str) -> None:
-        super().__init__(reason)
-        self.reason = reason
-
-
-async def read_index(
-    session: aiohttp.ClientSession, endpoint: str, timeout_s: float
-) -> frozenset[str] | None:
-    """The models READY on the instance at `endpoint`, or NO_REPOSITORY_API when it answers
-    404 (raises IndexUnreadable for anything else that is not a JSON array)."""
-    try:
-        async with asyncio.timeout(timeout_s):
-            async with session.post(
-                f"{endpoint}/v2/repository/index", json={"ready": True}
-            ) as resp:
-                if resp.status in (404, 405):
-                    return NO_REPOSITORY_API
-                payload = await resp.read()
-                if resp.status != 200:
-                    raise IndexUnreadable(f"{endpoint}: index answered HTTP {resp.status}")
-    except (aiohttp.ClientError, TimeoutError) as exc:
-        raise IndexUnreadable(f"{endpoint}: {exc!r}") from exc
-    try:
-        doc: Any = json.loads(payload)
-    except ValueError as exc:
-        raise IndexUnreadable(f"{endpoint}: the index is not JSON") from exc
-    if not isinstance(doc, list):
-        raise IndexUnreadable(f"{endpoint}: the index is not a JSON array")
-    return frozenset(
-        item["name"]
-        for item in doc
-        if isinstance(item, dict)
-        and isinstance(item.get("name"), str)
-        and item.get("state") == "READY"
-    )
-
-
-async def request_load(
-    session: aiohttp.ClientSession, endpoint: str, model: str, timeout_s: float
-) -> None:
-    """Ask the instance to load `model`, unpinned, and wait until it has (raises LoadFailed)."""
-    try:
-        async with asyncio.timeout(timeout_s):
-            async with session.post(
-                f"{endpoint}/v2/repository/models/{model}/load", headers={LOAD_PIN_HEADER: "false"}
-            ) as resp:
-                payload = await resp.read()
-                status = resp.status
-    except (aiohttp.ClientError, TimeoutError) as exc:
-        raise LoadFailed(f"the load call failed: {exc!r}") from exc
-    if status != 200:
-        try:
-            detail = json.loads(payload).get("error")
-        except (ValueError, AttributeError):
-            detail = None
-        text = detail if isinstance(detail, str) else payload.decode("utf-8", "replace")[:300]
-        raise LoadFailed(f"HTTP {status}: {text or 'no detail'}")
 
 
 @dataclass(eq=False, slots=True)

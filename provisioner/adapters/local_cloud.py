@@ -10,6 +10,10 @@ the CloudProvider contracts (provisioner/adapters/cloud.py) and imitates what ma
   a c5.large and a g4dn.xlarge stand-in differ the way the planner assumes;
 - billing as EC2 would, from launch to termination at the offering's price, is the control
   loop's (`provisioner.policy.billing`, written to the cost ledger), as for any provider;
+- a many-model fleet (`worker`, a `[worker]` section with a `store`): workers run over the
+  model store within its memory budget, and the models that declare `memory_mb` are not loaded
+  at start but on demand (the control loop's placement loads them through the repository API);
+  models without it are still `--model`s, loaded at start and pinned;
 - spot interruptions on demand: `interrupt(id, notice_s)` yields a notice on `interruptions()`,
   then kills the worker abruptly when the notice runs out (as EC2 reclaims capacity).
 - a worker that dies on its own (crash, OOM kill, SIGKILL) is noticed: its instance turns
@@ -47,7 +51,7 @@ from pathlib import Path
 import aiohttp
 
 from mark.core.catalog import Catalog, load_catalog
-from mark.core.config import CloudConfig
+from mark.core.config import CloudConfig, WorkerConfig
 from mark.core.errors import CloudError, CloudNotFound, InsufficientCapacity, NotFound
 from mark.core.types import Instance, InstanceState, InstanceType, Model, Offering
 from provisioner.adapters.cloud import MODELS_TAG, OWNER_TAG, CloudProvider, InterruptionNotice
@@ -114,7 +118,8 @@ class _Worker:
 
 class LocalCloud:
     """`models(name)` returns a registered Model (its artifact and profiles), e.g.
-    `Database.get_model`. Create it inside a running event loop."""
+    `Database.get_model`; `worker` (with a store) makes instances many-model workers (module
+    docstring). Create it inside a running event loop."""
 
     name = "local"
 
@@ -127,8 +132,10 @@ class LocalCloud:
         state_dir: str | Path | None = None,
         clock: Callable[[], float] = time.time,
         owner: str = "mark",
+        worker: WorkerConfig | None = None,
     ) -> None:
         self.config = config
+        self.worker = worker if worker is not None and worker.store is not None else None
         self.catalog = catalog if catalog is not None else load_catalog()
         self._models = models
         self._clock = clock
@@ -293,12 +300,34 @@ class LocalCloud:
         cmd = [sys.executable, "-m", "mark.apps.cli", "worker"]
         cmd += ["--host", "127.0.0.1", "--port", "0"]
         cmd += ["--instance-type", itype]
-        if profiles:
+        preload = list(models)
+        if self.worker is not None:
+            cmd += self._cache_flags(self.worker)
+            preload = [m for m in models if m.memory_mb is None]
+            if profiles:  # a fleet's profiles outgrow one argument (128 KiB on Linux)
+                path = self.state_dir / f"{instance.id}.profiles.json"
+                path.write_text(json.dumps(profiles))
+                cmd += ["--profiles", str(path)]
+        elif profiles:
             cmd += ["--profiles", json.dumps(profiles)]
         cmd += ["--max-batch", str(max(m.max_batch for m in models))]
-        for m in models:
+        for m in preload:
             cmd += ["--model", f"{m.name}={m.backend.artifact}"]
         return cmd
+
+    @staticmethod
+    def _cache_flags(worker: WorkerConfig) -> builtins.list[str]:
+        """`mark worker`'s cache flags for the `[worker]` section (its defaults left out)."""
+        values = {
+            "store": worker.store,
+            "store-endpoint-url": worker.store_endpoint_url,
+            "memory-budget-bytes": worker.memory_budget_bytes,
+            "disk-budget-bytes": worker.disk_budget_bytes,
+            "cache-dir": worker.cache_dir,
+            "protect-s": worker.protect_s,
+            "poll-s": worker.poll_s,
+        }
+        return [a for k, v in values.items() if v is not None for a in (f"--{k}", str(v))]
 
     async def _boot(self, worker: _Worker, overhead_s: float, models: Sequence[Model]) -> None:
         try:

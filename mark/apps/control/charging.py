@@ -81,7 +81,8 @@ def _next_line(
     usd = billing.period_charge_usd(itype, last.seconds, seconds, price_per_hour)
     before = {m: c.busy_s for m, c in last.models.items()}
     fresh = {m: max(s - before.get(m, 0.0), 0.0) for m, s in busy_s.items()}
-    split = billing.split_charge(usd, fresh, inst.models)
+    # a period with no busy time goes to the models it holds for its placement, if any
+    split = billing.split_charge(usd, fresh, inst.placed_models or inst.models)
     parts = {
         m: ModelCharge(
             last.models.get(m, ModelCharge(0.0)).usd + split.get(m, 0.0),

@@ -29,6 +29,12 @@ says; it persists every decision, every instance transition and the cost ledger
   for `control.unhealthy_replace_s` is terminated and the loop re-plans, as an auto-scaling
   group replaces an instance that fails its load balancer's health checks (a hung worker
   whose process lives on is found this way only).
+
+Models that share instances (a many-model fleet: `placement_applier.shares_instances`) are
+placed by mark/apps/control/placement_applier.py after the planner's actions, each tick, and
+its moves go on at each sync; the planner sees neither them nor their instances, except those
+draining or with an interruption notice, which it drains and terminates as any other. An error
+there is logged and recorded like a planning error: it never stops the rest of the tick.
 """
 
 from __future__ import annotations
@@ -45,6 +51,7 @@ import numpy as np
 
 from mark.adapters.db import Database, Fence
 from mark.apps.control import charging, metrics
+from mark.apps.control.placement_applier import PlacementApplier, shares_instances
 from mark.core.catalog import load_catalog
 from mark.core.config import Config
 from mark.core.errors import CloudError, Fenced, InsufficientCapacity, InvalidValue, MarkError
@@ -157,6 +164,18 @@ class ControlLoop:
     _published: dict[str, float] = field(default_factory=dict)  # own counts already shared
     _published_busy: dict[tuple[str, str], float] = field(default_factory=dict)  # likewise
     _unsaved: dict[str, Instance] = field(default_factory=dict)  # applied, not yet recorded
+    placement: PlacementApplier = field(init=False)
+    """The many-model fleet's placement (mark/apps/control/placement_applier.py)."""
+
+    def __post_init__(self) -> None:
+        self.placement = PlacementApplier(
+            self.db,
+            self.config,
+            self.cache,
+            apply=self._apply,
+            planner_state=lambda: self.state,
+            fence=lambda: self.fence,
+        )
 
     @property
     def bucket_s(self) -> float:
@@ -204,7 +223,9 @@ class ControlLoop:
         """Add this host's busy seconds since the last call to its shared rows: each host
         publishes, and the leader shares charges by the sum over hosts, which also outlives
         a restart of this process (its counters start again at zero, and so does this)."""
-        own = self.busy()
+        own = dict(self.busy())
+        for key, seconds in self.placement.load_seconds.items():  # the placement's loads
+            own[key] = own.get(key, 0.0) + seconds
         fresh = {k: s - self._published_busy.get(k, 0.0) for k, s in own.items()}
         await self.db.add_busy(self.holder or "", fresh)
         self._published_busy = {k: max(s, self._published_busy.get(k, 0.0)) for k, s in own.items()}
@@ -306,13 +327,15 @@ class ControlLoop:
         pool = self._serverless_terms()
         forecasts = {m.name: self._forecast(m, now, pool) for m in models}
         metrics.record_forecasts({n: f.peak_upper_rps for n, f in forecasts.items()})
+        shared = [m for m in models if shares_instances(m, self.config)]
+        planned = [m for m in models if not shares_instances(m, self.config)]
         result: Plan | None = None
         for _ in range(_MAX_REPLANS):
             snapshot = build_snapshot(
                 now,
-                models,
+                planned,
                 forecasts,
-                instances=await self.db.list_instances(),
+                instances=self._planned(await self.db.list_instances()),
                 offerings=offerings,
                 instance_types=self._types,
                 tick_s=self.config.control.tick_s,
@@ -337,6 +360,13 @@ class ControlLoop:
             metrics.record_decisions(result.decisions)
             if not await self._apply(result, now):
                 break  # nothing refused: done; else re-plan with the refused pool unavailable
+        try:
+            await self.placement.tick(
+                now, shared, forecasts, offerings, self._types, self.interruptions
+            )
+        except Exception as exc:  # a placement bug must not stop the rest of the tick
+            logger.exception("placing the many-model fleet failed")
+            await self._record_error(now, f"placement failed: {exc!r}")
         self._last_tick_s = now
         self.last_plan = result
         self._artifacts = {m.name: m.backend.artifact for m in models}
@@ -345,6 +375,17 @@ class ControlLoop:
                 "tick: %d actions, %d launches deferred", len(result.actions), len(result.deferred)
             )
         return result
+
+    def _planned(self, instances: list[Instance]) -> list[Instance]:
+        """The instances the planner sees: all but the many-model fleet's in service (those
+        draining or with a notice it retires, as any other)."""
+        return [
+            i
+            for i in instances
+            if i.placed_models is None
+            or i.state == InstanceState.DRAINING
+            or i.id in self.interruptions
+        ]
 
     def _serverless_terms(self) -> ServerlessTerms | None:
         """The spill pool as the planner weighs it: its warm latency as configured, Lambda's
@@ -417,7 +458,7 @@ class ControlLoop:
         try:
             instance = await self._recorded(
                 f"launch of {key} for {action.model}",
-                lambda: self.cloud.launch(action.offering, [action.model]),
+                lambda: self.cloud.launch(action.offering, list(action.serves)),
             )
         except InsufficientCapacity as exc:
             self.state = self.state.with_refusal(key, now_s)
@@ -435,6 +476,8 @@ class ControlLoop:
             )
             return False
         if instance is not None:
+            if action.placed is not None:
+                instance = instance.model_copy(update={"placed_models": action.placed})
             await self._save_applied(instance)
         return True
 
@@ -507,7 +550,17 @@ class ControlLoop:
             await self._charge(live, now)
             await charging.prune(self.db, now)
             metrics.record_fleet(live, self._prices)
+            if self.leading:
+                try:
+                    await self.placement.advance(now)
+                except Exception as exc:  # as in the tick: never stops the sync
+                    logger.exception("carrying out the placement failed")
+                    await self._record_error(now, f"placement failed: {exc!r}")
         return lost
+
+    async def close(self) -> None:
+        """Stop the placement's loads in flight (at shutdown)."""
+        await self.placement.close()
 
     @property
     def leading(self) -> bool:

@@ -200,7 +200,7 @@ def build_cloud(config: Config, db: Database) -> CloudProvider:
     else:
         from provisioner.adapters.local_cloud import LocalCloud
 
-        inner = LocalCloud(config.cloud, models=db.get_model)
+        inner = LocalCloud(config.cloud, models=db.get_model, worker=config.worker)
     return RetryingCloud(inner, retries=config.control.apply_retries)
 
 
@@ -243,6 +243,7 @@ async def _main(config: Config) -> None:
             busy=busy_seconds,
             cache=cache,
         )
+        stack.push_async_callback(control.close)
         if config.control.leader_election:
             # The manager's pid: a control plane restarted by the watchdog is the same holder
             # and renews its lease at once instead of waiting for it to run out.
