@@ -183,9 +183,11 @@ async def test_two_front_ends_one_leader_sigkilled_the_other_takes_over(
             f"{forecast} req/s (both front ends sent about {both_rps:.0f}, the survivor "
             f"{FOLLOWER_CLIENTS / PACE_S:.0f})"
         )
-        # The lease runs out LEASE_TICKS ticks after the last renewal, before the kill; the
-        # follower takes it at its next tick (slack for a loaded machine).
-        assert took_s <= (LEASE_TICKS + 1) * TICK_S + 2.0
+        # The lease runs out LEASE_TICKS ticks after the last renewal, before the kill, and the
+        # follower takes it at its next tick: about 2-3 s here (printed above; the count of
+        # ticks is asserted on a virtual clock in test_control_leader.py). Asserted: within
+        # the bucket of the kill, so that the forecast below is of the whole bucket before.
+        assert took_s < BUCKET_S - 1.5
         assert forecast is not None and forecast >= 0.75 * both_rps
 
         await asyncio.sleep(10 * TICK_S)  # the new leader ticks, syncs, reconciles
