@@ -68,7 +68,8 @@ Ready = dict[str, dict[int, list[str]]]  # fleet -> instance -> its READY models
 
 def _serve_indexes(ready: Ready, port: int) -> None:
     """Fleet f's instance k's `POST /v2/repository/index` at `http://127.0.0.1:{port}/f/i{k}`:
-    its READY models (in a child process: the instances' work is not the front end's)."""
+    its READY models, and its health (in a child process: the instances' work is not the front
+    end's)."""
     bodies = {
         (fleet, k): [{"name": n, "version": "1", "state": "READY", "reason": ""} for n in names]
         for fleet, instances in ready.items()
@@ -79,8 +80,12 @@ def _serve_indexes(ready: Ready, port: int) -> None:
         await request.read()
         return web.json_response(bodies[request.match_info["f"], int(request.match_info["k"])])
 
+    async def ready(_: web.Request) -> web.Response:
+        return web.json_response({"ready": True})
+
     app = web.Application()
     app.router.add_post("/{f}/i{k}/v2/repository/index", index)
+    app.router.add_get("/{f}/i{k}/v2/health/ready", ready)
     web.run_app(app, host="127.0.0.1", port=port, print=None, access_log=None)
 
 
@@ -114,7 +119,9 @@ class Setup:
         self.fleet = Fleet(BatchingConfig(), spill=SpillMonitor(pool, SpillConfig()))
         started = time.perf_counter()
         await self.sync()
-        return time.perf_counter() - started
+        took_s = time.perf_counter() - started
+        await self.fleet.admitted(120)  # each new instance's first health check
+        return took_s
 
     async def sync(self) -> None:
         """One `Fleet.sync_forever` round."""

@@ -27,7 +27,10 @@ in memory, as each instance's repository index says (read on the sync cadence; a
 without the repository API holds its `Instance.models`). When none holds it, the instance that
 can load it soonest is asked to, and the request is held until the load completes if the
 expected load time and its service fit its deadline; otherwise it spills when a pool exists
-(and the load goes on, for the model's next requests).
+(and the load goes on, for the model's next requests). Where the control loop places models
+(`Instance.placed_models`), a model goes to the instances holding it where it is placed, else to
+any holding it; an instance it is being drained off (`Instance.draining_models`) gets none of its
+requests and no load of it while it holds it, from the first sync that reads the mark.
 At most `batching.max_held_per_model` requests wait for a model's load; the next spill when a
 slot is free, else get 429 with Retry-After; a failed load answers what it held 503 (or spills).
 An instance whose load of a model failed backs off loading it (frontend/residency.py,
@@ -72,18 +75,19 @@ from frontend.residency import (
     Residency,
     read_index,
     request_load,
-    request_unload,
 )
 from frontend.spill_monitor import SpillMonitor
 from frontend.spill_path import SpillPath
 from mark.adapters.backends import BackendClient, ModelNotServed, new_session
 from mark.adapters.http_pool import HttpPool
+from mark.adapters.repository import UnloadFailed, request_unload
 from mark.core.config import BatchingConfig
 from mark.core.errors import NotFound
 from mark.core.protocol import InferRequest, TensorMeta
 from mark.core.types import Instance, InstanceState, Model
 from provisioner.policy.batching import BatchPlan
 from provisioner.policy.capacity import CapacityCache
+from provisioner.policy.placement_steps import route_targets
 from provisioner.policy.spill import QueueView
 
 __all__ = ["Fleet", "FleetSource", "Answer", "Unavailable"]
@@ -222,7 +226,18 @@ class Fleet:
         state = self._models.get(name)
         if state is None:
             return []
-        return [link.id for link in state.links.values() if not link.ejected and not link.closed]
+        return [link.id for link in state.links.values() if link.up]
+
+    async def admitted(self, timeout_s: float = 10.0) -> None:
+        """Until every instance that joined has passed its first health check or left: what a
+        caller that sets instances by hand (tests, benches) waits on before reading routes."""
+        async with asyncio.timeout(timeout_s):
+            while any(
+                not link.proven and not link.closed
+                for state in self._models.values()
+                for link in state.links.values()
+            ):
+                await asyncio.sleep(0.01)
 
     def resident(self, name: str) -> list[str]:
         """Ids of the instances this model is routed to now: holding it, not ejected."""
@@ -309,7 +324,8 @@ class Fleet:
                     joined = True
             if joined:
                 reweigh(state, self._capacity)
-                self._release_waiting(state)
+            # residency of new links (the waiting requests go to them), the placement's marks
+            self._apply_residency(state)
 
     async def refresh_residency(self) -> None:
         """Read every running instance's repository index (each within
@@ -352,16 +368,44 @@ class Fleet:
         self._unload_idle()
 
     def _apply_residency(self, state: ModelRoutes) -> None:
-        """Route `state`'s model to the links that hold it, and only to those."""
+        """Route `state`'s model to the links that hold it (not being drained off them), those
+        where it is placed first (`route_targets`), and only to those; requests waiting for an
+        instance are routed again when one more could take them."""
+        name, backend = state.model.name, state.backend_name
+        before = {link.id for link in state.links.values() if link.routable or link.loadable}
         for link in state.links.values():
-            resident = self._residency.holds(link.instance, state.model.name, state.backend_name)
-            if resident == link.resident:
-                continue
-            link.resident = resident
+            inst = link.instance
+            link.resident = (
+                self._residency.holds(inst, name, backend) and name not in inst.draining_models
+            )
+            link.loadable = self._loadable(state, link)
+        targets = route_targets(
+            {
+                link.id: link.instance.placed_models is None or name in link.instance.placed_models
+                for link in state.links.values()
+                if link.resident and link.up
+            }
+        )
+        for link in state.links.values():
+            link.preferred = link.id in targets or not link.resident
             if link.routable:
                 state.router.set(link.id, link.weight)
             else:
                 state.router.remove(link.id)
+        if state.waiting and any(
+            (link.routable or link.loadable) and link.id not in before
+            for link in state.links.values()
+        ):
+            self._release_waiting(state)
+
+    def _loadable(self, state: ModelRoutes, link: Link) -> bool:
+        """`link`'s instance may be asked to load the model: up, and not an instance the model
+        is being drained off while it still holds it there (a load would keep it)."""
+        name = state.model.name
+        return link.up and (
+            name not in link.instance.draining_models
+            or not self._residency.holds(link.instance, name, state.backend_name)
+        )
 
     # --- links --------------------------------------------------------------------------------
 
@@ -382,9 +426,10 @@ class Fleet:
             clock=self.now_s,
         )
         link = Link(instance, batcher, state.model.profiles.get(instance.offering.instance_type))
-        link.resident = self._residency.holds(instance, state.model.name, state.backend_name)
+        link.resident = False  # until `_apply_residency`, which its caller runs
         holder.append(link)
         state.links[instance.id] = link
+        self._spawn(self._admit(state, link))
 
     def _remove_link(self, state: ModelRoutes, link: Link, *, draining: bool = False) -> None:
         link.closed = True
@@ -439,9 +484,19 @@ class Fleet:
             self._spawn(self._unload(state, link, idle_s))
 
     async def _unload(self, state: ModelRoutes, link: Link, idle_s: float) -> None:
-        outcome = await request_unload(
-            self._session, link.endpoint, state.backend_name, idle_s, self.config.worker_timeout_s
-        )
+        """The idle unload; counted `ok` (also when the instance no longer had it: 404),
+        `kept` (409: in use there, by another front end say) or `failed`."""
+        outcome = "ok"
+        try:
+            await request_unload(
+                self._session,
+                link.endpoint,
+                state.backend_name,
+                self.config.worker_timeout_s,
+                idle_s=idle_s,
+            )
+        except UnloadFailed as exc:
+            outcome = {404: "ok", 409: "kept"}.get(exc.status or 0, "failed")
         metrics.child(metrics.UNLOADS, state.model.name, link.id, outcome).inc()
         if outcome != "ok" or link.closed:
             return
@@ -460,6 +515,7 @@ class Fleet:
         link.ejected = True
         metrics.child(metrics.INSTANCE_EJECTED, state.model.name, link.id).set(1)
         state.router.remove(link.id)
+        self._apply_residency(state)  # another holder may take its place in the routes
         for q in link.batcher.take_all():
             self._route(q)
         self._spawn(self._probe(state, link))
@@ -472,17 +528,46 @@ class Fleet:
             return await self.client.tf_ready(link.endpoint, state.backend_name, timeout_s)
         return await self.client.ready(link.endpoint, timeout_s)
 
+    def _rejoin(self, state: ModelRoutes, link: Link) -> None:
+        self._apply_residency(state)  # routes `link` where it holds and is placed
+        self._release_waiting(state)
+
+    async def _admit(self, state: ModelRoutes, link: Link) -> None:
+        """Health-check a new instance until it passes (then it is routed to) or leaves. One
+        still failing after `batching.boot_grace_s` is reported ejected, so that the control
+        plane replaces an instance whose worker never came up; it is admitted if it ever
+        passes."""
+        grace_ends_s = self.now_s() + self.config.boot_grace_s
+        while not link.closed:
+            if await self._healthy(state, link):
+                if link.closed:
+                    return
+                link.proven = True
+                if link.ejected:  # reported after the grace: it came up after all
+                    link.ejected = False
+                    metrics.child(metrics.INSTANCE_EJECTED, state.model.name, link.id).set(0)
+                self._rejoin(state, link)
+                return
+            if not link.ejected and self.now_s() >= grace_ends_s:
+                logger.warning(
+                    "instance %s of %s failed its health checks for %g s after it joined "
+                    "(batching.boot_grace_s)",
+                    link.id,
+                    state.model.name,
+                    self.config.boot_grace_s,
+                )
+                link.ejected = True
+                metrics.child(metrics.INSTANCE_EJECTED, state.model.name, link.id).set(1)
+            await asyncio.sleep(self.config.health_interval_s)
+
     async def _probe(self, state: ModelRoutes, link: Link) -> None:
         """Health-check an ejected instance until it passes (then it rejoins) or leaves."""
         while not link.closed:
             await asyncio.sleep(self.config.health_interval_s)
-            ok = await self._healthy(state, link)
-            if ok and not link.closed:
+            if await self._healthy(state, link) and not link.closed:
                 link.ejected = False
                 metrics.child(metrics.INSTANCE_EJECTED, state.model.name, link.id).set(0)
-                if link.routable:
-                    state.router.set(link.id, link.weight)
-                self._release_waiting(state)
+                self._rejoin(state, link)
                 return
 
     # --- requests -----------------------------------------------------------------------------
@@ -539,14 +624,15 @@ class Fleet:
         and waits otherwise (a late answer beats none). Beyond `batching.max_held_per_model`
         held requests it spills when a slot is free, else gets 429 with Retry-After (the
         expected load time left). While every instance backs off loading it, `_backing_off`
-        answers. False when no instance could load it (none, or all ejected)."""
+        answers. False when no instance could load it (none, all ejected, or those left are
+        having it drained off: the caller waits for one, `_apply_residency` routes it then)."""
         name = state.model.name
         now = self.now_s()
         load = state.loading
         if load is None:
             link = self._soonest(state, frozenset())
             if link is None:
-                return self._backing_off(state, q)
+                return not self._drain_blocked(state) and self._backing_off(state, q)
             load = self._start_load(state, link, frozenset())
         else:
             link = state.links.get(load.instance_id)
@@ -580,7 +666,7 @@ class Fleet:
         backoffs = [
             b
             for link in state.links.values()
-            if not link.ejected and not link.closed
+            if link.up
             and (b := self._residency.backoff(link.id, state.backend_name, now)) is not None
         ]  # fmt: skip
         if not backoffs:
@@ -602,19 +688,24 @@ class Fleet:
 
     def _soonest(self, state: ModelRoutes, tried: frozenset[str]) -> Link | None:
         """The instance of `state`'s model, not in `tried` nor backing off after a failed load
-        of it, with the least expected load time (the first listed among equals); None when
-        none is up."""
+        of it nor draining it, with the least expected load time, those where the placement
+        put the model first (the first listed among equals); None when none is up."""
         backend = state.backend_name
         now = self.now_s()
+        name = state.model.name
         candidates = [
             x
             for x in state.links.values()
-            if not x.ejected and not x.closed and x.id not in tried
+            if self._loadable(state, x) and x.id not in tried
             and self._residency.backoff(x.id, backend, now) is None
         ]  # fmt: skip
-        return min(
-            candidates, key=lambda x: self._residency.expected_load_s(x.id, backend), default=None
-        )
+
+        def key(x: Link) -> tuple[bool, float]:
+            # where the placement put the model first: the control loop may be loading it there
+            placed = x.instance.placed_models is None or name in x.instance.placed_models
+            return not placed, self._residency.expected_load_s(x.id, backend)
+
+        return min(candidates, key=key, default=None)
 
     def _start_load(self, state: ModelRoutes, link: Link, tried: frozenset[str]) -> ModelLoad:
         expected_s = self._residency.expected_load_s(link.id, state.backend_name)
@@ -649,6 +740,8 @@ class Fleet:
         outcome = "ok" if failure is None else "failed"
         metrics.child(metrics.LOADS, name, link.id, outcome).inc()
         if failure is None:
+            # the instance's time loading it is the model's: the ledger shares by busy time
+            metrics.add(metrics.child(metrics.INSTANCE_BUSY, name, link.id), took_s)
             self._residency.loaded(link.id, state.backend_name, took_s)
             link.loaded_s = self.now_s()
             self._loaded_here.add((state, link))
@@ -668,6 +761,10 @@ class Fleet:
             retry.held.extend(waiting)
             metrics.add(metrics.child(metrics.HELD, name), len(waiting))
             held = [q for q in held if q not in waiting]
+        elif waiting and self._drain_blocked(state):  # it may load there once it left
+            for q in waiting:
+                self._no_instance(state, q)
+            held = [q for q in held if q not in waiting]
         for q in held:
             if q.done or (self._spills is not None and self._spills.take_late(state, q)):
                 continue
@@ -679,6 +776,15 @@ class Fleet:
                     retry_after_s=max(1, math.ceil(retry_s)),
                 ),
             )
+
+    def _drain_blocked(self, state: ModelRoutes) -> bool:
+        """An instance up is not asked to load the model only because the model is being
+        drained off it (the control loop unloads it, and clears the mark, within
+        `placement.unload_drain_s` and a sync): a request waits for it rather than fail."""
+        return any(
+            link.up and state.model.name in link.instance.draining_models
+            for link in state.links.values()
+        )
 
     def _no_instance(self, state: ModelRoutes, q: QueuedRequest) -> None:
         if self._spill_some(state, (q,), QueueView()):

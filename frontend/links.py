@@ -45,8 +45,17 @@ class Link:
     weight: float = 1.0
     ejected: bool = False
     closed: bool = False
-    # the model is in memory there (frontend/residency.py): only resident links are routed to
+    # its health check has passed once: a new instance is not routed to before (its worker may
+    # still be starting), and a failure before is no ejection (`Fleet._admit`)
+    proven: bool = False
+    # the model is in memory there (frontend/residency.py), and not being drained off it (the
+    # control loop's placement): only resident links are routed to
     resident: bool = True
+    # routed among the resident links: the placement put the model here, or none of the
+    # instances it put it on holds it yet (`provisioner.policy.placement_steps.route_targets`)
+    preferred: bool = True
+    # may be asked to load the model, as of the last `Fleet._apply_residency`
+    loadable: bool = False
     # when this front end's load of the model there completed (or its idle unload was last
     # declined): a model it loaded is unloaded once idle (frontend/residency.py); None: not ours
     loaded_s: float | None = None
@@ -62,9 +71,14 @@ class Link:
         return self.instance.endpoint
 
     @property
+    def up(self) -> bool:
+        """Answering its health checks and not gone: it may serve or load any of its models."""
+        return self.proven and not self.ejected and not self.closed
+
+    @property
     def routable(self) -> bool:
-        """In the router: holding the model, not ejected, not gone."""
-        return self.resident and not self.ejected and not self.closed
+        """In the router: proven, holding the model where it is routed, not ejected, not gone."""
+        return self.up and self.resident and self.preferred
 
     def queue(self, running_instances: int, *, ahead: int = 0, draining: bool = False) -> QueueView:
         """This instance's backlog for the spill rule: the requests in flight plus `ahead`, and

@@ -106,15 +106,16 @@ INSTANCE_ERRORS = Counter(
 INSTANCE_BUSY = Counter(
     "mark_instance_busy_seconds",
     "Seconds this front end had batches of a model in service on an instance (from sending "
-    "the call to its answer). The control plane shares each instance's charge among the "
-    "models it served by these.",
+    "the call to its answer), and loads of it there that it asked for (a model resident "
+    "nowhere). The control plane shares each instance's charge among its models by these.",
     ["model", "instance"],
 )
 INSTANCE_EJECTED = Gauge(
     "mark_instance_ejected",
-    "1 while this front end keeps an instance out of rotation (a failed call, or a 503 with "
-    "Retry-After or a failed load followed by a failed health check; then failing health "
-    "checks), else 0. The control plane replaces an instance ejected for "
+    "1 while this front end keeps an instance out of rotation (a failed call; a 503 with "
+    "Retry-After or a failed load, then a failed health check; or failing health checks for "
+    "batching.boot_grace_s after it joined; then until a health check passes), else 0. The "
+    "control plane replaces an instance ejected for "
     "control.unhealthy_replace_s.",
     ["model", "instance"],
     multiprocess_mode="livemax",

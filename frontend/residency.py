@@ -7,7 +7,13 @@ index (`POST /v2/repository/index`, Triton's and MLServer's shape) on the fleet'
 off the request path and within a timeout, and keeps the models READY there. An instance that
 does not implement the repository API (404: a single-model worker of another server, TF
 Serving) holds exactly the models it was launched with (`Instance.models`), as does one not
-read yet: the fleet's listing is the best guess until the instance says otherwise.
+read yet: the fleet's listing is the best guess until the instance says otherwise. The calls
+are mark/adapters/repository.py's, which the control loop's placement uses too.
+
+Where the control loop places models (`Instance.placed_models`, `Instance.draining_models`:
+mark/apps/control/placement_applier.py), a model goes to the instances holding it where it is
+placed, else to every instance holding it (`provisioner.policy.placement_steps.route_targets`),
+and never to, nor loaded on, an instance it is being drained from while it is there.
 
 A model resident nowhere is loaded by asking the instance that can load it soonest
 (`POST /v2/repository/models/{m}/load`, unpinned: mark/core/protocol/repository.py): one load per
@@ -22,121 +28,36 @@ An (instance, model) whose load failed is not asked to load it again for a back-
 An instance that answers an inference call saying it does not have the model (the index was up
 to one sync old) is marked not holding it (`refused`) until its next index read says otherwise.
 
-Scale to zero per model (issue 19, item 4): a model this front end loaded on an instance and
-routed nothing to there for `batching.unload_idle_s` is unloaded from it
-(`POST /v2/repository/models/{m}/unload`, `request_unload`), so a model with no traffic holds no
-memory there, on a server without its own eviction (MLServer, Triton) too. Only the front end's
-own loads (`Link.loaded_s`) are unloaded: an instance's launch models and the placement's pins
-are not its to drop. The unload carries `Mark-Unload-Idle-S` (mark/core/protocol/repository.py):
-a `mark worker` keeps a model another front end still uses (409), which a front end, seeing only
+Scale to zero per model (issue 19, item 4) of the loads the front end makes itself: the
+control loop's placement unloads what it placed (mark/apps/control/placement_applier.py), but a
+model the front end loaded for its requests (on a fleet the placement does not run, on a
+third-party server without eviction of its own such as MLServer) would stay. One that this front
+end routed nothing to there for `batching.unload_idle_s` is unloaded from it
+(`POST /v2/repository/models/{m}/unload`). Only the front end's own loads (`Link.loaded_s`):
+an instance's launch models and the placement's pins are not its to drop. The unload carries
+`Mark-Unload-Idle-S` (mark/core/protocol/repository.py): a `mark worker` keeps a model another
+front end still uses, or that the placement pinned since (409), which a front end, seeing only
 its own traffic, cannot know.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any
-
-import aiohttp
 
 from frontend.batcher import QueuedRequest
-from mark.core.protocol import LOAD_PIN_HEADER, UNLOAD_IDLE_HEADER
+from mark.adapters.repository import (
+    NO_REPOSITORY_API,
+    IndexUnreadable,
+    LoadFailed,
+    read_index,
+    request_load,
+)
 from mark.core.types import Instance
 
 __all__ = ["NO_REPOSITORY_API", "Backoff", "IndexUnreadable", "LoadFailed", "ModelLoad",
-           "Residency", "read_index", "request_load", "request_unload"]  # fmt: skip
-
-# The index of an instance without the repository API: it holds its Instance.models.
-NO_REPOSITORY_API = None
-
-
-class IndexUnreadable(Exception):
-    """The instance did not answer its index usably in time: keep the previous view."""
-
-
-class LoadFailed(Exception):
-    """The instance did not load the model; `reason` is its answer (or the error), `status`
-    the HTTP status it answered (None: the call itself failed)."""
-
-    def __init__(self, reason: str, status: int | None = None) -> None:
-        super().__init__(reason)
-        self.reason = reason
-        self.status = status
-
-
-async def read_index(
-    session: aiohttp.ClientSession, endpoint: str, timeout_s: float
-) -> frozenset[str] | None:
-    """The models READY on the instance at `endpoint`, or NO_REPOSITORY_API when it answers
-    404 (raises IndexUnreadable for anything else that is not a JSON array)."""
-    try:
-        async with asyncio.timeout(timeout_s):
-            async with session.post(
-                f"{endpoint}/v2/repository/index", json={"ready": True}
-            ) as resp:
-                if resp.status in (404, 405):
-                    return NO_REPOSITORY_API
-                payload = await resp.read()
-                if resp.status != 200:
-                    raise IndexUnreadable(f"{endpoint}: index answered HTTP {resp.status}")
-    except (aiohttp.ClientError, TimeoutError) as exc:
-        raise IndexUnreadable(f"{endpoint}: {exc!r}") from exc
-    try:
-        doc: Any = json.loads(payload)
-    except ValueError as exc:
-        raise IndexUnreadable(f"{endpoint}: the index is not JSON") from exc
-    if not isinstance(doc, list):
-        raise IndexUnreadable(f"{endpoint}: the index is not a JSON array")
-    return frozenset(
-        item["name"]
-        for item in doc
-        if isinstance(item, dict)
-        and isinstance(item.get("name"), str)
-        and item.get("state") == "READY"
-    )
-
-
-async def request_load(
-    session: aiohttp.ClientSession, endpoint: str, model: str, timeout_s: float
-) -> None:
-    """Ask the instance to load `model`, unpinned, and wait until it has (raises LoadFailed)."""
-    try:
-        async with asyncio.timeout(timeout_s):
-            async with session.post(
-                f"{endpoint}/v2/repository/models/{model}/load", headers={LOAD_PIN_HEADER: "false"}
-            ) as resp:
-                payload = await resp.read()
-                status = resp.status
-    except (aiohttp.ClientError, TimeoutError) as exc:
-        raise LoadFailed(f"the load call failed: {exc!r}") from exc
-    if status != 200:
-        try:
-            detail = json.loads(payload).get("error")
-        except (ValueError, AttributeError):
-            detail = None
-        text = detail if isinstance(detail, str) else payload.decode("utf-8", "replace")[:300]
-        raise LoadFailed(f"HTTP {status}: {text or 'no detail'}", status)
-
-
-async def request_unload(
-    session: aiohttp.ClientSession, endpoint: str, model: str, idle_s: float, timeout_s: float
-) -> str:
-    """Ask the instance to unload `model` if idle for `idle_s`: "ok" (unloaded, or not there:
-    404), "kept" (409: in use there, by another front end say) or "failed" (anything else)."""
-    try:
-        async with asyncio.timeout(timeout_s):
-            async with session.post(
-                f"{endpoint}/v2/repository/models/{model}/unload",
-                headers={UNLOAD_IDLE_HEADER: f"{idle_s:g}"},
-            ) as resp:
-                await resp.read()
-                status = resp.status
-    except (aiohttp.ClientError, TimeoutError):
-        return "failed"
-    return {200: "ok", 404: "ok", 409: "kept"}.get(status, "failed")
+           "Residency", "read_index", "request_load"]  # fmt: skip
 
 
 @dataclass(eq=False, slots=True)

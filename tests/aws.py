@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from datetime import datetime
 from typing import Any
 
 from botocore.awsrequest import AWSResponse
@@ -27,6 +28,28 @@ def ec2_error_xml(code: str, message: str) -> bytes:
         '<?xml version="1.0" encoding="UTF-8"?>\n<Response><Errors><Error>'
         f"<Code>{code}</Code><Message>{message}</Message></Error></Errors>"
         "<RequestID>8f7724cf-496f-496e-8fe3-example</RequestID></Response>"
+    ).encode()
+
+
+def spot_requests_xml(
+    instance_id: str,
+    code: str,
+    *,
+    update_time: datetime | None = None,
+    next_token: str | None = None,
+) -> bytes:
+    """A DescribeSpotInstanceRequests page with one request in status `code` (what AWS shows
+    two minutes before it reclaims: `marked-for-termination`), which moto never sets."""
+    updated = f"<updateTime>{update_time.isoformat()}</updateTime>" if update_time else ""
+    token = f"<nextToken>{next_token}</nextToken>" if next_token else ""
+    return (
+        '<?xml version="1.0" encoding="UTF-8"?>\n'
+        '<DescribeSpotInstanceRequestsResponse xmlns="http://ec2.amazonaws.com/doc/2016-11-15/">'
+        "<requestId>1d1a2f56-example</requestId><spotInstanceRequestSet><item>"
+        f"<spotInstanceRequestId>sir-{code}</spotInstanceRequestId><state>active</state>"
+        f"<status><code>{code}</code>{updated}</status>"
+        f"<instanceId>{instance_id}</instanceId><type>one-time</type></item>"
+        f"</spotInstanceRequestSet>{token}</DescribeSpotInstanceRequestsResponse>"
     ).encode()
 
 

@@ -42,9 +42,13 @@ async def bounded_load(
     timeout_s: float,
     fault_after: int | None = None,
     fault: Callable[[], Awaitable[None]] | None = None,
+    pace_s: float = 0.0,
+    stop: asyncio.Event | None = None,
 ) -> LoadResult:
     """`requests` requests from `concurrency` closed-loop clients, each with a client timeout of
-    `timeout_s`; `fault` runs once, when `fault_after` requests have been answered. Every
+    `timeout_s` and `pace_s` of think time after each answer (so that a load can outlast a
+    fault's whole course); `fault` runs once, when `fault_after` requests have been answered.
+    With `stop`, no request is sent once it is set (the result holds those sent). Every
     request sent is counted once in the result, answered or not."""
     url = f"{base_url}/v2/models/{model}/infer"
     result = LoadResult([0] * requests, [0.0] * requests)
@@ -55,7 +59,7 @@ async def bounded_load(
 
     async def client(session: aiohttp.ClientSession) -> None:
         nonlocal next_index, answered, fault_task
-        while next_index < requests:
+        while next_index < requests and not (stop is not None and stop.is_set()):
             index = next_index
             next_index += 1
             started = time.monotonic()
@@ -71,13 +75,15 @@ async def bounded_load(
             answered += 1
             if fault is not None and fault_task is None and answered >= (fault_after or 0):
                 fault_task = asyncio.create_task(fault())
+            if pace_s:
+                await asyncio.sleep(pace_s)
 
     connector = aiohttp.TCPConnector(limit=concurrency)
     async with aiohttp.ClientSession(connector=connector) as session:
         await asyncio.gather(*(client(session) for _ in range(concurrency)))
     if fault_task is not None:
         await fault_task
-    return result
+    return LoadResult(result.statuses[:next_index], result.seconds[:next_index])
 
 
 async def admin_get(served: Served, path: str) -> Any:

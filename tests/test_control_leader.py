@@ -107,3 +107,35 @@ async def test_one_leader_forecasts_both_front_ends_and_a_follower_takes_over(
     finally:
         for db in dbs:
             await db.close()
+
+
+async def test_a_leader_whose_tick_runs_long_keeps_the_lease_by_renewing_it(
+    make_cloud: Callable[..., Ec2Cloud], db_url: str
+) -> None:
+    """A tick slowed by the cloud's API outlasts the lease's two ticks: the renewal between
+    ticks (`renew`, every `control.sync_s` in `mark serve`) keeps it with its holder, so the
+    other host does not take the fleet over in the middle of the slow tick; without renewals
+    it would have."""
+    clock = Clock(datetime.now(UTC).timestamp())
+    dbs = [await Database.open(db_url), await Database.open(db_url)]
+    await dbs[0].create_model(inception())
+    counter = Counter(clock, 5.0)
+    a, b = (
+        ControlLoop(db, make_cloud(db, clock), _config(), counts=Counts(counter), clock=clock,
+                    holder=f"host-{k}")
+        for k, db in enumerate(dbs)
+    )  # fmt: skip
+    try:
+        assert await a.tick() is not None
+        for _ in range(6):  # a's next tick is three lease-lengths late; it renews meanwhile
+            clock.now_s += TICK_S / 2
+            await a.renew()
+            assert await b.tick() is None
+        assert a.fence is not None and a.fence.term == 1
+        clock.now_s += 3 * TICK_S  # no renewal for longer than the lease: b takes it
+        assert await b.tick() is not None and b.fence is not None and b.fence.term == 2
+        await a.renew()  # a renews nothing it no longer holds
+        assert a.fence is None
+    finally:
+        for db in dbs:
+            await db.close()

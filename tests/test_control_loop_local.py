@@ -2,7 +2,8 @@
 each tick warms the pool with the plan's count, the pre-warming rule of
 `provisioner.policy.prewarm` (what the running fleet leaves of the forecast, at the pool's
 latency, plus one); forecasters see whole buckets only, however often the loop re-plans; a
-many-model instance's charge is shared among its models by the front end's busy time."""
+many-model instance's charge is shared among its models by the front end's busy time, as
+`GET /admin/v1/costs` reports it; a spot instance pays each period at the price then in force."""
 
 from __future__ import annotations
 
@@ -21,9 +22,13 @@ from mark.apps.control.loop import ControlLoop, Schedule
 from mark.core.catalog import load_catalog
 from mark.core.config import BatchingConfig, Config, ServerlessConfig
 from mark.core.protocol import InferRequest, Tensor
+from mark.core.types import Market
 from provisioner.adapters.local_cloud import LocalCloud
 from provisioner.adapters.serverless import LocalFunctionPool
+from provisioner.policy.billing import spot_charge_usd
 from provisioner.policy.prewarm import warm_functions
+from tests.test_admin_api import call
+from tests.test_charging import busy_rows
 from traces import Trace
 
 RATE_RPS = 4.0
@@ -143,6 +148,131 @@ async def test_a_many_model_instances_charge_is_shared_by_busy_time(tmp_path: Pa
         assert costs.per_model_usd == pytest.approx(
             {demo.name: first[demo.name] + second / 2, other.name: first[other.name] + second / 2}
         )
+    finally:
+        await cloud.close()
+        await db.close()
+
+
+async def test_the_costs_route_reports_an_instance_shared_3_to_1(
+    tmp_path: Path, db_url: str, serve_factory: Any
+) -> None:
+    """The split read back as operators read it: one real worker serving two models, busy 3:1
+    over its life, ended (its final charge) and pruned by the next sync; then `GET
+    /admin/v1/costs` of a real `mark serve` on the same database (its control loop off, so
+    it charges nothing of its own) gives them 75 % and 25 % of the instance's charge."""
+    demo = load_catalog().model("demo").to_model()
+    other = demo.model_copy(update={"name": "demo-b"})
+    db = await Database.open(db_url)
+    for m in (demo, other):
+        await db.create_model(m)
+    config = _config()
+    cloud = LocalCloud(config.cloud, models=db.get_model, state_dir=tmp_path / "cloud")
+    busy: dict[tuple[str, str], float] = {}
+    try:
+        offering = next(
+            o for o in await cloud.offerings() if o.market.value == "on-demand" and o.available
+        )
+        inst = await cloud.launch(offering, [demo.name, other.name])
+        await db.save_instance(inst)
+        clock = _Clock(inst.launched_at_s)
+        loop = ControlLoop(db, cloud, config, counts=dict, clock=clock, busy=lambda: dict(busy))
+        for period in (1, 2):  # two periods, each 3:1
+            busy.update({(inst.id, demo.name): 30.0 * period, (inst.id, other.name): 10.0 * period})
+            clock.now_s += 600.0
+            await loop.sync()
+        await loop.release_all()  # terminated: the final charge
+        await loop.sync()  # and its busy rows go
+        line = (await db.instance_charges([inst.id]))[inst.id]
+        assert await busy_rows(db) == 0
+    finally:
+        await cloud.close()
+        await db.close()
+    assert line.usd == pytest.approx(1200.0 * offering.price_per_hour / 3600.0)
+
+    served = serve_factory(db_url, env={"MARK_CONTROL__ENABLED": "false"})
+    status, costs = call(served, "GET", "/admin/v1/costs")
+    assert status == 200, costs
+    assert costs["instances_usd"] == pytest.approx(line.usd)
+    assert costs["per_instance_type_usd"] == pytest.approx({offering.instance_type: line.usd})
+    per_model = costs["per_model_usd"]
+    assert set(per_model) == {demo.name, other.name}
+    assert per_model[demo.name] == pytest.approx(0.75 * line.usd)
+    assert per_model[other.name] == pytest.approx(0.25 * line.usd)
+    assert per_model[demo.name] + per_model[other.name] == pytest.approx(line.usd, rel=1e-12)
+
+
+def _spot_price_step(instance_type: str, zone: str, after_s: float) -> float:
+    """The first hour boundary after `after_s` at which the catalog's spot price of the pool
+    moves by at least 2 % (its history repeats every 48 h, so one is found within that)."""
+    catalog = load_catalog()
+    hour = (after_s // 3600.0 + 1.0) * 3600.0
+    for k in range(48):
+        at = hour + 3600.0 * k
+        before = catalog.spot_price(instance_type, zone, at - 1.0)
+        now = catalog.spot_price(instance_type, zone, at)
+        if before and now and abs(now / before - 1.0) >= 0.02:
+            return at
+    raise AssertionError(f"no spot price move in {instance_type}/{zone}'s history")
+
+
+async def test_a_spot_instance_pays_each_period_at_the_price_then_in_force(
+    tmp_path: Path,
+) -> None:
+    """A spot instance on the local cloud, whose offerings follow the catalog's spot history on
+    the loop's clock, lives across a price move: the ledger charges the time before the move at
+    the old price and the time after at the new one (the loop's tick reads the new price, the
+    next sync charges by it), which is what EC2 bills and what `billing.spot_charge_usd`
+    integrates over the history."""
+    model = load_catalog().model("demo").to_model()
+    db = await Database.open(f"sqlite+aiosqlite:///{tmp_path / 'loop.db'}")
+    await db.create_model(model)
+    config = Config.model_validate(
+        {
+            "cloud": {"zones": ["us-east-1a"], "launch_overhead_scale": 0.001},
+            # No demand at all (the mean, not an upper band over zeros): the planner keeps the
+            # one instance for min_instances and buys nothing beside it.
+            "forecast": {"predictor": "last", "upper_band": False},
+            "planner": {"min_instances": 1},
+        }
+    )
+    move = _spot_price_step("c5.large", "us-east-1a", time.time())
+    clock = _Clock(move - 1200.0)
+    cloud = LocalCloud(config.cloud, models=db.get_model, state_dir=tmp_path / "cloud", clock=clock)
+    catalog = load_catalog()
+    old = catalog.spot_price("c5.large", "us-east-1a", move - 1.0)
+    new = catalog.spot_price("c5.large", "us-east-1a", move)
+    assert old is not None and new is not None
+    try:
+        offering = next(
+            o
+            for o in await cloud.offerings()
+            if o.instance_type == "c5.large" and o.market == Market.SPOT
+        )
+        assert offering.price_per_hour == old
+        inst = await cloud.wait_running((await cloud.launch(offering, [model.name])).id, 60.0)
+        await db.save_instance(inst)
+        loop = ControlLoop(db, cloud, config, counts=dict, clock=clock)
+        plan = await loop.tick()
+        assert plan is not None and not plan.actions  # the planner keeps it as it is
+        clock.now_s = move
+        await loop.sync()
+        before = (await db.instance_charges([inst.id]))[inst.id].usd
+        assert before == pytest.approx(1200.0 * old / 3600.0)
+        plan = await loop.tick()  # reads the moved price
+        assert plan is not None and not plan.actions
+        clock.now_s = move + 1800.0
+        await loop.sync()
+        after = (await db.instance_charges([inst.id]))[inst.id].usd
+        assert after - before == pytest.approx(1800.0 * new / 3600.0)
+        itype = catalog.instance_type("c5.large")
+        billed = spot_charge_usd(
+            itype,
+            inst.launched_at_s,
+            clock.now_s,
+            lambda t: catalog.spot_price("c5.large", "us-east-1a", t),
+        )
+        assert after == pytest.approx(billed)
+        assert (await db.costs()).per_model_usd == pytest.approx({model.name: after})
     finally:
         await cloud.close()
         await db.close()

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
+import subprocess
+import sys
+
 import pytest
 
-from mark.adapters.db import Database, ModelCharge
+from mark.adapters.db import Database, InstanceCharge, LedgerLine, ModelCharge
 from mark.core.errors import Conflict, NotFound
 from mark.core.types import (
     AcceleratorKind,
@@ -20,6 +24,7 @@ from mark.core.types import (
     Profile,
     Slo,
 )
+from tests.conftest import _fresh_pg_schema, _pg_url_or_skip
 
 MODEL = Model(
     name="inception-v3",
@@ -177,34 +182,23 @@ async def test_decisions_page_newest_first(db_url: str) -> None:
         await db.close()
 
 
+def line(
+    instance_id: str, model: str, instance_type: str, market: str, charge: InstanceCharge
+) -> LedgerLine:
+    return LedgerLine(instance_id, model, instance_type, market, charge)
+
+
 async def test_cost_ledger_and_catalog_tables(db_url: str) -> None:
     db = await Database.open(db_url)
     try:
-        await db.set_instance_charge(
-            instance_id="i-1",
-            model="a",
-            instance_type="c5.large",
-            market="spot",
-            seconds=60,
-            usd=0.5,
-            at_s=1,
+        await db.set_instance_charges(
+            [line("i-1", "a", "c5.large", "spot", InstanceCharge(60, 0.5))], at_s=1
         )
-        await db.set_instance_charge(
-            instance_id="i-1",
-            model="a",
-            instance_type="c5.large",
-            market="spot",
-            seconds=120,
-            usd=1.0,
-            at_s=2,
-        )  # cumulative
-        await db.set_instance_charge(
-            instance_id="i-2",
-            model="b",
-            instance_type="p2.xlarge",
-            market="on-demand",
-            seconds=60,
-            usd=2.0,
+        await db.set_instance_charges(
+            [
+                line("i-1", "a", "c5.large", "spot", InstanceCharge(120, 1.0)),  # cumulative
+                line("i-2", "b", "p2.xlarge", "on-demand", InstanceCharge(60, 2.0)),
+            ],
             at_s=2,
         )
         await db.charge_serverless(
@@ -219,30 +213,26 @@ async def test_cost_ledger_and_catalog_tables(db_url: str) -> None:
         assert c.serverless_requests == 10
 
         # A many-model instance: its charge shared among the models it served.
-        await db.set_instance_charge(
-            instance_id="i-3",
-            model="a",
-            instance_type="c5.large",
-            market="on-demand",
-            seconds=60,
-            usd=0.4,
-            at_s=3,
-            parts={"a": ModelCharge(0.3, busy_s=30.0), "b": ModelCharge(0.1, busy_s=10.0)},
+        parts = {"a": ModelCharge(0.3, busy_s=30.0), "b": ModelCharge(0.1, busy_s=10.0)}
+        await db.set_instance_charges(
+            [line("i-3", "a", "c5.large", "on-demand", InstanceCharge(60, 0.4, parts))], at_s=3
         )
         c = await db.costs()
         assert c.per_model_usd == pytest.approx({"a": 1.55, "b": 2.1})
         assert c.per_instance_type_usd == pytest.approx({"c5.large": 1.4, "p2.xlarge": 2.0})
-        line = await db.instance_charge("i-3")
-        assert line is not None and (line.seconds, line.usd) == (60, 0.4)
-        assert line.models == {"a": ModelCharge(0.3, 30.0), "b": ModelCharge(0.1, 10.0)}
-        assert await db.instance_charge("i-9") is None
+        lines = await db.instance_charges(["i-3", "i-1", "i-9"])
+        assert set(lines) == {"i-1", "i-3"}  # none written for i-9
+        assert (lines["i-3"].seconds, lines["i-3"].usd) == (60, 0.4)
+        assert lines["i-3"].models == parts
+        assert lines["i-1"] == InstanceCharge(120, 1.0, {"a": ModelCharge(1.0)})
+        assert await db.instance_charges([]) == {}
 
         # Busy seconds per instance and model: added per host, summed over hosts.
         await db.add_busy("h1", {("i-3", "a"): 20.0, ("i-3", "b"): 5.0, ("i-4", "a"): 1.0})
         await db.add_busy("h2", {("i-3", "a"): 10.0, ("i-3", "b"): 0.0})
         await db.add_busy("h1", {("i-3", "b"): 5.0})
-        assert await db.busy_of("i-3") == pytest.approx({"a": 30.0, "b": 10.0})
-        assert await db.busy_of("i-9") == {}
+        busy = await db.busy_by_instance(["i-3", "i-4", "i-9"])
+        assert busy == {"i-3": {"a": 30.0, "b": 10.0}, "i-4": {"a": 1.0}}  # whole seconds: exact
 
         gpu = InstanceType(
             name="p2.xlarge",
@@ -259,3 +249,32 @@ async def test_cost_ledger_and_catalog_tables(db_url: str) -> None:
         assert await db.list_offerings() == [SPOT]
     finally:
         await db.close()
+
+
+# One `mark serve` opening the database, as each front end does when it starts.
+_OPEN = """
+import asyncio, sys
+from mark.adapters.db import Database
+
+async def main() -> None:
+    db = await Database.open(sys.argv[1])
+    await db.close()
+
+asyncio.run(main())
+"""
+
+
+@pytest.mark.pg
+def test_front_ends_starting_together_on_a_fresh_postgresql_database_all_open_it() -> None:
+    """Two replicas of one Deployment start at once on an empty database: one migrates, the
+    others wait for it (an advisory lock) and find the schema migrated, where before all but
+    one failed on tables created under them."""
+    url = _pg_url_or_skip()
+    asyncio.run(_fresh_pg_schema(url))
+    starts = [
+        subprocess.Popen([sys.executable, "-c", _OPEN, url], stderr=subprocess.PIPE)
+        for _ in range(3)
+    ]
+    for start in starts:
+        _, err = start.communicate(timeout=120)
+        assert start.returncode == 0, err.decode()

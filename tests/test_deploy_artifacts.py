@@ -49,10 +49,6 @@ ROOT = Path(__file__).resolve().parent.parent
 DEPLOY = ROOT / "deploy"
 BIN = Path(sys.executable).parent
 SOURCE_PACKAGES = ("mark", "frontend", "provisioner", "predictors", "traces")
-# A serving-only front end's control plane must neither plan nor reconcile nor poll for
-# interruptions until leader election exists (deploy/compose.yaml, deploy/k8s/deployment.yaml).
-QUIET_S = 86400.0
-SERVING_ONLY = {"MARK_CONTROL__ENABLED", "MARK_CONTROL__SYNC_S", "MARK_CLOUD__POLL_INTERVAL_S"}
 # Actions Mark's role needs that no boto3 call names, each with the reason AWS asks for it.
 IMPLIED_ACTIONS = {
     "ec2:CreateTags": "TagSpecifications at launch are authorised as CreateTags",
@@ -186,10 +182,13 @@ def effective_config(env: dict[str, str], path: Path | None = None) -> Config:
     return load_config(path, environ={**image_env(), **env})
 
 
-def assert_serving_only(config: Config, where: str) -> None:
-    assert not config.control.enabled, where
-    assert config.control.sync_s >= QUIET_S, where
-    assert config.cloud.poll_interval_s >= QUIET_S, where
+def assert_elects_its_planner(config: Config, where: str) -> None:
+    """A front end that runs the control loop only while it holds the database lease, on
+    PostgreSQL (the lease and the shared counts live there), on EC2 (the local cloud's workers
+    belong to one host)."""
+    assert config.control.enabled and config.control.leader_election, where
+    assert config.database.url.startswith("postgresql+asyncpg://"), where
+    assert config.cloud.provider == "ec2", where
 
 
 # ---- the image ------------------------------------------------------------------------------
@@ -302,7 +301,7 @@ def test_compose_file_matches_the_compose_spec(tmp_path: Path) -> None:
     assert subprocess.run([*argv, str(broken)], capture_output=True).returncode != 0
 
 
-def test_compose_runs_two_front_ends_one_control_loop_on_postgresql() -> None:
+def test_compose_runs_two_front_ends_that_elect_one_planner_on_one_database() -> None:
     doc = compose()
     services = mark_services(doc)
     assert len(services) == 2
@@ -316,23 +315,19 @@ def test_compose_runs_two_front_ends_one_control_loop_on_postgresql() -> None:
         assert service["build"] == {"context": "..", "dockerfile": "deploy/Dockerfile"}
         assert (DEPLOY / service["build"]["context"] / service["build"]["dockerfile"]).exists()
         parses_as_mark_command(service["command"])
-    planners = [n for n, c in configs.items() if c.control.enabled]
-    assert planners == ["mark"]
-    # the serving one migrates after the control one has (two migrations at once collide)
-    assert services["mark-serve"]["depends_on"]["mark"] == {"condition": "service_healthy"}
-    assert_serving_only(configs["mark-serve"], "mark-serve")
-    assert set(services["mark-serve"]["environment"]) - set(services["mark"]["environment"]) == (
-        SERVING_ONLY
-    )
+        assert_elects_its_planner(configs[name], name)
+        # they start together: migrations take turns under an advisory lock (Database.open)
+        assert set(service["depends_on"]) == {"postgres"}, name
+    # the same but for the host port: either may lead
+    first, second = ({k: v for k, v in s.items() if k != "ports"} for s in services.values())
+    assert first == second
+    assert len({p for s in services.values() for p in s["ports"]}) == 2
     postgres = doc["services"]["postgres"]["environment"]
-    for config in configs.values():
-        assert config.cloud.provider == "ec2"  # the local cloud's workers cannot be shared
-        url = config.database.url
-        assert url.startswith("postgresql+asyncpg://"), url
-        assert url == (
-            f"postgresql+asyncpg://{postgres['POSTGRES_USER']}:{postgres['POSTGRES_PASSWORD']}"
-            f"@postgres:5432/{postgres['POSTGRES_DB']}"
-        )
+    (url,) = {c.database.url for c in configs.values()}  # one database, shared
+    assert url == (
+        f"postgresql+asyncpg://{postgres['POSTGRES_USER']}:{postgres['POSTGRES_PASSWORD']}"
+        f"@postgres:5432/{postgres['POSTGRES_DB']}"
+    )
 
 
 def bind_mounts(service: dict[str, Any]) -> dict[str, str]:
@@ -374,13 +369,15 @@ def test_compose_prometheus_scrapes_every_front_end_and_grafana_provisions_the_d
 def test_k8s_manifests_match_the_kubernetes_schemas() -> None:
     kubernetes_validate = require_module("kubernetes_validate")
     version = kubernetes_validate.latest_version()
-    checked = 0
+    checked = []
     for doc in manifests():
         if doc["apiVersion"].startswith("monitoring.coreos.com/"):
             continue  # a CRD: no schema ships; test_service_monitor_* checks its structure
         kubernetes_validate.validate(doc, version, strict=True)  # raises on any error
-        checked += 1
-    assert checked >= 7
+        checked.append(doc["kind"])
+    assert sorted(checked) == sorted(
+        ["ConfigMap", "Deployment", "PodDisruptionBudget", "Secret", "Service", "ServiceAccount"]
+    )
     broken = copy.deepcopy(one(manifests(), "PodDisruptionBudget"))
     broken["spec"]["maxUnavailabel"] = 1  # the schemas are really applied: a typo fails
     with pytest.raises(kubernetes_validate.ValidationError):
@@ -411,35 +408,25 @@ def k8s_front_ends() -> tuple[dict[str, dict[str, Any]], dict[str, Config]]:
     return deployments, configs
 
 
-def test_k8s_runs_exactly_one_control_loop() -> None:
+def test_k8s_runs_two_replicas_that_elect_one_planner_on_one_database() -> None:
     deployments, configs = k8s_front_ends()
-    planners = {
-        n: d["spec"]["replicas"] for n, d in deployments.items() if configs[n].control.enabled
+    assert set(deployments) == {"mark"}  # one template: the replicas differ in nothing
+    spec = deployments["mark"]["spec"]
+    assert spec["replicas"] == 2
+    # the lease, not the rollout, keeps an old and a new pod from planning at once
+    assert spec["strategy"] == {
+        "type": "RollingUpdate",
+        "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1},
     }
-    assert planners == {"mark-control": 1}
-    # a rolling update would run the old and the new pod's control loops side by side
-    assert deployments["mark-control"]["spec"]["strategy"] == {"type": "Recreate"}
-    assert deployments["mark-frontend"]["spec"]["replicas"] >= 2
-    assert_serving_only(configs["mark-frontend"], "mark-frontend")
-    for config in configs.values():
-        assert config.cloud.provider == "ec2"
-        assert config.database.url.startswith("postgresql+asyncpg://")
-        assert config.server.admin_token
-
-
-def test_k8s_front_end_pods_differ_only_in_their_control_settings() -> None:
-    deployments, _ = k8s_front_ends()
-    control, serving = (
-        copy.deepcopy(deployments[n]["spec"]["template"]) for n in ("mark-control", "mark-frontend")
-    )
-    for template in (control, serving):
-        template["metadata"]["labels"].pop("app.kubernetes.io/component")
-    env = serving["spec"]["containers"][0]["env"]
-    assert {v["name"] for v in env} - {
-        v["name"] for v in control["spec"]["containers"][0]["env"]
-    } == (SERVING_ONLY)
-    serving["spec"]["containers"][0]["env"] = [v for v in env if v["name"] not in SERVING_ONLY]
-    assert control == serving
+    assert_elects_its_planner(configs["mark"], "mark")
+    assert configs["mark"].server.admin_token
+    secret = one(manifests(), "Secret")
+    assert configs["mark"].database.url == secret["stringData"]["database-url"]
+    pdb = one(manifests(), "PodDisruptionBudget")["spec"]
+    # a drain takes one pod at a time and never blocks: one replica always serves
+    assert set(pdb) == {"maxUnavailable", "selector"}
+    assert 1 <= pdb["maxUnavailable"] < spec["replicas"]
+    assert pdb["selector"] == spec["selector"]
 
 
 def test_k8s_pods_run_the_image_user_with_probes_on_the_v2_health_routes() -> None:
@@ -469,7 +456,7 @@ def test_service_pdb_and_service_monitor_select_the_front_ends() -> None:
     def selects(selector: dict[str, str]) -> set[str]:
         return {n for n, labels in pods.items() if selector.items() <= labels.items()}
 
-    assert selects(service["spec"]["selector"]) == {"mark-control", "mark-frontend"}
+    assert selects(service["spec"]["selector"]) == {"mark"}
     (port,) = service["spec"]["ports"]
     container_ports = {
         p["name"]
@@ -479,8 +466,7 @@ def test_service_pdb_and_service_monitor_select_the_front_ends() -> None:
         for p in c["ports"]
     }
     assert port["targetPort"] in container_ports
-    # a budget on the single control pod would block every node drain
-    assert selects(pdb["spec"]["selector"]["matchLabels"]) == {"mark-frontend"}
+    assert selects(pdb["spec"]["selector"]["matchLabels"]) == {"mark"}
 
     # ServiceMonitor (monitoring.coreos.com/v1), checked by hand: no schema ships for CRDs
     assert monitor["apiVersion"] == "monitoring.coreos.com/v1"
@@ -519,7 +505,7 @@ def test_launch_template_is_a_valid_create_launch_template_request() -> None:
     assert options["HttpTokens"] == "required"
     _, configs = k8s_front_ends()  # the name Mark's config launches from
     assert {c.cloud.launch_template for c in configs.values()} == {request["LaunchTemplateName"]}
-    assert configs["mark-control"].cloud.worker_port == 8080  # the user data's default port
+    assert configs["mark"].cloud.worker_port == 8080  # the user data's default port
     role = json.loads((DEPLOY / "iam/mark-ec2-policy.json").read_text())
     passed = next(s for s in role["Statement"] if s["Action"] == "iam:PassRole")["Resource"]
     assert passed.endswith("/" + request["LaunchTemplateData"]["IamInstanceProfile"]["Name"])
@@ -680,3 +666,28 @@ def test_iam_policies_grant_every_boto3_call_of_the_code_and_nothing_else() -> N
     assert called - granted == set(), "called but not granted"
     assert granted - called - IMPLIED_ACTIONS.keys() == set(), "granted but never called"
     assert IMPLIED_ACTIONS.keys() <= granted
+
+
+# ---- the README -----------------------------------------------------------------------------
+
+
+def test_readme_says_how_to_run_in_production() -> None:
+    """The section operators start from names each way to run Mark, its AWS permissions and
+    what to look at when the SLO burns; the files, alerts and metrics it names exist."""
+    readme = (ROOT / "README.md").read_text()
+    section = readme[readme.index("## Running in production") :]
+    for needed in (
+        "docker compose -f deploy/compose.yaml up -d",
+        "kubectl apply -f deploy/k8s/",
+        "**AWS permissions**",
+        "control.leader_election = true",
+        "### When the SLO burns",
+    ):
+        assert needed in section, needed
+    for path in re.findall(r"`((?:deploy|docs)/[\w./-]+)`", section):
+        assert (ROOT / path).exists(), path
+    for alert in re.findall(r"`(Mark[A-Za-z]+)`", section):
+        assert f"alert: {alert}\n" in (DEPLOY / "prometheus/mark-rules.yml").read_text(), alert
+    documented = (ROOT / "docs/metrics.md").read_text()
+    for metric in set(re.findall(r"`(mark_[a-z_]+)", section)):
+        assert f"`{metric}`" in documented, metric

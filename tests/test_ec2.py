@@ -23,7 +23,7 @@ from provisioner.adapters.cloud import MODELS_TAG, OWNER_TAG, CloudProvider
 from provisioner.adapters.ec2 import Ec2Cloud
 from provisioner.adapters.retry import RetryingCloud
 from provisioner.policy.reconcile import ReconcileKind, reconcile
-from tests.aws import ec2_error_xml, inject
+from tests.aws import ec2_error_xml, inject, spot_requests_xml
 
 TYPES = ("c5.large", "c5.xlarge", "m5.large")
 ZONES = ("us-east-1a", "us-east-1b")
@@ -331,16 +331,7 @@ async def test_spot_marked_for_termination_gives_a_two_minute_notice(
         offering(await cloud.offerings(), "c5.large", "us-east-1a", Market.SPOT), ["m1"]
     )
     marked_at = datetime.now(UTC).replace(microsecond=0)
-    body = (
-        '<?xml version="1.0" encoding="UTF-8"?>\n'
-        '<DescribeSpotInstanceRequestsResponse xmlns="http://ec2.amazonaws.com/doc/2016-11-15/">'
-        "<requestId>1d1a2f56-example</requestId><spotInstanceRequestSet><item>"
-        "<spotInstanceRequestId>sir-1a2b3c4d</spotInstanceRequestId><state>active</state>"
-        f"<status><code>marked-for-termination</code><updateTime>{marked_at.isoformat()}"
-        "</updateTime><message>Your Spot Instance is marked for termination.</message></status>"
-        f"<instanceId>{instance.id}</instanceId><type>one-time</type></item>"
-        "</spotInstanceRequestSet></DescribeSpotInstanceRequestsResponse>"
-    ).encode()
+    body = spot_requests_xml(instance.id, "marked-for-termination", update_time=marked_at)
     inject(cloud, "DescribeSpotInstanceRequests", body, status=200)
     (notice,) = await cloud.poll_interruptions()
     assert notice.instance_id == instance.id
@@ -428,19 +419,6 @@ async def test_a_denied_dry_run_is_a_permission_error(make_cloud: Callable[..., 
     assert await cloud.list() == []
 
 
-def spot_requests_page(instance_id: str, code: str, next_token: str | None) -> bytes:
-    token = f"<nextToken>{next_token}</nextToken>" if next_token else ""
-    return (
-        '<?xml version="1.0" encoding="UTF-8"?>\n'
-        '<DescribeSpotInstanceRequestsResponse xmlns="http://ec2.amazonaws.com/doc/2016-11-15/">'
-        "<requestId>1d1a2f56-example</requestId><spotInstanceRequestSet><item>"
-        f"<spotInstanceRequestId>sir-{code}</spotInstanceRequestId><state>active</state>"
-        f"<status><code>{code}</code></status>"
-        f"<instanceId>{instance_id}</instanceId><type>one-time</type></item>"
-        f"</spotInstanceRequestSet>{token}</DescribeSpotInstanceRequestsResponse>"
-    ).encode()
-
-
 async def test_describe_calls_follow_every_page(make_cloud: Callable[..., Ec2Cloud]) -> None:
     """boto3's paginator follows NextToken: a notice on the second page is not lost."""
     cloud = make_cloud()
@@ -452,13 +430,13 @@ async def test_describe_calls_follow_every_page(make_cloud: Callable[..., Ec2Clo
     first_page = inject(
         cloud,
         "DescribeSpotInstanceRequests",
-        spot_requests_page(first.id, "marked-for-termination", "page-2"),
+        spot_requests_xml(first.id, "marked-for-termination", next_token="page-2"),
         status=200,
     )
     second_page = inject(
         cloud,
         "DescribeSpotInstanceRequests",
-        spot_requests_page(second.id, "marked-for-stop", None),
+        spot_requests_xml(second.id, "marked-for-stop"),
         status=200,
         when="NextToken=page-2",
     )

@@ -13,6 +13,7 @@ import os
 import signal
 import sqlite3
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -145,3 +146,108 @@ async def test_serve_killed_mid_launch_and_mid_termination_restart_reconciles(
     assert await wait_for(mid_termination, 30.0, interval_s=0.1), second.log()[-3000:]
     _, terminating = await _kill_restart_check(serve_factory, second, db_url, db_path, config)
     print(f"mid-launch: {launching}\nmid-termination: {terminating}")
+
+
+EC2_CONFIG = """
+[control]
+tick_s = 1.0
+sync_s = 0.5
+reconcile_grace_s = 5.0
+{cloud}[planner]
+horizon_s = 300.0
+drain_s = 1.0
+spot = false
+allowed_types = ["c5.large"]
+[forecast]
+predictor = "last"
+bucket_s = 1.0
+schedule_file = "{schedule}"
+"""
+
+
+async def test_serve_killed_on_the_ec2_emulator_restart_adopts_what_the_cloud_runs(
+    serve_factory: Any, tmp_path: Path, moto_url: str, image_id: str, outside: Any
+) -> None:
+    """On EC2 an instance outlives the control plane that bought it (on the local cloud the
+    workers die with its process group): `mark serve` SIGKILLed while it launches, and again
+    while it terminates, then restarted on the same database; each time every instance EC2
+    runs for the owner is adopted (tracked live, its worker serving) or terminated, none
+    runs untracked, and the ledger has one charge row per instance."""
+    from tests.aws import FAKE_ENV
+    from tests.ec2_fleet import cloud_ids, ec2_cloud_toml, running_machines
+
+    owner = f"restart-{uuid.uuid4().hex[:8]}"
+    schedule = tmp_path / "steady.csv"  # 40 req/s from now on: several instances, bought at once
+    start_s = int(time.time())
+    rows = [f"{t},{40.0 if t >= start_s else 0.0}" for t in range(start_s - 60, start_s + 600)]
+    schedule.write_text("timestamp_s,requests\n" + "\n".join(rows) + "\n")
+    db_path = tmp_path / "mark.db"
+    db_url = f"sqlite+aiosqlite:///{db_path}"
+    cloud = ec2_cloud_toml(outside, moto_url, image_id, owner, ["us-east-1a"])
+    config = EC2_CONFIG.format(cloud=cloud, schedule=schedule)
+    name = MODEL["name"]
+
+    def start() -> Served:
+        served: Served = serve_factory(db_url, config_text=config, env=FAKE_ENV)
+        return served
+
+    async def kill_and_restart(served: Served) -> tuple[Served, str]:
+        running_at_kill = await asyncio.to_thread(cloud_ids, outside, owner)
+        recorded = {i["id"] for i in await instances(served, name, all_states=True)}
+        os.killpg(served.process.pid, signal.SIGKILL)
+        served.process.wait(timeout=30.0)
+        again = start()
+
+        async def accounted() -> bool:
+            """The cloud's instances are the restarted server's live ones, each serving."""
+            live = {i["id"]: i for i in await instances(again, name)}
+            ours = await asyncio.to_thread(cloud_ids, outside, owner)
+            serving = all(machines.processes.get(i) is not None for i in ours)
+            return set(live) == ours and serving
+
+        assert await wait_for(accounted, 30.0), (
+            await asyncio.to_thread(cloud_ids, outside, owner),
+            await instances(again, name, all_states=True),
+            again.log()[-3000:],
+        )
+
+        async def ledger_consistent() -> bool:
+            ids, charged = _ledger(db_path)
+            return sorted(charged) == sorted(ids)
+
+        assert await wait_for(ledger_consistent, 5.0), _ledger(db_path)
+        live = {i["id"] for i in await instances(again, name)}
+        unrecorded = running_at_kill - recorded
+        return again, (
+            f"killed with {len(running_at_kill)} running in EC2 ({len(unrecorded)} not yet "
+            f"recorded); after the restart {len(running_at_kill & live)} adopted, "
+            f"{len(running_at_kill - live)} terminated"
+        )
+
+    async with running_machines(outside, owner, tmp_path) as machines:
+        first = start()
+        await admin_post(first, "/admin/v1/models", MODEL)
+
+        async def launching() -> bool:  # the step needs several instances: some are bought
+            return len(await asyncio.to_thread(cloud_ids, outside, owner)) >= 2
+
+        assert await wait_for(launching, 60.0, interval_s=0.1), first.log()[-3000:]
+        second, mid_launch = await kill_and_restart(first)
+
+        async with aiohttp.ClientSession() as session:  # its instances drain, then terminate
+            url = f"{second.base_url}/admin/v1/models/{name}"
+            async with session.delete(url, headers=second.auth) as r:
+                assert r.status == 204, await r.text()
+
+        async def terminating() -> bool:
+            now = await instances(second, name, all_states=True)
+            return any(i["state"] in ("draining", "terminated") for i in now)
+
+        assert await wait_for(terminating, 30.0, interval_s=0.1), second.log()[-3000:]
+        third, mid_termination = await kill_and_restart(second)
+
+        async def all_gone() -> bool:  # the model is deleted: the restarted one finishes the job
+            return not await asyncio.to_thread(cloud_ids, outside, owner)
+
+        assert await wait_for(all_gone, 30.0), third.log()[-3000:]
+    print(f"EC2 mid-launch: {mid_launch}\nEC2 mid-termination: {mid_termination}")

@@ -14,6 +14,7 @@ from typing import Any
 import aiohttp
 import numpy as np
 import pytest
+from prometheus_client import REGISTRY
 
 from frontend.fleet import Fleet
 from mark.adapters.db import Database
@@ -149,10 +150,14 @@ async def test_caller_mistakes_get_documented_4xx(front: Front) -> None:
                 assert (await r.json())["error"]
 
 
-async def _fleet(instances: list[Any], models: list[Any], **batching: Any) -> Fleet:
+async def _fleet(
+    instances: list[Any], models: list[Any], *, wait_admitted: bool = True, **batching: Any
+) -> Fleet:
     fleet = Fleet(BatchingConfig(**batching))
     fleet.set_models(models)
     fleet.set_instances(instances)
+    if wait_admitted:
+        await fleet.admitted()
     return fleet
 
 
@@ -259,3 +264,48 @@ async def test_killed_worker_loses_no_request() -> None:
     assert sorted(results) == list(range(600))
     got = np.vstack([results[i] for i in range(600)])
     np.testing.assert_allclose(got, _expected(rows), rtol=1e-4, atol=1e-5)
+
+
+async def test_a_new_instance_is_routed_to_once_its_worker_answers_and_not_before() -> None:
+    """EC2 says `running` a while before the worker its user data starts listens: a request
+    meanwhile waits for it (it does not fail, and the instance is not ejected, which would get
+    it replaced before it booted), and is served as soon as its health check passes."""
+    port = free_port()
+    fleet = await _fleet(
+        [running("booting", f"http://127.0.0.1:{port}")],
+        [model("demo", slo_ms=30_000.0)],
+        health_interval_s=0.1,
+        wait_admitted=False,
+    )
+    try:
+        pending = asyncio.create_task(fleet.infer("demo", _request(np.zeros((1, 16)))))
+        await asyncio.sleep(1.0)
+        assert not pending.done() and fleet.routable("demo") == []
+        assert not REGISTRY.get_sample_value(
+            "mark_instance_ejected", {"model": "demo", "instance": "booting"}
+        )
+        async with workers(["--model", "demo=builtin:mlp", "--port", str(port)]):
+            answer = await asyncio.wait_for(pending, 30.0)
+        assert answer.instance_id == "booting" and answer.path == "instance"
+    finally:
+        await fleet.close()
+
+
+async def test_an_instance_whose_worker_never_answers_is_reported_after_the_boot_grace() -> None:
+    port = free_port()  # nothing listens there
+    fleet = await _fleet(
+        [running("never", f"http://127.0.0.1:{port}")],
+        [model("demo")],
+        health_interval_s=0.1,
+        boot_grace_s=0.5,
+        wait_admitted=False,
+    )
+    labels = {"model": "demo", "instance": "never"}
+    try:
+        async with asyncio.timeout(10.0):
+            while not REGISTRY.get_sample_value("mark_instance_ejected", labels):
+                await asyncio.sleep(0.05)
+        assert fleet.routable("demo") == []
+    finally:
+        await fleet.close()
+    assert REGISTRY.get_sample_value("mark_instance_ejected", labels) == 0.0  # gone with it

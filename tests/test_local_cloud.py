@@ -114,20 +114,22 @@ async def test_workers_get_the_worker_section_and_serve_file_and_s3_artifacts(
     """The `[worker]` section reaches the workers the local cloud starts (their cache reports
     its budget, protection and polling), and a model whose artifact is an S3 object (as a bulk
     registration from an S3 store writes it) is served by them as a local file's is: loaded on
-    demand with a memory budget, at start without one. An object gone is the model's 503, not
-    the worker's failure. Each is served under the name the front end calls it by."""
+    demand in a fleet with a memory budget (it declares its footprint), at start without one.
+    An object gone is the model's 503, not the worker's failure. Each is served under the name
+    the front end calls it by."""
     client = boto3.client("s3", endpoint_url=moto_url, region_name="us-east-1")
     bucket = f"models-{time.monotonic_ns()}"
     client.create_bucket(Bucket=bucket)
     client.put_object(Bucket=bucket, Key="models/fromS3.onnx", Body=onnx_bytes(2.0))
     local = write_model(tmp_path, "local", 1.0)
     pace = [linear_profile("c5.large", 1.0, 0.1)]
-    registered = {
+    registered = {  # each declares its footprint: in a fleet with a budget, loaded on demand
         "s3m": model("s3m", artifact=f"onnx:s3://{bucket}/models/fromS3.onnx", profiles=pace),
         "filem": model("filem", artifact=f"onnx:{local}", profiles=pace,
                        backend_model_name="served-name"),
         "gone": model("gone", artifact=f"onnx:s3://{bucket}/models/gone.onnx", profiles=pace),
     }  # fmt: skip
+    registered = {n: m.model_copy(update={"memory_mb": 0.01}) for n, m in registered.items()}
 
     async def lookup(name: str) -> Model:
         return registered[name]

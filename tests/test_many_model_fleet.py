@@ -112,7 +112,9 @@ async def many_model_fleet(
         async with front_end(config) as app, aiohttp.ClientSession() as s:
             url = f"http://127.0.0.1:{config.server.port}"
             fleet = ManyFleet(url, app, cloud, [], scales, store, budget)
-            template = {"slo": SLO, "profiles": {"c5.large": PROFILE}, "max_batch": 8}
+            # a declared footprint makes each a many-model tenant: known, loaded on demand
+            template = {"slo": SLO, "profiles": {"c5.large": PROFILE}, "max_batch": 8,
+                        "memory_mb": max(sizes) / 2**20}  # fmt: skip
             async with s.post(
                 f"{url}/admin/v1/models:bulk",
                 headers=fleet.auth,

@@ -347,7 +347,11 @@ async def test_a_corrupt_models_requests_go_to_the_pool_while_its_loads_back_off
 
 
 async def _solo_server() -> tuple[web.AppRunner, str]:
-    """A single-model v2 server with no repository API (its index is a 404): y = 7."""
+    """A single-model v2 server with no repository API (its index is a 404), only inference
+    and the protocol's health route: y = 7."""
+
+    async def ready(request: web.Request) -> web.Response:
+        return web.Response()
 
     async def infer(request: web.Request) -> web.Response:
         await request.read()
@@ -356,6 +360,7 @@ async def _solo_server() -> tuple[web.AppRunner, str]:
 
     app = web.Application()
     app.router.add_post("/v2/models/solo/infer", infer)
+    app.router.add_get("/v2/health/ready", ready)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
@@ -370,6 +375,7 @@ async def test_a_server_without_the_repository_api_gets_its_models_traffic() -> 
     try:
         fleet.set_models([model("solo", slo_ms=30_000.0)])
         fleet.set_instances([running("solo-1", endpoint, ("solo",))])
+        await fleet.admitted()
         await fleet.refresh_residency()
         assert fleet.resident("solo") == ["solo-1"]
         answer = await fleet.infer("solo", _request())
@@ -389,6 +395,7 @@ async def test_a_404_from_a_server_without_the_repository_api_leaves_it_in_servi
     try:
         fleet.set_models([model("solo", slo_ms=30_000.0), model("other", slo_ms=30_000.0)])
         fleet.set_instances([running("solo-1", endpoint, ("solo", "other"))])
+        await fleet.admitted()
         await fleet.refresh_residency()
         assert fleet.resident("other") == ["solo-1"]  # the listing says so
         with pytest.raises(Unavailable) as refused:
@@ -436,7 +443,7 @@ async def test_an_instance_failing_behind_503s_with_retry_after_is_ejected_until
     now"), but it has the instance's health checked: one that fails the check is ejected (the
     gauge the control plane replaces instances by) and probed, and rejoins once it passes.
     Meanwhile every request is answered by the healthy instance."""
-    state = {"broken": True}
+    state = {"broken": False}
     broken, broken_url = await _flaky_server(state)
     good, good_url = await _solo_server()
     fleet = Fleet(BatchingConfig(health_interval_s=0.2))
@@ -446,8 +453,10 @@ async def test_an_instance_failing_behind_503s_with_retry_after_is_ejected_until
         fleet.set_instances(
             [running("broken-1", broken_url, ("solo",)), running("good-1", good_url, ("solo",))]
         )
+        await fleet.admitted()
         await fleet.refresh_residency()
         assert sorted(fleet.resident("solo")) == ["broken-1", "good-1"]
+        state["broken"] = True  # in service, then failing as a whole behind 503s
         answers = [await fleet.infer("solo", _request()) for _ in range(4)]
         assert {a.instance_id for a in answers} == {"good-1"}
         async with asyncio.timeout(10):
@@ -530,20 +539,23 @@ async def test_residency_is_read_under_the_name_the_instance_serves_the_model_by
 async def test_an_unchanged_listing_still_gives_a_new_model_its_routes() -> None:
     """The fleet skips a sync whose instance listing did not change, unless a model was added
     since: the new model gets its routes from the same listing."""
+    runner, endpoint = await _solo_server()
     fleet = Fleet(BatchingConfig())
     try:
-        listing = [running("a", "http://127.0.0.1:9", ("x", "y")),
-                   running("b", "http://127.0.0.1:9", ("y",))]  # fmt: skip
+        listing = [running("a", endpoint, ("x", "y")), running("b", endpoint, ("y",))]
         fleet.set_models([model("x")])
         fleet.set_instances(listing)
+        await fleet.admitted()
         assert fleet.routable("x") == ["a"]
         fleet.set_models([model("x"), model("y")])
         fleet.set_instances(list(listing))
+        await fleet.admitted()
         assert sorted(fleet.routable("y")) == ["a", "b"] and fleet.routable("x") == ["a"]
         fleet.set_instances(listing[:1])  # b left
         assert fleet.routable("y") == ["a"]
     finally:
         await fleet.close()
+        await runner.cleanup()
 
 
 def test_an_index_read_older_than_a_completed_load_is_not_applied() -> None:

@@ -241,6 +241,7 @@ async def test_requests_queued_on_a_draining_instance_spill(spillway: Spillway) 
         fleet.set_models([demo])
         instances = [running(f"i-{k}", w.endpoint) for k, w in enumerate(ws)]
         fleet.set_instances(instances)
+        await fleet.admitted()
         rows = np.random.default_rng(9).normal(size=(20, 16))
         try:
             tasks = [

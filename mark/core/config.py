@@ -48,6 +48,7 @@ __all__ = [
     "BatchingConfig",
     "SpillConfig",
     "WorkerConfig",
+    "PlacementConfig",
     "load_config",
     "ENV_PREFIX",
     "ENV_SHORTCUTS",
@@ -211,6 +212,10 @@ class BatchingConfig(_Section):
     slo_budget_fraction: Annotated[float, Field(gt=0, le=1)] = 0.8
     worker_timeout_s: Annotated[float, Field(gt=0)] = 30.0
     health_interval_s: Annotated[float, Field(gt=0)] = 1.0
+    # a new instance is routed to once its health check passes (EC2 says `running` a minute
+    # before the worker its user data starts listens); one still failing it after this long
+    # is reported unhealthy, for the control plane to replace (ASG's health check grace period)
+    boot_grace_s: Annotated[float, Field(gt=0)] = 300.0
     # batches outstanding per instance; the backlog beyond waits in the front end (spill sees it)
     max_inflight_batches: Annotated[int, Field(ge=1, le=64)] = 2
     rate_window_s: Annotated[float, Field(gt=0)] = 1.0  # EWMA of the rate routed to an instance
@@ -268,6 +273,29 @@ class WorkerConfig(_Section):
     poll_s: Annotated[float, Field(ge=0)] = 10.0
 
 
+class PlacementConfig(_Section):
+    """Many-model fleets (mark/apps/control/placement_applier.py): with `worker.store` set (on
+    the local cloud), the models that declare `memory_mb` share instances of one type, which
+    load them from the store;
+    each tick places them (provisioner/policy/placement.py) and moves them through the workers'
+    repository API, loads before the front ends route there, unloads after they stopped. Models
+    without `memory_mb` keep the per-model planner."""
+
+    # loads and unloads per tick on running instances (each costs a model load somewhere)
+    max_moves: Annotated[int, Field(ge=0)] = 50
+    # a model taking more than this share of one instance gets replicas on distinct instances
+    replicate_above: Annotated[float, Field(gt=0, le=1)] = 0.5
+    # a model the forecast expects fewer requests of over the horizon is placed nowhere and
+    # unloaded everywhere (scale to zero): its next request is a load or a spill
+    min_expected_requests: Annotated[float, Field(ge=0)] = 1.0
+    # a model leaving an instance is off the front ends' routes this long before its unload
+    # (their sync, batching.sync_interval_s, and the requests queued there, must fit in it)
+    unload_drain_s: Annotated[float, Field(ge=0)] = 10.0
+    # a placement's load gives up after this (an index read or an unload: after control.sync_s,
+    # so that an instance that does not answer never holds up a sync)
+    load_timeout_s: Annotated[float, Field(gt=0)] = 120.0
+
+
 class Config(BaseSettings):
     """The whole configuration, one validated section per part of the system."""
 
@@ -285,6 +313,7 @@ class Config(BaseSettings):
     batching: BatchingConfig = BatchingConfig()
     spill: SpillConfig = SpillConfig()
     worker: WorkerConfig = WorkerConfig()
+    placement: PlacementConfig = PlacementConfig()
 
     @model_validator(mode="after")
     def _cross_checks(self) -> Config:

@@ -269,11 +269,20 @@ class Offering(_Value):
 
 
 class Instance(_Value):
-    """One bought instance and its lifecycle: pending -> running -> draining -> terminated."""
+    """One bought instance and its lifecycle: pending -> running -> draining -> terminated.
+
+    `models` are the models it may serve. On an instance of a many-model fleet, which the
+    control loop places models on (mark/apps/control/placement_applier.py), `placed_models`
+    are those the placement put there (the front ends route a model to the instances holding
+    it where it is placed, else to any holding it) and `draining_models` those being taken off
+    it (no requests routed there, no loads asked for, until the control loop unloads them);
+    `placed_models` is None on an instance no placement manages (routed by residency alone)."""
 
     id: Annotated[str, Field(min_length=1)]
     offering: Offering
     models: tuple[str, ...] = ()
+    placed_models: tuple[str, ...] | None = None
+    draining_models: tuple[str, ...] = ()
     state: InstanceState = InstanceState.PENDING
     endpoint: str | None = None
     tags: dict[str, str] = Field(default_factory=dict)
@@ -339,6 +348,8 @@ class ActionKind(StrEnum):
     BUDGET_LIMITED = "budget-limited"
     LAUNCH_CAPPED = "launch-capped"
     PLAN_SPILL = "plan-spill"  # demand the planner leaves to the serverless pool, with why
+    LOAD = "load"  # a model loaded where the many-model placement put it
+    UNLOAD = "unload"  # a model drained and unloaded from an instance (moved, or scaled to zero)
     ERROR = "error"
 
 

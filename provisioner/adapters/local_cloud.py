@@ -9,12 +9,14 @@ the CloudProvider contracts (provisioner/adapters/cloud.py) and imitates what ma
 - each worker paces batches to the model's profile for the offering's type (T(b) = a + c*b), so
   a c5.large and a g4dn.xlarge stand-in differ the way the planner assumes;
 - each worker gets the `[worker]` section (`worker`: the store, the memory budget, protection,
-  polling) as `mark worker` flags. Without a memory budget the instance's models load at start
-  and stay (`--model`), as a single-model instance always did; with one they are known to the
-  worker but load on demand (`--lazy-model`): a many-model instance may list more models than
-  its memory holds, and the front end loads them where they are asked for (frontend/residency.py).
-  Each model is served under the name the front end calls it by (`backend_model_name`, else its
-  own), its artifact a file or an S3 object (`onnx:s3://bucket/key`, fetched by the worker);
+  polling) as `mark worker` flags. In a many-model fleet (the section sets a `store` or a
+  `memory_budget_bytes`) the models that declare `memory_mb` are known to the worker but load on
+  demand (`--lazy-model`): a many-model instance may list more models than its memory holds, and
+  the control loop's placement or the front end loads them where they are wanted (through the
+  repository API); the others load at start and stay (`--model`), as a single-model instance
+  always did. Each model is served under the name the front end calls it by
+  (`backend_model_name`, else its own), its artifact a file or an S3 object
+  (`onnx:s3://bucket/key`, fetched by the worker);
 - `cloud.worker_command` names what an instance runs. `mark worker ...` (the default, written for
   EC2's user data) starts the reference worker above, always on loopback and with this
   interpreter; any other command (Seldon MLServer, Triton with `--model-control-mode=explicit`)
@@ -138,7 +140,8 @@ class _Worker:
 
 class LocalCloud:
     """`models(name)` returns a registered Model (its artifact and profiles), e.g.
-    `Database.get_model`. Create it inside a running event loop."""
+    `Database.get_model`; `worker` is the `[worker]` section its workers get (with a store or a
+    budget, a many-model fleet: module docstring). Create it inside a running event loop."""
 
     name = "local"
 
@@ -147,11 +150,11 @@ class LocalCloud:
         config: CloudConfig,
         *,
         models: Callable[[str], Awaitable[Model]],
-        worker: WorkerConfig | None = None,
         catalog: Catalog | None = None,
         state_dir: str | Path | None = None,
         clock: Callable[[], float] = time.time,
         owner: str = "mark",
+        worker: WorkerConfig | None = None,
     ) -> None:
         self.config = config
         self.worker = worker if worker is not None else WorkerConfig()
@@ -335,13 +338,27 @@ class LocalCloud:
             path.write_text(json.dumps(profiles))
             cmd += ["--profiles", str(path)]
         cmd += ["--max-batch", str(max(m.max_batch for m in models))]
-        for key, value in self.worker.model_dump().items():
-            if value is not None:
-                cmd += [f"--{key.replace('_', '-')}", str(value)]
-        flag = "--model" if self.worker.memory_budget_bytes is None else "--lazy-model"
-        for spec in dict.fromkeys(f"{name}={m.backend.artifact}" for name, m in served):
-            cmd += [flag, spec]
+        cmd += self._cache_flags(self.worker)
+        many = self.worker.store is not None or self.worker.memory_budget_bytes is not None
+        for spec, lazy in dict.fromkeys(
+            (f"{name}={m.backend.artifact}", many and m.memory_mb is not None) for name, m in served
+        ):
+            cmd += ["--lazy-model" if lazy else "--model", spec]
         return cmd
+
+    @staticmethod
+    def _cache_flags(worker: WorkerConfig) -> builtins.list[str]:
+        """`mark worker`'s cache flags for the `[worker]` section (the unset ones left out)."""
+        values = {
+            "store": worker.store,
+            "store-endpoint-url": worker.store_endpoint_url,
+            "memory-budget-bytes": worker.memory_budget_bytes,
+            "disk-budget-bytes": worker.disk_budget_bytes,
+            "cache-dir": worker.cache_dir,
+            "protect-s": worker.protect_s,
+            "poll-s": worker.poll_s,
+        }
+        return [a for k, v in values.items() if v is not None for a in (f"--{k}", str(v))]
 
     async def _boot(self, worker: _Worker, overhead_s: float, models: Sequence[Model]) -> None:
         try:

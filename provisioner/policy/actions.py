@@ -3,7 +3,8 @@ and the simulator both carry out (SkyServe's controller carries out its autoscal
 the same way: the policy says what, the edge only does it).
 
 The semantics are the live system's:
-- `Launch`: buy the offering for the model;
+- `Launch`: buy the offering for the model (for an instance of a many-model fleet: to serve
+  `models`, with `placed` the models its placement puts there, loaded once it runs);
 - `Drain` of a RUNNING instance: it takes no new requests and finishes its queue (the planner
   terminates it once `drain_s` has passed); of a PENDING one: terminate it (it holds no queue);
   of one already draining or gone: nothing;
@@ -42,6 +43,12 @@ class Launch:
     reason: str
     expected_cost_usd: float
     capacity_rps: float = 0.0
+    models: tuple[str, ...] = ()  # what the instance serves, when more than `model`
+    placed: tuple[str, ...] | None = None  # a many-model placement's models for it
+
+    @property
+    def serves(self) -> tuple[str, ...]:
+        return self.models or (self.model,)
 
 
 @dataclass(frozen=True, slots=True)

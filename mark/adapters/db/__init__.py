@@ -2,7 +2,7 @@
 
 from mark.adapters.db.database import Database
 from mark.adapters.db.leadership import Fence, Lease
-from mark.adapters.db.ledger import CostSummary, InstanceCharge, ModelCharge
+from mark.adapters.db.ledger import CostSummary, InstanceCharge, LedgerLine, ModelCharge
 from mark.adapters.db.schema import migrate
 
 __all__ = [
@@ -11,6 +11,7 @@ __all__ = [
     "Fence",
     "InstanceCharge",
     "Lease",
+    "LedgerLine",
     "ModelCharge",
     "migrate",
 ]

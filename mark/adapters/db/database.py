@@ -22,6 +22,11 @@ from mark.core.errors import InvalidValue
 
 __all__ = ["Database"]
 
+# The advisory lock that serialises migrations on PostgreSQL ("mark" in ASCII): front ends that
+# start together on a fresh database (deploy/: two replicas of one Deployment) would otherwise
+# create the same tables at once, and all but one fail.
+_MIGRATION_LOCK = 0x6D61726B
+
 
 class Database(ModelStore, FleetStore, DecisionLog, CostLedger, Leadership, InferenceKeyStore):
     """Async access to Mark's tables. Open with `await Database.open(url)`. Its methods come
@@ -30,7 +35,9 @@ class Database(ModelStore, FleetStore, DecisionLog, CostLedger, Leadership, Infe
     @classmethod
     async def open(cls, url: str, *, echo: bool = False) -> Database:
         """Connect and migrate to the newest schema. SQLite files get WAL so that several
-        processes (HTTP workers, the control plane) read while one writes."""
+        processes (HTTP workers, the control plane) read while one writes. On PostgreSQL one
+        process migrates at a time, under a transaction-scoped advisory lock: the next finds the
+        schema at the newest revision and has nothing to do."""
         if not url.startswith(("sqlite+aiosqlite://", "postgresql+asyncpg://")):
             raise InvalidValue(
                 "database.url",
@@ -45,6 +52,8 @@ class Database(ModelStore, FleetStore, DecisionLog, CostLedger, Leadership, Infe
                 await conn.exec_driver_sql("PRAGMA journal_mode=WAL")
                 await conn.commit()
         async with engine.begin() as conn:
+            if url.startswith("postgresql"):
+                await conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({_MIGRATION_LOCK})")
             await conn.run_sync(migrate)
         return cls(engine)
 

@@ -81,6 +81,10 @@ class FleetStore(Store):
                 "instance_type": instance.offering.instance_type,
                 "market": instance.offering.market.value,
                 "models": list(instance.models),
+                "placed_models": (
+                    None if instance.placed_models is None else list(instance.placed_models)
+                ),
+                "draining_models": list(instance.draining_models),
                 "state": instance.state.value,
                 "endpoint": instance.endpoint,
                 "tags": dict(instance.tags),

@@ -14,12 +14,13 @@ database; the control loop renews, and so checks, its lease right before it acts
 Observed counts: each front end adds what it saw per model and forecast bucket under its own
 host name (an upsert that adds); the leader reads the totals over hosts. Busy time likewise:
 the seconds each front end's batches were in service per instance and model, by which the
-leader shares an instance's charge among its models (`billing.split_charge`).
+leader shares an instance's charge among its models (`billing.split_charge`); they are dropped
+once the instance's final charge is written (`forget_busy`, on the charge cadence).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,8 +30,14 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from mark.adapters.db.store import Store
-from mark.adapters.db.tables import LeaseRow, ObservedBusyRow, ObservedCountRow
+from mark.adapters.db.store import Store, chunked
+from mark.adapters.db.tables import (
+    InstanceChargeRow,
+    InstanceRow,
+    LeaseRow,
+    ObservedBusyRow,
+    ObservedCountRow,
+)
 from mark.core.errors import Fenced
 
 __all__ = ["Lease", "Fence", "Leadership", "check_fence"]
@@ -176,15 +183,48 @@ class Leadership(Store):
             await s.execute(statement)
             await s.commit()
 
-    async def busy_of(self, instance_id: str) -> dict[str, float]:
-        """Seconds the instance had batches of each model in service, summed over hosts."""
-        query = (
-            select(ObservedBusyRow.model, func.sum(ObservedBusyRow.seconds))
-            .where(ObservedBusyRow.instance_id == instance_id)
-            .group_by(ObservedBusyRow.model)
+    async def busy_by_instance(self, instance_ids: Sequence[str]) -> dict[str, dict[str, float]]:
+        """Seconds each instance had batches of each model in service, summed over hosts, by
+        instance id (none recorded: absent): one query for the whole fleet."""
+        out: dict[str, dict[str, float]] = {}
+        async with self.session() as s:
+            for chunk in chunked(instance_ids):
+                query = (
+                    select(
+                        ObservedBusyRow.instance_id,
+                        ObservedBusyRow.model,
+                        func.sum(ObservedBusyRow.seconds),
+                    )
+                    .where(ObservedBusyRow.instance_id.in_(chunk))
+                    .group_by(ObservedBusyRow.instance_id, ObservedBusyRow.model)
+                )
+                for instance_id, model, seconds in (await s.execute(query)).all():
+                    out.setdefault(instance_id, {})[model] = float(seconds)
+        return out
+
+    async def forget_busy(self, terminated_before_s: float) -> int:
+        """Drop the busy rows no charge will read again: those of terminated instances whose
+        final ledger line is written (at or after their termination), and those of instances
+        terminated before `terminated_before_s` with none (the ledger charges live instances,
+        and a terminated one once, as it ends). A live instance keeps its rows: they are the
+        cumulative counters its next charge differences. A front end's busy time published
+        after the final charge is dropped by the next call. How many rows went."""
+        final = (
+            select(InstanceRow.id)
+            .outerjoin(InstanceChargeRow, InstanceChargeRow.instance_id == InstanceRow.id)
+            .where(
+                InstanceRow.id == ObservedBusyRow.instance_id,
+                InstanceRow.terminated_at_s.is_not(None),
+                or_(
+                    InstanceChargeRow.updated_at_s >= InstanceRow.terminated_at_s,
+                    InstanceRow.terminated_at_s < terminated_before_s,
+                ),
+            )
         )
         async with self.session() as s:
-            return {m: float(n) for m, n in (await s.execute(query)).all()}
+            result = await s.execute(delete(ObservedBusyRow).where(final.exists()))
+            await s.commit()
+        return int(getattr(result, "rowcount", 0) or 0)
 
     async def observed_totals(self) -> dict[str, float]:
         """Requests per model over every host and bucket kept: the cumulative counter the

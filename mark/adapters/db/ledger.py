@@ -4,12 +4,15 @@ time: `billing.split_charge`) and each batch of serverless requests (appended)."
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from sqlalchemy import delete, func, select
+from sqlalchemy import insert as sa_insert
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
-from mark.adapters.db.store import Store
+from mark.adapters.db.store import Store, chunked
 from mark.adapters.db.tables import (
     InstanceChargeRow,
     InstanceModelChargeRow,
@@ -20,6 +23,7 @@ __all__ = [
     "CostSummary",
     "CostLedger",
     "InstanceCharge",
+    "LedgerLine",
     "ModelCharge",
 ]
 
@@ -43,6 +47,18 @@ class InstanceCharge:
 
 
 @dataclass(frozen=True, slots=True)
+class LedgerLine:
+    """What the ledger writes for one instance: which it is, and its cumulative charge. `model`
+    is its first model, the line's own column (`charge.models` shares the dollars out)."""
+
+    instance_id: str
+    model: str
+    instance_type: str
+    market: str
+    charge: InstanceCharge
+
+
+@dataclass(frozen=True, slots=True)
 class CostSummary:
     """Money spent so far, as `/admin/v1/costs` reports it."""
 
@@ -57,64 +73,73 @@ class CostSummary:
 class CostLedger(Store):
     """Record charges; sum them per model and per instance type."""
 
-    async def set_instance_charge(
-        self,
-        *,
-        instance_id: str,
-        model: str,
-        instance_type: str,
-        market: str,
-        seconds: float,
-        usd: float,
-        at_s: float,
-        parts: Mapping[str, ModelCharge] | None = None,
-    ) -> None:
-        """Write an instance's cumulative charge and its parts per model (None: all of it is
-        `model`'s), replacing what was written for it before."""
-        shares = {model: ModelCharge(usd)} if parts is None else parts
+    async def set_instance_charges(self, lines: Sequence[LedgerLine], at_s: float) -> None:
+        """Write each line's cumulative charge and its parts per model (no parts: all of it is
+        the line's `model`'s), replacing what was written for those instances before: three
+        statements for the whole fleet, however many instances the sync charges."""
+        if not lines:
+            return
+        ids = [line.instance_id for line in lines]
+        parts = [
+            {"instance_id": line.instance_id, "model": m, "usd": c.usd, "busy_s": c.busy_s}
+            for line in lines
+            for m, c in (line.charge.models or {line.model: ModelCharge(line.charge.usd)}).items()
+        ]
+        heads = [
+            {
+                "instance_id": line.instance_id,
+                "model": line.model,
+                "instance_type": line.instance_type,
+                "market": line.market,
+                "seconds": line.charge.seconds,
+                "usd": line.charge.usd,
+                "updated_at_s": at_s,
+            }
+            for line in lines
+        ]
+        insert = pg_insert if self.engine.dialect.name == "postgresql" else sqlite_insert
+        upsert = insert(InstanceChargeRow)
+        upsert = upsert.on_conflict_do_update(
+            index_elements=[InstanceChargeRow.instance_id],
+            set_={k: upsert.excluded[k] for k in heads[0] if k != "instance_id"},
+        )
         async with self.session() as s:
-            await s.execute(
-                delete(InstanceModelChargeRow).where(
-                    InstanceModelChargeRow.instance_id == instance_id
-                )
-            )
-            s.add_all(
-                InstanceModelChargeRow(
-                    instance_id=instance_id, model=m, usd=share.usd, busy_s=share.busy_s
-                )
-                for m, share in shares.items()
-            )
-            await s.merge(
-                InstanceChargeRow(
-                    instance_id=instance_id,
-                    model=model,
-                    instance_type=instance_type,
-                    market=market,
-                    seconds=seconds,
-                    usd=usd,
-                    updated_at_s=at_s,
-                )
-            )
-            await s.commit()
-
-    async def instance_charge(self, instance_id: str) -> InstanceCharge | None:
-        """The instance's line as last written; None before its first."""
-        async with self.session() as s:
-            row = await s.get(InstanceChargeRow, instance_id, populate_existing=True)
-            if row is None:
-                return None
-            parts = (
+            for chunk in chunked(ids):
                 await s.execute(
-                    select(InstanceModelChargeRow).where(
-                        InstanceModelChargeRow.instance_id == instance_id
+                    delete(InstanceModelChargeRow).where(
+                        InstanceModelChargeRow.instance_id.in_(chunk)
                     )
                 )
-            ).scalars()
-            return InstanceCharge(
-                seconds=row.seconds,
-                usd=row.usd,
-                models={p.model: ModelCharge(p.usd, p.busy_s) for p in parts},
-            )
+            await s.execute(sa_insert(InstanceModelChargeRow), parts)
+            await s.execute(upsert, heads)
+            await s.commit()
+
+    async def instance_charges(self, instance_ids: Sequence[str]) -> dict[str, InstanceCharge]:
+        """The lines of these instances as last written, by id (none yet: absent), with their
+        parts: one query for the whole fleet."""
+        out: dict[str, InstanceCharge] = {}
+        async with self.session() as s:
+            for chunk in chunked(instance_ids):
+                rows = await s.execute(
+                    select(
+                        InstanceChargeRow.instance_id,
+                        InstanceChargeRow.seconds,
+                        InstanceChargeRow.usd,
+                        InstanceModelChargeRow.model,
+                        InstanceModelChargeRow.usd,
+                        InstanceModelChargeRow.busy_s,
+                    )
+                    .outerjoin(
+                        InstanceModelChargeRow,
+                        InstanceModelChargeRow.instance_id == InstanceChargeRow.instance_id,
+                    )
+                    .where(InstanceChargeRow.instance_id.in_(chunk))
+                )
+                for instance_id, seconds, usd, model, part_usd, busy_s in rows.all():
+                    line = out.setdefault(instance_id, InstanceCharge(seconds, usd))
+                    if model is not None:
+                        line.models[model] = ModelCharge(part_usd, busy_s)
+        return out
 
     async def charge_serverless(
         self, *, model: str, requests: int, gb_seconds: float, usd: float, at_s: float, reason: str

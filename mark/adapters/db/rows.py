@@ -95,6 +95,8 @@ def instance_from_row(row: InstanceRow) -> Instance:
         id=row.id,
         offering=Offering.model_validate(row.offering),
         models=tuple(row.models),
+        placed_models=None if row.placed_models is None else tuple(row.placed_models),
+        draining_models=tuple(row.draining_models or ()),
         state=InstanceState(row.state),
         endpoint=row.endpoint,
         tags=dict(row.tags),

@@ -2,11 +2,25 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Sequence
+
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 __all__ = [
     "Store",
+    "chunked",
 ]
+
+# Ids bound in one `IN (...)`: well under the bound parameters one statement may carry
+# (PostgreSQL's protocol: 32,767; SQLite's default since 3.32: 32,766), so a fleet of
+# thousands is one statement, and a larger one a statement per this many.
+IN_LIST_MAX = 5000
+
+
+def chunked(ids: Sequence[str], size: int = IN_LIST_MAX) -> Iterator[Sequence[str]]:
+    """`ids` in slices of at most `size`, for statements that bind each one."""
+    for start in range(0, len(ids), size):
+        yield ids[start : start + size]
 
 
 class Store:

@@ -88,6 +88,8 @@ class InstanceRow(Base):
     instance_type: Mapped[str] = mapped_column(String(64))
     market: Mapped[str] = mapped_column(String(16))
     models: Mapped[list[Any]] = mapped_column(JSON)
+    placed_models: Mapped[list[Any] | None] = mapped_column(JSON, nullable=True)
+    draining_models: Mapped[list[Any] | None] = mapped_column(JSON, nullable=True)
     state: Mapped[str] = mapped_column(String(16))
     endpoint: Mapped[str | None] = mapped_column(String(255), nullable=True)
     tags: Mapped[dict[str, Any]] = mapped_column(JSON)

@@ -29,6 +29,12 @@ says; it persists every decision, every instance transition and the cost ledger
   for `control.unhealthy_replace_s` is terminated and the loop re-plans, as an auto-scaling
   group replaces an instance that fails its load balancer's health checks (a hung worker
   whose process lives on is found this way only).
+
+Models that share instances (a many-model fleet: `placement_applier.shares_instances`) are
+placed by mark/apps/control/placement_applier.py after the planner's actions, each tick, and
+its moves go on at each sync; the planner sees neither them nor their instances, except those
+draining or with an interruption notice, which it drains and terminates as any other. An error
+there is logged and recorded like a planning error: it never stops the rest of the tick.
 """
 
 from __future__ import annotations
@@ -37,14 +43,15 @@ import asyncio
 import logging
 import time
 import zlib
-from collections.abc import Awaitable, Callable, Collection, Mapping
+from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TypeVar
 
 import numpy as np
 
-from mark.adapters.db import Database, Fence, InstanceCharge, ModelCharge
-from mark.apps.control import metrics
+from mark.adapters.db import Database, Fence
+from mark.apps.control import charging, metrics
+from mark.apps.control.placement_applier import PlacementApplier, shares_instances
 from mark.core.catalog import load_catalog
 from mark.core.config import Config
 from mark.core.errors import CloudError, Fenced, InsufficientCapacity, InvalidValue, MarkError
@@ -62,7 +69,6 @@ from predictors.base import Forecaster
 from predictors.registry import create_forecaster
 from provisioner.adapters.cloud import CloudProvider, InterruptionNotice
 from provisioner.adapters.serverless import ServerlessPool
-from provisioner.policy import billing
 from provisioner.policy.actions import Launch, OperationKind, Plan, fleet_operations
 from provisioner.policy.capacity import CapacityCache
 from provisioner.policy.offerings import Offerings
@@ -158,6 +164,18 @@ class ControlLoop:
     _published: dict[str, float] = field(default_factory=dict)  # own counts already shared
     _published_busy: dict[tuple[str, str], float] = field(default_factory=dict)  # likewise
     _unsaved: dict[str, Instance] = field(default_factory=dict)  # applied, not yet recorded
+    placement: PlacementApplier = field(init=False)
+    """The many-model fleet's placement (mark/apps/control/placement_applier.py)."""
+
+    def __post_init__(self) -> None:
+        self.placement = PlacementApplier(
+            self.db,
+            self.config,
+            self.cache,
+            apply=self._apply,
+            planner_state=lambda: self.state,
+            fence=lambda: self.fence,
+        )
 
     @property
     def bucket_s(self) -> float:
@@ -178,6 +196,18 @@ class ControlLoop:
         bucket = now_s - now_s % self.bucket_s
         await self.db.add_observed(self.holder, bucket, fresh)
         self._published = {m: max(n, self._published.get(m, 0.0)) for m, n in own.items()}
+        return await self._acquire(now_s)
+
+    async def renew(self) -> None:
+        """Renew a held lease between ticks (every `control.sync_s`, outside the tick's lock),
+        so that a tick slowed by the cloud's API (throttling, botocore's backoff) or by warming
+        the pool does not let the lease run out and hand the fleet to another host in the
+        middle of its actions. Only a holder renews: taking the lease is the tick's."""
+        if self.holder is not None and self.fence is not None:
+            await self._acquire(self.clock())
+
+    async def _acquire(self, now_s: float) -> bool:
+        assert self.holder is not None
         ttl = self.config.control.lease_ticks * self.config.control.tick_s
         lease = await self.db.acquire_lease(self.holder, now_s, ttl)
         was = self.fence
@@ -193,7 +223,9 @@ class ControlLoop:
         """Add this host's busy seconds since the last call to its shared rows: each host
         publishes, and the leader shares charges by the sum over hosts, which also outlives
         a restart of this process (its counters start again at zero, and so does this)."""
-        own = self.busy()
+        own = dict(self.busy())
+        for key, seconds in self.placement.load_seconds.items():  # the placement's loads
+            own[key] = own.get(key, 0.0) + seconds
         fresh = {k: s - self._published_busy.get(k, 0.0) for k, s in own.items()}
         await self.db.add_busy(self.holder or "", fresh)
         self._published_busy = {k: max(s, self._published_busy.get(k, 0.0)) for k, s in own.items()}
@@ -295,13 +327,15 @@ class ControlLoop:
         pool = self._serverless_terms()
         forecasts = {m.name: self._forecast(m, now, pool) for m in models}
         metrics.record_forecasts({n: f.peak_upper_rps for n, f in forecasts.items()})
+        shared = [m for m in models if shares_instances(m, self.config)]
+        planned = [m for m in models if not shares_instances(m, self.config)]
         result: Plan | None = None
         for _ in range(_MAX_REPLANS):
             snapshot = build_snapshot(
                 now,
-                models,
+                planned,
                 forecasts,
-                instances=await self.db.list_instances(),
+                instances=self._planned(await self.db.list_instances()),
                 offerings=offerings,
                 instance_types=self._types,
                 tick_s=self.config.control.tick_s,
@@ -326,6 +360,13 @@ class ControlLoop:
             metrics.record_decisions(result.decisions)
             if not await self._apply(result, now):
                 break  # nothing refused: done; else re-plan with the refused pool unavailable
+        try:
+            await self.placement.tick(
+                now, shared, forecasts, offerings, self._types, self.interruptions
+            )
+        except Exception as exc:  # a placement bug must not stop the rest of the tick
+            logger.exception("placing the many-model fleet failed")
+            await self._record_error(now, f"placement failed: {exc!r}")
         self._last_tick_s = now
         self.last_plan = result
         self._artifacts = {m.name: m.backend.artifact for m in models}
@@ -334,6 +375,17 @@ class ControlLoop:
                 "tick: %d actions, %d launches deferred", len(result.actions), len(result.deferred)
             )
         return result
+
+    def _planned(self, instances: list[Instance]) -> list[Instance]:
+        """The instances the planner sees: all but the many-model fleet's in service (those
+        draining or with a notice it retires, as any other)."""
+        return [
+            i
+            for i in instances
+            if i.placed_models is None
+            or i.state == InstanceState.DRAINING
+            or i.id in self.interruptions
+        ]
 
     def _serverless_terms(self) -> ServerlessTerms | None:
         """The spill pool as the planner weighs it: its warm latency as configured, Lambda's
@@ -406,7 +458,7 @@ class ControlLoop:
         try:
             instance = await self._recorded(
                 f"launch of {key} for {action.model}",
-                lambda: self.cloud.launch(action.offering, [action.model]),
+                lambda: self.cloud.launch(action.offering, list(action.serves)),
             )
         except InsufficientCapacity as exc:
             self.state = self.state.with_refusal(key, now_s)
@@ -424,6 +476,8 @@ class ControlLoop:
             )
             return False
         if instance is not None:
+            if action.placed is not None:
+                instance = instance.model_copy(update={"placed_models": action.placed})
             await self._save_applied(instance)
         return True
 
@@ -442,7 +496,7 @@ class ControlLoop:
         done = inst.transition(InstanceState.TERMINATED, self.clock())
         await self._save_applied(done)
         self.interruptions.pop(inst.id, None)
-        await self._charge(done, self.clock())
+        await self._charge([done], self.clock())
 
     async def _record_error(self, now_s: float, reason: str, model: str | None = None) -> None:
         await self.db.add_decisions(
@@ -461,7 +515,7 @@ class ControlLoop:
             for applied in list(self._unsaved.values()):
                 await self._save_applied(applied)
                 if not applied.live:
-                    await self._charge(applied, now)
+                    await self._charge([applied], now)
             records = await self.db.list_instances(live_only=False)
             recent = [r for r in records if r.live or (r.terminated_at_s or 0) > now - 3600.0]
             for step in reconcile(
@@ -491,12 +545,22 @@ class ControlLoop:
                         if self.interruptions.pop(step.instance.id, None) is None:
                             metrics.record_interruption("vanished")
                         lost = True
-                        await self._charge(step.instance, now)
+                        await self._charge([step.instance], now)
             live = await self.db.list_instances()
-            for inst in live:
-                await self._charge(inst, now)
+            await self._charge(live, now)
+            await charging.prune(self.db, now)
             metrics.record_fleet(live, self._prices)
+            if self.leading:
+                try:
+                    await self.placement.advance(now)
+                except Exception as exc:  # as in the tick: never stops the sync
+                    logger.exception("carrying out the placement failed")
+                    await self._record_error(now, f"placement failed: {exc!r}")
         return lost
+
+    async def close(self) -> None:
+        """Stop the placement's loads in flight (at shutdown)."""
+        await self.placement.close()
 
     @property
     def leading(self) -> bool:
@@ -559,40 +623,10 @@ class ControlLoop:
             self._types = {t.name: t for t in await self.cloud.instance_types()}
         return self._types
 
-    async def _charge(self, inst: Instance, now_s: float) -> None:
-        """Add the period since the instance's last ledger line at the price in force now
-        (`billing.price_now`: a spot price moves) and share it among the models it served by
-        their busy time in that period (`billing.split_charge`)."""
-        itype = (await self._instance_types()).get(inst.offering.instance_type)
-        if itype is None:
-            return
-        end = inst.terminated_at_s if inst.terminated_at_s is not None else now_s
-        seconds = max(end - billing.billed_from_s(inst), 0.0)
-        last = await self.db.instance_charge(inst.id) or InstanceCharge(0.0, 0.0)
-        usd = billing.period_charge_usd(
-            itype, last.seconds, seconds, billing.price_now(inst, self._prices)
-        )
-        busy = await self.db.busy_of(inst.id)
-        before = {m: c.busy_s for m, c in last.models.items()}
-        fresh = {m: max(s - before.get(m, 0.0), 0.0) for m, s in busy.items()}
-        split = billing.split_charge(usd, fresh, inst.models)
-        parts = {
-            m: ModelCharge(
-                last.models.get(m, ModelCharge(0.0)).usd + split.get(m, 0.0),
-                max(busy.get(m, 0.0), before.get(m, 0.0)),
-            )
-            for m in set(last.models) | set(split) | set(busy)
-        }
-        await self.db.set_instance_charge(
-            instance_id=inst.id,
-            model=inst.models[0] if inst.models else "",
-            instance_type=itype.name,
-            market=inst.offering.market.value,
-            seconds=max(seconds, last.seconds),
-            usd=last.usd + usd,
-            at_s=now_s,
-            parts=parts,
-        )
+    async def _charge(self, instances: Sequence[Instance], now_s: float) -> None:
+        """The ledger's charge of `instances` up to now, at the prices of the last tick
+        (`charging.charge`: a constant number of statements for any number of them)."""
+        await charging.charge(self.db, instances, await self._instance_types(), self._prices, now_s)
 
     async def on_interruption(self, notice: InterruptionNotice) -> None:
         """Replace at once: record the notice and plan now rather than at the next tick. An
@@ -637,7 +671,7 @@ class ControlLoop:
                 done = inst.transition(InstanceState.TERMINATED, now)
                 await self.db.save_instance(done)
                 self.interruptions.pop(inst.id, None)
-                await self._charge(done, now)
+                await self._charge([done], now)
                 await self.db.add_decisions(
                     [
                         Decision(

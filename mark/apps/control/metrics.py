@@ -19,6 +19,8 @@ __all__ = [
     "record_decisions",
     "record_objectives",
     "record_interruption",
+    "record_move",
+    "record_placement",
 ]
 
 INSTANCES = Gauge(
@@ -63,6 +65,20 @@ INTERRUPTIONS = Counter(
 )
 for _kind in ("notice", "vanished"):
     INTERRUPTIONS.labels(_kind)  # both series exist, at 0, before the first interruption
+
+PLACEMENT_MOVES = Counter(
+    "mark_placement_moves",
+    "Moves of the many-model placement through the workers' repository API, by kind (load, "
+    "drain: the front ends stop routing the model there, unload) and outcome (ok, failed).",
+    ["kind", "outcome"],
+)
+PLACEMENT_MODELS = Gauge(
+    "mark_placement_models",
+    "Models of the many-model fleet by the last placement: placed (on one instance or more), "
+    "zero (no traffic expected: placed nowhere, unloaded everywhere) or unplaced (fit nowhere).",
+    ["state"],
+    multiprocess_mode="mostrecent",
+)
 
 _seen: set[tuple[str, str, str, str]] = set()
 
@@ -111,3 +127,13 @@ def record_objectives(models: Iterable[Model], budget_per_hour: float | None) ->
 def record_interruption(kind: str) -> None:
     """`kind`: "notice" or "vanished" (see INTERRUPTIONS)."""
     INTERRUPTIONS.labels(kind).inc()
+
+
+def record_move(kind: str, ok: bool) -> None:
+    """`kind`: "load", "drain" or "unload" (see PLACEMENT_MOVES)."""
+    PLACEMENT_MOVES.labels(kind, "ok" if ok else "failed").inc()
+
+
+def record_placement(placed: int, zero: int, unplaced: int) -> None:
+    for state, n in (("placed", placed), ("zero", zero), ("unplaced", unplaced)):
+        PLACEMENT_MODELS.labels(state).set(n)

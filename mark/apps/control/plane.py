@@ -194,11 +194,13 @@ def build_cloud(config: Config, db: Database) -> CloudProvider:
     if config.cloud.provider == "ec2":
         from provisioner.adapters.ec2 import Ec2Cloud
 
-        inner = Ec2Cloud(config.cloud, models=db.get_model)
+        inner = Ec2Cloud(
+            config.cloud, models=db.get_model, offered_types=config.planner.allowed_types
+        )
     else:
         from provisioner.adapters.local_cloud import LocalCloud
 
-        inner = LocalCloud(config.cloud, models=db.get_model)
+        inner = LocalCloud(config.cloud, models=db.get_model, worker=config.worker)
     return RetryingCloud(inner, retries=config.control.apply_retries)
 
 
@@ -241,6 +243,7 @@ async def _main(config: Config) -> None:
             busy=busy_seconds,
             cache=cache,
         )
+        stack.push_async_callback(control.close)
         if config.control.leader_election:
             # The manager's pid: a control plane restarted by the watchdog is the same holder
             # and renews its lease at once instead of waiting for it to run out.
@@ -262,6 +265,10 @@ async def _main(config: Config) -> None:
         scheduler.add_job(
             control.sync_and_replan, "interval", seconds=config.control.sync_s, id="sync", **job
         )
+        if config.control.leader_election:
+            scheduler.add_job(
+                control.renew, "interval", seconds=config.control.sync_s, id="renew", **job
+            )
         scheduler.add_job(
             publish_offerings, "interval", args=(db, cloud), seconds=config.control.tick_s, **job
         )

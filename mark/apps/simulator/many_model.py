@@ -34,7 +34,10 @@ Policies:
   left to the cache (a resident stays loaded until its memory is needed). The placement is
   applied as it comes (loads, unloads, launches); instances left with nothing placed are
   terminated, and the least-occupied one is emptied into the others when the placement without
-  it needs no new instance (its models' loads count against the move bound).
+  it needs no new instance (its models' loads count against the move bound). The rate, the
+  type and the re-plan are the live control loop's (`provisioner.policy.placement_fleet`,
+  mark/apps/control/placement_applier.py); the live loop also unloads a model placed nowhere
+  from every instance (scale to zero), which this leaves to the cache.
 - `static`: the seeds' approach, placed once for every model's peak rate over the trace (what an
   offline knapsack sized for the peak does) and never changed; misses are cached loads.
 
@@ -58,13 +61,20 @@ from numpy.typing import NDArray
 
 from mark.apps.simulator.fleet_file import FleetModel
 from mark.core.catalog import Catalog
+from mark.core.config import PlacementConfig
 from mark.core.errors import InvalidValue
 from mark.core.types import InstanceType, Profile, Slo
 from predictors.base import Forecaster
 from predictors.registry import create_forecaster
 from provisioner.policy import billing
 from provisioner.policy.capacity import CapacityCache
-from provisioner.policy.placement import ModelNeed, Placement, Resident, occupancy, place
+from provisioner.policy.placement import ModelNeed, Placement, Resident, occupancy
+from provisioner.policy.placement_fleet import (
+    TypeOption,
+    cheapest_type,
+    placement_rate,
+    replan,
+)
 from traces import Trace
 
 __all__ = [
@@ -83,22 +93,24 @@ _OCC_POINTS = 256
 _EPS = 1e-9
 
 Market = Literal["ondemand", "spot", "mixed"]
+_LIVE = PlacementConfig()  # the live control loop's defaults (`[placement]`)
 
 
 @dataclass(frozen=True)
 class ManySettings:
-    """Knobs of the many-model engine; the defaults are the ones the scenarios ran with."""
+    """Knobs of the many-model engine; the defaults are the ones the scenarios ran with (the
+    placement's are the live loop's, `[placement]`)."""
 
     types: tuple[str, ...] = ()
     zones: tuple[str, ...] = ("us-east-1a", "us-east-1b", "us-east-1c")
     budget_fraction: float = 0.8
     load_mb_per_s: float = LOAD_MB_PER_S
-    max_moves: int = 50
+    max_moves: int = _LIVE.max_moves
     replan_s: float = 300.0
     predictor: str = "ewma"
     quantile: float = 0.95
-    replicate_above: float = 0.5
-    min_expected_requests: float = 1.0
+    replicate_above: float = _LIVE.replicate_above
+    min_expected_requests: float = _LIVE.min_expected_requests
 
 
 @dataclass(frozen=True)
@@ -227,9 +239,6 @@ class _Models:
         return ModelNeed(
             self.names[i], rate_rps, float(self.memory[i]), p, self.slos[i], p.max_batch
         )
-
-    def feasible(self) -> bool:
-        return all(np.isfinite(t[1]).all() for t in self.tables)
 
     def _table(self, profile: Profile, slo: Slo) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
         cap = self.cache.get(profile, slo, profile.max_batch).rate_rps
@@ -508,8 +517,10 @@ def _plan(
     settings: ManySettings,
     max_moves: int,
 ) -> Placement:
+    """`placement_fleet.replan`, the live control loop's rule (one instance fewer where the
+    others have room)."""
     needs = [models.need(i, float(r)) for i, r in enumerate(rates.tolist()) if r > 0]
-    return place(
+    return replan(
         needs,
         residents,
         memory_limit_mb=limit_mb,
@@ -522,37 +533,20 @@ def _plan(
 def _choose_type(
     scenario: ManyScenario, rates: NDArray[np.float64], price_of: Callable[[str], float | None]
 ) -> tuple[str, _Models]:
-    """The candidate type whose placement of `rates` on new instances costs least per hour."""
+    """The candidate type whose placement of `rates` on new instances costs least per hour
+    (`placement_fleet.cheapest_type`, the live control loop's rule)."""
     cache = CapacityCache(budget_fraction=scenario.settings.budget_fraction)
-    best: tuple[float, str, _Models] | None = None
-    reasons = []
-    bounded = []
+    by_name: dict[str, _Models] = {}
+    options = []
     for name in _candidate_types(scenario):
-        price = price_of(name)
-        models = _Models(scenario.fleet, scenario.catalog, name, cache)
-        if price is None or not models.feasible():
-            reasons.append(f"{name}: no price" if price is None else f"{name}: misses the SLO")
-            continue
+        models = by_name[name] = _Models(scenario.fleet, scenario.catalog, name, cache)
+        needs = tuple(models.need(i, float(r)) for i, r in enumerate(rates.tolist()))
         limit = scenario.catalog.instance_type(name).model_capacity_mb
-        placed = np.flatnonzero(rates > 0)
-        load = models.occupancy(placed, rates[placed]).sum()
-        memory = models.memory[placed].sum() / limit
-        bounded.append((price * max(load, memory, 1.0), name, price, models))
-    # Cheapest bound first; a type whose bound is above the best packing found is not packed.
-    for bound, name, price, models in sorted(bounded, key=lambda b: (b[0], b[1])):
-        if best is not None and bound >= best[0]:
-            break
-        itype = scenario.catalog.instance_type(name)
-        plan = _plan(models, rates, [], itype.model_capacity_mb, scenario.settings, 0)
-        if plan.unplaced:
-            reasons.append(f"{name}: {next(iter(plan.unplaced.values()))}")
-            continue
-        cost = plan.new_instances * price
-        if best is None or cost < best[0] - _EPS:
-            best = (cost, name, models)
-    if best is None:
+        options.append(TypeOption(name, price_of(name), limit, needs))
+    chosen, reasons = cheapest_type(options, cache, scenario.settings.replicate_above)
+    if chosen is None:
         raise InvalidValue("types", "no instance type can hold the fleet: " + "; ".join(reasons))
-    return best[1], best[2]
+    return chosen, by_name[chosen]
 
 
 def _spot_pool(scenario: ManyScenario, itype: str, at_s: float) -> Callable[[float], float | None]:
@@ -643,28 +637,16 @@ def _forecast(
     out = np.zeros(len(forecasters))
     for i, f in enumerate(forecasters):
         fc = f.forecast(horizon, settings.quantile)
-        if sum(fc.mean_rps) * width_s >= settings.min_expected_requests:
-            out[i] = max(fc.upper_rps)
+        out[i] = placement_rate(fc.mean_rps, fc.upper_rps, width_s, settings.min_expected_requests)
     return out
 
 
 def _replan(
     fleet: _Fleet, models: _Models, rates: NDArray[np.float64], settings: ManySettings, now_s: float
 ) -> int:
-    """Place `rates` with at most `max_moves` moves, try one instance fewer, apply; the moves."""
-    residents = fleet.residents()
-    plan = _plan(models, rates, residents, fleet.limit_mb, settings, settings.max_moves)
-    busy = [b for b in plan.bins if b.instance_id is not None and b.replicas]
-    placed_mb = sum(r.memory_mb for b in plan.bins for r in b.replicas)
-    if len(busy) >= 2 and plan.new_instances == 0:
-        occupied = sum(b.occupancy for b in plan.bins)
-        fewer = len(plan.bins) - 1
-        if occupied <= fewer - 0.5 and placed_mb <= fewer * fleet.limit_mb:
-            victim = min(busy, key=lambda b: (b.occupancy, b.instance_id or ""))
-            kept = [r for r in residents if r.instance_id != victim.instance_id]
-            smaller = _plan(models, rates, kept, fleet.limit_mb, settings, settings.max_moves)
-            if smaller.new_instances == 0 and set(smaller.unplaced) <= set(plan.unplaced):
-                plan = smaller  # the victim is in no bin: it retires once its models moved
+    """Place `rates` with at most `max_moves` moves (one instance fewer where the others have
+    room: `placement_fleet.replan`), apply; the moves."""
+    plan = _plan(models, rates, fleet.residents(), fleet.limit_mb, settings, settings.max_moves)
     fleet.apply(plan, now_s, warm=False)
     return plan.moves
 

@@ -11,7 +11,7 @@ import builtins
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Sequence
 from datetime import datetime
 from functools import partial
 from typing import Any
@@ -69,7 +69,8 @@ class Ec2Cloud:
     `Database.get_model`, as for `LocalCloud`.
 
     `catalog_types` gives on-demand prices and the fallback facts; when omitted, the packaged
-    catalog's (`mark.core.catalog.load_catalog().instance_types`) are used. `client` replaces the
+    catalog's (`mark.core.catalog.load_catalog().instance_types`) are used; `offered_types`
+    narrows what is described and offered to those names. `client` replaces the
     boto3 EC2 client built from `config`; `clock` is the wall clock of spot price history, of
     interruption notices and of dry-run launches.
     """
@@ -82,6 +83,7 @@ class Ec2Cloud:
         *,
         models: Callable[[str], Awaitable[Model]],
         catalog_types: Sequence[InstanceType] | None = None,
+        offered_types: Collection[str] = (),
         client: Any | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
@@ -92,6 +94,10 @@ class Ec2Cloud:
         self.client = client if client is not None else self._build_client(config)
         self._clock = clock
         self._catalog = {t.name: t for t in catalog_types} if catalog_types is not None else None
+        # the types the planner may buy (`planner.allowed_types`; empty: all): only these are
+        # described and priced, as DescribeSpotPriceHistory over the whole catalog is
+        # hundreds of pages of a rate-limited call every tick; any type is still adopted
+        self._offered = frozenset(offered_types)
         self._types: dict[str, InstanceType] | None = None
         self._zones_by_type: dict[str, frozenset[str]] | None = None
         self._subnet_by_zone: dict[str, str] | None = None
@@ -162,8 +168,9 @@ class Ec2Cloud:
         accelerators as DescribeInstanceTypes reports them when allowed."""
         if self._types is None:
             catalog = self._catalog_types()
-            zones = await self._zones_offering(list(catalog))
-            offered = [name for name in catalog if zones.get(name)]
+            wanted = [n for n in catalog if not self._offered or n in self._offered]
+            zones = await self._zones_offering(wanted)
+            offered = [name for name in wanted if zones.get(name)]
             facts = await self._described_types(offered)
             self._types = {name: facts.get(name, catalog[name]) for name in offered}
         return list(self._types.values())
@@ -245,7 +252,7 @@ class Ec2Cloud:
         return params
 
     def _on_demand_price(self, instance_type: str) -> float:
-        known = self._types or self._catalog_types()
+        known = self._catalog_types()
         if instance_type not in known:
             raise CloudError(f"instance type {instance_type} is not in the catalog")
         return known[instance_type].on_demand_price_per_hour

@@ -1,0 +1,139 @@
+"""The KServe v2 model repository extension as a client (Triton's and MLServer's API, and
+`mark worker`'s: mark/core/protocol/repository.py): which models an instance holds, and asking
+it to load or unload one. The front end reads the index on its sync and loads a model resident
+nowhere for the requests it holds (frontend/residency.py); the control loop loads and unloads
+what the placement moves (mark/apps/control/placement_applier.py). Both go through these calls.
+
+Rare calls off the hot path, so they use an aiohttp session (as health checks do), not the lean
+inference pool of mark/adapters/http_pool.py. Each call is bounded by its `timeout_s`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+import aiohttp
+
+from mark.core.protocol import LOAD_PIN_HEADER, UNLOAD_IDLE_HEADER
+
+__all__ = [
+    "NO_REPOSITORY_API",
+    "IndexUnreadable",
+    "LoadFailed",
+    "UnloadFailed",
+    "read_index",
+    "request_load",
+    "request_unload",
+]
+
+# The index of an instance without the repository API: it holds its Instance.models.
+NO_REPOSITORY_API = None
+
+
+class IndexUnreadable(Exception):
+    """The instance did not answer its index usably in time: keep the previous view."""
+
+
+class LoadFailed(Exception):
+    """The instance did not load the model; `reason` is its answer (or the error), `status`
+    the HTTP status it answered (None: the call itself failed)."""
+
+    def __init__(self, reason: str, status: int | None = None) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.status = status
+
+
+class UnloadFailed(LoadFailed):
+    """The instance did not unload the model; `reason` is its answer (or the error)."""
+
+
+async def read_index(
+    session: aiohttp.ClientSession, endpoint: str, timeout_s: float
+) -> frozenset[str] | None:
+    """The models READY on the instance at `endpoint`, or NO_REPOSITORY_API when it answers
+    404 (raises IndexUnreadable for anything else that is not a JSON array)."""
+    try:
+        async with asyncio.timeout(timeout_s):
+            async with session.post(
+                f"{endpoint}/v2/repository/index", json={"ready": True}
+            ) as resp:
+                if resp.status in (404, 405):
+                    return NO_REPOSITORY_API
+                payload = await resp.read()
+                if resp.status != 200:
+                    raise IndexUnreadable(f"{endpoint}: index answered HTTP {resp.status}")
+    except (aiohttp.ClientError, TimeoutError) as exc:
+        raise IndexUnreadable(f"{endpoint}: {exc!r}") from exc
+    try:
+        doc: Any = json.loads(payload)
+    except ValueError as exc:
+        raise IndexUnreadable(f"{endpoint}: the index is not JSON") from exc
+    if not isinstance(doc, list):
+        raise IndexUnreadable(f"{endpoint}: the index is not a JSON array")
+    return frozenset(
+        item["name"]
+        for item in doc
+        if isinstance(item, dict)
+        and isinstance(item.get("name"), str)
+        and item.get("state") == "READY"
+    )
+
+
+async def request_load(
+    session: aiohttp.ClientSession,
+    endpoint: str,
+    model: str,
+    timeout_s: float,
+    *,
+    pin: bool = False,
+) -> None:
+    """Ask the instance to load `model` and wait until it has (raises LoadFailed). Unpinned by
+    default (`Mark-Load-Pin: false`: the front end's loads for held requests); the placement's
+    loads pin, so that the worker's cache never evicts what the placement put there."""
+    headers = {LOAD_PIN_HEADER: "true" if pin else "false"}
+    await _call(
+        session, f"{endpoint}/v2/repository/models/{model}/load", timeout_s, headers, LoadFailed
+    )
+
+
+async def request_unload(
+    session: aiohttp.ClientSession,
+    endpoint: str,
+    model: str,
+    timeout_s: float,
+    *,
+    idle_s: float | None = None,
+) -> None:
+    """Ask the instance to unpin `model` and take it out of memory (raises UnloadFailed). With
+    `idle_s` (the front end's idle unloads: `Mark-Unload-Idle-S`) a `mark worker` keeps a model
+    pinned or used within that time and answers 409."""
+    headers = {} if idle_s is None else {UNLOAD_IDLE_HEADER: f"{idle_s:g}"}
+    await _call(
+        session, f"{endpoint}/v2/repository/models/{model}/unload", timeout_s, headers, UnloadFailed
+    )
+
+
+async def _call(
+    session: aiohttp.ClientSession,
+    url: str,
+    timeout_s: float,
+    headers: dict[str, str],
+    error: type[LoadFailed],
+) -> None:
+    try:
+        async with asyncio.timeout(timeout_s):
+            async with session.post(url, headers=headers) as resp:
+                payload = await resp.read()
+                status = resp.status
+    except (aiohttp.ClientError, TimeoutError) as exc:
+        raise error(f"the call failed: {exc!r}") from exc
+    if status != 200:
+        try:
+            detail = json.loads(payload).get("error")
+        except (ValueError, AttributeError):
+            detail = None
+        text = detail if isinstance(detail, str) else payload.decode("utf-8", "replace")[:300]
+        raise error(f"HTTP {status}: {text or 'no detail'}", status)
