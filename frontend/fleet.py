@@ -139,6 +139,8 @@ class Fleet:
         self._loaded_here: set[tuple[ModelRoutes, Link]] = set()  # this front end's loads
         self._listing: list[Instance] | None = None  # the last set_instances, None: relink
         self._endpoints: dict[str, str] = {}  # its reachable instances' endpoints, by id
+        self._proven: set[tuple[str, str]] = set()  # (id, endpoint) that passed a first check
+        self._admitting: set[str] = set()  # instances whose first health check runs
         self._sync: asyncio.Task[None] | None = None
         self._watch: asyncio.Task[None] | None = None
         self._flush = asyncio.create_task(self._flush_metrics())
@@ -306,6 +308,7 @@ class Fleet:
         self._endpoints = {
             i.id: i.endpoint for i in listing if reachable(i) and i.endpoint is not None
         }
+        self._proven &= set(self._endpoints.items())  # one back after leaving: checked again
         draining = {i.id for i in listing if i.state == InstanceState.DRAINING}
         targets = serving(listing)
         for name, state in self._models.items():
@@ -427,9 +430,12 @@ class Fleet:
         )
         link = Link(instance, batcher, state.model.profiles.get(instance.offering.instance_type))
         link.resident = False  # until `_apply_residency`, which its caller runs
+        link.proven = (instance.id, instance.endpoint) in self._proven
         holder.append(link)
         state.links[instance.id] = link
-        self._spawn(self._admit(state, link))
+        if not link.proven and instance.id not in self._admitting:
+            self._admitting.add(instance.id)
+            self._spawn(self._admit(instance.id))
 
     def _remove_link(self, state: ModelRoutes, link: Link, *, draining: bool = False) -> None:
         link.closed = True
@@ -532,33 +538,49 @@ class Fleet:
         self._apply_residency(state)  # routes `link` where it holds and is placed
         self._release_waiting(state)
 
-    async def _admit(self, state: ModelRoutes, link: Link) -> None:
-        """Health-check a new instance until it passes (then it is routed to) or leaves. One
-        still failing after `batching.boot_grace_s` is reported ejected, so that the control
-        plane replaces an instance whose worker never came up; it is admitted if it ever
-        passes."""
+    def _links_of(self, instance_id: str) -> list[tuple[ModelRoutes, Link]]:
+        """Every model's open link to the instance."""
+        return [
+            (state, link)
+            for state in self._models.values()
+            if (link := state.links.get(instance_id)) is not None and not link.closed
+        ]
+
+    async def _admit(self, instance_id: str) -> None:
+        """Health-check a new instance until it passes (then each of its models is routed to
+        it) or leaves: one check for the instance, not one per model (a thousand models on an
+        instance were a thousand health checks at once, and the index reads behind them timed
+        out). One still failing after `batching.boot_grace_s` is reported ejected, so that the
+        control plane replaces an instance whose worker never came up; it is admitted if it
+        ever passes."""
         grace_ends_s = self.now_s() + self.config.boot_grace_s
-        while not link.closed:
-            if await self._healthy(state, link):
-                if link.closed:
+        try:
+            while links := self._links_of(instance_id):
+                if await self._healthy(*links[0]):
+                    for state, link in self._links_of(instance_id):
+                        self._proven.add((link.id, link.endpoint))
+                        link.proven = True
+                        if link.ejected:  # reported after the grace: it came up after all
+                            link.ejected = False
+                            gauge = metrics.child(
+                                metrics.INSTANCE_EJECTED, state.model.name, link.id
+                            )
+                            gauge.set(0)
+                        self._rejoin(state, link)
                     return
-                link.proven = True
-                if link.ejected:  # reported after the grace: it came up after all
-                    link.ejected = False
-                    metrics.child(metrics.INSTANCE_EJECTED, state.model.name, link.id).set(0)
-                self._rejoin(state, link)
-                return
-            if not link.ejected and self.now_s() >= grace_ends_s:
-                logger.warning(
-                    "instance %s of %s failed its health checks for %g s after it joined "
-                    "(batching.boot_grace_s)",
-                    link.id,
-                    state.model.name,
-                    self.config.boot_grace_s,
-                )
-                link.ejected = True
-                metrics.child(metrics.INSTANCE_EJECTED, state.model.name, link.id).set(1)
-            await asyncio.sleep(self.config.health_interval_s)
+                if self.now_s() >= grace_ends_s and not all(link.ejected for _, link in links):
+                    logger.warning(
+                        "instance %s failed its health checks for %g s after it joined "
+                        "(batching.boot_grace_s)",
+                        instance_id,
+                        self.config.boot_grace_s,
+                    )
+                    for state, link in links:
+                        link.ejected = True
+                        metrics.child(metrics.INSTANCE_EJECTED, state.model.name, link.id).set(1)
+                await asyncio.sleep(self.config.health_interval_s)
+        finally:
+            self._admitting.discard(instance_id)
 
     async def _probe(self, state: ModelRoutes, link: Link) -> None:
         """Health-check an ejected instance until it passes (then it rejoins) or leaves."""
