@@ -302,7 +302,7 @@ async def test_an_instance_whose_worker_never_answers_is_reported_after_the_boot
     )
     labels = {"model": "demo", "instance": "never"}
     try:
-        async with asyncio.timeout(10.0):
+        async with asyncio.timeout(30.0):  # a loaded machine: no timing is asserted here
             while not REGISTRY.get_sample_value("mark_instance_ejected", labels):
                 await asyncio.sleep(0.05)
         assert fleet.routable("demo") == []
