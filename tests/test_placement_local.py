@@ -8,11 +8,16 @@ Four models on two workers whose memory holds three each: one model's traffic ju
 under load and gets a replica on the other worker, loaded through the repository API before the
 front end routes there, with no failed request; a model whose traffic stops is drained and
 unloaded everywhere (scale to zero) and its next request is served by a load, which the ledger
-charges to it as busy time."""
+charges to it as busy time.
+
+Route groups (issue 19 item 5): four models in two groups by name, a worker per group; each
+worker holds only its group's models, and every request, a scale-to-zero load included, is
+served by its group's worker, though the other has room."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
@@ -140,11 +145,18 @@ def _busy(instance_id: str, name: str) -> float:
     return REGISTRY.get_sample_value(BUSY, {"model": name, "instance": instance_id}) or 0.0
 
 
-@pytest.fixture
-async def plane(tmp_path: Path) -> AsyncIterator[Plane]:
+@contextlib.asynccontextmanager
+async def _plane(
+    tmp_path: Path,
+    scales: Mapping[str, float],
+    first_bucket: Mapping[str, float],
+    **placement: object,
+) -> AsyncIterator[Plane]:
+    """The control plane over a store of `scales`' models, on workers whose memory holds three
+    of them, with `first_bucket`'s requests known ahead (a schedule) and `placement` keys."""
     store = tmp_path / "store"
     store.mkdir()
-    paths = {name: write_model(store, name, scale) for name, scale in SCALES.items()}
+    paths = {name: write_model(store, name, scale) for name, scale in scales.items()}
     size = max(p.stat().st_size for p in paths.values())
     config = Config.model_validate(
         {
@@ -158,7 +170,7 @@ async def plane(tmp_path: Path) -> AsyncIterator[Plane]:
                 "protect_s": 0.0,
                 "poll_s": 0.0,
             },
-            "placement": {"unload_drain_s": DRAIN_S},
+            "placement": {"unload_drain_s": DRAIN_S, **placement},
         }
     )
     models: list[Model] = []
@@ -173,9 +185,10 @@ async def plane(tmp_path: Path) -> AsyncIterator[Plane]:
     )
     clock = _Clock(time.time())
     # Known demand for the first bucket (a schedule): the fleet is bought before traffic comes.
-    names = tuple(SCALES)
+    names = tuple(sorted(first_bucket))
     start = np.full(len(names), clock.now_s)
-    first = Trace(start, np.array([10.0, 5.0, 5.0, 5.0]), BUCKET_S, names)
+    counts = np.array([first_bucket[n] for n in names])
+    first = Trace(start, counts, BUCKET_S, names)
     fleet = Fleet(BatchingConfig(default_load_s=0.5))
     plane = Plane(db, cloud, None, fleet, clock)  # type: ignore[arg-type]
 
@@ -206,6 +219,12 @@ async def plane(tmp_path: Path) -> AsyncIterator[Plane]:
         await fleet.close()
         await cloud.close()
         await db.close()
+
+
+@pytest.fixture
+async def plane(tmp_path: Path) -> AsyncIterator[Plane]:
+    async with _plane(tmp_path, SCALES, {"m1": 10.0, "m2": 5.0, "m3": 5.0, "m4": 5.0}) as p:
+        yield p
 
 
 async def test_placement_moves_under_load_with_no_failed_request_and_scales_to_zero(
@@ -297,3 +316,65 @@ async def test_placement_moves_under_load_with_no_failed_request_and_scales_to_z
 
     failed = [a for a in plane.answers if not isinstance(a, Answer)]
     assert not failed, failed[:5]
+
+
+# Cortex's router example, by language suffix: "en" by rule, the others in "rest"
+GROUPED = {"a-en": 1.0, "b-en": 2.0, "a-de": 3.0, "b-de": 4.0}
+EN_RULE = {"name": "en", "patterns": ["*-en", "en-*"]}
+
+
+async def test_route_groups_keep_each_model_on_its_groups_workers(tmp_path: Path) -> None:
+    steady = {name: 5 for name in GROUPED}  # 1 rps each: one worker per group holds both
+    async with _plane(tmp_path, GROUPED, steady, groups=[EN_RULE]) as plane:
+        db, fleet = plane.db, plane.fleet
+        plane.clock.now_s -= BUCKET_S
+        await plane.tick()
+        launched = await db.list_instances()
+        by_group = {i.models: i.id for i in launched}
+        assert set(by_group) == {("a-en", "b-en"), ("a-de", "b-de")}, "one worker per group"
+        home = {name: iid for models, iid in by_group.items() for name in models}
+        for inst in launched:
+            await plane.cloud.wait_running(inst.id, 60.0)
+        await plane.sync()
+        # each worker's index holds its group alone; the front end routes (and would load)
+        # each model only on its group's worker
+        held = await plane.held()
+        assert held == {iid: frozenset(models) for models, iid in by_group.items()}
+        for name in GROUPED:
+            await _until(f"{name} is routed", lambda n=name: fleet.resident(n) == [home[n]])
+            assert fleet.routable(name) == [home[name]]
+
+        answers = await plane.traffic(steady, BUCKET_S)
+        assert all(isinstance(a, Answer) and a.instance_id == home[n] for n, a in answers)
+        await plane.tick()  # the bucket ended, steady: no move
+        assert {i.id: i.placed_models for i in await db.list_instances()} == {
+            iid: models for models, iid in by_group.items()
+        }
+
+        # b-de's traffic stops: unloaded (scale to zero); its next request is a load on its
+        # group's worker, though the en worker has room for a third model
+        others = {n: c for n, c in steady.items() if n != "b-de"}
+        await plane.traffic(others, BUCKET_S)
+        await plane.tick()
+        await _until("the front end stops routing b-de", lambda: not fleet.resident("b-de"))
+        await plane.sync(DRAIN_S)
+        assert not any("b-de" in models for models in (await plane.held()).values())
+        await plane.sync()  # the index says it left: the mark is cleared
+        assert not any(i.draining_models for i in await db.list_instances())
+        assert fleet.routable("b-de") == [home["b-de"]]
+        [(_, answer)] = await plane.traffic({"b-de": 1}, 0.0)
+        assert isinstance(answer, Answer) and answer.instance_id == home["b-de"]
+
+        en = by_group[("a-en", "b-en")]
+        async with aiohttp.ClientSession() as s:
+            [endpoint] = [i.endpoint for i in await db.list_instances() if i.id == en]
+            assert endpoint is not None
+            found = await samples(s, endpoint)
+        loaded = {
+            labels.split("model=")[1].split(",")[0]
+            for (sample, labels), value in found.items()
+            if sample == "mark_worker_model_loads_total" and value > 0
+        }
+        assert loaded == {"a-en", "b-en"}, "the en worker loaded another group's model"
+        failed = [a for a in plane.answers if not isinstance(a, Answer)]
+        assert not failed, failed[:5]
