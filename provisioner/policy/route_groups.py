@@ -42,6 +42,8 @@ def group_of(model: str, groups: Sequence[RouteGroup]) -> str:
 def instance_group(models: Iterable[str], groups: Sequence[RouteGroup]) -> str:
     """The group most of `models` are in (the first in the rules' order among equals); "rest"
     for none."""
+    if not groups:
+        return DEFAULT_ROUTE_GROUP
     counts: dict[str, int] = {}
     for model in models:
         name = group_of(model, groups)
