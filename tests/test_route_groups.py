@@ -23,7 +23,7 @@ from mark.core.catalog import load_catalog
 from mark.core.config import DEFAULT_ROUTE_GROUP, RouteGroup, load_config
 from mark.core.errors import InvalidValue
 from mark.core.types import Slo
-from provisioner.policy.route_groups import group_names, group_of, instance_group
+from provisioner.policy.route_groups import group_names, group_of, instance_group, share_moves
 from traces import Trace, write_trace
 from traces.generators import zipf_models
 
@@ -140,6 +140,16 @@ def test_every_model_is_in_exactly_one_group(
         assert instance_group(members, rules) == group
 
 
+@given(st.integers(0, 500), st.lists(st.text("ab", min_size=1), unique=True, max_size=12))
+def test_the_move_budget_is_split_evenly_and_whole(budget: int, groups: list[str]) -> None:
+    shares = share_moves(budget, groups)
+    assert list(shares) == groups
+    if groups:
+        assert sum(shares.values()) == budget
+        assert max(shares.values()) - min(shares.values()) <= 1
+        assert list(shares.values()) == sorted(shares.values(), reverse=True)  # the first more
+
+
 def test_an_instance_of_models_of_several_groups_is_the_most_common_ones() -> None:
     assert instance_group(["a-de", "b-de", "a-en"], CORTEX) == "de"
     assert instance_group(["a-de", "a-en"], CORTEX) == "en"  # a tie: the first rule
@@ -196,6 +206,9 @@ def test_a_grouped_run_is_each_groups_own_fleet_added_up() -> None:
     assert set(summary["route_groups"]) == {"en", "de", "rest"}
     assert sum(g["models"] for g in summary["route_groups"].values()) == 30
     split = mm.route_groups(grouped)
+    shares = share_moves(mm.ManySettings().max_moves, list(split))
+    assert sum(shares.values()) == mm.ManySettings().max_moves
+    assert max(run.moves) <= mm.ManySettings().max_moves  # the bound is the fleet's
     cost = 0.0
     for group, index in split.items():
         members = tuple(fleet[i] for i in index.tolist())
@@ -203,7 +216,10 @@ def test_a_grouped_run_is_each_groups_own_fleet_added_up() -> None:
         keep = np.array([m in names for m in trace.models or ()])
         kept = tuple(np.asarray(trace.models)[keep].tolist())
         alone = Trace(trace.timestamps_s[keep], trace.counts[keep], trace.bucket_s, kept)
-        [part] = mm.simulate_many(mm.ManyScenario(members, alone, CATALOG), ["mark"])
+        settings = mm.ManySettings(max_moves=shares[group])
+        [part] = mm.simulate_many(
+            mm.ManyScenario(members, alone, CATALOG, settings=settings), ["mark"]
+        )
         assert part.cost_usd == pytest.approx(run.groups[group].cost_usd)
         np.testing.assert_allclose(run.good_by_model[index], part.good_by_model)
         cost += part.cost_usd

@@ -304,7 +304,7 @@ class PlacementConfig(_Section):
     load_timeout_s: Annotated[float, Field(gt=0)] = 120.0
     # route groups, in order (`[[placement.groups]]`, name and patterns): a model joins the first
     # group a pattern of which its name matches, else "rest"; each group is placed on instances
-    # of its own, each with its own type and `max_moves` (provisioner/policy/route_groups.py)
+    # of its own type, `max_moves` split among them (provisioner/policy/route_groups.py)
     groups: tuple[RouteGroup, ...] = ()
 
     @model_validator(mode="after")

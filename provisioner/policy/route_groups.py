@@ -11,6 +11,11 @@ across, one group only. Requests carry no group: a model's group is a function o
   are in. Only an instance started before the rules changed has models of several groups; it
   is kept by the group most of its models are in, and the others leave it (unloaded: no rate
   in its group) and are placed on their own group's instances.
+- `share_moves`: `placement.max_moves` bounds the whole fleet's moves per tick, groups or not
+  (a fleet split into ten groups does not churn ten times as much: every move is a load that
+  the store serves and an instance spends time on), so the groups with something to place
+  split it evenly, the first ones in the rules' order taking the remainder. A share left unused
+  is not passed on: a group's moves go on over the syncs after the tick, within its share.
 
 The control loop (mark/apps/control/placement_applier.py) and the many-model simulator
 (mark/apps/simulator/many_model.py) both split the fleet with `group_of`.
@@ -23,7 +28,7 @@ from fnmatch import fnmatchcase
 
 from mark.core.config import DEFAULT_ROUTE_GROUP, RouteGroup
 
-__all__ = ["DEFAULT_ROUTE_GROUP", "group_names", "group_of", "instance_group"]
+__all__ = ["DEFAULT_ROUTE_GROUP", "group_names", "group_of", "instance_group", "share_moves"]
 
 
 def group_names(groups: Sequence[RouteGroup]) -> tuple[str, ...]:
@@ -52,3 +57,12 @@ def instance_group(models: Iterable[str], groups: Sequence[RouteGroup]) -> str:
         return DEFAULT_ROUTE_GROUP
     order = {name: k for k, name in enumerate(group_names(groups))}
     return min(counts, key=lambda name: (-counts[name], order[name]))
+
+
+def share_moves(max_moves: int, groups: Sequence[str]) -> dict[str, int]:
+    """Each of `groups` (those with something to place, in the rules' order) its share of
+    `max_moves`: an even split, the remainder one each to the first; the shares sum to it."""
+    if not groups:
+        return {}
+    each, extra = divmod(max(max_moves, 0), len(groups))
+    return {name: each + (1 if k < extra else 0) for k, name in enumerate(groups)}

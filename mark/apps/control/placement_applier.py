@@ -51,10 +51,10 @@ instance's charge among its models.
 
 Route groups (`placement.groups`, issue 19 item 5, Cortex's router API): the fleet's models are
 split by name (provisioner/policy/route_groups.py) and each group is placed as above on
-instances of its own (`PlacementApplier`: its own type, memory limit and `placement.max_moves`),
-whose `Instance.models` list that group's models alone: the worker loads, and the front ends
-route and load there (frontend/links.py `serves`), only that group's models. Requests carry no
-group: a model's instances are its group's.
+instances of its own (`PlacementApplier`: its own type and memory limit, a share of
+`placement.max_moves`), whose `Instance.models` list that group's models alone: the worker
+loads, and the front ends route and load there (frontend/links.py `serves`), only that group's
+models. Requests carry no group: a model's instances are its group's.
 
 The many-model simulator (mark/apps/simulator/many_model.py) follows the same policy functions
 (`placement_fleet`), with one difference: it leaves a model that is placed nowhere to its cache
@@ -105,7 +105,7 @@ from provisioner.policy.placement_fleet import (
     replan,
 )
 from provisioner.policy.placement_steps import Member, PlacedFleet, steps
-from provisioner.policy.route_groups import group_names, group_of, instance_group
+from provisioner.policy.route_groups import group_names, group_of, instance_group, share_moves
 from provisioner.policy.snapshot import PlannerState
 
 __all__ = ["PlacementApplier", "shares_instances"]
@@ -139,12 +139,13 @@ class PlacementApplier:
     capacity), `planner_state` is the loop's (pools cooling down), `fence` its lease's term.
 
     Each route group (`placement.groups`, provisioner/policy/route_groups.py) is placed apart,
-    in the rules' order ("rest" last), on instances of its own: its type, its memory limit and
-    its `placement.max_moves` are its own, since the groups share no instance (a move loads on
-    one instance of one group, so one group's churn never holds up another's, and a fleet of
-    one group moves as it did before groups). The launches of one tick stay within
-    `planner.max_launches_per_tick` over all groups together, the earlier groups first. With
-    no rules there is one group, "rest": every model of the fleet, as before."""
+    in the rules' order ("rest" last), on instances of its own: its type and its memory limit
+    are its own (the groups share no instance: a group of CPU models and one of GPU models
+    each get the cheapest type for them). The fleet's bounds hold over all groups together:
+    `placement.max_moves` is split among the groups with models or instances
+    (`route_groups.share_moves`), and the launches of one tick stay within
+    `planner.max_launches_per_tick`, the earlier groups first. With no rules there is one
+    group, "rest": every model of the fleet, with the whole budget, as before."""
 
     db: Database
     config: Config
@@ -186,17 +187,48 @@ class PlacementApplier:
         """Place each route group's share of the many-model fleet's `models` and start carrying
         it out; the placement of each group that has one (no fleet, or no type can hold it:
         none)."""
-        rules = self.config.placement.groups
+        cfg = self.config.placement
+        rules = cfg.groups
         memory_mb = {m.name: float(m.memory_mb or 0.0) for m in models}
+        rates = {
+            m.name: placement_rate(
+                forecasts[m.name].mean_rps,
+                forecasts[m.name].upper_rps,
+                forecasts[m.name].bucket_s,
+                cfg.min_expected_requests,
+            )
+            for m in models
+        }
         members: dict[str, list[Model]] = {name: [] for name in self._groups}
         for m in models:
             members[group_of(m.name, rules)].append(m)
         self._launches.count = 0
+        housing = {
+            instance_group(i.models, rules)
+            for i in await self.db.list_instances()
+            if _in_fleet(i) and i.id not in interruptions
+        }
+        # the groups with something to place: instances, or a model with traffic
+        active = [
+            name
+            for name in self._groups
+            if name in housing or any(rates[m.name] > 0 for m in members[name])
+        ]
+        budgets = share_moves(cfg.max_moves, active)
         placements: dict[str, Placement] = {}
-        counted: list[tuple[int, int, int]] = []
+        counted = [(0, len(members[n]), 0) for n in self._groups if n not in budgets and members[n]]
         for name, group in self._groups.items():
+            if name not in budgets:
+                continue
             placement, counts = await group.tick(
-                now_s, members[name], memory_mb, forecasts, offerings, types, interruptions
+                now_s,
+                members[name],
+                rates,
+                memory_mb,
+                offerings,
+                types,
+                interruptions,
+                max_moves=budgets[name],
             )
             if placement is not None:
                 placements[name] = placement
@@ -252,6 +284,7 @@ class _GroupPlacement:
     _failed: set[Move] = field(default_factory=set)  # loads not tried again until the next tick
     _since: dict[Move, float] = field(default_factory=dict)  # when each drain began
     _spent: int = 0  # moves since the last tick
+    _max_moves: int = 0  # its share of placement.max_moves until the next tick
     _unplaced: dict[str, str] = field(default_factory=dict)
 
     # -- the tick ---------------------------------------------------------------------------
@@ -271,31 +304,26 @@ class _GroupPlacement:
         self,
         now_s: float,
         models: Sequence[Model],
+        placement_rates: Mapping[str, float],
         memory_mb: Mapping[str, float],
-        forecasts: Mapping[str, Forecast],
         offerings: Sequence[Offering],
         types: Mapping[str, InstanceType],
         interruptions: Collection[str],
+        *,
+        max_moves: int,
     ) -> tuple[Placement | None, tuple[int, int, int] | None]:
-        """Place the group's `models` and start carrying it out (`memory_mb`: every shared
-        model's, for what its instances hold of other groups); None when the group has no
-        fleet (or no type can hold it), and its models placed, scaled to zero and unplaced
-        (None: not counted)."""
+        """Place the group's `models` at their placement rates with at most `max_moves` moves
+        until the next tick, and start carrying it out (`memory_mb`: every shared model's, for
+        what its instances hold of other groups); None when the group has no fleet (or no type
+        can hold it), and its models placed, scaled to zero and unplaced (None: not counted)."""
         live = await self.db.list_instances()
         fleet = [i for i in live if self._mine(i) and i.id not in interruptions]
         cfg = self.config.placement
-        rates = {
-            m.name: placement_rate(
-                forecasts[m.name].mean_rps,
-                forecasts[m.name].upper_rps,
-                forecasts[m.name].bucket_s,
-                cfg.min_expected_requests,
-            )
-            for m in models
-        }
+        rates = {m.name: placement_rates[m.name] for m in models}
         if not fleet and not any(r > 0 for r in rates.values()):
             return None, ((0, len(models), 0) if models else None)
         self._spent = 0
+        self._max_moves = max_moves
         self._failed.clear()
         running = [i for i in fleet if i.state == InstanceState.RUNNING]
         held = await self._read(running)
@@ -312,7 +340,7 @@ class _GroupPlacement:
             needs,
             residents,
             memory_limit_mb=limit_mb,
-            max_moves=cfg.max_moves,
+            max_moves=max_moves,
             cache=self.cache,
             replicate_above=cfg.replicate_above,
         )
@@ -560,7 +588,7 @@ class _GroupPlacement:
             PlacedFleet(members, self._rates, self._memory_mb, self._limit_mb, self._for_room),
             now_s=now_s,
             drain_s=cfg.unload_drain_s,
-            budget=cfg.max_moves - self._spent,
+            budget=self._max_moves - self._spent,
         )
         if not todo:
             return

@@ -47,8 +47,11 @@ the peaks for static) onto every candidate type and keeps the cheapest for the r
 Route groups (issue 19 item 5; the live loop's `placement.groups`): a model's group is its fleet
 file's `group`, else the first rule of `ManySettings.groups` its name matches
 (`provisioner.policy.route_groups.group_of`), else "rest". Each group runs as a fleet of its
-own (its type, instances, cache and move bound), as the live loop places them, and the run adds
-the groups up (`ManyRun.groups` keeps each); with one group the run is the flat fleet's.
+own (its type, instances and cache), as the live loop places them, with its share of
+`max_moves` (`route_groups.share_moves`: the bound is the whole fleet's; every group has a
+share here, where the live loop gives none to a group with neither instances nor traffic that
+tick), and the run adds the groups up (`ManyRun.groups` keeps each); with one group the run is
+the flat fleet's.
 
 Load bandwidth: `LOAD_MB_PER_S`, estimated: neither seed gives one; 100 MB/s is about one S3
 GET stream (AWS's S3 performance guidelines suggest parallel ranged GETs to go faster) and puts a
@@ -81,7 +84,7 @@ from provisioner.policy.placement_fleet import (
     placement_rate,
     replan,
 )
-from provisioner.policy.route_groups import group_names, group_of
+from provisioner.policy.route_groups import group_names, group_of, share_moves
 from traces import Trace
 
 __all__ = [
@@ -689,8 +692,13 @@ def _run(
             progress(label, width_s / len(groups))
 
     parts = {}
+    budgets = share_moves(scenario.settings.max_moves, list(groups))
     for group, index in groups.items():
-        sub = replace(scenario, fleet=tuple(scenario.fleet[i] for i in index.tolist()))
+        sub = replace(
+            scenario,
+            fleet=tuple(scenario.fleet[i] for i in index.tolist()),
+            settings=replace(scenario.settings, max_moves=budgets[group]),
+        )
         parts[group] = _run_group(
             sub, name, counts[:, index], adaptive=adaptive, spot=spot, progress=tick
         )
