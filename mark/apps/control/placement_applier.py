@@ -31,13 +31,12 @@ Each tick (`tick`, after the planner's actions):
 (in the background, a load may take seconds; pinned, so that the worker's cache never evicts
 what the placement put there), drain marks (`Instance.draining_models`: the front ends stop
 routing the model there, and asking for its load there, from their next sync; it is unloaded
-`placement.unload_drain_s` later, and the mark goes with the unload: a front end that loads the
-model there again, for its next request, then routes to it), and instances left with nothing
-placed drained once their models are served elsewhere (the planner terminates them after
-`planner.drain_s`). Moves are at most `placement.max_moves` per tick, however many syncs
-carry them out. A load that failed is tried again at the next tick, not at every sync. An
-index read or an unload gives up after `control.sync_s` (an instance that does not answer
-never holds up a sync: its last index is kept), a load after `placement.load_timeout_s`.
+`placement.unload_drain_s` later), and instances left with nothing placed drained once their
+models are served elsewhere (the planner terminates them after `planner.drain_s`). Moves are
+at most `placement.max_moves` per tick, however many syncs carry them out. A load that failed is
+tried again at the next tick, not at every sync. An index read or an unload gives up after
+`control.sync_s` (an instance that does not answer never holds up a sync: its last index is
+kept), a load after `placement.load_timeout_s`.
 
 The front ends route by residency (frontend/residency.py): a model goes to the instances that
 hold it where it is placed, else to any that holds it, so a completed load is what makes an
@@ -594,17 +593,13 @@ class _GroupPlacement:
             return
         self._spent += todo.moves
         by_id = {i.id: i for i in fleet}
-        unloaded: list[Move] = []
         async with aiohttp.ClientSession() as session:
             for iid, model in todo.unloads:
-                if await self._unload(session, by_id[iid], model, now_s):
-                    unloaded.append((iid, model))
+                await self._unload(session, by_id[iid], model, now_s)
         for iid, model in todo.loads:
             await self._start_load(by_id[iid], model, now_s)
         marks = {i.id: set(i.draining_models) for i in fleet}
-        # an unload done ends its drain now, not at the next index read: a front end that
-        # loads the model there meanwhile (its next request, scaled to zero) must route to it
-        for iid, model in (*todo.cleared, *unloaded):
+        for iid, model in todo.cleared:
             marks[iid].discard(model)
             self._since.pop((iid, model), None)
         for iid, model in todo.drains:
@@ -639,17 +634,15 @@ class _GroupPlacement:
 
     async def _unload(
         self, session: aiohttp.ClientSession, inst: Instance, model: str, now_s: float
-    ) -> bool:
-        """Unload `model` from `inst`; False when it failed (still marked: the next step tries
-        again)."""
+    ) -> None:
         assert inst.endpoint is not None
         drained_s = now_s - self._since.get((inst.id, model), now_s)
         try:
             await request_unload(session, inst.endpoint, model, self.config.control.sync_s)
-        except LoadFailed as exc:
+        except LoadFailed as exc:  # still marked: the next step tries again
             logger.warning("unloading %s from %s failed: %s", model, inst.id, exc.reason)
             metrics.record_move("unload", False)
-            return False
+            return
         metrics.record_move("unload", True)
         elsewhere = group_of(model, self.config.placement.groups)
         if elsewhere != self.group:
@@ -674,7 +667,6 @@ class _GroupPlacement:
                 )
             ]
         )
-        return True
 
     async def _start_load(self, inst: Instance, model: str, now_s: float) -> None:
         key = (inst.id, model)
