@@ -12,22 +12,37 @@ of the AWS scenario in under 10 minutes on the 2-core machine).
   Cortex publishes no request rate; `--rps` sets the peak (default 20 req/s). Seed: three
   g4dn.xlarge spot, $0.474/h.
 
+`--groups [LANGS]` is the route-group ablation (issue 16 item 5, issue 19 item 5): the models are
+named `model-NNNN-LANG`, the languages `LANGUAGES` in turn (so each language has its share of
+the popular models, as translation models of each pair do), and each policy runs flat and then
+with route groups, Cortex's router example by language suffix: one group per language listed
+(`*-LANG`; default en,de,fr) and the rest in "rest"; each group's own figures follow.
+
 `--out DIR` also writes DIR/trace.csv and DIR/fleet.json, so that `mark simulate --trace
 DIR/trace.csv --fleet DIR/fleet.json --policies mark,static --out DIR` replays the same run, and
-DIR/summary.json. Timing: the process's CPU seconds and the wall clock of the simulation alone
+DIR/summary.json (with `--groups`, DIR/groups.toml too: `--config DIR/groups.toml` replays the
+grouped runs). Timing: the process's CPU seconds and the wall clock of the simulation alone
 (trace generation excluded), one line per policy run.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import time
 from pathlib import Path
 
 from mark.apps.simulator.fleet_file import FleetModel, write_fleet
-from mark.apps.simulator.many_model import ManyScenario, ManySettings, simulate_many
+from mark.apps.simulator.many_model import (
+    ManyRun,
+    ManyScenario,
+    ManySettings,
+    route_groups,
+    simulate_many,
+)
 from mark.core.catalog import load_catalog
+from mark.core.config import RouteGroup
 from mark.core.types import Slo
 from traces import write_trace
 from traces.generators import zipf_models
@@ -37,6 +52,17 @@ SCENARIOS = {
     "aws": (3000, 800.0, "bert-base", 100.0, 0.9, 6230.0, ("inf1.6xlarge",)),
     "cortex": (1000, 300.0, "translation-300mb", 1000.0, 0.95, 20.0, ("g4dn.xlarge",)),
 }
+LANGUAGES = ("en", "de", "fr", "es")
+
+
+def _row(run: ManyRun, row: dict[str, object], label: str, timing: str) -> str:
+    return (
+        f"{label:22s} {run.instance_type:13s} ${row['cost_per_hour_usd']:.2f}/h "
+        f"SLO {row['slo_attainment']:.2%} models {row['models_meeting_slo']}/"
+        f"{row['models']} hit {row['cache_hit_rate']:.2%} loads/h "
+        f"{row['loads_per_hour']:.0f} moves/tick max {row['moves_per_tick_max']} "
+        f"peak {row['peak_instances']} instances{timing}"
+    )
 
 
 def main() -> None:
@@ -49,6 +75,13 @@ def main() -> None:
     parser.add_argument("--types", help="comma-separated instance types (default: the seed's type)")
     parser.add_argument("--max-moves", type=int, default=ManySettings().max_moves)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--groups",
+        nargs="?",
+        const="en,de,fr",
+        help=f"languages with a route group of their own, of {','.join(LANGUAGES)} "
+        "(flag alone: en,de,fr); runs each policy flat and grouped",
+    )
     parser.add_argument("--out", help="directory for trace.csv, fleet.json and summary.json")
     args = parser.parse_args()
     n, size, profile, slo_ms, percentile, peak, types = SCENARIOS[args.scenario]
@@ -62,29 +95,44 @@ def main() -> None:
     )
     slo = Slo(latency_ms=slo_ms, percentile=percentile)
     fleet = tuple(FleetModel(f"model-{i:04d}", size, slo, profile) for i in range(1, n + 1))
+    variants: dict[str, tuple[RouteGroup, ...]] = {"": ()}
+    if args.groups:
+        languages = args.groups.split(",")
+        unknown = sorted(set(languages) - set(LANGUAGES))
+        if unknown:
+            parser.error(f"--groups: unknown language {unknown[0]!r}, of {','.join(LANGUAGES)}")
+        named = {m.name: f"{m.name}-{LANGUAGES[i % len(LANGUAGES)]}" for i, m in enumerate(fleet)}
+        fleet = tuple(dataclasses.replace(m, name=named[m.name]) for m in fleet)
+        assert trace.models is not None
+        trace = dataclasses.replace(trace, models=tuple(named[m] for m in trace.models))
+        rules = tuple(RouteGroup(name=lang, patterns=(f"*-{lang}",)) for lang in languages)
+        variants["+groups"] = rules
     settings = ManySettings(
         types=tuple(args.types.split(",")) if args.types else types, max_moves=args.max_moves
     )
-    scenario = ManyScenario(fleet, trace, load_catalog(), args.market, settings)
+    catalog = load_catalog()
     print(
         f"{args.scenario}: {n} models, {args.hours:g} h, {trace.counts.sum():,.0f} requests, "
         f"peak {args.rps or peak:g} req/s, SLO {percentile:.0%} within {slo_ms:g} ms"
     )
     policies: dict[str, dict[str, object]] = {}
     for name in args.policies.split(","):
-        cpu, wall = time.process_time(), time.perf_counter()
-        runs = simulate_many(scenario, [name])
-        cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
-        for run in runs:
-            row = run.summary(fleet)
-            policies[run.name] = row
-            print(
-                f"{run.name:14s} {run.instance_type:13s} ${row['cost_per_hour_usd']:.2f}/h "
-                f"SLO {row['slo_attainment']:.2%} models {row['models_meeting_slo']}/"
-                f"{row['models']} hit {row['cache_hit_rate']:.2%} loads/h "
-                f"{row['loads_per_hour']:.0f} moves/tick max {row['moves_per_tick_max']} "
-                f"peak {row['peak_instances']} instances; {cpu:.0f} s CPU, {wall:.0f} s wall"
+        for suffix, rules in variants.items():
+            scenario = ManyScenario(
+                fleet, trace, catalog, args.market, dataclasses.replace(settings, groups=rules)
             )
+            cpu, wall = time.process_time(), time.perf_counter()
+            runs = simulate_many(scenario, [name])
+            cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
+            for run in runs:
+                row = run.summary(fleet)
+                policies[run.name + suffix] = row
+                timing = f"; {cpu:.0f} s CPU, {wall:.0f} s wall"
+                print(_row(run, row, run.name + suffix, timing))
+                index = route_groups(scenario)
+                for group, part in run.groups.items():
+                    members = [fleet[i] for i in index[group].tolist()]
+                    print(_row(part, part.summary(members), f"  {group}", ""))
     if args.out:
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
@@ -93,6 +141,15 @@ def main() -> None:
         (out / "summary.json").write_text(
             json.dumps({"policies": policies}, indent=2) + "\n", encoding="utf-8"
         )
+        if args.groups:  # `mark simulate --config DIR/groups.toml` replays the grouped runs
+            (out / "groups.toml").write_text(
+                "".join(
+                    f'[[placement.groups]]\nname = "{g.name}"\n'
+                    f"patterns = {json.dumps(g.patterns)}\n"
+                    for g in variants["+groups"]
+                ),
+                encoding="utf-8",
+            )
 
 
 if __name__ == "__main__":

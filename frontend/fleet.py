@@ -30,7 +30,7 @@ expected load time and its service fit its deadline; otherwise it spills when a 
 (and the load goes on, for the model's next requests). Where the control loop places models
 (`Instance.placed_models`), a model goes to the instances holding it where it is placed, else to
 any holding it; an instance it is being drained off (`Instance.draining_models`) gets none of its
-requests and no load of it while it holds it, from the first sync that reads the mark.
+requests and no load of it while it is marked, from the first sync that reads the mark.
 At most `batching.max_held_per_model` requests wait for a model's load; the next spill when a
 slot is free, else get 429 with Retry-After; a failed load answers what it held 503 (or spills).
 An instance whose load of a model failed backs off loading it (frontend/residency.py,
@@ -403,12 +403,11 @@ class Fleet:
 
     def _loadable(self, state: ModelRoutes, link: Link) -> bool:
         """`link`'s instance may be asked to load the model: up, and not an instance the model
-        is being drained off while it still holds it there (a load would keep it)."""
-        name = state.model.name
-        return link.up and (
-            name not in link.instance.draining_models
-            or not self._residency.holds(link.instance, name, state.backend_name)
-        )
+        is being drained off, even once its index says it left: the mark stays until the
+        control loop's next sync sees that, and a copy loaded meanwhile would be held but
+        marked, routed to by no one (its requests waiting out their time) and unloaded again.
+        A request waits for the mark to go (`_drain_blocked`), then loads it there."""
+        return link.up and state.model.name not in link.instance.draining_models
 
     # --- links --------------------------------------------------------------------------------
 

@@ -13,7 +13,7 @@ are mark/adapters/repository.py's, which the control loop's placement uses too.
 Where the control loop places models (`Instance.placed_models`, `Instance.draining_models`:
 mark/apps/control/placement_applier.py), a model goes to the instances holding it where it is
 placed, else to every instance holding it (`provisioner.policy.placement_steps.route_targets`),
-and never to, nor loaded on, an instance it is being drained from while it is there.
+and never to, nor loaded on, an instance it is being drained from while it is marked there.
 
 A model resident nowhere is loaded by asking the instance that can load it soonest
 (`POST /v2/repository/models/{m}/load`, unpinned: mark/core/protocol/repository.py): one load per

@@ -8,13 +8,18 @@ Four models on two workers whose memory holds three each: one model's traffic ju
 under load and gets a replica on the other worker, loaded through the repository API before the
 front end routes there, with no failed request; a model whose traffic stops is drained and
 unloaded everywhere (scale to zero) and its next request is served by a load, which the ledger
-charges to it as busy time."""
+charges to it as busy time.
+
+Route groups (issue 19 item 5): four models in two groups by name, a worker per group; each
+worker holds only its group's models, and every request, a scale-to-zero load included, is
+served by its group's worker, though the other has room."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -100,6 +105,13 @@ class Plane:
         await self.loop.sync()
         await self.loop.placement.settled()
 
+    async def front_end_sync(self) -> None:
+        """The front end's view brought up to date now (its own sync, every 0.05 s, may be a
+        step behind the control loop's under load): instances from the database, then every
+        instance's index."""
+        self.fleet.set_instances(await self.db.list_instances(live_only=True))
+        await self.fleet.refresh_residency()
+
     async def misses(self, name: str) -> float:
         """Requests of `name` a worker had to load it for, over every worker."""
         total = 0.0
@@ -136,15 +148,32 @@ async def _decisions(db: Database) -> list[Decision]:
     return decisions
 
 
+def _front_end_loads(name: str, instances: Iterable[str]) -> float:
+    """Loads of `name` the front end asked for, on `instances`, whatever their outcome."""
+    return sum(
+        REGISTRY.get_sample_value(FRONT_END_LOADS, {"model": name, "instance": i, "outcome": o})
+        or 0.0
+        for i in instances
+        for o in ("ok", "failed")
+    )
+
+
 def _busy(instance_id: str, name: str) -> float:
     return REGISTRY.get_sample_value(BUSY, {"model": name, "instance": instance_id}) or 0.0
 
 
-@pytest.fixture
-async def plane(tmp_path: Path) -> AsyncIterator[Plane]:
+@contextlib.asynccontextmanager
+async def _plane(
+    tmp_path: Path,
+    scales: Mapping[str, float],
+    first_bucket: Mapping[str, float],
+    **placement: object,
+) -> AsyncIterator[Plane]:
+    """The control plane over a store of `scales`' models, on workers whose memory holds three
+    of them, with `first_bucket`'s requests known ahead (a schedule) and `placement` keys."""
     store = tmp_path / "store"
     store.mkdir()
-    paths = {name: write_model(store, name, scale) for name, scale in SCALES.items()}
+    paths = {name: write_model(store, name, scale) for name, scale in scales.items()}
     size = max(p.stat().st_size for p in paths.values())
     config = Config.model_validate(
         {
@@ -158,7 +187,7 @@ async def plane(tmp_path: Path) -> AsyncIterator[Plane]:
                 "protect_s": 0.0,
                 "poll_s": 0.0,
             },
-            "placement": {"unload_drain_s": DRAIN_S},
+            "placement": {"unload_drain_s": DRAIN_S, **placement},
         }
     )
     models: list[Model] = []
@@ -173,9 +202,10 @@ async def plane(tmp_path: Path) -> AsyncIterator[Plane]:
     )
     clock = _Clock(time.time())
     # Known demand for the first bucket (a schedule): the fleet is bought before traffic comes.
-    names = tuple(SCALES)
+    names = tuple(sorted(first_bucket))
     start = np.full(len(names), clock.now_s)
-    first = Trace(start, np.array([10.0, 5.0, 5.0, 5.0]), BUCKET_S, names)
+    counts = np.array([first_bucket[n] for n in names])
+    first = Trace(start, counts, BUCKET_S, names)
     fleet = Fleet(BatchingConfig(default_load_s=0.5))
     plane = Plane(db, cloud, None, fleet, clock)  # type: ignore[arg-type]
 
@@ -206,6 +236,12 @@ async def plane(tmp_path: Path) -> AsyncIterator[Plane]:
         await fleet.close()
         await cloud.close()
         await db.close()
+
+
+@pytest.fixture
+async def plane(tmp_path: Path) -> AsyncIterator[Plane]:
+    async with _plane(tmp_path, SCALES, {"m1": 10.0, "m2": 5.0, "m3": 5.0, "m4": 5.0}) as p:
+        yield p
 
 
 async def test_placement_moves_under_load_with_no_failed_request_and_scales_to_zero(
@@ -279,6 +315,7 @@ async def test_placement_moves_under_load_with_no_failed_request_and_scales_to_z
     await plane.sync()
     charged_before = (await db.costs()).per_model_usd.get("m4", 0.0)
     busy_before = {i: _busy(i, "m4") for i in placed}
+    await plane.front_end_sync()
     await plane.traffic({"m4": 1}, 0.0)
     answer = plane.answers[-1]
     assert isinstance(answer, Answer)
@@ -297,3 +334,75 @@ async def test_placement_moves_under_load_with_no_failed_request_and_scales_to_z
 
     failed = [a for a in plane.answers if not isinstance(a, Answer)]
     assert not failed, failed[:5]
+
+
+# Cortex's router example, by language suffix: "en" by rule, the others in "rest"
+GROUPED = {"a-en": 1.0, "b-en": 2.0, "a-de": 3.0, "b-de": 4.0}
+EN_RULE = {"name": "en", "patterns": ["*-en", "en-*"]}
+
+
+async def test_route_groups_keep_each_model_on_its_groups_workers(tmp_path: Path) -> None:
+    steady = {name: 5 for name in GROUPED}  # 1 rps each: one worker per group holds both
+    async with _plane(tmp_path, GROUPED, steady, groups=[EN_RULE]) as plane:
+        db, fleet = plane.db, plane.fleet
+        plane.clock.now_s -= BUCKET_S
+        await plane.tick()
+        launched = await db.list_instances()
+        by_group = {i.models: i.id for i in launched}
+        assert set(by_group) == {("a-en", "b-en"), ("a-de", "b-de")}, "one worker per group"
+        home = {name: iid for models, iid in by_group.items() for name in models}
+        for inst in launched:
+            await plane.cloud.wait_running(inst.id, 60.0)
+        await plane.sync()
+        # each worker's index holds its group alone; the front end routes (and would load)
+        # each model only on its group's worker
+        held = await plane.held()
+        assert held == {iid: frozenset(models) for models, iid in by_group.items()}
+        for name in GROUPED:
+            await _until(f"{name} is routed", lambda n=name: fleet.resident(n) == [home[n]])
+            assert fleet.routable(name) == [home[name]]
+
+        answers = await plane.traffic(steady, BUCKET_S)
+        assert all(isinstance(a, Answer) and a.instance_id == home[n] for n, a in answers)
+        await plane.tick()  # the bucket ended, steady: no move
+        assert {i.id: i.placed_models for i in await db.list_instances()} == {
+            iid: models for models, iid in by_group.items()
+        }
+
+        # b-de's traffic stops: unloaded (scale to zero); its next request is a load on its
+        # group's worker, though the en worker has room for a third model
+        others = {n: c for n, c in steady.items() if n != "b-de"}
+        await plane.traffic(others, BUCKET_S)
+        await plane.tick()
+        await _until("the front end stops routing b-de", lambda: not fleet.resident("b-de"))
+        await plane.sync(DRAIN_S)
+        assert not any("b-de" in models for models in (await plane.held()).values())
+        assert fleet.routable("b-de") == [home["b-de"]]
+        # A request between the unload and the sync that clears the mark: no load there while
+        # it is marked (a copy loaded then would be marked, routed to by no one, unloaded
+        # again); it waits for the mark to go, then loads.
+        marked = [i.id for i in await db.list_instances() if "b-de" in i.draining_models]
+        assert marked == [home["b-de"]]
+        loads = _front_end_loads("b-de", set(home.values()))
+        await plane.front_end_sync()  # it sees the unload, and the mark
+        sent = plane.sent.get("b-de", 0.0)
+        waiting = asyncio.create_task(plane.traffic({"b-de": 1}, 0.0))
+        await _until("the request reached the front end", lambda: plane.sent["b-de"] > sent)
+        await plane.sync()  # the index says it left: the mark is cleared
+        [(_, answer)] = await waiting
+        assert isinstance(answer, Answer) and answer.instance_id == home["b-de"]
+        assert _front_end_loads("b-de", set(home.values())) == loads + 1
+
+        en = by_group[("a-en", "b-en")]
+        async with aiohttp.ClientSession() as s:
+            [endpoint] = [i.endpoint for i in await db.list_instances() if i.id == en]
+            assert endpoint is not None
+            found = await samples(s, endpoint)
+        loaded = {
+            labels.split("model=")[1].split(",")[0]
+            for (sample, labels), value in found.items()
+            if sample == "mark_worker_model_loads_total" and value > 0
+        }
+        assert loaded == {"a-en", "b-en"}, "the en worker loaded another group's model"
+        failed = [a for a in plane.answers if not isinstance(a, Answer)]
+        assert not failed, failed[:5]

@@ -49,6 +49,8 @@ __all__ = [
     "SpillConfig",
     "WorkerConfig",
     "PlacementConfig",
+    "RouteGroup",
+    "DEFAULT_ROUTE_GROUP",
     "load_config",
     "ENV_PREFIX",
     "ENV_SHORTCUTS",
@@ -273,6 +275,18 @@ class WorkerConfig(_Section):
     poll_s: Annotated[float, Field(ge=0)] = 10.0
 
 
+DEFAULT_ROUTE_GROUP = "rest"  # the route group of the models that no rule matches
+
+
+class RouteGroup(_Section):
+    """One route group (issue 19 item 5, Cortex's router API): the models whose name matches one
+    of `patterns` (shell-style, case-sensitive: `*`, `?`, `[...]`; Python's `fnmatchcase`) and
+    no earlier group's; they run on instances of their own."""
+
+    name: Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][\w.-]*$")]
+    patterns: Annotated[tuple[Annotated[str, Field(min_length=1)], ...], Field(min_length=1)]
+
+
 class PlacementConfig(_Section):
     """Many-model fleets (mark/apps/control/placement_applier.py): with `worker.store` set (on
     the local cloud), the models that declare `memory_mb` share instances of one type, which
@@ -294,6 +308,24 @@ class PlacementConfig(_Section):
     # a placement's load gives up after this (an index read or an unload: after control.sync_s,
     # so that an instance that does not answer never holds up a sync)
     load_timeout_s: Annotated[float, Field(gt=0)] = 120.0
+    # route groups, in order (`[[placement.groups]]`, name and patterns): a model joins the first
+    # group a pattern of which its name matches, else "rest"; each group is placed on instances
+    # of its own type, `max_moves` split among them (provisioner/policy/route_groups.py)
+    groups: tuple[RouteGroup, ...] = ()
+
+    @model_validator(mode="after")
+    def _groups_named_once(self) -> PlacementConfig:
+        seen: set[str] = set()
+        for group in self.groups:
+            if group.name == DEFAULT_ROUTE_GROUP:
+                raise ValueError(
+                    f"route group name {DEFAULT_ROUTE_GROUP!r} is the group of the models no "
+                    "rule matches; give the rule another name"
+                )
+            if group.name in seen:
+                raise ValueError(f"route group {group.name!r} is named twice")
+            seen.add(group.name)
+        return self
 
 
 class Config(BaseSettings):

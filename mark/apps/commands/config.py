@@ -20,13 +20,25 @@ def register(subparsers: Any) -> None:
     p.set_defaults(func=run)
 
 
+def _plain(value: Any) -> Any:
+    """Tuples as lists, and a table inside a key (a route group of `placement.groups`) as a
+    mapping, which JSON and TOML can write."""
+    if isinstance(value, tuple | list):
+        return [_plain(v) for v in value]
+    if hasattr(value, "model_dump"):
+        return value.model_dump(mode="json")
+    return value
+
+
 def _toml_value(value: Any) -> str:
     if value is None:
         return '""  # unset'
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, tuple | list):
-        return "[" + ", ".join(json.dumps(v) for v in value) + "]"
+        return "[" + ", ".join(_toml_value(_plain(v)) for v in value) + "]"
+    if isinstance(value, dict):  # an inline table
+        return "{" + ", ".join(f"{k} = {_toml_value(v)}" for k, v in value.items()) + "}"
     if isinstance(value, str):
         return json.dumps(value)
     return str(value)
@@ -51,11 +63,7 @@ def render_markdown(config: Config) -> str:
         doc = " ".join((type(values).__doc__ or "").split())
         lines += [f"**[{section}]** {doc}", "", "| key | default |", "| --- | --- |"]
         for key, value in values:
-            shown = (
-                "unset"
-                if value is None
-                else json.dumps(list(value) if isinstance(value, tuple) else value)
-            )
+            shown = "unset" if value is None else json.dumps(_plain(value))
             lines.append(f"| `{section}.{key}` | `{shown}` |")
         lines.append("")
     return "\n".join(lines)

@@ -13,7 +13,9 @@ Many models (a trace with a `model` column and a fleet file; policies mark and s
 
 runs `mark.apps.simulator.many_model` (per bucket, not per request) and writes summary.json with
 the many-model keys (cost_per_hour_usd, models, models_meeting_slo, cache_hit_rate, loads,
-slo_attainment_by_decile) and prints a table; no figures.
+slo_attainment_by_decile) and prints a table; no figures. Route groups: the fleet file's
+`group`s, else the config's `[[placement.groups]]` rules (`--config`); each policy's entry then
+adds `route_groups`, the figures of each group.
 """
 
 from __future__ import annotations
@@ -79,7 +81,11 @@ def register(subparsers: Any) -> None:
     )
     p.add_argument("--types", help="comma-separated instance types to consider")
     p.add_argument("--predictor", help="forecaster name (default: ForecastConfig's)")
-    p.add_argument("--config", help="TOML config whose planner/forecast/spill sections apply")
+    p.add_argument(
+        "--config",
+        help="TOML config whose planner/forecast/spill sections apply (with --fleet: its "
+        "[[placement.groups]])",
+    )
     p.set_defaults(func=_run)
 
 
@@ -249,7 +255,12 @@ def _run_many(args: argparse.Namespace) -> int:
     from rich.table import Table
 
     from mark.apps.simulator.fleet_file import read_fleet
-    from mark.apps.simulator.many_model import ManyScenario, ManySettings, simulate_many
+    from mark.apps.simulator.many_model import (
+        ManyScenario,
+        ManySettings,
+        route_groups,
+        simulate_many,
+    )
     from mark.apps.simulator.report import write_summary
     from mark.core.catalog import load_catalog
     from mark.core.config import load_config
@@ -270,6 +281,7 @@ def _run_many(args: argparse.Namespace) -> int:
         predictor=args.predictor or defaults.predictor,
         load_mb_per_s=args.load_mb_per_s or defaults.load_mb_per_s,
         max_moves=defaults.max_moves if args.max_moves is None else args.max_moves,
+        groups=config.placement.groups,
     )
     scenario = ManyScenario(fleet, trace, catalog, args.market, settings)
     names = [n.strip() for n in args.policies.split(",") if n.strip()]
@@ -285,6 +297,7 @@ def _run_many(args: argparse.Namespace) -> int:
         "replan_s": settings.replan_s,
         "predictor": settings.predictor,
         "instance_type": {run.name: run.instance_type for run in runs},
+        "route_groups": {g: len(i) for g, i in route_groups(scenario).items()},
     }
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -48,6 +48,13 @@ ledger as any spill, the load as busy time of that (instance, model) (the front 
 own loads' seconds, `load_seconds` counts the placement's), by which the ledger shares each
 instance's charge among its models.
 
+Route groups (`placement.groups`, issue 19 item 5, Cortex's router API): the fleet's models are
+split by name (provisioner/policy/route_groups.py) and each group is placed as above on
+instances of its own (`PlacementApplier`: its own type and memory limit, a share of
+`placement.max_moves`), whose `Instance.models` list that group's models alone: the worker
+loads, and the front ends route and load there (frontend/links.py `serves`), only that group's
+models. Requests carry no group: a model's instances are its group's.
+
 The many-model simulator (mark/apps/simulator/many_model.py) follows the same policy functions
 (`placement_fleet`), with one difference: it leaves a model that is placed nowhere to its cache
 (loaded until memory is needed) where this unloads it everywhere (issue 19 item 4).
@@ -97,6 +104,7 @@ from provisioner.policy.placement_fleet import (
     replan,
 )
 from provisioner.policy.placement_steps import Member, PlacedFleet, steps
+from provisioner.policy.route_groups import group_names, group_of, instance_group, share_moves
 from provisioner.policy.snapshot import PlannerState
 
 __all__ = ["PlacementApplier", "shares_instances"]
@@ -127,7 +135,16 @@ def _names(models: Iterable[str], most: int = 5) -> str:
 class PlacementApplier:
     """The many-model part of one control loop. `apply` carries out a plan's fleet operations
     (the loop's `_apply`: launches, drains, terminations; True when a launch was refused for
-    capacity), `planner_state` is the loop's (pools cooling down), `fence` its lease's term."""
+    capacity), `planner_state` is the loop's (pools cooling down), `fence` its lease's term.
+
+    Each route group (`placement.groups`, provisioner/policy/route_groups.py) is placed apart,
+    in the rules' order ("rest" last), on instances of its own: its type and its memory limit
+    are its own (the groups share no instance: a group of CPU models and one of GPU models
+    each get the cheapest type for them). The fleet's bounds hold over all groups together:
+    `placement.max_moves` is split among the groups with models or instances
+    (`route_groups.share_moves`), and the launches of one tick stay within
+    `planner.max_launches_per_tick`, the earlier groups first. With no rules there is one
+    group, "rest": every model of the fleet, with the whole budget, as before."""
 
     db: Database
     config: Config
@@ -137,6 +154,125 @@ class PlacementApplier:
     fence: Callable[[], Fence | None]
     load_seconds: dict[Move, float] = field(default_factory=dict)
     """Cumulative seconds the placement's loads took, per (instance, model): busy time."""
+    _groups: dict[str, _GroupPlacement] = field(init=False)
+    _launches: _Launches = field(init=False)
+
+    def __post_init__(self) -> None:
+        self._launches = _Launches()
+        self._groups = {
+            name: _GroupPlacement(
+                self.db,
+                self.config,
+                self.cache,
+                self.apply,
+                self.planner_state,
+                self.fence,
+                name,
+                self.load_seconds,
+                self._launches,
+            )
+            for name in group_names(self.config.placement.groups)
+        }
+
+    async def tick(
+        self,
+        now_s: float,
+        models: Sequence[Model],
+        forecasts: Mapping[str, Forecast],
+        offerings: Sequence[Offering],
+        types: Mapping[str, InstanceType],
+        interruptions: Collection[str],
+    ) -> dict[str, Placement]:
+        """Place each route group's share of the many-model fleet's `models` and start carrying
+        it out; the placement of each group that has one (no fleet, or no type can hold it:
+        none)."""
+        cfg = self.config.placement
+        rules = cfg.groups
+        memory_mb = {m.name: float(m.memory_mb or 0.0) for m in models}
+        rates = {
+            m.name: placement_rate(
+                forecasts[m.name].mean_rps,
+                forecasts[m.name].upper_rps,
+                forecasts[m.name].bucket_s,
+                cfg.min_expected_requests,
+            )
+            for m in models
+        }
+        members: dict[str, list[Model]] = {name: [] for name in self._groups}
+        for m in models:
+            members[group_of(m.name, rules)].append(m)
+        self._launches.count = 0
+        housing = {
+            instance_group(i.models, rules)
+            for i in await self.db.list_instances()
+            if _in_fleet(i) and i.id not in interruptions
+        }
+        # the groups with something to place: instances, or a model with traffic
+        active = [
+            name
+            for name in self._groups
+            if name in housing or any(rates[m.name] > 0 for m in members[name])
+        ]
+        budgets = share_moves(cfg.max_moves, active)
+        placements: dict[str, Placement] = {}
+        counted = [(0, len(members[n]), 0) for n in self._groups if n not in budgets and members[n]]
+        for name, group in self._groups.items():
+            if name not in budgets:
+                continue
+            placement, counts = await group.tick(
+                now_s,
+                members[name],
+                rates,
+                memory_mb,
+                offerings,
+                types,
+                interruptions,
+                max_moves=budgets[name],
+            )
+            if placement is not None:
+                placements[name] = placement
+            if counts is not None:
+                counted.append(counts)
+        if counted:
+            metrics.record_placement(*(sum(c[k] for c in counted) for k in range(3)))
+        return placements
+
+    async def advance(self, now_s: float) -> None:
+        """Each group's next moves towards its last placement (`placement_steps.steps`)."""
+        for group in self._groups.values():
+            await group.advance(now_s)
+
+    async def settled(self) -> None:
+        """Until the loads in flight now have ended (tests, shutdown)."""
+        for group in self._groups.values():
+            await group.settled()
+
+    async def close(self) -> None:
+        for group in self._groups.values():
+            await group.close()
+
+
+@dataclass
+class _Launches:
+    """The placement's launches this tick, over every group (`planner.max_launches_per_tick`)."""
+
+    count: int = 0
+
+
+@dataclass
+class _GroupPlacement:
+    """The placement of one route group (`group`): the instances whose models are mostly of it
+    (`route_groups.instance_group`), saved with its models alone as `Instance.models`."""
+
+    db: Database
+    config: Config
+    cache: CapacityCache
+    apply: Callable[[Plan, float], Awaitable[bool]]
+    planner_state: Callable[[], PlannerState]
+    fence: Callable[[], Fence | None]
+    group: str
+    load_seconds: dict[Move, float]
+    launches: _Launches
     _ticked: bool = False
     _rates: dict[str, float] = field(default_factory=dict)
     _memory_mb: dict[str, float] = field(default_factory=dict)
@@ -147,44 +283,52 @@ class PlacementApplier:
     _failed: set[Move] = field(default_factory=set)  # loads not tried again until the next tick
     _since: dict[Move, float] = field(default_factory=dict)  # when each drain began
     _spent: int = 0  # moves since the last tick
+    _max_moves: int = 0  # its share of placement.max_moves until the next tick
     _unplaced: dict[str, str] = field(default_factory=dict)
 
     # -- the tick ---------------------------------------------------------------------------
+
+    @property
+    def _of_group(self) -> str:
+        """The group, for the decision log, where there are groups."""
+        return f" of route group {self.group!r}" if self.config.placement.groups else ""
+
+    def _mine(self, inst: Instance) -> bool:
+        """A live instance of the many-model fleet, of this group."""
+        return _in_fleet(inst) and (
+            instance_group(inst.models, self.config.placement.groups) == self.group
+        )
 
     async def tick(
         self,
         now_s: float,
         models: Sequence[Model],
-        forecasts: Mapping[str, Forecast],
+        placement_rates: Mapping[str, float],
+        memory_mb: Mapping[str, float],
         offerings: Sequence[Offering],
         types: Mapping[str, InstanceType],
         interruptions: Collection[str],
-    ) -> Placement | None:
-        """Place the many-model fleet's `models` and start carrying it out; None when there
-        is no such fleet (or no type can hold it)."""
+        *,
+        max_moves: int,
+    ) -> tuple[Placement | None, tuple[int, int, int] | None]:
+        """Place the group's `models` at their placement rates with at most `max_moves` moves
+        until the next tick, and start carrying it out (`memory_mb`: every shared model's, for
+        what its instances hold of other groups); None when the group has no fleet (or no type
+        can hold it), and its models placed, scaled to zero and unplaced (None: not counted)."""
         live = await self.db.list_instances()
-        fleet = [i for i in live if _in_fleet(i) and i.id not in interruptions]
+        fleet = [i for i in live if self._mine(i) and i.id not in interruptions]
         cfg = self.config.placement
-        rates = {
-            m.name: placement_rate(
-                forecasts[m.name].mean_rps,
-                forecasts[m.name].upper_rps,
-                forecasts[m.name].bucket_s,
-                cfg.min_expected_requests,
-            )
-            for m in models
-        }
+        rates = {m.name: placement_rates[m.name] for m in models}
         if not fleet and not any(r > 0 for r in rates.values()):
-            if models:
-                metrics.record_placement(0, len(models), 0)
-            return None
+            return None, ((0, len(models), 0) if models else None)
         self._spent = 0
+        self._max_moves = max_moves
         self._failed.clear()
         running = [i for i in fleet if i.state == InstanceState.RUNNING]
         held = await self._read(running)
         itype = await self._fleet_type(now_s, fleet, models, rates, offerings, types)
         if itype is None:
-            return None
+            return None, None
         limit_mb = itype.model_capacity_mb
         if self.config.worker.memory_budget_bytes is not None:
             limit_mb = min(limit_mb, self.config.worker.memory_budget_bytes / _MIB)
@@ -195,25 +339,24 @@ class PlacementApplier:
             needs,
             residents,
             memory_limit_mb=limit_mb,
-            max_moves=cfg.max_moves,
+            max_moves=max_moves,
             cache=self.cache,
             replicate_above=cfg.replicate_above,
         )
         unplaced.update(placement.unplaced)
         self._rates = rates
-        self._memory_mb = {m.name: float(m.memory_mb or 0.0) for m in models}
+        self._memory_mb = dict(memory_mb)
         self._limit_mb = limit_mb
         self._for_room = frozenset(placement.unload)
         self._ticked = True
         group = tuple(sorted(m.name for m in models))
         if not await self._save_placement(placement, fleet, group):
-            return None
+            return None, None
         await self._note_unplaced(now_s, unplaced)
         await self._launch(now_s, placement, itype, group, offerings, live, limit_mb)
         zero = sum(1 for r in rates.values() if r <= 0)
-        metrics.record_placement(len(placement.replicas), zero, len(unplaced))
         await self.advance(now_s)
-        return placement
+        return placement, (len(placement.replicas), zero, len(unplaced))
 
     def _needs(
         self, models: Sequence[Model], rates: Mapping[str, float], type_name: str
@@ -277,7 +420,13 @@ class PlacementApplier:
         if chosen is None:
             why = "; ".join(reasons) or "no instance type has a profile of every model"
             await self._decide(
-                [_decision(now_s, ActionKind.ERROR, f"placement: no type holds the fleet: {why}")]
+                [
+                    _decision(
+                        now_s,
+                        ActionKind.ERROR,
+                        f"placement: no type holds the fleet{self._of_group}: {why}",
+                    )
+                ]
             )
             return None
         return types[chosen]
@@ -338,14 +487,13 @@ class PlacementApplier:
         if not new:
             return
         planner = self.config.planner
-        fleet = [i for i in live if _in_fleet(i)]
+        fleet = [i for i in live if self._mine(i)]
         prices = Offerings.of(offerings).prices()
         spend = sum(price_now(i, prices) for i in live)
-        launched = 0
         for k, b in enumerate(new):
             placed = tuple(sorted(b.rates))
             left = len(new) - k
-            if launched >= planner.max_launches_per_tick:
+            if self.launches.count >= planner.max_launches_per_tick:
                 why = f"launch caps bind (max_launches_per_tick {planner.max_launches_per_tick})"
                 await self._held_back(now_s, ActionKind.LAUNCH_CAPPED, why, left)
                 return
@@ -370,7 +518,7 @@ class PlacementApplier:
                     await self._held_back(now_s, ActionKind.BUDGET_LIMITED, why, left)
                     return
                 reason = (
-                    f"placement: a new {itype.name} for {len(placed)} models "
+                    f"placement: a new {itype.name}{self._of_group} for {len(placed)} models "
                     f"({_names(placed)}), occupancy {b.occupancy:.2f}, {b.memory_mb:.4g} of "
                     f"{limit_mb:.4g} MB; {offering.key} at ${offering.price_per_hour:.4f}/h"
                 )
@@ -393,7 +541,7 @@ class PlacementApplier:
                 if not await self._decide([decision]):
                     return
                 if not await self.apply(Plan((action,), (), self.planner_state()), now_s):
-                    launched += 1
+                    self.launches.count += 1
                     spend += offering.price_per_hour
                     fleet.append(_placeholder(offering))
                     break
@@ -417,7 +565,7 @@ class PlacementApplier:
         """The next moves towards the last placement (`placement_steps.steps`), carried out."""
         if not self._ticked:
             return  # no rates yet (a restart): nothing is drained before a tick placed
-        fleet = [i for i in await self.db.list_instances() if _in_fleet(i)]
+        fleet = [i for i in await self.db.list_instances() if self._mine(i)]
         if not fleet:
             return
         running = [i for i in fleet if _serving(i)]
@@ -439,7 +587,7 @@ class PlacementApplier:
             PlacedFleet(members, self._rates, self._memory_mb, self._limit_mb, self._for_room),
             now_s=now_s,
             drain_s=cfg.unload_drain_s,
-            budget=cfg.max_moves - self._spent,
+            budget=self._max_moves - self._spent,
         )
         if not todo:
             return
@@ -496,7 +644,10 @@ class PlacementApplier:
             metrics.record_move("unload", False)
             return
         metrics.record_move("unload", True)
-        if self._rates.get(model, 0.0) <= 0:
+        elsewhere = group_of(model, self.config.placement.groups)
+        if elsewhere != self.group:
+            why = f"it is of route group {elsewhere!r} now, placed on that group's instances"
+        elif self._rates.get(model, 0.0) <= 0:
             why = (
                 "scaled to zero: the forecast expects fewer than "
                 f"{self.config.placement.min_expected_requests:g} requests over the horizon"

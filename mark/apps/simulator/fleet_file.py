@@ -5,7 +5,8 @@
 
 `profile` names a catalog model whose per-type profiles (service times, memory footprint per
 type) and serverless latency the fleet model borrows: a fleet of thousands shares a few measured
-models. `size_mb` is the artifact a load moves; `group` is optional and only reported.
+models. `size_mb` is the artifact a load moves; `group` is optional: the model's route group,
+over the config's `[[placement.groups]]` rules (mark/apps/simulator/many_model.py).
 """
 
 from __future__ import annotations

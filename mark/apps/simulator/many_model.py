@@ -44,6 +44,15 @@ Policies:
 The instance type: each policy packs its first placement (the first bucket's rates for Mark,
 the peaks for static) onto every candidate type and keeps the cheapest for the run.
 
+Route groups (issue 19 item 5; the live loop's `placement.groups`): a model's group is its fleet
+file's `group`, else the first rule of `ManySettings.groups` its name matches
+(`provisioner.policy.route_groups.group_of`), else "rest". Each group runs as a fleet of its
+own (its type, instances and cache), as the live loop places them, with its share of
+`max_moves` (`route_groups.share_moves`: the bound is the whole fleet's; every group has a
+share here, where the live loop gives none to a group with neither instances nor traffic that
+tick), and the run adds the groups up (`ManyRun.groups` keeps each); with one group the run is
+the flat fleet's.
+
 Load bandwidth: `LOAD_MB_PER_S`, estimated: neither seed gives one; 100 MB/s is about one S3
 GET stream (AWS's S3 performance guidelines suggest parallel ranged GETs to go faster) and puts a
 300 MB translation model at 3 s, an 800 MB bert-base at 8 s.
@@ -53,7 +62,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 import numpy as np
@@ -61,7 +70,7 @@ from numpy.typing import NDArray
 
 from mark.apps.simulator.fleet_file import FleetModel
 from mark.core.catalog import Catalog
-from mark.core.config import PlacementConfig
+from mark.core.config import PlacementConfig, RouteGroup
 from mark.core.errors import InvalidValue
 from mark.core.types import InstanceType, Profile, Slo
 from predictors.base import Forecaster
@@ -75,6 +84,7 @@ from provisioner.policy.placement_fleet import (
     placement_rate,
     replan,
 )
+from provisioner.policy.route_groups import group_names, group_of, share_moves
 from traces import Trace
 
 __all__ = [
@@ -84,6 +94,7 @@ __all__ = [
     "ManyScenario",
     "ManyRun",
     "model_counts",
+    "route_groups",
     "simulate_many",
 ]
 
@@ -111,6 +122,7 @@ class ManySettings:
     quantile: float = 0.95
     replicate_above: float = _LIVE.replicate_above
     min_expected_requests: float = _LIVE.min_expected_requests
+    groups: tuple[RouteGroup, ...] = _LIVE.groups  # route group rules (module docstring)
 
 
 @dataclass(frozen=True)
@@ -125,7 +137,8 @@ class ManyScenario:
 @dataclass
 class ManyRun:
     """What one policy did: totals, per-model requests and requests within the SLO (fleet
-    order), and per-plan moves."""
+    order), per-plan moves and instances per bucket; with route groups, each group's run
+    (`groups`: its models' arrays in its own order) and the types joined by "+"."""
 
     name: str
     instance_type: str
@@ -140,8 +153,13 @@ class ManyRun:
     demand_loads: int = 0
     launches: int = 0
     moves: list[int] = field(default_factory=list)
-    instance_hours: float = 0.0
-    peak_instances: int = 0
+    instance_hours: dict[str, float] = field(default_factory=dict)
+    live_by_bucket: list[int] = field(default_factory=list)
+    groups: dict[str, ManyRun] = field(default_factory=dict)
+
+    @property
+    def peak_instances(self) -> int:
+        return max(self.live_by_bucket, default=0)
 
     @property
     def cost_usd(self) -> float:
@@ -168,7 +186,7 @@ class ManyRun:
             "requests": int(round(total)),
             "spilled": int(round(self.spilled)),
             "launches": self.launches,
-            "instance_hours": {self.instance_type: round(self.instance_hours, 4)},
+            "instance_hours": {t: round(h, 4) for t, h in self.instance_hours.items()},
             "cost_per_hour_usd": round(self.cost_usd / hours, 6),
             "models": int(served.sum()),
             "models_meeting_slo": int((served & (attained >= percentile - _EPS)).sum()),
@@ -182,7 +200,22 @@ class ManyRun:
             "peak_instances": self.peak_instances,
             "instance_cost_usd": round(self.instance_cost_usd, 6),
             "serverless_cost_usd": round(self.serverless_cost_usd, 6),
+            **({"route_groups": self._by_group(hours)} if self.groups else {}),
         }
+
+    def _by_group(self, hours: float) -> dict[str, dict[str, Any]]:
+        out = {}
+        for name, part in self.groups.items():
+            requests = float(part.requests_by_model.sum())
+            out[name] = {
+                "models": int(part.requests_by_model.size),
+                "instance_type": part.instance_type,
+                "cost_per_hour_usd": round(part.cost_usd / hours, 6),
+                "cache_hit_rate": round(part.hits / requests, 6) if requests else 1.0,
+                "loads_per_hour": round(part.loads / hours, 3),
+                "peak_instances": part.peak_instances,
+            }
+        return out
 
 
 def model_counts(trace: Trace, names: Sequence[str]) -> NDArray[np.float64]:
@@ -563,7 +596,7 @@ def _spot_pool(scenario: ManyScenario, itype: str, at_s: float) -> Callable[[flo
     return lambda t: catalog.spot_price(itype, zone, t)
 
 
-def _run(
+def _run_group(
     scenario: ManyScenario,
     name: str,
     counts: NDArray[np.float64],
@@ -572,6 +605,7 @@ def _run(
     spot: bool,
     progress: Callable[[str, float], None] | None,
 ) -> ManyRun:
+    """One policy on one fleet of one type (`counts`: the fleet's columns)."""
     trace, settings, catalog = scenario.trace, scenario.settings, scenario.catalog
     width = trace.bucket_s
     start = float(trace.grid_s[0])
@@ -613,7 +647,7 @@ def _run(
             run.moves.append(_replan(fleet, models, rates, settings, now))
         fleet.retire(now)
         serving.bucket(counts[k], now, width)
-        run.peak_instances = max(run.peak_instances, len(fleet.instances))
+        run.live_by_bucket.append(len(fleet.instances))
         if adaptive:
             for f, c in zip(forecasters, counts[k].tolist(), strict=True):
                 f.observe(now, c)
@@ -625,7 +659,71 @@ def _run(
     run.serverless_cost_usd = serving.serverless_usd
     run.spilled, run.hits = serving.spilled, serving.hits
     run.loads, run.demand_loads, run.launches = fleet.loads, serving.demand_loads, fleet.launches
-    run.instance_hours = fleet.hours(end)
+    run.instance_hours = {type_name: fleet.hours(end)}
+    return run
+
+
+def route_groups(scenario: ManyScenario) -> dict[str, NDArray[np.int64]]:
+    """Each route group's models (fleet indices), the rules' groups first, in their order,
+    then the fleet file's other groups as they first appear; no empty group."""
+    rules = scenario.settings.groups
+    labels = [m.group if m.group is not None else group_of(m.name, rules) for m in scenario.fleet]
+    order = [*group_names(rules), *labels]
+    names = np.array(labels, dtype=object)
+    return {g: np.flatnonzero(names == g) for g in dict.fromkeys(order) if (names == g).any()}
+
+
+def _run(
+    scenario: ManyScenario,
+    name: str,
+    counts: NDArray[np.float64],
+    *,
+    adaptive: bool,
+    spot: bool,
+    progress: Callable[[str, float], None] | None,
+) -> ManyRun:
+    """`_run_group` on each route group's models, added up (one group: the flat fleet's)."""
+    groups = route_groups(scenario)
+    if len(groups) == 1:
+        return _run_group(scenario, name, counts, adaptive=adaptive, spot=spot, progress=progress)
+
+    def tick(label: str, width_s: float) -> None:
+        if progress is not None:
+            progress(label, width_s / len(groups))
+
+    parts = {}
+    budgets = share_moves(scenario.settings.max_moves, list(groups))
+    for group, index in groups.items():
+        sub = replace(
+            scenario,
+            fleet=tuple(scenario.fleet[i] for i in index.tolist()),
+            settings=replace(scenario.settings, max_moves=budgets[group]),
+        )
+        parts[group] = _run_group(
+            sub, name, counts[:, index], adaptive=adaptive, spot=spot, progress=tick
+        )
+    n = len(scenario.fleet)
+    first = next(iter(parts.values()))
+    types = dict.fromkeys(p.instance_type for p in parts.values())
+    run = ManyRun(name, "+".join(types), first.duration_s, np.zeros(n), np.zeros(n))
+    for group, part in parts.items():
+        run.requests_by_model[groups[group]] = part.requests_by_model
+        run.good_by_model[groups[group]] = part.good_by_model
+        run.instance_cost_usd += part.instance_cost_usd
+        run.serverless_cost_usd += part.serverless_cost_usd
+        run.spilled += part.spilled
+        run.hits += part.hits
+        run.loads += part.loads
+        run.demand_loads += part.demand_loads
+        run.launches += part.launches
+        for itype, hours in part.instance_hours.items():
+            run.instance_hours[itype] = run.instance_hours.get(itype, 0.0) + hours
+    # every group re-plans at the same buckets, and has one count per bucket
+    run.moves = [sum(m) for m in zip(*(p.moves for p in parts.values()), strict=True)]
+    run.live_by_bucket = [
+        sum(k) for k in zip(*(p.live_by_bucket for p in parts.values()), strict=True)
+    ]
+    run.groups = parts
     return run
 
 
