@@ -7,7 +7,10 @@ many-model instance's charge is shared among its models by the front end's busy 
 
 from __future__ import annotations
 
+import contextlib
 import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -113,53 +116,22 @@ async def test_a_replan_within_a_bucket_feeds_the_forecaster_nothing(tmp_path: P
         await db.close()
 
 
-async def test_a_many_model_instances_charge_is_shared_by_busy_time(tmp_path: Path) -> None:
-    """One real local worker serving two models, busy 3:1 in the first period: the ledger
-    gives them 75 % and 25 % of it; a second period with no busy time goes half and half."""
-    demo = load_catalog().model("demo").to_model()
-    other = demo.model_copy(update={"name": "demo-b"})
-    db = await Database.open(f"sqlite+aiosqlite:///{tmp_path / 'loop.db'}")
-    for m in (demo, other):
-        await db.create_model(m)
-    config = _config()
-    cloud = LocalCloud(config.cloud, models=db.get_model, state_dir=tmp_path / "cloud")
-    busy: dict[tuple[str, str], float] = {}
-    try:
-        offering = next(
-            o for o in await cloud.offerings() if o.market.value == "on-demand" and o.available
-        )
-        inst = await cloud.launch(offering, [demo.name, other.name])
-        await db.save_instance(inst)
-        clock = _Clock(inst.launched_at_s)
-        loop = ControlLoop(db, cloud, config, counts=dict, clock=clock, busy=lambda: dict(busy))
-        busy.update({(inst.id, demo.name): 30.0, (inst.id, other.name): 10.0})
-        clock.now_s += 600.0
-        await loop.sync()
-        first = (await db.costs()).per_model_usd
-        hourly = offering.price_per_hour
-        assert sum(first.values()) == pytest.approx(600.0 * hourly / 3600.0)
-        assert first[demo.name] == pytest.approx(0.75 * sum(first.values()))
-        assert first[other.name] == pytest.approx(0.25 * sum(first.values()))
-        clock.now_s += 600.0  # idle: no busy time past what was shared
-        await loop.sync()
-        costs = await db.costs()
-        assert costs.instances_usd == pytest.approx(1200.0 * hourly / 3600.0)
-        second = 600.0 * hourly / 3600.0
-        assert costs.per_model_usd == pytest.approx(
-            {demo.name: first[demo.name] + second / 2, other.name: first[other.name] + second / 2}
-        )
-    finally:
-        await cloud.close()
-        await db.close()
+@dataclass
+class _Shared:
+    """One real local worker's instance serving two models, its loop on a clock the test moves,
+    and the busy seconds its front end would have counted (set by the test)."""
+
+    db: Database
+    loop: ControlLoop
+    inst: Any
+    offering: Any
+    clock: _Clock
+    names: tuple[str, str]
+    busy: dict[tuple[str, str], float]
 
 
-async def test_the_costs_route_reports_an_instance_shared_3_to_1(
-    tmp_path: Path, db_url: str, serve_factory: Any
-) -> None:
-    """The split read back as operators read it: one real worker serving two models, busy 3:1
-    over its life, ended (its final charge) and pruned by the next sync; then `GET
-    /admin/v1/costs` of a real `mark serve` on the same database (its control loop off, so
-    it charges nothing of its own) gives them 75 % and 25 % of the instance's charge."""
+@contextlib.asynccontextmanager
+async def _shared_instance(db_url: str, tmp_path: Path) -> AsyncIterator[_Shared]:
     demo = load_catalog().model("demo").to_model()
     other = demo.model_copy(update={"name": "demo-b"})
     db = await Database.open(db_url)
@@ -176,17 +148,53 @@ async def test_the_costs_route_reports_an_instance_shared_3_to_1(
         await db.save_instance(inst)
         clock = _Clock(inst.launched_at_s)
         loop = ControlLoop(db, cloud, config, counts=dict, clock=clock, busy=lambda: dict(busy))
-        for period in (1, 2):  # two periods, each 3:1
-            busy.update({(inst.id, demo.name): 30.0 * period, (inst.id, other.name): 10.0 * period})
-            clock.now_s += 600.0
-            await loop.sync()
-        await loop.release_all()  # terminated: the final charge
-        await loop.sync()  # and its busy rows go
-        line = (await db.instance_charges([inst.id]))[inst.id]
-        assert await busy_rows(db) == 0
+        yield _Shared(db, loop, inst, offering, clock, (demo.name, other.name), busy)
     finally:
         await cloud.close()
         await db.close()
+
+
+async def test_a_many_model_instances_charge_is_shared_by_busy_time(tmp_path: Path) -> None:
+    """One real local worker serving two models, busy 3:1 in the first period: the ledger
+    gives them 75 % and 25 % of it; a second period with no busy time goes half and half."""
+    async with _shared_instance(f"sqlite+aiosqlite:///{tmp_path / 'loop.db'}", tmp_path) as x:
+        demo, other = x.names
+        x.busy.update({(x.inst.id, demo): 30.0, (x.inst.id, other): 10.0})
+        x.clock.now_s += 600.0
+        await x.loop.sync()
+        first = (await x.db.costs()).per_model_usd
+        hourly = x.offering.price_per_hour
+        assert sum(first.values()) == pytest.approx(600.0 * hourly / 3600.0)
+        assert first[demo] == pytest.approx(0.75 * sum(first.values()))
+        assert first[other] == pytest.approx(0.25 * sum(first.values()))
+        x.clock.now_s += 600.0  # idle: no busy time past what was shared
+        await x.loop.sync()
+        costs = await x.db.costs()
+        assert costs.instances_usd == pytest.approx(1200.0 * hourly / 3600.0)
+        second = 600.0 * hourly / 3600.0
+        assert costs.per_model_usd == pytest.approx(
+            {demo: first[demo] + second / 2, other: first[other] + second / 2}
+        )
+
+
+async def test_the_costs_route_reports_an_instance_shared_3_to_1(
+    tmp_path: Path, db_url: str, serve_factory: Any
+) -> None:
+    """The split read back as operators read it: one real worker serving two models, busy 3:1
+    over its life, ended (its final charge) and pruned by the next sync; then `GET
+    /admin/v1/costs` of a real `mark serve` on the same database (its control loop off, so
+    it charges nothing of its own) gives them 75 % and 25 % of the instance's charge."""
+    async with _shared_instance(db_url, tmp_path) as x:
+        demo, other = x.names
+        for period in (1, 2):  # two periods, each 3:1
+            x.busy.update({(x.inst.id, demo): 30.0 * period, (x.inst.id, other): 10.0 * period})
+            x.clock.now_s += 600.0
+            await x.loop.sync()
+        await x.loop.release_all()  # terminated: the final charge
+        await x.loop.sync()  # and its busy rows go
+        line = (await x.db.instance_charges([x.inst.id]))[x.inst.id]
+        assert await busy_rows(x.db) == 0
+        offering = x.offering
     assert line.usd == pytest.approx(1200.0 * offering.price_per_hour / 3600.0)
 
     served = serve_factory(db_url, env={"MARK_CONTROL__ENABLED": "false"})
@@ -195,10 +203,10 @@ async def test_the_costs_route_reports_an_instance_shared_3_to_1(
     assert costs["instances_usd"] == pytest.approx(line.usd)
     assert costs["per_instance_type_usd"] == pytest.approx({offering.instance_type: line.usd})
     per_model = costs["per_model_usd"]
-    assert set(per_model) == {demo.name, other.name}
-    assert per_model[demo.name] == pytest.approx(0.75 * line.usd)
-    assert per_model[other.name] == pytest.approx(0.25 * line.usd)
-    assert per_model[demo.name] + per_model[other.name] == pytest.approx(line.usd, rel=1e-12)
+    assert set(per_model) == {demo, other}
+    assert per_model[demo] == pytest.approx(0.75 * line.usd)
+    assert per_model[other] == pytest.approx(0.25 * line.usd)
+    assert per_model[demo] + per_model[other] == pytest.approx(line.usd, rel=1e-12)
 
 
 def _spot_price_step(instance_type: str, zone: str, after_s: float) -> float:
