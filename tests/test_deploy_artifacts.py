@@ -56,7 +56,12 @@ IMPLIED_ACTIONS = {
     "iam:CreateServiceLinkedRole": "the first spot or EC2 Fleet launch creates AWS's own role",
 }
 # botocore operation names that IAM authorises under another action name.
-IAM_ACTION_OF = {"lambda:Invoke": "lambda:InvokeFunction", "s3:ListObjectsV2": "s3:ListBucket"}
+# boto3 operations authorised by an IAM action of another name (HeadObject needs s3:GetObject)
+IAM_ACTION_OF = {
+    "lambda:Invoke": "lambda:InvokeFunction",
+    "s3:ListObjectsV2": "s3:ListBucket",
+    "s3:HeadObject": "s3:GetObject",
+}
 
 
 def unavailable(what: str) -> None:
