@@ -154,9 +154,10 @@ async def running_machines(
     """`Ec2Machines` polled every `interval_s` (off the event loop: boto3 blocks) while the
     block runs; every process stopped after it."""
     machines = Ec2Machines(client, owner, log_dir)
+    stopping = asyncio.Event()
 
     async def polling() -> None:
-        while True:
+        while not stopping.is_set():
             await asyncio.to_thread(machines.poll)
             await asyncio.sleep(interval_s)
 
@@ -164,7 +165,9 @@ async def running_machines(
     try:
         yield machines
     finally:
-        task.cancel()
+        # Not cancelled: a poll in its thread would go on and could start a worker after
+        # `close`; the loop ends after the poll in flight.
+        stopping.set()
         (failed,) = await asyncio.gather(task, return_exceptions=True)
         machines.close()
     if isinstance(failed, Exception):  # a dead poller would pass for a fleet that never ran
