@@ -190,12 +190,20 @@ class Forecaster(ABC):
             self._accept(t, c)
 
     def forecast(
-        self, horizon_buckets: int, quantile: float = 0.95, *, band: bool = True
+        self,
+        horizon_buckets: int,
+        quantile: float = 0.95,
+        *,
+        band: bool = True,
+        peak_buckets: int = 1,
     ) -> Forecast:
         """Mean and upper-quantile rates (requests per second) of the next `horizon_buckets`
         buckets; `start_s` is the start of the next bucket. `band` False: the upper rates are
-        the mean (`ForecastConfig.upper_band`, what the planner covers without a band)."""
+        the mean (`ForecastConfig.upper_band`, what the planner covers without a band).
+        `observed_peak_rps` is the highest of the newest `peak_buckets` observed rates (the
+        planner's scale-in window)."""
         require_int("horizon_buckets", horizon_buckets, 1)
+        require_int("peak_buckets", peak_buckets, 1)
         if not (0.0 < quantile < 1.0):
             raise InvalidValue("quantile", f"must be in (0, 1), got {quantile!r}")
         if self._last_timestamp_s is None:
@@ -211,6 +219,7 @@ class Forecaster(ABC):
             upper_rps=tuple(upper.tolist()),
             quantile=quantile,
             observed_rps=float(self.history.last(1)[0]),
+            observed_peak_rps=float(self.history.last(peak_buckets).max()),
         )
 
     def mean_abs_error(self) -> float | None:

@@ -225,6 +225,28 @@ def test_a_forecast_drop_not_yet_seen_neither_releases_nor_underbuys() -> None:
     assert bought >= observed - 1e-6
 
 
+def test_a_one_bucket_dip_releases_nothing_a_drop_that_lasted_does() -> None:
+    """The scale-in window: the newest bucket dipped to one instance's worth, but the rate seen
+    over the window peaked at three instances' worth, so all three stay; once the window holds
+    only the lower rate, the surplus goes. Never below what the window saw, never more held."""
+    on = offering("c5.large")
+    live = [instance(f"i-{k}", on) for k in range(3)]
+    dip = cap("c5.large") * 0.9
+    low = Forecast(
+        start_s=NOW, bucket_s=60.0, mean_rps=(dip,) * 5, upper_rps=(dip,) * 5, observed_rps=dip
+    )
+    p = run(snapshot(models={"resnet": (model(), low)}, instances=live), spot=False)
+    assert len([a for a in p.actions if isinstance(a, Drain)]) == 2
+    peaked = low.model_copy(update={"observed_peak_rps": cap("c5.large") * 2.5})
+    p = run(snapshot(models={"resnet": (model(), peaked)}, instances=live), spot=False)
+    assert not [a for a in p.actions if isinstance(a, Drain)] and not launches(p)
+    assert sum("scale-in window" in d.reason for d in p.decisions) == 2
+    # A window that peaked at 1.5 instances' worth holds one of the two surplus instances.
+    partial = low.model_copy(update={"observed_peak_rps": cap("c5.large") * 1.5})
+    p = run(snapshot(models={"resnet": (model(), partial)}, instances=live), spot=False)
+    assert len([a for a in p.actions if isinstance(a, Drain)]) == 1
+
+
 def test_the_quantile_covered_is_the_slos_where_no_pool_answers_within_it() -> None:
     slo = Slo(latency_ms=500, percentile=0.98)
     fits = ServerlessTerms(latency_ms=300.0, usd_per_request=1e-5, concurrency=100)

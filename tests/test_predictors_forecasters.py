@@ -115,6 +115,17 @@ def test_last_and_moving_max_on_a_step_down() -> None:
     )
 
 
+@pytest.mark.parametrize("name", ALL)
+def test_the_observed_rate_and_the_peak_of_the_scale_in_window(name: str) -> None:
+    rates = np.concatenate([np.full(50, 20.0), np.full(3, 10.0)])
+    fc = feed(name, rates).forecast(2)
+    assert fc.observed_rps == pytest.approx(10.0) and fc.observed_peak_rps == pytest.approx(10.0)
+    assert feed(name, rates).forecast(2, peak_buckets=3).observed_peak_rps == pytest.approx(10.0)
+    assert feed(name, rates).forecast(2, peak_buckets=4).observed_peak_rps == pytest.approx(20.0)
+    with pytest.raises(InvalidValue, match="peak_buckets"):
+        feed(name, rates).forecast(2, peak_buckets=0)
+
+
 def _noisy_series(n: int, seed: int) -> np.ndarray:
     rng = np.random.default_rng(seed)
     t = np.arange(n)

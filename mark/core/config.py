@@ -181,6 +181,10 @@ class PlannerConfig(_Section):
     drain_s: Annotated[float, Field(ge=0)] = 30.0
     pool_cooldown_s: Annotated[float, Field(ge=0)] = 600.0
     scale_in_hold_s: Annotated[float, Field(ge=0)] = 300.0
+    # release nothing that would leave less capacity than the highest rate observed over this
+    # window (Kubernetes HPA's scale-down stabilization window, 300 s there): capacity is given
+    # back on a drop that lasted, not on one bucket's dip (planner.py, _release)
+    scale_in_window_s: Annotated[float, Field(ge=0)] = 300.0
     # cover the mean forecast, not its upper quantile, until the model's most cost-efficient
     # type could be ready: a tail sooner than that is left to queueing and spill instead of
     # stopgap instances costing many times more per request (provisioner/policy/planner.py)

@@ -314,7 +314,10 @@ class Forecast(_Value):
     """Forecast arrival rate for the buckets of a horizon, with an upper quantile band that the
     planner provisions for (the provisioner covers `upper_rps`, not the mean). `observed_rps`:
     the newest observed rate the forecast was made from (None: unknown), below which the planner
-    does not release capacity it could not buy back in time on a forecast's word alone."""
+    does not release capacity it could not buy back in time on a forecast's word alone.
+    `observed_peak_rps`: the highest rate observed over the planner's scale-in window (None:
+    the newest alone); the planner releases nothing that would leave less capacity than that, so
+    a one-bucket dip in regime-switching traffic is not answered by a release and a re-buy."""
 
     start_s: float
     bucket_s: Annotated[float, Field(gt=0)]
@@ -322,6 +325,7 @@ class Forecast(_Value):
     upper_rps: tuple[float, ...]
     quantile: Annotated[float, Field(gt=0, lt=1)] = 0.95
     observed_rps: Annotated[float, Field(ge=0)] | None = None
+    observed_peak_rps: Annotated[float, Field(ge=0)] | None = None
 
     @model_validator(mode="after")
     def _aligned(self) -> Forecast:

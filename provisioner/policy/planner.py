@@ -28,7 +28,11 @@ One `plan` call, in order:
    stays within `budget_per_hour`; each model left short gets a BUDGET_LIMITED decision with
    the demand left uncovered, and keeps all its instances.
 5. Release: a running instance the greedy did not need is drained only when its paid time ends
-   within `release_window_s`, the model has launched nothing of its type for `scale_in_hold_s`
+   within `release_window_s`, the running instances kept without it still serve the highest
+   rate observed over `scale_in_window_s` (a drop that lasted, not one bucket's dip: on
+   regime-switching traffic such a dip is often followed by the old rate, and the capacity
+   released on it cannot be back before its lead time, while the spill meanwhile costs many
+   times what holding it did), the model has launched nothing of its type for `scale_in_hold_s`
    nor this tick (no launch/release flapping: a stopgap is released while the efficient type
    that replaces it is still being bought), nothing is budget-limited, capped or uncovered for
    the model, and at least `min_instances` stay. Otherwise it is held, and the decision says
@@ -481,6 +485,11 @@ def _release(
     uncovered = float(np.max(gap, initial=0.0))
     staying = len(mp.live) + len(mp.cover.launches)
     peak = int(np.argmax(mp.demand.upper_rps))
+    capacity = {inst.id: float(mp.capacity_rps[k]) for k, inst in enumerate(mp.live)}
+    serving = sum(
+        capacity[mp.live[k].id] for k in mp.cover.kept if mp.live[k].state == InstanceState.RUNNING
+    )
+    seen = snapshot.models[mp.name].forecast.observed_peak_rps or 0.0
     for inst in surplus:
         type_name = inst.offering.instance_type
         itype = snapshot.instance_types.get(type_name)
@@ -492,6 +501,12 @@ def _release(
             why = f"the model is launching {type_name} this tick"
         elif uncovered > 0:
             why = f"{uncovered:.1f} rps of the forecast is uncovered without it"
+        elif serving < seen:
+            window = config.scale_in_window_s
+            why = (
+                f"the rate observed over the last {window:g} s peaked at {seen:.1f} rps and the "
+                f"instances kept serve {serving:.1f} rps (scale-in window)"
+            )
         elif paid_left > config.release_window_s:
             window = config.release_window_s
             why = f"{paid_left:.0f} s of paid time left (release window {window:g} s)"
@@ -510,6 +525,7 @@ def _release(
                 f"paid time ends in {max(paid_left, 0.0):.0f} s",
             )
             continue
+        serving += capacity[inst.id]
         out.decide(
             ActionKind.HOLD,
             f"keeping surplus {inst.offering.key}: {why}",

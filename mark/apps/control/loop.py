@@ -278,11 +278,16 @@ class ControlLoop:
         buckets = forecast_buckets(self.config.planner.horizon_s, self.bucket_s)
         forecaster = self.forecasters[model.name]
         quantile = covered_quantile(self.config.forecast.quantile, model.slo, pool)
-        observed = None
+        observed = observed_peak = None
         if forecaster.observed_buckets > 0:
-            base = forecaster.forecast(buckets, quantile, band=self.config.forecast.upper_band)
+            base = forecaster.forecast(
+                buckets,
+                quantile,
+                band=self.config.forecast.upper_band,
+                peak_buckets=forecast_buckets(self.config.planner.scale_in_window_s, self.bucket_s),
+            )
             mean, upper, start = np.array(base.mean_rps), np.array(base.upper_rps), base.start_s
-            observed = base.observed_rps
+            observed, observed_peak = base.observed_rps, base.observed_peak_rps
         else:
             mean, upper, start = np.zeros(buckets), np.zeros(buckets), now_s
         if self.schedule is not None:
@@ -295,6 +300,7 @@ class ControlLoop:
             upper_rps=tuple(float(v) for v in upper),
             quantile=quantile,
             observed_rps=observed,
+            observed_peak_rps=observed_peak,
         )
 
     # -- the tick -------------------------------------------------------------------------

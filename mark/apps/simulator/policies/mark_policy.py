@@ -91,7 +91,12 @@ class MarkPolicy:
         horizon = forecast_buckets(self.planner.horizon_s, bucket_s)
         pool = self.serverless if self.spill else None
         quantile = covered_quantile(self.forecast.quantile, ctx.model.slo, pool)
-        forecast = state.forecaster.forecast(horizon, quantile, band=self.forecast.upper_band)
+        forecast = state.forecaster.forecast(
+            horizon,
+            quantile,
+            band=self.forecast.upper_band,
+            peak_buckets=forecast_buckets(self.planner.scale_in_window_s, bucket_s),
+        )
         snapshot = build_snapshot(
             ctx.now_s,
             [ctx.model],
