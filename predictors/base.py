@@ -23,7 +23,12 @@ here shares this base class, which owns what they all need and must agree on:
   size, which the traffic never makes. "Similar" is within a factor `LEVEL_FACTOR` of the
   current level; with fewer than `min_errors` such errors, the `min_errors` errors nearest in
   level. Leads past the tracked horizon widen as sqrt(lead). Until `min_errors` errors exist for
-  a lead the band is the Poisson one, mean + z_q * sqrt(mean / bucket_s).
+  a lead the band is the Poisson one, mean + z_q * sqrt(mean / bucket_s), and the upper rate is
+  at least the highest rate observed so far: a forecaster that has not yet shown how far off it
+  is (a model registered minutes ago, a service started without history) cannot rule out that
+  the traffic goes back where it has already been, and the Poisson band alone claims exactly
+  that (on regime-switching traffic a cold forecaster released capacity in a low state that
+  lasted five minutes and spilled the return to the busy one).
 
 `observe_many` is exactly a loop of `observe` (same checks, same state), so the incremental path
 and the bulk path agree bit for bit; the refitting forecasters refit on a fixed schedule of
@@ -211,7 +216,13 @@ class Forecaster(ABC):
                 "history", f"{self.name}: cannot forecast before any bucket has been observed"
             )
         mean = np.maximum(self._mean_path(horizon_buckets), 0.0)
-        upper = mean + self._band(mean, quantile) if band else mean
+        upper = mean
+        if band:
+            lead = np.minimum(np.arange(horizon_buckets), self._tracked - 1)
+            uncalibrated = np.minimum(self._error_counts[lead], self._window) < self._min_errors
+            seen = float(self.history.values().max())
+            upper = mean + self._band(mean, quantile)
+            upper = np.where(uncalibrated, np.maximum(upper, seen), upper)
         return Forecast(
             start_s=self._last_timestamp_s + self.bucket_s,
             bucket_s=self.bucket_s,

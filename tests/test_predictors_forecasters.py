@@ -126,6 +126,22 @@ def test_the_observed_rate_and_the_peak_of_the_scale_in_window(name: str) -> Non
         feed(name, rates).forecast(2, peak_buckets=0)
 
 
+@pytest.mark.parametrize("name", ALL)
+def test_an_uncalibrated_upper_rate_is_not_below_the_highest_seen(name: str) -> None:
+    """Ten busy buckets, then a quiet state: with fewer errors than `min_errors` the forecaster
+    has not shown it can tell a dip from a drop, so the upper rate keeps the busy level; once its
+    errors are known (min_errors quiet buckets later), the band is the calibrated one."""
+    busy, quiet = np.full(10, 400.0), np.full(5, 100.0)
+    cold = feed(name, np.concatenate([busy, quiet]), min_errors=30).forecast(5)
+    assert min(cold.upper_rps) >= 400.0 - 1e-9
+    assert cold.mean_rps[0] < 400.0  # the mean is the algorithm's own
+    warm = feed(name, np.concatenate([busy, np.full(80, 100.0)]), min_errors=30).forecast(5)
+    assert max(warm.upper_rps) < 200.0
+    assert feed(name, np.concatenate([busy, quiet])).forecast(5, band=False).upper_rps == (
+        feed(name, np.concatenate([busy, quiet])).forecast(5, band=False).mean_rps
+    )
+
+
 def _noisy_series(n: int, seed: int) -> np.ndarray:
     rng = np.random.default_rng(seed)
     t = np.arange(n)
