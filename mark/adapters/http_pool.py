@@ -158,8 +158,9 @@ class HttpPool:
         found = self._heads.get((endpoint, path, content_type))
         if found is None:
             host, port, _tls = self._key(endpoint)
+            base = urlsplit(endpoint).path.rstrip("/")  # an endpoint under a path prefix
             found = (
-                f"POST {path} HTTP/1.1\r\nHost: {host}:{port}\r\n"
+                f"POST {base}{path} HTTP/1.1\r\nHost: {host}:{port}\r\n"
                 f"Content-Type: {content_type}\r\nContent-Length: "
             ).encode("latin-1")
             self._heads[(endpoint, path, content_type)] = found

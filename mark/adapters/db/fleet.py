@@ -19,9 +19,20 @@ __all__ = [
     "FleetStore",
 ]
 
+_INSTANCE_COLUMNS = tuple(c.key for c in InstanceRow.__table__.columns)
+
 
 class FleetStore(Store):
-    """Instance types, offerings and instances."""
+    """Instance types, offerings and instances.
+
+    `list_instances` hands back the very `Instance` it built last time for a row that did
+    not change: every front-end process lists the instances on each fleet sync (twice a
+    second), an instance of a many-model fleet lists a thousand models, and the front end
+    then compares the listing with its last one (by identity first) instead of building and
+    comparing twenty thousand names anew."""
+
+    # id -> (the row's column values, the Instance built from them), for the last listing
+    _built: dict[str, tuple[tuple[object, ...], Instance]] | None = None
 
     async def sync_instance_types(self, types: Sequence[InstanceType]) -> None:
         async with self.session() as s:
@@ -130,7 +141,18 @@ class FleetStore(Store):
             query = query.where(InstanceRow.state != InstanceState.TERMINATED.value)
         async with self.session() as s:
             rows = (await s.scalars(query)).all()
-        instances = [instance_from_row(r) for r in rows]
+        built = self._built if self._built is not None else {}
+        instances = []
+        for row in rows:
+            values = tuple(getattr(row, c) for c in _INSTANCE_COLUMNS)
+            known = built.get(row.id)
+            if known is None or known[0] != values:
+                known = built[row.id] = (values, instance_from_row(row))
+            instances.append(known[1])
+        if live_only:  # what is not live now is not kept (a full listing builds it again)
+            listed = {r.id for r in rows}
+            built = {k: v for k, v in built.items() if k in listed}
+        self._built = built
         if model is not None:
             instances = [i for i in instances if model in i.models]
         return instances
