@@ -80,6 +80,7 @@ from frontend.spill_monitor import SpillMonitor
 from frontend.spill_path import SpillPath
 from mark.adapters.backends import BackendClient, ModelNotServed, new_session
 from mark.adapters.http_pool import HttpPool
+from mark.adapters.model_store import SpecObjects
 from mark.adapters.repository import UnloadFailed, request_unload
 from mark.core.config import BatchingConfig
 from mark.core.errors import NotFound
@@ -154,8 +155,12 @@ class Fleet:
         *,
         spill: SpillMonitor | None = None,
         session: aiohttp.ClientSession | None = None,
+        objects: SpecObjects | None = None,
     ) -> None:
+        """`objects` reads the artifacts that are S3 objects, for the metadata of a model no
+        instance runs (boto3's own endpoint when None)."""
         self.config = config
+        self._objects = objects if objects is not None else SpecObjects()
         self.spill = spill
         self._loop = asyncio.get_running_loop()
         self._own_session = session is None
@@ -163,6 +168,8 @@ class Fleet:
             pool_size=config.pool_size, timeout_s=config.worker_timeout_s
         )
         self._http = HttpPool(limit=config.pool_size, timeout_s=config.worker_timeout_s)
+        # the instances' indexes, apart: a read never waits for a slot that inference holds
+        self._index_http = HttpPool(limit=config.pool_size, timeout_s=config.health_interval_s)
         self.client = BackendClient(self._session, self._http)
         # Routing weights are capacities at the SLO with the budget this fleet batches with.
         self._capacity = CapacityCache(budget_fraction=config.slo_budget_fraction)
@@ -237,6 +244,7 @@ class Fleet:
         if self.spill is not None:
             await self.spill.close()
         await self._http.close()
+        await self._index_http.close()
         if self._own_session:
             await self._session.close()
         metrics.flush()
@@ -385,7 +393,7 @@ class Fleet:
         absent = set(residency.absent)
         timeout_s = self.config.health_interval_s
         reads = await asyncio.gather(
-            *(read_index(self._http, instances[i], timeout_s) for i in ids),
+            *(read_index(self._index_http, instances[i], timeout_s) for i in ids),
             return_exceptions=True,
         )
         for instance_id, generation, read in zip(ids, began, reads, strict=True):
@@ -1024,7 +1032,9 @@ class Fleet:
 
     async def _artifact_metadata(self, state: ModelRoutes) -> ArtifactMetadata:
         async with state.metadata_lock:
-            return await artifact_metadata(state, self.now_s(), self.config.sync_interval_s)
+            return await artifact_metadata(
+                state, self.now_s(), self.config.sync_interval_s, self._objects
+            )
 
     def _drop_model(self, name: str, reason: str) -> None:
         state = self._models.pop(name)
