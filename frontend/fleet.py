@@ -188,6 +188,9 @@ class Fleet:
         self._proven: set[tuple[str, str]] = set()  # (id, endpoint) that passed a first check
         self._admitting: set[str] = set()  # instances whose first health check runs
         self._joining: set[str] = set()  # instances that passed it, routed to at `_join`
+        # the links ejected from each instance being probed (`_probe`), by (id, endpoint, and
+        # the model for TF Serving)
+        self._probed: dict[tuple[str, str, str | None], list[tuple[ModelRoutes, Link]]] = {}
         self._sync: asyncio.Task[None] | None = None
         self._watch: asyncio.Task[None] | None = None
         self._flush = asyncio.create_task(self._flush_metrics())
@@ -563,7 +566,16 @@ class Fleet:
         self._apply_residency(state)  # another holder may take its place in the routes
         for q in link.take_all():
             self._route(q)
-        self._spawn(self._probe(state, link))
+        # one probe per instance, for all the models ejected from it (TF Serving: per model,
+        # its readiness is the model's status)
+        tf = state.model.backend.protocol == "tfserving"
+        key = (link.id, link.endpoint, state.backend_name if tf else None)
+        probed = self._probed.get(key)
+        if probed is not None:
+            probed.append((state, link))
+            return
+        self._probed[key] = [(state, link)]
+        self._spawn(self._probe(key))
 
     async def _healthy(self, state: ModelRoutes, link: Link) -> bool:
         """The instance's readiness (v2 `/v2/health/ready`, TF Serving's model status), within
@@ -644,15 +656,26 @@ class Fleet:
         finally:
             self._admitting.discard(instance_id)
 
-    async def _probe(self, state: ModelRoutes, link: Link) -> None:
-        """Health-check an ejected instance until it passes (then it rejoins) or leaves."""
-        while not link.closed:
-            await asyncio.sleep(self.config.health_interval_s)
-            if await self._healthy(state, link) and not link.closed:
+    async def _probe(self, key: tuple[str, str, str | None]) -> None:
+        """Health-check an ejected instance until it passes (then every link ejected from it
+        meanwhile rejoins) or its ejected links have all left: one check per interval for the
+        instance, not one per model it serves."""
+        try:
+            while True:
+                await asyncio.sleep(self.config.health_interval_s)
+                links = [(st, x) for st, x in self._probed[key] if not x.closed]
+                self._probed[key] = links
+                if not links:
+                    return
+                if await self._healthy(*links[0]):
+                    break
+        finally:
+            links = self._probed.pop(key)  # an ejection from now on is probed anew
+        for state, link in links:
+            if not link.closed:
                 link.ejected = False
                 metrics.child(metrics.INSTANCE_EJECTED, state.model.name, link.id).set(0)
                 self._rejoin(state, (link,))
-                return
 
     # --- requests -----------------------------------------------------------------------------
 
