@@ -88,6 +88,7 @@ from mark.core.protocol import InferRequest, TensorMeta
 from mark.core.types import Instance, InstanceState, Model
 from provisioner.policy.batching import BatchPlan
 from provisioner.policy.capacity import CapacityCache
+from provisioner.policy.dataplane import load_target_key
 from provisioner.policy.placement_steps import route_targets
 from provisioner.policy.spill import QueueView
 
@@ -156,10 +157,13 @@ class Fleet:
         spill: SpillMonitor | None = None,
         session: aiohttp.ClientSession | None = None,
         objects: SpecObjects | None = None,
+        memory_budget_mb: float | None = None,
     ) -> None:
         """`objects` reads the artifacts that are S3 objects, for the metadata of a model no
-        instance runs (boto3's own endpoint when None)."""
+        instance runs (boto3's own endpoint when None); `memory_budget_mb` is the workers'
+        (`worker.memory_budget_bytes`): a cold model is loaded where it fits first."""
         self.config = config
+        self._memory_budget_mb = memory_budget_mb
         self._objects = objects if objects is not None else SpecObjects()
         self.spill = spill
         self._loop = asyncio.get_running_loop()
@@ -795,8 +799,9 @@ class Fleet:
 
     def _soonest(self, state: ModelRoutes, tried: frozenset[str]) -> Link | None:
         """The instance of `state`'s model, not in `tried` nor backing off after a failed load
-        of it nor draining it, with the least expected load time, those where the placement
-        put the model first (the first listed among equals); None when none is up."""
+        of it nor draining it, first in `load_target_key`'s order (where the placement put the
+        model, then where it fits in memory, then the least expected load time; the first
+        listed among equals); None when none is up."""
         backend = state.backend_name
         now = self.now_s()
         name = state.model.name
@@ -807,10 +812,26 @@ class Fleet:
             and self._residency.backoff(x.id, backend, now) is None
         ]  # fmt: skip
 
-        def key(x: Link) -> tuple[bool, float]:
-            # where the placement put the model first: the control loop may be loading it there
-            placed = x.instance.placed_models is None or name in x.instance.placed_models
-            return not placed, self._residency.expected_load_s(x.id, backend)
+        need_mb, budget_mb = state.model.memory_mb, self._memory_budget_mb
+        footprints = (
+            {s.backend_name: s.model.memory_mb or 0.0 for s in self._models.values()}
+            if candidates and need_mb is not None and budget_mb is not None
+            else None
+        )
+
+        def key(x: Link) -> tuple[bool, bool, float]:
+            ready = self._residency.ready.get(x.id)  # None: no index (read)
+            free_mb = (
+                None
+                if footprints is None or budget_mb is None or ready is None
+                else budget_mb - sum(footprints.get(n, 0.0) for n in ready)
+            )
+            return load_target_key(
+                placed=x.instance.placed_models is None or name in x.instance.placed_models,
+                need_mb=need_mb,
+                free_mb=free_mb,
+                expected_load_s=self._residency.expected_load_s(x.id, backend),
+            )
 
         return min(candidates, key=key, default=None)
 

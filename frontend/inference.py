@@ -90,10 +90,12 @@ def spill_monitor(config: Config, ledger_sink: ChargeSink) -> SpillMonitor | Non
 @bp.before_server_start
 async def start_fleet(app: Sanic) -> None:
     config: Config = app.ctx.config
+    budget = config.worker.memory_budget_bytes
     fleet = Fleet(
         config.batching,
         spill=spill_monitor(config, app.ctx.db),
         objects=SpecObjects(endpoint_url=config.worker.store_endpoint_url),
+        memory_budget_mb=None if budget is None else budget / 2**20,
     )
     fleet.start_sync(app.ctx.db, config.batching.sync_interval_s)
     app.ctx.fleet = fleet

@@ -537,6 +537,65 @@ async def test_an_ejected_instance_is_probed_once_per_interval_not_once_per_mode
         await good.cleanup()
 
 
+async def _repository_server(ready: list[str], loads: list[str]) -> tuple[web.AppRunner, str]:
+    """A v2 server with the repository API holding `ready`, which loads any model asked
+    (recorded in `loads`) and answers y = 8."""
+
+    async def index(request: web.Request) -> web.Response:
+        await request.read()
+        return web.json_response([{"name": n, "state": "READY", "reason": ""} for n in ready])
+
+    async def load(request: web.Request) -> web.Response:
+        loads.append(request.match_info["m"])
+        ready.append(request.match_info["m"])
+        return web.json_response({})
+
+    async def infer(request: web.Request) -> web.Response:
+        await request.read()
+        output = {"name": "output", "shape": [1, 1], "datatype": "FP32", "data": [8.0]}
+        return web.json_response({"model_name": request.match_info["m"], "outputs": [output]})
+
+    async def health(_: web.Request) -> web.Response:
+        return web.json_response({})
+
+    app = web.Application()
+    app.router.add_post("/v2/repository/index", index)
+    app.router.add_post("/v2/repository/models/{m}/load", load)
+    app.router.add_post("/v2/models/{m}/infer", infer)
+    app.router.add_get("/v2/health/ready", health)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    return runner, f"http://127.0.0.1:{runner.addresses[0][1]}"
+
+
+async def test_a_cold_model_is_loaded_where_it_fits_before_a_full_instance() -> None:
+    """Two instances, equally quick to load: the one listed first holds models that fill the
+    workers' memory budget, the other nothing. A model resident nowhere is loaded on the one
+    with room (the full one would evict, or refuse for models in active rotation)."""
+    full_loads: list[str] = []
+    free_loads: list[str] = []
+    full, full_url = await _repository_server(["h1", "h2"], full_loads)
+    free, free_url = await _repository_server([], free_loads)
+    names = ("h1", "h2", "cold")
+    models = [model(n, slo_ms=30_000.0).model_copy(update={"memory_mb": 100.0}) for n in names]
+    fleet = Fleet(BatchingConfig(), memory_budget_mb=200.0)
+    try:
+        fleet.set_models(models)
+        fleet.set_instances([running("full", full_url, names), running("free", free_url, names)])
+        await fleet.admitted()
+        await fleet.refresh_residency()
+        assert fleet.resident("h1") == ["full"] and fleet.resident("cold") == []
+        answer = await fleet.infer("cold", _request())
+        assert answer.instance_id == "free"
+        assert free_loads == ["cold"] and full_loads == []
+    finally:
+        await fleet.close()
+        await full.cleanup()
+        await free.cleanup()
+
+
 async def test_the_front_end_learns_residency_on_its_sync_cadence(
     pair: Pair, tmp_path: Path
 ) -> None:
