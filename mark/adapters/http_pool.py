@@ -1,10 +1,12 @@
-"""A lean keep-alive HTTP/1.1 client for the one call on the inference hot path: POST a body to
-an instance and read its answer.
+"""A lean keep-alive HTTP/1.1 client for the calls a front end makes most: POST a body to an
+instance and read its answer (inference, and the repository index read on every fleet sync:
+mark/adapters/repository.py).
 
 Why not aiohttp here: its client costs ~300 us of CPU per call on the 2-core benchmark VM, more
 than half of the front end's whole per-request budget, while one asyncio protocol per connection
 with httptools' parser (Sanic's own dependency) does the same call for ~75 us
 (bench/bench_frontend.py). Health checks and metadata stay on aiohttp: they are rare.
+An endpoint may carry a path prefix (`http://host:port/prefix`): every path is under it.
 
 What it does and does not do: HTTP/1.1 with Content-Length or chunked answers (every v2 and TF
 Serving server answers so), plain TCP or TLS by the endpoint's scheme, at most `limit` calls in
