@@ -3,9 +3,10 @@
 single-model path), measured in this run, in one process.
 
 The fleet is a real `Fleet` synced from a real SQLite database (1,000 models, 20 instances each
-listing all of them) and the instances' real repository indexes over HTTP (served in this
-process: instance k holds 50 models, the 20 most requested on 3 instances each), with the spill
-monitor on as under `mark serve`. Two costs make up routing:
+listing all of them) and the instances' repository indexes over HTTP as `mark worker` serves
+them (304 while unchanged since the caller's read: mark/core/protocol/repository.py; served by a
+child process: instance k holds 50 models, the 20 most requested on 3 instances each), with the
+spill monitor on as under `mark serve`. Two costs make up routing:
 - per request, what `Fleet.infer` does before it waits for the answer: the request's deadline
   and queue entry, the pick among the instances holding its model (smooth weighted
   round-robin), the batcher's enqueue and the spill rule's check (`Fleet._route`), and the spill
@@ -28,6 +29,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gc
+import json
 import multiprocessing
 import os
 import socket
@@ -48,7 +50,7 @@ from frontend.fleet import Fleet
 from frontend.spill_monitor import SpillMonitor
 from mark.adapters.db import Database
 from mark.core.config import BatchingConfig, ServerlessConfig, SpillConfig
-from mark.core.protocol import InferRequest, Tensor
+from mark.core.protocol import InferRequest, Tensor, index_etag
 from provisioner.adapters.serverless import LocalFunctionPool
 from tests.dataplane import model, running
 
@@ -74,14 +76,21 @@ def _serve_indexes(ready: Ready, port: int) -> None:
     its READY models, and its health (in a child process: the instances' work is not the front
     end's)."""
     bodies = {
-        (fleet, k): [{"name": n, "version": "1", "state": "READY", "reason": ""} for n in names]
+        (fleet, k): json.dumps(
+            [{"name": n, "version": "1", "state": "READY", "reason": ""} for n in names]
+        ).encode()
         for fleet, instances in ready.items()
         for k, names in instances.items()
     }
 
     async def index(request: web.Request) -> web.Response:
+        """As `mark worker` answers it: 304 to the tag of the body the caller read last."""
         await request.read()
-        return web.json_response(bodies[request.match_info["f"], int(request.match_info["k"])])
+        body = bodies[request.match_info["f"], int(request.match_info["k"])]
+        etag = index_etag(body)
+        if request.headers.get("If-None-Match") == etag:
+            return web.Response(status=304, headers={"ETag": etag})
+        return web.Response(body=body, content_type="application/json", headers={"ETag": etag})
 
     async def ready(_: web.Request) -> web.Response:
         return web.json_response({"ready": True})

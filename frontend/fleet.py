@@ -69,6 +69,8 @@ from frontend.dispatch import dispatch
 from frontend.links import Link, ModelRoutes, link_plan, reachable, reweigh, serving
 from frontend.model_metadata import ArtifactMetadata, artifact_metadata, fetch_metadata
 from frontend.residency import (
+    NO_REPOSITORY_API,
+    IndexRead,
     IndexUnreadable,
     LoadFailed,
     ModelLoad,
@@ -189,6 +191,7 @@ class Fleet:
         self._loaded_here: set[tuple[ModelRoutes, Link]] = set()  # this front end's loads
         self._listing: list[Instance] | None = None  # the last set_instances, None: relink
         self._endpoints: dict[str, str] = {}  # its reachable instances' endpoints, by id
+        self._index_reads: dict[str, IndexRead] = {}  # each one's last index read (tagged)
         self._proven: set[tuple[str, str]] = set()  # (id, endpoint) that passed a first check
         self._admitting: set[str] = set()  # instances whose first health check runs
         self._joining: set[str] = set()  # instances that passed it, routed to at `_join`
@@ -399,17 +402,23 @@ class Fleet:
         before = {i: residency.ready.get(i, _UNREAD) for i in ids}
         absent = set(residency.absent)
         timeout_s = self.config.health_interval_s
+        last = self._index_reads
         reads = await asyncio.gather(
-            *(read_index(self._index_http, instances[i], timeout_s) for i in ids),
+            *(read_index(self._index_http, instances[i], timeout_s, last=last.get(i)) for i in ids),
             return_exceptions=True,
         )
+        self._index_reads = {i: r for i, r in last.items() if i in instances}
         for instance_id, generation, read in zip(ids, began, reads, strict=True):
             if isinstance(read, IndexUnreadable):
                 logger.info("keeping the last residency of %s: %s", instance_id, read)
             elif isinstance(read, BaseException):  # never let one instance stop the sync
                 logger.warning("reading the index of %s failed: %r", instance_id, read)
-            else:
-                residency.apply(instance_id, read, generation)
+            elif read is None:
+                self._index_reads.pop(instance_id, None)
+                residency.apply(instance_id, NO_REPOSITORY_API, generation)
+            else:  # an unchanged index (304) is the last read's again
+                self._index_reads[instance_id] = read
+                residency.apply(instance_id, read.ready, generation)
         changed = {backend for _, backend in absent - residency.absent}  # refusals read over
         whole: set[str] = set()  # instances to or from the listing's view: all their models
         for instance_id, old in before.items():

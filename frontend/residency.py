@@ -49,6 +49,7 @@ from dataclasses import dataclass, field
 from frontend.batcher import QueuedRequest
 from mark.adapters.repository import (
     NO_REPOSITORY_API,
+    IndexRead,
     IndexUnreadable,
     LoadFailed,
     read_index,
@@ -56,8 +57,8 @@ from mark.adapters.repository import (
 )
 from mark.core.types import Instance
 
-__all__ = ["NO_REPOSITORY_API", "Backoff", "IndexUnreadable", "LoadFailed", "ModelLoad",
-           "Residency", "read_index", "request_load"]  # fmt: skip
+__all__ = ["NO_REPOSITORY_API", "Backoff", "IndexRead", "IndexUnreadable", "LoadFailed",
+           "ModelLoad", "Residency", "read_index", "request_load"]  # fmt: skip
 
 
 @dataclass(eq=False, slots=True)

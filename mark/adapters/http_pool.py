@@ -169,10 +169,17 @@ class HttpPool:
         return found
 
     async def post(
-        self, endpoint: str, path: str, body: bytes, content_type: str = "application/json"
+        self,
+        endpoint: str,
+        path: str,
+        body: bytes,
+        content_type: str = "application/json",
+        headers: bytes = b"",
     ) -> HttpAnswer:
-        """POST `body` to endpoint + path; raises HttpError when no complete answer came."""
-        data = b"%b%d\r\n\r\n%b" % (self._head(endpoint, path, content_type), len(body), body)
+        """POST `body` to endpoint + path, with `headers` (lines, each ending in CRLF) besides
+        the usual; raises HttpError when no complete answer came."""
+        head = self._head(endpoint, path, content_type)
+        data = b"%b%d\r\n%b\r\n%b" % (head, len(body), headers, body)
         key = self._key(endpoint)
         async with self._slots:
             # A timer per call that cancels it (its connection is then closed, not reused),

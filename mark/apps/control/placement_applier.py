@@ -73,6 +73,7 @@ import aiohttp
 from mark.adapters.db import Database, Fence
 from mark.adapters.http_pool import HttpPool
 from mark.adapters.repository import (
+    IndexRead,
     IndexUnreadable,
     LoadFailed,
     read_index,
@@ -746,8 +747,8 @@ class _GroupPlacement:
         finally:
             await http.close()
         for inst, read in zip(instances, reads, strict=True):
-            if isinstance(read, frozenset):
-                self._held[inst.id] = read
+            if isinstance(read, IndexRead):
+                self._held[inst.id] = read.ready
             elif read is None:  # no repository API: it holds what it was started with
                 self._held[inst.id] = frozenset(inst.models)
             elif isinstance(read, IndexUnreadable):
