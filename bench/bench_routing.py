@@ -3,9 +3,10 @@
 single-model path), measured in this run, in one process.
 
 The fleet is a real `Fleet` synced from a real SQLite database (1,000 models, 20 instances each
-listing all of them) and the instances' real repository indexes over HTTP (served in this
-process: instance k holds 50 models, the 20 most requested on 3 instances each), with the spill
-monitor on as under `mark serve`. Two costs make up routing:
+listing all of them) and the instances' repository indexes over HTTP as `mark worker` serves
+them (304 while unchanged since the caller's read: mark/core/protocol/repository.py; served by a
+child process: instance k holds 50 models, the 20 most requested on 3 instances each), with the
+spill monitor on as under `mark serve`. Two costs make up routing:
 - per request, what `Fleet.infer` does before it waits for the answer: the request's deadline
   and queue entry, the pick among the instances holding its model (smooth weighted
   round-robin), the batcher's enqueue and the spill rule's check (`Fleet._route`), and the spill
@@ -15,7 +16,10 @@ monitor on as under `mark serve`. Two costs make up routing:
   instance's index and routing each model anew where its residency changed, amortized per
   request at `--rate` requests per second (the CPU this process spent; the indexes are served
   by a child process, as instances serve their own). The first sync, which builds the 20,000
-  (model, instance) routes, is reported apart: it is paid once, when the front end starts.
+  (model, instance) routes, is reported apart: it is paid once, when the front end starts
+  ("first sync s": from the sync's start until every instance passed its first health check
+  and is routed to; "stall s": the longest the event loop was blocked meanwhile, which every
+  request then in flight waits out).
 
     .venv/bin/python bench/bench_routing.py [--requests 20000] [--rate 1000] [--rounds 5]
 """
@@ -25,6 +29,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gc
+import json
 import multiprocessing
 import os
 import socket
@@ -45,7 +50,7 @@ from frontend.fleet import Fleet
 from frontend.spill_monitor import SpillMonitor
 from mark.adapters.db import Database
 from mark.core.config import BatchingConfig, ServerlessConfig, SpillConfig
-from mark.core.protocol import InferRequest, Tensor
+from mark.core.protocol import InferRequest, Tensor, index_etag
 from provisioner.adapters.serverless import LocalFunctionPool
 from tests.dataplane import model, running
 
@@ -71,14 +76,21 @@ def _serve_indexes(ready: Ready, port: int) -> None:
     its READY models, and its health (in a child process: the instances' work is not the front
     end's)."""
     bodies = {
-        (fleet, k): [{"name": n, "version": "1", "state": "READY", "reason": ""} for n in names]
+        (fleet, k): json.dumps(
+            [{"name": n, "version": "1", "state": "READY", "reason": ""} for n in names]
+        ).encode()
         for fleet, instances in ready.items()
         for k, names in instances.items()
     }
 
     async def index(request: web.Request) -> web.Response:
+        """As `mark worker` answers it: 304 to the tag of the body the caller read last."""
         await request.read()
-        return web.json_response(bodies[request.match_info["f"], int(request.match_info["k"])])
+        body = bodies[request.match_info["f"], int(request.match_info["k"])]
+        etag = index_etag(body)
+        if request.headers.get("If-None-Match") == etag:
+            return web.Response(status=304, headers={"ETag": etag})
+        return web.Response(body=body, content_type="application/json", headers={"ETag": etag})
 
     async def ready(_: web.Request) -> web.Response:
         return web.json_response({"ready": True})
@@ -103,6 +115,21 @@ def _index_server(ready: Ready) -> tuple[multiprocessing.Process, str]:
     return child, f"http://127.0.0.1:{port}"
 
 
+async def _longest_stall() -> float:
+    """Until cancelled: the longest the event loop went without running this task (a 1 ms
+    tick), in seconds: what a request arriving then would have waited before any of it ran."""
+    longest = 0.0
+    last = time.perf_counter()
+    try:
+        while True:
+            await asyncio.sleep(0.001)
+            now = time.perf_counter()
+            longest = max(longest, now - last)
+            last = now
+    except asyncio.CancelledError:
+        return max(longest, time.perf_counter() - last)
+
+
 class Setup:
     """A fleet of `names` on INSTANCES instances, synced from its own database."""
 
@@ -110,18 +137,22 @@ class Setup:
         self.names = names
         self.url = url  # its instances' indexes are at {url}/i{k}
 
-    async def start(self, tmp: Path) -> float:
+    async def start(self, tmp: Path) -> tuple[float, float]:
+        """The first sync until every instance is routed to, and the longest stall of the
+        event loop meanwhile (seconds)."""
         self.db = await Database.open(f"sqlite+aiosqlite:///{tmp / 'bench.db'}")
         await self.db.create_models([model(n, slo_ms=1000.0) for n in self.names])
         for k in range(INSTANCES):
             await self.db.save_instance(running(f"i{k}", f"{self.url}/i{k}", self.names))
         pool = LocalFunctionPool(ServerlessConfig(concurrency=8))
         self.fleet = Fleet(BatchingConfig(), spill=SpillMonitor(pool, SpillConfig()))
+        stalls = asyncio.create_task(_longest_stall())
         started = time.perf_counter()
         await self.sync()
-        took_s = time.perf_counter() - started
         await self.fleet.admitted(120)  # each new instance's first health check
-        return took_s
+        took_s = time.perf_counter() - started
+        stalls.cancel()
+        return took_s, await stalls
 
     async def sync(self) -> None:
         """One `Fleet.sync_forever` round."""
@@ -154,7 +185,8 @@ class Setup:
         took_s = time.perf_counter() - started
         for name in set(stream):  # nothing is sent: empty the queues for the next block
             for link in fleet._models[name].links.values():
-                link.batcher.pending.clear()
+                if link.made is not None:  # a batcher is made when first used
+                    link.made.pending.clear()
         started = time.perf_counter()
         fleet._queued_models()  # the spill watch's pass over the models they queued on
         return took_s + time.perf_counter() - started
@@ -205,14 +237,16 @@ async def main() -> None:
                     await asyncio.sleep(0.05)
             per_sync = args.rate * BatchingConfig().sync_interval_s
             print(f"{'fleet':>12} {'pick us/req':>11} {'route us/req':>12} {'sync ms':>8} "
-                  f"{'sync us/req':>11} {'route+sync':>10} {'first sync s':>12}")  # fmt: skip
+                  f"{'sync us/req':>11} {'route+sync':>10} {'first sync s':>12} "
+                  f"{'stall s':>7}")  # fmt: skip
             rows = {}
             for label in setups:
                 p, r = statistics.median(pick_us[label]), statistics.median(route_us[label])
                 s = statistics.median(sync_ms[label])
                 rows[label] = (p, r, r + s * 1e3 / per_sync)
                 print(f"{label:>12} {p:>11.2f} {r:>12.2f} {s:>8.2f} {s * 1e3 / per_sync:>11.2f} "
-                      f"{rows[label][2]:>10.2f} {first[label]:>12.2f}")  # fmt: skip
+                      f"{rows[label][2]:>10.2f} {first[label][0]:>12.2f} "
+                      f"{first[label][1]:>7.2f}")  # fmt: skip
             many, one = rows["1000 models"], rows["1 model"]
             print(f"\n1000 models on {INSTANCES} instances, per request: pick {many[0]:.2f} us, "
                   f"route {many[1]:.2f} us ({many[1] / one[1]:.2f}x one model on them), with the "

@@ -69,6 +69,8 @@ from frontend.dispatch import dispatch
 from frontend.links import Link, ModelRoutes, link_plan, reachable, reweigh, serving
 from frontend.model_metadata import ArtifactMetadata, artifact_metadata, fetch_metadata
 from frontend.residency import (
+    NO_REPOSITORY_API,
+    IndexRead,
     IndexUnreadable,
     LoadFailed,
     ModelLoad,
@@ -80,6 +82,7 @@ from frontend.spill_monitor import SpillMonitor
 from frontend.spill_path import SpillPath
 from mark.adapters.backends import BackendClient, ModelNotServed, new_session
 from mark.adapters.http_pool import HttpPool
+from mark.adapters.model_store import SpecObjects
 from mark.adapters.repository import UnloadFailed, request_unload
 from mark.core.config import BatchingConfig
 from mark.core.errors import NotFound
@@ -87,6 +90,7 @@ from mark.core.protocol import InferRequest, TensorMeta
 from mark.core.types import Instance, InstanceState, Model
 from provisioner.policy.batching import BatchPlan
 from provisioner.policy.capacity import CapacityCache
+from provisioner.policy.dataplane import load_target_key
 from provisioner.policy.placement_steps import route_targets
 from provisioner.policy.spill import QueueView
 
@@ -106,6 +110,45 @@ class FleetSource(Protocol):
     ) -> list[Instance]: ...
 
 
+class _LinkCalls:
+    """One link's batcher (made when the link is first used) and what it calls: its plan,
+    its dispatch and its expiry, for the fleet's model on that instance. One object per link,
+    not a closure for each call and a cell for each name they use: a thousand models on
+    twenty instances are 20,000 links, and their batchers and closures were half a million
+    objects for the garbage collector to walk, a second of the front end's first sync."""
+
+    __slots__ = ("fleet", "state", "link")
+
+    def __init__(self, fleet: Fleet, state: ModelRoutes) -> None:
+        self.fleet = fleet
+        self.state = state
+        self.link: Link  # set once the link is made: its batcher is made first
+
+    def batcher(self) -> InstanceBatcher:
+        config = self.fleet.config
+        return InstanceBatcher(
+            plan_for=self.plan_for,
+            dispatch=self.dispatch,
+            expire=self.expire,
+            max_inflight=config.max_inflight_batches,
+            window_s=config.rate_window_s,
+            clock=self.fleet.now_s,
+        )
+
+    def plan_for(self, rate_rps: float) -> BatchPlan:
+        return link_plan(self.state, self.link, self.fleet.config, rate_rps)
+
+    def dispatch(self, batch: list[QueuedRequest]) -> Awaitable[None]:
+        fleet = self.fleet
+        return dispatch(fleet.client, self.state, self.link, batch, self.failed, fleet.now_s())
+
+    def failed(self, batch: list[QueuedRequest], exc: Exception) -> None:
+        self.fleet._instance_failed(self.state, self.link, batch, exc)
+
+    def expire(self, q: QueuedRequest) -> None:
+        self.fleet._cannot_meet(q, "it waited its time out in the queue")
+
+
 class Fleet:
     """Must be created inside a running event loop (it owns an aiohttp session and tasks)."""
 
@@ -115,8 +158,15 @@ class Fleet:
         *,
         spill: SpillMonitor | None = None,
         session: aiohttp.ClientSession | None = None,
+        objects: SpecObjects | None = None,
+        memory_budget_mb: float | None = None,
     ) -> None:
+        """`objects` reads the artifacts that are S3 objects, for the metadata of a model no
+        instance runs (boto3's own endpoint when None); `memory_budget_mb` is the workers'
+        (`worker.memory_budget_bytes`): a cold model is loaded where it fits first."""
         self.config = config
+        self._memory_budget_mb = memory_budget_mb
+        self._objects = objects if objects is not None else SpecObjects()
         self.spill = spill
         self._loop = asyncio.get_running_loop()
         self._own_session = session is None
@@ -124,6 +174,8 @@ class Fleet:
             pool_size=config.pool_size, timeout_s=config.worker_timeout_s
         )
         self._http = HttpPool(limit=config.pool_size, timeout_s=config.worker_timeout_s)
+        # the instances' indexes, apart: a read never waits for a slot that inference holds
+        self._index_http = HttpPool(limit=config.pool_size, timeout_s=config.health_interval_s)
         self.client = BackendClient(self._session, self._http)
         # Routing weights are capacities at the SLO with the budget this fleet batches with.
         self._capacity = CapacityCache(budget_fraction=config.slo_budget_fraction)
@@ -139,8 +191,13 @@ class Fleet:
         self._loaded_here: set[tuple[ModelRoutes, Link]] = set()  # this front end's loads
         self._listing: list[Instance] | None = None  # the last set_instances, None: relink
         self._endpoints: dict[str, str] = {}  # its reachable instances' endpoints, by id
+        self._index_reads: dict[str, IndexRead] = {}  # each one's last index read (tagged)
         self._proven: set[tuple[str, str]] = set()  # (id, endpoint) that passed a first check
         self._admitting: set[str] = set()  # instances whose first health check runs
+        self._joining: set[str] = set()  # instances that passed it, routed to at `_join`
+        # the links ejected from each instance being probed (`_probe`), by (id, endpoint, and
+        # the model for TF Serving)
+        self._probed: dict[tuple[str, str, str | None], list[tuple[ModelRoutes, Link]]] = {}
         self._sync: asyncio.Task[None] | None = None
         self._watch: asyncio.Task[None] | None = None
         self._flush = asyncio.create_task(self._flush_metrics())
@@ -197,6 +254,7 @@ class Fleet:
         if self.spill is not None:
             await self.spill.close()
         await self._http.close()
+        await self._index_http.close()
         if self._own_session:
             await self._session.close()
         metrics.flush()
@@ -344,17 +402,23 @@ class Fleet:
         before = {i: residency.ready.get(i, _UNREAD) for i in ids}
         absent = set(residency.absent)
         timeout_s = self.config.health_interval_s
+        last = self._index_reads
         reads = await asyncio.gather(
-            *(read_index(self._session, instances[i], timeout_s) for i in ids),
+            *(read_index(self._index_http, instances[i], timeout_s, last=last.get(i)) for i in ids),
             return_exceptions=True,
         )
+        self._index_reads = {i: r for i, r in last.items() if i in instances}
         for instance_id, generation, read in zip(ids, began, reads, strict=True):
             if isinstance(read, IndexUnreadable):
                 logger.info("keeping the last residency of %s: %s", instance_id, read)
             elif isinstance(read, BaseException):  # never let one instance stop the sync
                 logger.warning("reading the index of %s failed: %r", instance_id, read)
-            else:
-                residency.apply(instance_id, read, generation)
+            elif read is None:
+                self._index_reads.pop(instance_id, None)
+                residency.apply(instance_id, NO_REPOSITORY_API, generation)
+            else:  # an unchanged index (304) is the last read's again
+                self._index_reads[instance_id] = read
+                residency.apply(instance_id, read.ready, generation)
         changed = {backend for _, backend in absent - residency.absent}  # refusals read over
         whole: set[str] = set()  # instances to or from the listing's view: all their models
         for instance_id, old in before.items():
@@ -374,13 +438,10 @@ class Fleet:
         """Route `state`'s model to the links that hold it (not being drained off them), those
         where it is placed first (`route_targets`), and only to those; requests waiting for an
         instance are routed again when one more could take them."""
-        name, backend = state.model.name, state.backend_name
+        name = state.model.name
         before = {link.id for link in state.links.values() if link.routable or link.loadable}
         for link in state.links.values():
-            inst = link.instance
-            link.resident = (
-                self._residency.holds(inst, name, backend) and name not in inst.draining_models
-            )
+            link.resident = self._holds(state, link)
             link.loadable = self._loadable(state, link)
         targets = route_targets(
             {
@@ -401,6 +462,15 @@ class Fleet:
         ):
             self._release_waiting(state)
 
+    def _holds(self, state: ModelRoutes, link: Link) -> bool:
+        """`link`'s instance holds the model in memory (frontend/residency.py) and the model
+        is not being drained off it."""
+        name, instance = state.model.name, link.instance
+        return (
+            self._residency.holds(instance, name, state.backend_name)
+            and name not in instance.draining_models
+        )
+
     def _loadable(self, state: ModelRoutes, link: Link) -> bool:
         """`link`'s instance may be asked to load the model: up, and not an instance the model
         is being drained off, even once its index says it left: the mark stays until the
@@ -412,25 +482,11 @@ class Fleet:
     # --- links --------------------------------------------------------------------------------
 
     def _add_link(self, state: ModelRoutes, instance: Instance) -> None:
-        holder: list[Link] = []
-
-        def failed(batch: list[QueuedRequest], exc: Exception) -> None:
-            self._instance_failed(state, holder[0], batch, exc)
-
-        batcher = InstanceBatcher(
-            plan_for=link_plan(state, lambda: holder[0], self.config),
-            dispatch=lambda batch: dispatch(
-                self.client, state, holder[0], batch, failed, self.now_s()
-            ),
-            expire=lambda q: self._cannot_meet(q, "it waited its time out in the queue"),
-            max_inflight=self.config.max_inflight_batches,
-            window_s=self.config.rate_window_s,
-            clock=self.now_s,
-        )
-        link = Link(instance, batcher, state.model.profiles.get(instance.offering.instance_type))
+        calls = _LinkCalls(self, state)
+        profile = state.model.profiles.get(instance.offering.instance_type)
+        link = calls.link = Link(instance, calls.batcher, profile)
         link.resident = False  # until `_apply_residency`, which its caller runs
         link.proven = (instance.id, instance.endpoint) in self._proven
-        holder.append(link)
         state.links[instance.id] = link
         if not link.proven and instance.id not in self._admitting:
             self._admitting.add(instance.id)
@@ -442,13 +498,13 @@ class Fleet:
             metrics.child(metrics.INSTANCE_EJECTED, state.model.name, link.id).set(0)
         state.links.pop(link.id, None)
         state.router.remove(link.id)
-        queue = link.queue(len(state.router), draining=True) if draining else None
-        taken = link.batcher.take_all()
-        if queue is not None:
-            taken = self._spill_some(state, taken, queue)
+        taken = link.take_all()
+        if draining and taken:
+            taken = self._spill_some(state, taken, link.queue(len(state.router), draining=True))
         for q in taken:
             self._route(q)
-        self._spawn(link.batcher.close())
+        if link.made is not None:
+            self._spawn(link.made.close())
 
     def _check_health(self, state: ModelRoutes, link: Link, why: str) -> None:
         """An instance refused a call or a load in words that are no failure of its own (503
@@ -521,9 +577,18 @@ class Fleet:
         metrics.child(metrics.INSTANCE_EJECTED, state.model.name, link.id).set(1)
         state.router.remove(link.id)
         self._apply_residency(state)  # another holder may take its place in the routes
-        for q in link.batcher.take_all():
+        for q in link.take_all():
             self._route(q)
-        self._spawn(self._probe(state, link))
+        # one probe per instance, for all the models ejected from it (TF Serving: per model,
+        # its readiness is the model's status)
+        tf = state.model.backend.protocol == "tfserving"
+        key = (link.id, link.endpoint, state.backend_name if tf else None)
+        probed = self._probed.get(key)
+        if probed is not None:
+            probed.append((state, link))
+            return
+        self._probed[key] = [(state, link)]
+        self._spawn(self._probe(key))
 
     async def _healthy(self, state: ModelRoutes, link: Link) -> bool:
         """The instance's readiness (v2 `/v2/health/ready`, TF Serving's model status), within
@@ -533,8 +598,21 @@ class Fleet:
             return await self.client.tf_ready(link.endpoint, state.backend_name, timeout_s)
         return await self.client.ready(link.endpoint, timeout_s)
 
-    def _rejoin(self, state: ModelRoutes, link: Link) -> None:
-        self._apply_residency(state)  # routes `link` where it holds and is placed
+    def _rejoin(self, state: ModelRoutes, links: Sequence[Link]) -> None:
+        """`links` are up (their first health check passed, or they are back from an
+        ejection): routed to where they hold the model and it is placed (`_apply_residency`),
+        and what waits for an instance is routed again. Links not holding the model change no
+        other link's route, only that they may load the model now: the model's routes are not
+        made anew (twenty instances joining a fleet of a thousand models, each holding a
+        twentieth of them, were 400,000 link updates)."""
+        if any(self._holds(state, link) for link in links):
+            self._apply_residency(state)
+        else:  # what `_apply_residency` would set; the other links are as it left them
+            for link in links:
+                link.resident = False
+                link.loadable = self._loadable(state, link)
+                link.preferred = True
+                state.router.remove(link.id)
         self._release_waiting(state)
 
     def _links_of(self, instance_id: str) -> list[tuple[ModelRoutes, Link]]:
@@ -544,6 +622,22 @@ class Fleet:
             for state in self._models.values()
             if (link := state.links.get(instance_id)) is not None and not link.closed
         ]
+
+    def _join(self) -> None:
+        """Route to the instances that passed their first check since the last call (each of
+        their models, `_rejoin`), one pass for all: instances joining together (a front end's
+        start) route each model anew once, not once per instance."""
+        joining, self._joining = self._joining, set()
+        joined: dict[ModelRoutes, list[Link]] = {}
+        for instance_id in joining:
+            for state, link in self._links_of(instance_id):
+                link.proven = True
+                if link.ejected:  # reported after the grace: it came up after all
+                    link.ejected = False
+                    metrics.child(metrics.INSTANCE_EJECTED, state.model.name, link.id).set(0)
+                joined.setdefault(state, []).append(link)
+        for state, links in joined.items():
+            self._rejoin(state, links)
 
     async def _admit(self, instance_id: str) -> None:
         """Health-check a new instance until it passes (then each of its models is routed to
@@ -556,16 +650,10 @@ class Fleet:
         try:
             while links := self._links_of(instance_id):
                 if await self._healthy(*links[0]):
-                    for state, link in self._links_of(instance_id):
-                        self._proven.add((link.id, link.endpoint))
-                        link.proven = True
-                        if link.ejected:  # reported after the grace: it came up after all
-                            link.ejected = False
-                            gauge = metrics.child(
-                                metrics.INSTANCE_EJECTED, state.model.name, link.id
-                            )
-                            gauge.set(0)
-                        self._rejoin(state, link)
+                    self._proven.add((instance_id, links[0][1].endpoint))
+                    self._joining.add(instance_id)
+                    if len(self._joining) == 1:
+                        self._loop.call_soon(self._join)
                     return
                 if self.now_s() >= grace_ends_s and not all(link.ejected for _, link in links):
                     logger.warning(
@@ -581,15 +669,26 @@ class Fleet:
         finally:
             self._admitting.discard(instance_id)
 
-    async def _probe(self, state: ModelRoutes, link: Link) -> None:
-        """Health-check an ejected instance until it passes (then it rejoins) or leaves."""
-        while not link.closed:
-            await asyncio.sleep(self.config.health_interval_s)
-            if await self._healthy(state, link) and not link.closed:
+    async def _probe(self, key: tuple[str, str, str | None]) -> None:
+        """Health-check an ejected instance until it passes (then every link ejected from it
+        meanwhile rejoins) or its ejected links have all left: one check per interval for the
+        instance, not one per model it serves."""
+        try:
+            while True:
+                await asyncio.sleep(self.config.health_interval_s)
+                links = [(st, x) for st, x in self._probed[key] if not x.closed]
+                self._probed[key] = links
+                if not links:
+                    return
+                if await self._healthy(*links[0]):
+                    break
+        finally:
+            links = self._probed.pop(key)  # an ejection from now on is probed anew
+        for state, link in links:
+            if not link.closed:
                 link.ejected = False
                 metrics.child(metrics.INSTANCE_EJECTED, state.model.name, link.id).set(0)
-                self._rejoin(state, link)
-                return
+                self._rejoin(state, (link,))
 
     # --- requests -----------------------------------------------------------------------------
 
@@ -709,8 +808,9 @@ class Fleet:
 
     def _soonest(self, state: ModelRoutes, tried: frozenset[str]) -> Link | None:
         """The instance of `state`'s model, not in `tried` nor backing off after a failed load
-        of it nor draining it, with the least expected load time, those where the placement
-        put the model first (the first listed among equals); None when none is up."""
+        of it nor draining it, first in `load_target_key`'s order (where the placement put the
+        model, then where it fits in memory, then the least expected load time; the first
+        listed among equals); None when none is up."""
         backend = state.backend_name
         now = self.now_s()
         name = state.model.name
@@ -721,10 +821,26 @@ class Fleet:
             and self._residency.backoff(x.id, backend, now) is None
         ]  # fmt: skip
 
-        def key(x: Link) -> tuple[bool, float]:
-            # where the placement put the model first: the control loop may be loading it there
-            placed = x.instance.placed_models is None or name in x.instance.placed_models
-            return not placed, self._residency.expected_load_s(x.id, backend)
+        need_mb, budget_mb = state.model.memory_mb, self._memory_budget_mb
+        footprints = (
+            {s.backend_name: s.model.memory_mb or 0.0 for s in self._models.values()}
+            if candidates and need_mb is not None and budget_mb is not None
+            else None
+        )
+
+        def key(x: Link) -> tuple[bool, bool, float]:
+            ready = self._residency.ready.get(x.id)  # None: no index (read)
+            free_mb = (
+                None
+                if footprints is None or budget_mb is None or ready is None
+                else budget_mb - sum(footprints.get(n, 0.0) for n in ready)
+            )
+            return load_target_key(
+                placed=x.instance.placed_models is None or name in x.instance.placed_models,
+                need_mb=need_mb,
+                free_mb=free_mb,
+                expected_load_s=self._residency.expected_load_s(x.id, backend),
+            )
 
         return min(candidates, key=key, default=None)
 
@@ -924,7 +1040,7 @@ class Fleet:
             elif not q.done and (self._spills is None or not self._spills.take_late(state, q)):
                 retry_s = exc.retry_after_s if exc.retry_after_s is not None else 1.0
                 answer_once(q, Unavailable(why, retry_after_s=max(1, math.ceil(retry_s))))
-        for q in link.batcher.take_all():
+        for q in link.take_all():
             self._route(q)
 
     # --- metadata -----------------------------------------------------------------------------
@@ -969,7 +1085,9 @@ class Fleet:
 
     async def _artifact_metadata(self, state: ModelRoutes) -> ArtifactMetadata:
         async with state.metadata_lock:
-            return await artifact_metadata(state, self.now_s(), self.config.sync_interval_s)
+            return await artifact_metadata(
+                state, self.now_s(), self.config.sync_interval_s, self._objects
+            )
 
     def _drop_model(self, name: str, reason: str) -> None:
         state = self._models.pop(name)
@@ -978,9 +1096,10 @@ class Fleet:
             if link.ejected:
                 metrics.child(metrics.INSTANCE_EJECTED, name, link.id).set(0)
             state.router.remove(link.id)
-            for q in link.batcher.take_all():
+            for q in link.take_all():
                 answer_once(q, Unavailable(reason))
-            self._spawn(link.batcher.close())
+            if link.made is not None:
+                self._spawn(link.made.close())
         for q in state.waiting:
             answer_once(q, Unavailable(reason))
         state.waiting.clear()

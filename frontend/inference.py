@@ -38,6 +38,7 @@ from frontend import inference_keys, metrics
 from frontend.fleet import Answer, Fleet, Unavailable
 from frontend.spill_monitor import ChargeSink, SpillLedger, SpillMonitor
 from mark.adapters.backends import BackendRejected
+from mark.adapters.model_store import SpecObjects
 from mark.core.config import Config
 from mark.core.errors import NotFound
 from mark.core.protocol import (
@@ -89,7 +90,13 @@ def spill_monitor(config: Config, ledger_sink: ChargeSink) -> SpillMonitor | Non
 @bp.before_server_start
 async def start_fleet(app: Sanic) -> None:
     config: Config = app.ctx.config
-    fleet = Fleet(config.batching, spill=spill_monitor(config, app.ctx.db))
+    budget = config.worker.memory_budget_bytes
+    fleet = Fleet(
+        config.batching,
+        spill=spill_monitor(config, app.ctx.db),
+        objects=SpecObjects(endpoint_url=config.worker.store_endpoint_url),
+        memory_budget_mb=None if budget is None else budget / 2**20,
+    )
     fleet.start_sync(app.ctx.db, config.batching.sync_interval_s)
     app.ctx.fleet = fleet
 

@@ -37,11 +37,13 @@ __all__ = ["Link", "ModelRoutes", "reachable", "serving", "link_plan", "reweigh"
 
 @dataclass(eq=False, slots=True)
 class Link:
-    """One instance as one model's route target."""
+    """One instance as one model's route target. Its batcher is made when first asked for
+    (`batcher`): most links of a fleet of many models never see a request."""
 
     instance: Instance
-    batcher: InstanceBatcher
+    new_batcher: Callable[[], InstanceBatcher]
     profile: Profile | None
+    made: InstanceBatcher | None = None  # the batcher, once made
     weight: float = 1.0
     ejected: bool = False
     closed: bool = False
@@ -60,6 +62,18 @@ class Link:
     # declined): a model it loaded is unloaded once idle (frontend/residency.py); None: not ours
     loaded_s: float | None = None
     checked_s: float = -math.inf  # when its health was last checked after a refusal
+
+    @property
+    def batcher(self) -> InstanceBatcher:
+        made = self.made
+        if made is None:
+            made = self.made = self.new_batcher()
+        return made
+
+    def take_all(self) -> list[QueuedRequest]:
+        """What its batcher has not sent yet (`InstanceBatcher.take_all`), none before it is
+        made."""
+        return [] if self.made is None else self.made.take_all()
 
     @property
     def id(self) -> str:
@@ -149,19 +163,16 @@ def serving(instances: Iterable[Instance]) -> dict[str, dict[str, Instance]]:
 
 
 def link_plan(
-    routes: ModelRoutes, link_of: Callable[[], Link], config: BatchingConfig
-) -> Callable[[float], BatchPlan]:
-    """The `plan_for` of a link's batcher: `batch_plan` for the model and the link's profile as
-    they are now (both change when the models are replaced), with the config's budget."""
-    fraction, batching = config.slo_budget_fraction, config.enabled
-
-    def plan(rate_rps: float) -> BatchPlan:
-        model = routes.model
-        return batch_plan(
-            link_of().profile, model.slo, rate_rps, model.max_batch, fraction, batching
-        )
-
-    return plan
+    routes: ModelRoutes, link: Link, config: BatchingConfig, rate_rps: float
+) -> BatchPlan:
+    """What a link's batcher plans at `rate_rps` (its `plan_for`): `batch_plan` for the model
+    and the link's profile as they are now (both change when the models are replaced), with
+    the config's budget."""
+    model = routes.model
+    return batch_plan(
+        link.profile, model.slo, rate_rps, model.max_batch, config.slo_budget_fraction,
+        config.enabled,
+    )  # fmt: skip
 
 
 def reweigh(routes: ModelRoutes, cache: CapacityCache) -> None:

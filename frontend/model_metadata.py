@@ -6,22 +6,28 @@ loads it with (`mark.adapters.artifacts`), so tritonclient users can build reque
 first instance runs.
 
 The artifact is read in a thread (a file read and a parse: onnxruntime, joblib) and cached on the
-routes per artifact spec and version token (the file's mtime and size, as the worker versions
-it): the token is checked again at most once per `max_age_s` (the fleet's sync interval, the
-staleness it already accepts for the models themselves) and the file read again only when it
-changed. A model with an external server's model name (`backend.backend_model_name`) has no
-artifact of Mark's to read."""
+routes per artifact spec and version token (the file's mtime and size, or an S3 object's ETag,
+as the worker versions them): the token is checked again at most once per `max_age_s` (the
+fleet's sync interval, the staleness it already accepts for the models themselves) and the file
+read again only when it changed. An artifact that is an S3 object (a model registered from an
+S3 store, `worker.store`) is read through the model store's seam (`SpecObjects`, at
+`worker.store_endpoint_url`): one HEAD per check, one GET per version. A model with an
+external server's model name (`backend.backend_model_name`) has no artifact of Mark's to read."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import tempfile
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any
 
 from frontend.links import ModelRoutes
 from mark.adapters.artifacts import MISSING, Signature, read_signature, spec_entry
 from mark.adapters.backends import BackendClient, BackendUnavailable
+from mark.adapters.model_store import SpecObjects
+from mark.core.errors import NotFound
 from mark.core.protocol import TensorMeta
 
 __all__ = ["ArtifactMetadata", "artifact_metadata", "fetch_metadata"]
@@ -71,13 +77,29 @@ class ArtifactMetadata:
         }
 
 
-def _read(name: str, artifact: str, known: ArtifactMetadata | None) -> ArtifactMetadata:
-    """Blocking: stat the artifact, and read its signature unless `known` read this version."""
-    version = spec_entry(name, artifact).version
+def _read(
+    name: str, artifact: str, known: ArtifactMetadata | None, objects: SpecObjects
+) -> ArtifactMetadata:
+    """Blocking: the artifact's version (a stat, or a HEAD for an S3 object), and its
+    signature unless `known` read this version (an S3 object is fetched to a temporary file
+    for it, gone once read: the signature is what is kept)."""
+    try:
+        remote = objects.head(name, artifact)
+    except NotFound as exc:
+        return ArtifactMetadata(artifact, MISSING, 0.0, None, f"artifact missing: {exc}")
+    except Exception as exc:  # the store unreachable: said, and asked again after max_age_s
+        return ArtifactMetadata(artifact, "", 0.0, None, f"model store unreachable: {exc}")
+    version = spec_entry(name, artifact).version if remote is None else remote.version
     if known is not None and (known.artifact, known.version) == (artifact, version):
         return known
     try:
-        return ArtifactMetadata(artifact, version, 0.0, read_signature(artifact))
+        if remote is None:
+            return ArtifactMetadata(artifact, version, 0.0, read_signature(artifact))
+        with tempfile.TemporaryDirectory(prefix="mark-metadata-") as tmp:
+            fetched = objects.fetch(name, artifact, Path(tmp) / Path(remote.key).name)
+            assert fetched is not None
+            local, got = fetched
+            return ArtifactMetadata(artifact, got.version, 0.0, read_signature(local))
     except Exception as exc:  # any unreadable artifact is the model's reason, not a 500
         logger.info("metadata of %s from its artifact %s failed: %s", name, artifact, exc)
         why = "artifact missing" if version == MISSING else "artifact unreadable"
@@ -85,9 +107,10 @@ def _read(name: str, artifact: str, known: ArtifactMetadata | None) -> ArtifactM
 
 
 async def artifact_metadata(
-    routes: ModelRoutes, now_s: float, max_age_s: float
+    routes: ModelRoutes, now_s: float, max_age_s: float, objects: SpecObjects
 ) -> ArtifactMetadata:
-    """The model's artifact metadata, cached on `routes.artifact` (see the module docstring)."""
+    """The model's artifact metadata, cached on `routes.artifact` (see the module docstring);
+    `objects` reads an artifact that is an S3 object."""
     backend = routes.model.backend
     known = routes.artifact
     if backend.backend_model_name is not None:
@@ -96,6 +119,6 @@ async def artifact_metadata(
     if known is not None and known.artifact == backend.artifact:
         if now_s - known.checked_s < max_age_s:
             return known
-    got = await asyncio.to_thread(_read, routes.model.name, backend.artifact, known)
+    got = await asyncio.to_thread(_read, routes.model.name, backend.artifact, known, objects)
     routes.artifact = replace(got, checked_s=now_s)
     return routes.artifact

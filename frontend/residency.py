@@ -49,6 +49,7 @@ from dataclasses import dataclass, field
 from frontend.batcher import QueuedRequest
 from mark.adapters.repository import (
     NO_REPOSITORY_API,
+    IndexRead,
     IndexUnreadable,
     LoadFailed,
     read_index,
@@ -56,8 +57,8 @@ from mark.adapters.repository import (
 )
 from mark.core.types import Instance
 
-__all__ = ["NO_REPOSITORY_API", "Backoff", "IndexUnreadable", "LoadFailed", "ModelLoad",
-           "Residency", "read_index", "request_load"]  # fmt: skip
+__all__ = ["NO_REPOSITORY_API", "Backoff", "IndexRead", "IndexUnreadable", "LoadFailed",
+           "ModelLoad", "Residency", "read_index", "request_load"]  # fmt: skip
 
 
 @dataclass(eq=False, slots=True)
@@ -104,6 +105,8 @@ class Residency:
     # (instance, backend name) that said they do not have the model, until their next index
     absent: set[tuple[str, str]] = field(default_factory=set)
     backoffs: dict[tuple[str, str], Backoff] = field(default_factory=dict)
+    # each instance's `Instance.models` and the same as a set (`_listed`)
+    listed: dict[str, tuple[tuple[str, ...], frozenset[str]]] = field(default_factory=dict)
 
     def holds(self, instance: Instance, model: str, backend_name: str) -> bool:
         """Whether Mark's `model` is in memory on `instance` as far as the front end knows: in
@@ -113,8 +116,17 @@ class Residency:
             return False
         ready = self.ready.get(instance.id, NO_REPOSITORY_API)
         if ready is NO_REPOSITORY_API:
-            return model in instance.models
+            return model in self._listed(instance)
         return backend_name in ready
+
+    def _listed(self, instance: Instance) -> frozenset[str]:
+        """`instance.models` as a set, made once per listing: an instance of a thousand models
+        was a scan of a thousand names for each of its models' routes (20 instances of 1,000:
+        400,000 scans, seconds of a blocked loop, while their indexes were not read yet)."""
+        found = self.listed.get(instance.id)
+        if found is None or found[0] is not instance.models:
+            found = self.listed[instance.id] = (instance.models, frozenset(instance.models))
+        return found[1]
 
     def expected_load_s(self, instance_id: str, backend_name: str) -> float:
         return self.load_times_s.get((instance_id, backend_name), self.default_load_s)
@@ -168,7 +180,7 @@ class Residency:
     def forget(self, keep: Iterable[str]) -> None:
         """Drop what is known of instances no longer running."""
         kept = set(keep)
-        for known in (self.ready, self.generation):
+        for known in (self.ready, self.generation, self.listed):
             for instance_id in set(known) - kept:
                 del known[instance_id]
         for keyed in (self.load_times_s, self.backoffs):

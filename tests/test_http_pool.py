@@ -34,6 +34,7 @@ class Server:
         self.handler = handler
         self.connections = 0
         self.writers: list[asyncio.StreamWriter] = []
+        self.request_lines: list[bytes] = []
 
     async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.connections += 1
@@ -43,6 +44,7 @@ class Server:
         with contextlib.suppress(asyncio.IncompleteReadError, ConnectionError):
             while True:
                 head = await reader.readuntil(b"\r\n\r\n")
+                self.request_lines.append(head.split(b"\r\n", 1)[0])
                 length = next(
                     int(line.split(b":")[1])
                     for line in head.split(b"\r\n")
@@ -79,6 +81,18 @@ async def test_calls_reuse_one_keep_alive_connection_and_get_each_body() -> None
             assert (got.status, got.body) == (200, b'{"echo": %d}' % i)
         await pool.close()
     assert server.connections == 1
+
+
+async def test_an_endpoint_under_a_path_prefix_is_called_under_it() -> None:
+    async with serving(lambda _b, _n: answer(b"{}")) as (server, url):
+        pool = HttpPool(limit=8, timeout_s=5)
+        for endpoint in (f"{url}/fleet/i3", f"{url}/fleet/i3/", url):
+            assert (await pool.post(endpoint, "/v2/repository/index", b"{}")).status == 200
+        await pool.close()
+    assert server.request_lines == [b"POST /fleet/i3/v2/repository/index HTTP/1.1"] * 2 + [
+        b"POST /v2/repository/index HTTP/1.1"
+    ]
+    assert server.connections == 1  # one host and port: one connection
 
 
 async def test_an_idle_connection_the_instance_closed_is_replaced_without_an_error() -> None:

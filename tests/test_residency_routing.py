@@ -479,6 +479,123 @@ async def test_an_instance_failing_behind_503s_with_retry_after_is_ejected_until
         await good.cleanup()
 
 
+async def _failing_server(state: dict[str, Any]) -> tuple[web.AppRunner, str]:
+    """A v2 server of any model (no repository API) that, while `state["broken"]`, answers
+    every inference 500 and fails its readiness; it counts its readiness checks."""
+
+    async def infer(request: web.Request) -> web.Response:
+        await request.read()
+        if state["broken"]:
+            return web.json_response({"error": "broken"}, status=500)
+        output = {"name": "output", "shape": [1, 1], "datatype": "FP32", "data": [8.0]}
+        return web.json_response({"model_name": request.match_info["m"], "outputs": [output]})
+
+    async def ready(_: web.Request) -> web.Response:
+        state["checks"] += 1
+        return web.json_response({}, status=503 if state["broken"] else 200)
+
+    app = web.Application()
+    app.router.add_post("/v2/models/{m}/infer", infer)
+    app.router.add_get("/v2/health/ready", ready)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    return runner, f"http://127.0.0.1:{runner.addresses[0][1]}"
+
+
+async def test_an_ejected_instance_is_probed_once_per_interval_not_once_per_model() -> None:
+    """Three models eject one failing instance, each on its own failed call: the instance is
+    health-checked once per `batching.health_interval_s` for all of them, and each rejoins
+    when that check passes."""
+    state: dict[str, Any] = {"broken": False, "checks": 0}
+    failing, failing_url = await _failing_server(state)
+    good, good_url = await _failing_server({"broken": False, "checks": 0})
+    names = ("p1", "p2", "p3")
+    fleet = Fleet(BatchingConfig(health_interval_s=0.2))
+    try:
+        fleet.set_models([model(n, slo_ms=30_000.0) for n in names])
+        fleet.set_instances(
+            [running("failing", failing_url, names), running("good", good_url, names)]
+        )
+        await fleet.admitted()
+        state["broken"] = True
+        for name in names:  # each model's calls go round-robin: one of two fails and ejects
+            for _ in range(2):
+                assert (await fleet.infer(name, _request())).instance_id == "good"
+        assert all(fleet.resident(n) == ["good"] for n in names)
+        state["checks"] = 0
+        await asyncio.sleep(1.0)  # five intervals: five checks for the three models
+        assert 3 <= state["checks"] <= 7, state["checks"]
+        state["broken"] = False
+        async with asyncio.timeout(10):
+            while not all(sorted(fleet.resident(n)) == ["failing", "good"] for n in names):
+                await asyncio.sleep(0.02)
+    finally:
+        await fleet.close()
+        await failing.cleanup()
+        await good.cleanup()
+
+
+async def _repository_server(ready: list[str], loads: list[str]) -> tuple[web.AppRunner, str]:
+    """A v2 server with the repository API holding `ready`, which loads any model asked
+    (recorded in `loads`) and answers y = 8."""
+
+    async def index(request: web.Request) -> web.Response:
+        await request.read()
+        return web.json_response([{"name": n, "state": "READY", "reason": ""} for n in ready])
+
+    async def load(request: web.Request) -> web.Response:
+        loads.append(request.match_info["m"])
+        ready.append(request.match_info["m"])
+        return web.json_response({})
+
+    async def infer(request: web.Request) -> web.Response:
+        await request.read()
+        output = {"name": "output", "shape": [1, 1], "datatype": "FP32", "data": [8.0]}
+        return web.json_response({"model_name": request.match_info["m"], "outputs": [output]})
+
+    async def health(_: web.Request) -> web.Response:
+        return web.json_response({})
+
+    app = web.Application()
+    app.router.add_post("/v2/repository/index", index)
+    app.router.add_post("/v2/repository/models/{m}/load", load)
+    app.router.add_post("/v2/models/{m}/infer", infer)
+    app.router.add_get("/v2/health/ready", health)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    return runner, f"http://127.0.0.1:{runner.addresses[0][1]}"
+
+
+async def test_a_cold_model_is_loaded_where_it_fits_before_a_full_instance() -> None:
+    """Two instances, equally quick to load: the one listed first holds models that fill the
+    workers' memory budget, the other nothing. A model resident nowhere is loaded on the one
+    with room (the full one would evict, or refuse for models in active rotation)."""
+    full_loads: list[str] = []
+    free_loads: list[str] = []
+    full, full_url = await _repository_server(["h1", "h2"], full_loads)
+    free, free_url = await _repository_server([], free_loads)
+    names = ("h1", "h2", "cold")
+    models = [model(n, slo_ms=30_000.0).model_copy(update={"memory_mb": 100.0}) for n in names]
+    fleet = Fleet(BatchingConfig(), memory_budget_mb=200.0)
+    try:
+        fleet.set_models(models)
+        fleet.set_instances([running("full", full_url, names), running("free", free_url, names)])
+        await fleet.admitted()
+        await fleet.refresh_residency()
+        assert fleet.resident("h1") == ["full"] and fleet.resident("cold") == []
+        answer = await fleet.infer("cold", _request())
+        assert answer.instance_id == "free"
+        assert free_loads == ["cold"] and full_loads == []
+    finally:
+        await fleet.close()
+        await full.cleanup()
+        await free.cleanup()
+
+
 async def test_the_front_end_learns_residency_on_its_sync_cadence(
     pair: Pair, tmp_path: Path
 ) -> None:

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import aiohttp
 
+from mark.adapters.http_pool import HttpPool
+from mark.adapters.repository import read_index
 from mark.core.protocol import LOAD_PIN_HEADER, UNLOAD_IDLE_HEADER
 from tests.dataplane import workers
 from tests.model_artifacts import index, infer, samples, write_model
@@ -128,3 +130,34 @@ async def test_an_idle_unload_keeps_a_model_in_use_or_pinned(tmp_path: Path) -> 
         assert await unload("m2", "0") == (200, "")
         idx = await index(s, w.endpoint)
         assert idx["m1"]["state"] == "READY" and idx["m2"]["state"] == "UNAVAILABLE"
+
+
+async def test_an_unchanged_index_is_answered_304_and_read_as_the_last(tmp_path: Path) -> None:
+    """The front end's conditional index read (mark/core/protocol/repository.py): while the
+    worker's READY set is as last read the worker answers 304 and the read is the last one;
+    after a load the index is read anew, with its new tag."""
+    store = tmp_path / "store"
+    store.mkdir()
+    write_model(store, "m1", 1.0)
+    args = ["--model", "demo=builtin:mlp", "--store", str(store), "--poll-s", "0"]
+    http = HttpPool(limit=4, timeout_s=5.0)
+    async with workers(args) as [w], aiohttp.ClientSession() as s:
+        try:
+            first = await read_index(http, w.endpoint, 5.0)
+            assert first is not None and first.ready == {"demo"}
+            again = await read_index(http, w.endpoint, 5.0, last=first)
+            assert again is first
+            answer = await http.post(
+                w.endpoint, "/v2/repository/index", b'{"ready": true}',
+                headers=b"If-None-Match: %b\r\n" % first.etag.encode(),
+            )  # fmt: skip
+            assert (answer.status, answer.body) == (304, b"")
+            async with s.post(f"{w.endpoint}/v2/repository/models/m1/load") as r:
+                assert r.status == 200
+            loaded = await read_index(http, w.endpoint, 5.0, last=first)
+            assert loaded is not None and loaded.ready == {"demo", "m1"}
+            assert loaded.etag != first.etag
+            async with s.post(f"{w.endpoint}/v2/repository/index", json={"ready": True}) as r:
+                assert r.status == 200 and r.headers["ETag"] == loaded.etag  # a plain read
+        finally:
+            await http.close()

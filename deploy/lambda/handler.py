@@ -7,7 +7,8 @@ The same file runs in two places:
   a fresh spawned process that imports this file, as a Lambda sandbox would.
 
 Event (JSON, at most 6 MB in a synchronous invoke):
-    {"model": NAME, "artifact": "builtin:mlp" | "onnx:/path" | ..., "request": V2_REQUEST}
+    {"model": NAME, "artifact": "builtin:mlp" | "onnx:/path" | "onnx:s3://bucket/key" | ...,
+     "request": V2_REQUEST}
 or, to warm a sandbox before an expected surge (MArk pings Lambda concurrently):
     {"model": NAME, "artifact": ..., "warm": true}
 where V2_REQUEST is a KServe v2 / Open Inference Protocol infer request in JSON.
@@ -29,9 +30,12 @@ from __future__ import annotations
 import json
 import resource
 import sys
+import tempfile
 import time
+from pathlib import Path
 from typing import Any
 
+from mark.adapters.model_store import SpecObjects
 from mark.apps.worker.loaders import ServedModel, load_model
 from mark.core.protocol import (
     InferRequest,
@@ -44,6 +48,22 @@ from mark.core.protocol import (
 )
 
 _MODELS: dict[tuple[str, str], ServedModel] = {}
+# An artifact that is an S3 object (a model registered from an S3 store) is fetched into the
+# sandbox's /tmp, through the model store's seam; boto3 finds its endpoint as usual (AWS on
+# Lambda, `AWS_ENDPOINT_URL_S3` where the function's environment sets one).
+_OBJECTS = SpecObjects()
+_FETCHED = Path(tempfile.gettempdir()) / "mark-artifacts"
+
+
+def _load(name: str, artifact: str) -> ServedModel:
+    """The model, loaded as the worker loads it; an S3 object is fetched first."""
+    remote = _OBJECTS.find(artifact)
+    if remote is None:
+        return load_model(name, artifact)
+    _FETCHED.mkdir(parents=True, exist_ok=True)
+    fetched = _OBJECTS.fetch(name, artifact, _FETCHED / f"{name}{Path(remote[2]).suffix}")
+    assert fetched is not None
+    return load_model(name, fetched[0])
 
 
 def _max_memory_used_mb() -> float:
@@ -74,7 +94,7 @@ def handler(event: dict[str, Any], context: Any = None) -> dict[str, Any]:
     cold = key not in _MODELS
     init_ms = 0.0
     if cold:
-        _MODELS[key] = load_model(name, artifact)
+        _MODELS[key] = _load(name, artifact)
         init_ms = (time.perf_counter() - started) * 1000.0
     model = _MODELS[key]
     response: dict[str, Any] | None = None

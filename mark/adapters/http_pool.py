@@ -1,10 +1,12 @@
-"""A lean keep-alive HTTP/1.1 client for the one call on the inference hot path: POST a body to
-an instance and read its answer.
+"""A lean keep-alive HTTP/1.1 client for the calls a front end makes most: POST a body to an
+instance and read its answer (inference, and the repository index read on every fleet sync:
+mark/adapters/repository.py).
 
 Why not aiohttp here: its client costs ~300 us of CPU per call on the 2-core benchmark VM, more
 than half of the front end's whole per-request budget, while one asyncio protocol per connection
 with httptools' parser (Sanic's own dependency) does the same call for ~75 us
 (bench/bench_frontend.py). Health checks and metadata stay on aiohttp: they are rare.
+An endpoint may carry a path prefix (`http://host:port/prefix`): every path is under it.
 
 What it does and does not do: HTTP/1.1 with Content-Length or chunked answers (every v2 and TF
 Serving server answers so), plain TCP or TLS by the endpoint's scheme, at most `limit` calls in
@@ -158,18 +160,26 @@ class HttpPool:
         found = self._heads.get((endpoint, path, content_type))
         if found is None:
             host, port, _tls = self._key(endpoint)
+            base = urlsplit(endpoint).path.rstrip("/")  # an endpoint under a path prefix
             found = (
-                f"POST {path} HTTP/1.1\r\nHost: {host}:{port}\r\n"
+                f"POST {base}{path} HTTP/1.1\r\nHost: {host}:{port}\r\n"
                 f"Content-Type: {content_type}\r\nContent-Length: "
             ).encode("latin-1")
             self._heads[(endpoint, path, content_type)] = found
         return found
 
     async def post(
-        self, endpoint: str, path: str, body: bytes, content_type: str = "application/json"
+        self,
+        endpoint: str,
+        path: str,
+        body: bytes,
+        content_type: str = "application/json",
+        headers: bytes = b"",
     ) -> HttpAnswer:
-        """POST `body` to endpoint + path; raises HttpError when no complete answer came."""
-        data = b"%b%d\r\n\r\n%b" % (self._head(endpoint, path, content_type), len(body), body)
+        """POST `body` to endpoint + path, with `headers` (lines, each ending in CRLF) besides
+        the usual; raises HttpError when no complete answer came."""
+        head = self._head(endpoint, path, content_type)
+        data = b"%b%d\r\n%b\r\n%b" % (head, len(body), headers, body)
         key = self._key(endpoint)
         async with self._slots:
             # A timer per call that cancels it (its connection is then closed, not reused),

@@ -14,15 +14,19 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from mark.core.errors import InvalidValue
 from mark.core.types import MODEL_NAME_PATTERN
+
+if TYPE_CHECKING:
+    from mark.adapters.model_store.s3 import S3Store
 
 __all__ = [
     "ModelStore",
     "StoredModel",
     "SUFFIX_KINDS",
+    "SpecObjects",
     "object_artifact",
     "open_store",
     "split_name",
@@ -98,6 +102,53 @@ def object_artifact(artifact: str) -> tuple[str, str, str] | None:
     if not bucket or not key or key.endswith("/"):
         raise InvalidValue("model", f"{artifact!r} names no object (KIND:s3://bucket/key)")
     return kind, bucket, key
+
+
+class SpecObjects:
+    """The S3 objects that artifact specs name (`object_artifact`), one `S3Store` per bucket,
+    made on first use (boto3 is slow to import); `endpoint_url` None is boto3's own choice
+    (AWS, or `AWS_ENDPOINT_URL_S3`). A model registered from an S3 store has only its object:
+    the worker fetches it into its disk tier (mark/apps/worker/cache.py), the front end reads
+    its signature from it (frontend/model_metadata.py) and the serverless handler loads it
+    (deploy/lambda/handler.py), each through these calls. They block (boto3 does)."""
+
+    def __init__(self, *, endpoint_url: str | None = None) -> None:
+        self.endpoint_url = endpoint_url
+        self._buckets: dict[str, S3Store] = {}
+
+    def find(self, spec: str) -> tuple[S3Store, str, str] | None:
+        """(the store of its bucket, loader kind, object key) of a spec naming an S3 object,
+        else None (raises InvalidValue for a malformed object URL)."""
+        found = object_artifact(spec)
+        if found is None:
+            return None
+        kind, bucket, key = found
+        store = self._buckets.get(bucket)
+        if store is None:
+            from mark.adapters.model_store.s3 import S3Store
+
+            store = self._buckets[bucket] = S3Store(bucket, "", endpoint_url=self.endpoint_url)
+        return store, kind, key
+
+    def head(self, name: str, spec: str) -> StoredModel | None:
+        """The entry of the object `spec` names (one HEAD; NotFound when it is not there),
+        None for a spec that names no object."""
+        found = self.find(spec)
+        if found is None:
+            return None
+        store, kind, key = found
+        return store.head(name, kind, key)
+
+    def fetch(self, name: str, spec: str, dest: Path) -> tuple[str, StoredModel] | None:
+        """The object `spec` names written whole to `dest` (`ModelStore.fetch`): a spec of
+        the local copy for the loaders, and the entry of the bytes written; None for a spec
+        that names no object."""
+        found = self.find(spec)
+        if found is None:
+            return None
+        store, kind, key = found
+        got = store.fetch(StoredModel(name, key, kind, 0, ""), dest)
+        return f"{kind}:{dest}", got
 
 
 def open_store(url: str, *, endpoint_url: str | None = None) -> ModelStore:

@@ -71,7 +71,9 @@ from dataclasses import dataclass, field
 import aiohttp
 
 from mark.adapters.db import Database, Fence
+from mark.adapters.http_pool import HttpPool
 from mark.adapters.repository import (
+    IndexRead,
     IndexUnreadable,
     LoadFailed,
     read_index,
@@ -736,14 +738,17 @@ class _GroupPlacement:
         """The READY models of each instance by its index; an index that cannot be read keeps
         the last read (none yet: its placement)."""
         timeout_s = self.config.control.sync_s
-        async with aiohttp.ClientSession() as session:
+        http = HttpPool(limit=max(len(instances), 1), timeout_s=timeout_s)
+        try:
             reads = await asyncio.gather(
-                *(read_index(session, i.endpoint or "", timeout_s) for i in instances),
+                *(read_index(http, i.endpoint or "", timeout_s) for i in instances),
                 return_exceptions=True,
             )
+        finally:
+            await http.close()
         for inst, read in zip(instances, reads, strict=True):
-            if isinstance(read, frozenset):
-                self._held[inst.id] = read
+            if isinstance(read, IndexRead):
+                self._held[inst.id] = read.ready
             elif read is None:  # no repository API: it holds what it was started with
                 self._held[inst.id] = frozenset(inst.models)
             elif isinstance(read, IndexUnreadable):

@@ -305,7 +305,10 @@ async def _start_serverless(config: Config, stack: AsyncExitStack) -> Any:
         return None
     from provisioner.adapters.serverless import InvokeServer, LocalFunctionPool
 
-    pool = LocalFunctionPool(config.serverless)
+    endpoint = config.worker.store_endpoint_url  # where S3-only models' artifacts are
+    pool = LocalFunctionPool(
+        config.serverless, environment={"AWS_ENDPOINT_URL_S3": endpoint} if endpoint else None
+    )
     stack.push_async_callback(pool.close)
     server = InvokeServer(
         pool, host=config.serverless.local_host, port=config.serverless.local_port

@@ -40,7 +40,7 @@ from pathlib import Path
 from typing import Any
 
 from mark.adapters.artifacts import MISSING, spec_entry
-from mark.adapters.model_store import ModelStore, StoredModel, object_artifact
+from mark.adapters.model_store import ModelStore, SpecObjects, StoredModel, object_artifact
 from mark.apps.worker import metrics
 from mark.apps.worker.loaders import ServedModel, load_model
 from mark.apps.worker.runner import ModelRunner
@@ -136,7 +136,7 @@ class ModelCache:
     clock: Callable[[], float] = time.monotonic
     on_demand: Mapping[str, str] = field(default_factory=dict)
     _entries: dict[str, _Entry] = field(default_factory=dict)
-    _buckets: dict[str, Any] = field(default_factory=dict)  # bucket -> S3Store of spec objects
+    _objects: SpecObjects | None = None  # the S3 objects specs name (settings' endpoint)
     _draining: set[_Resident] = field(default_factory=set)
     _reserved_bytes: int = 0
     _tasks: set[asyncio.Task[Any]] = field(default_factory=set)
@@ -344,18 +344,10 @@ class ModelCache:
 
     def _object(self, spec: str) -> tuple[Any, str, str] | None:
         """(the S3Store of its bucket, kind, key) of a spec whose file is an S3 object, else
-        None. One client per bucket, made on first use (boto3 is slow to import)."""
-        found = object_artifact(spec)
-        if found is None:
-            return None
-        kind, bucket, key = found
-        store = self._buckets.get(bucket)
-        if store is None:
-            from mark.adapters.model_store.s3 import S3Store
-
-            endpoint_url = self.settings.store_endpoint_url
-            store = self._buckets[bucket] = S3Store(bucket, "", endpoint_url=endpoint_url)
-        return store, kind, key
+        None."""
+        if self._objects is None:
+            self._objects = SpecObjects(endpoint_url=self.settings.store_endpoint_url)
+        return self._objects.find(spec)
 
     # loading
 

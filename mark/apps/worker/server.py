@@ -10,7 +10,8 @@ The model repository extension, in the shapes Triton documents
 (triton-inference-server/server docs/protocol/extension_model_repository.md) and MLServer serves
 (mlserver/rest/app.py, mlserver/handlers/model_repository.py, mlserver/types/model_repository.py):
 `POST /v2/repository/index` (body `{"ready": bool}` optional) answers a JSON array of
-`{"name", "version" (when loaded), "state", "reason"}`, state READY, LOADING or UNAVAILABLE;
+`{"name", "version" (when loaded), "state", "reason"}`, state READY, LOADING or UNAVAILABLE
+(304 to an `If-None-Match` of the index's tag while it is unchanged: `index_etag`);
 `POST /v2/repository/models/{m}/load` and `.../unload` answer 200 with an empty body, errors
 `{"error": ...}`. A model loaded through the API is pinned (never evicted) until unloaded, unless
 the load carries `Mark-Load-Pin: false` (the front end's loads: mark/core/protocol/repository.py);
@@ -43,6 +44,7 @@ from mark.core.protocol import (
     ProtocolError,
     encode_tf_response,
     encode_v2_response,
+    index_etag,
     parse_header_length,
     parse_tf_request,
     parse_v2_request,
@@ -192,7 +194,11 @@ def build_app(cache: ModelCache, *, max_body_mb: float = 64.0, version: str) -> 
             ready_only = None
         if not isinstance(ready_only, bool):
             return _error(400, 'the index request is a JSON object {"ready": boolean}')
-        return web.json_response(await cache.index(ready_only=ready_only))
+        index = json.dumps(await cache.index(ready_only=ready_only)).encode()
+        etag = index_etag(index)
+        if request.headers.get("If-None-Match") == etag:  # unchanged since the caller's read
+            return web.Response(status=304, headers={"ETag": etag})
+        return web.Response(body=index, content_type="application/json", headers={"ETag": etag})
 
     @routes.post("/v2/repository/models/{model}/load")
     @_cache_errors

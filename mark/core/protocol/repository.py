@@ -13,9 +13,26 @@ A second: an unload may carry `Mark-Unload-Idle-S: N` (the front end's idle unlo
 frontend/fleet.py), and `mark worker` then unloads only a model that is not pinned, has no
 request in flight and served none in the last N seconds, else answers 409: a front end sees only
 its own traffic, the worker sees every front end's. A server without the header unloads anyway.
+
+A third: an index request may carry `If-None-Match` with the `index_etag` of the last index
+body the caller read, and `mark worker` answers 304 with no body while its index is that body
+still (HTTP's conditional request; the answer also carries the tag as `ETag`). Every front end
+reads every instance's index on each sync, twice a second, and a many-model worker's index
+rarely changes: the front end's parsing of unchanged indexes was a fifth of its sync. The tag
+is a digest of the body, so a caller computes it from what it read, whatever else the server
+sends; a server without conditional requests answers 200 with the body, as before.
 """
 
-__all__ = ["LOAD_PIN_HEADER", "UNLOAD_IDLE_HEADER"]
+from __future__ import annotations
+
+import hashlib
+
+__all__ = ["LOAD_PIN_HEADER", "UNLOAD_IDLE_HEADER", "index_etag"]
 
 LOAD_PIN_HEADER = "Mark-Load-Pin"
 UNLOAD_IDLE_HEADER = "Mark-Unload-Idle-S"
+
+
+def index_etag(body: bytes) -> str:
+    """The entity tag of an index body (a quoted 64-bit BLAKE2b digest, RFC 9110 form)."""
+    return '"' + hashlib.blake2b(body, digest_size=8).hexdigest() + '"'

@@ -14,6 +14,7 @@ import asyncio
 import importlib.util
 import json
 import multiprocessing
+import os
 import time
 import uuid
 from collections.abc import Callable, Mapping
@@ -44,8 +45,10 @@ __all__ = ["LocalFunctionPool", "DEFAULT_HANDLER_PATH"]
 DEFAULT_HANDLER_PATH = Path(__file__).resolve().parents[3] / "deploy" / "lambda" / "handler.py"
 
 
-def _sandbox_main(conn: Connection, handler_path: str) -> None:
-    """A sandbox process: import the handler file, say ready, then run one event at a time."""
+def _sandbox_main(conn: Connection, handler_path: str, environment: dict[str, str]) -> None:
+    """A sandbox process: set the function's environment, import the handler file, say
+    ready, then run one event at a time."""
+    os.environ.update(environment)
     spec = importlib.util.spec_from_file_location("mark_lambda_handler", handler_path)
     if spec is None or spec.loader is None:
         raise ImportError(f"cannot import the Lambda handler from {handler_path}")
@@ -91,8 +94,13 @@ class LocalFunctionPool:
         *,
         pricing: LambdaPricing | None = None,
         clock: Callable[[], float] = time.monotonic,
+        environment: Mapping[str, str] | None = None,
     ) -> None:
+        """`environment`: the function's environment variables, set in each sandbox before
+        the handler is imported (as Lambda sets a function's): `AWS_ENDPOINT_URL_S3` points
+        the handler's boto3 at the model store's S3 endpoint (`worker.store_endpoint_url`)."""
         self.config = config
+        self.environment = dict(environment or {})
         self.memory_mb = config.memory_mb
         self.pricing = pricing if pricing is not None else load_pricing()
         self.handler_path = Path(config.handler_path or DEFAULT_HANDLER_PATH)
@@ -124,7 +132,9 @@ class LocalFunctionPool:
     async def _spawn(self) -> _Sandbox:
         parent, child = self._context.Pipe()
         process = self._context.Process(
-            target=_sandbox_main, args=(child, str(self.handler_path)), daemon=True
+            target=_sandbox_main,
+            args=(child, str(self.handler_path), self.environment),
+            daemon=True,
         )
         box = _Sandbox(process=process, conn=parent)
         self._sandboxes.append(box)  # holds the slot while it starts
