@@ -48,9 +48,18 @@ from traces import write_trace
 from traces.generators import zipf_models
 
 SCENARIOS = {
-    # name: (models, size_mb, catalog profile, SLO ms, percentile, peak rps, types)
-    "aws": (3000, 800.0, "bert-base", 100.0, 0.9, 6230.0, ("inf1.6xlarge",)),
-    "cortex": (1000, 300.0, "translation-300mb", 1000.0, 0.95, 20.0, ("g4dn.xlarge",)),
+    # name: (models, size_mb, catalog profile, SLO ms, percentile, peak rps, types, disk MB)
+    "aws": (3000, 800.0, "bert-base", 100.0, 0.9, 6230.0, ("inf1.6xlarge",), None),
+    "cortex": (
+        1000,
+        300.0,
+        "translation-300mb",
+        1000.0,
+        0.95,
+        20.0,
+        ("g4dn.xlarge",),
+        100 * 1024.0,
+    ),
 }
 LANGUAGES = ("en", "de", "fr", "es")
 
@@ -76,6 +85,11 @@ def main() -> None:
     parser.add_argument("--max-moves", type=int, default=ManySettings().max_moves)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
+        "--protect-s",
+        type=float,
+        help="the workers' eviction protection, worker.protect_s (default: the scenario's)",
+    )
+    parser.add_argument(
         "--groups",
         nargs="?",
         const="en,de,fr",
@@ -84,7 +98,7 @@ def main() -> None:
     )
     parser.add_argument("--out", help="directory for trace.csv, fleet.json and summary.json")
     args = parser.parse_args()
-    n, size, profile, slo_ms, percentile, peak, types = SCENARIOS[args.scenario]
+    n, size, profile, slo_ms, percentile, peak, types, disk_mb = SCENARIOS[args.scenario]
     trace = zipf_models(
         n_models=n,
         exponent=1.1,
@@ -110,6 +124,10 @@ def main() -> None:
     settings = ManySettings(
         types=tuple(args.types.split(",")) if args.types else types, max_moves=args.max_moves
     )
+    if disk_mb is not None:
+        settings = dataclasses.replace(settings, disk_mb=disk_mb)
+    if args.protect_s is not None:
+        settings = dataclasses.replace(settings, protect_s=args.protect_s)
     catalog = load_catalog()
     print(
         f"{args.scenario}: {n} models, {args.hours:g} h, {trace.counts.sum():,.0f} requests, "

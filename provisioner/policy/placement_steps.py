@@ -15,7 +15,9 @@ what to do now; the caller carries it out and calls again (every sync) until not
    were answered).
 2. Instances with nothing placed (emptied into the others, or with an interruption notice) are
    retired once every model with traffic they hold is held by another instance that serves it;
-   a booting one at once.
+   a booting one at once; except the `kept` first of them (running ones first, by id), the
+   instances the placement keeps to serve the cached models' loads alone
+   (`placement.Bin.reserve`).
 3. New drains, which the front ends see on their next sync: first the models the placement
    unloads to make room (`for_room`), only while another instance serves them; then the models
    with no traffic, everywhere they are held (scale to zero: its first request is a load or a
@@ -74,6 +76,7 @@ class PlacedFleet:
     memory_mb: Mapping[str, float]
     memory_limit_mb: float
     for_room: frozenset[Move] = frozenset()
+    kept: int = 0  # instances with nothing placed that serve the cache (module docstring, 2)
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,9 +150,9 @@ def steps(fleet: PlacedFleet, *, now_s: float, drain_s: float, budget: int) -> S
                 freed[m.instance_id] = freed.get(m.instance_id, 0.0) + mb(model)
 
     retire: list[str] = []
-    for m in members:
-        if m.placed:
-            continue
+    empty = sorted((m for m in members if not m.placed), key=lambda m: (not m.running,
+                   m.instance_id))  # fmt: skip
+    for m in empty[fleet.kept :]:
         serving = m.held - marked.get(m.instance_id, set())
         if not m.running or all(served_elsewhere(model, m.instance_id) for model in serving):
             retire.append(m.instance_id)
