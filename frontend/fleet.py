@@ -87,7 +87,7 @@ from mark.core.protocol import InferRequest, TensorMeta
 from mark.core.types import Instance, InstanceState, Model
 from provisioner.policy.batching import BatchPlan
 from provisioner.policy.capacity import CapacityCache
-from provisioner.policy.placement_steps import route_targets
+from provisioner.policy.placement_steps import LoadOption, load_target, route_targets
 from provisioner.policy.spill import QueueView
 
 __all__ = ["Fleet", "FleetSource", "Answer", "Unavailable"]
@@ -651,7 +651,7 @@ class Fleet:
         now = self.now_s()
         load = state.loading
         if load is None:
-            link = self._soonest(state, frozenset())
+            link = self._soonest(state, frozenset(), q.deadline_s)
             if link is None:
                 return not self._drain_blocked(state) and self._backing_off(state, q)
             load = self._start_load(state, link, frozenset())
@@ -707,10 +707,15 @@ class Fleet:
         )
         return True
 
-    def _soonest(self, state: ModelRoutes, tried: frozenset[str]) -> Link | None:
-        """The instance of `state`'s model, not in `tried` nor backing off after a failed load
-        of it nor draining it, with the least expected load time, those where the placement
-        put the model first (the first listed among equals); None when none is up."""
+    def _soonest(
+        self, state: ModelRoutes, tried: frozenset[str], deadline_s: float | None = None
+    ) -> Link | None:
+        """The instance of `state`'s model to load it on, not in `tried` nor backing off after
+        a failed load of it nor draining it, by `placement_steps.load_target` (the many-model
+        simulator's rule): where the placement put the model first; among those, the one with
+        the fewest requests queued of any model whose expected load and one service end by
+        `deadline_s`, else the one with the least expected load time (the first listed among
+        equals); None when none is up."""
         backend = state.backend_name
         now = self.now_s()
         name = state.model.name
@@ -721,12 +726,24 @@ class Fleet:
             and self._residency.backoff(x.id, backend, now) is None
         ]  # fmt: skip
 
-        def key(x: Link) -> tuple[bool, float]:
+        def option(x: Link) -> LoadOption:
             # where the placement put the model first: the control loop may be loading it there
             placed = x.instance.placed_models is None or name in x.instance.placed_models
-            return not placed, self._residency.expected_load_s(x.id, backend)
+            ready_s = now + self._residency.expected_load_s(x.id, backend)
+            service_s = x.profile.service_ms(1) / 1000.0 if x.profile is not None else 0.0
+            fits = deadline_s is not None and ready_s + service_s <= deadline_s
+            return LoadOption(x.id, placed, ready_s, fits, self._queued_on(x.id))
 
-        return min(candidates, key=key, default=None)
+        chosen = load_target(option(x) for x in candidates)
+        return state.links[chosen.instance_id] if chosen is not None else None
+
+    def _queued_on(self, instance_id: str) -> int:
+        """Requests of every model queued on the instance's batchers now (its busyness)."""
+        return sum(
+            len(link.batcher.pending)
+            for routes in self._models.values()
+            if (link := routes.links.get(instance_id)) is not None
+        )
 
     def _start_load(self, state: ModelRoutes, link: Link, tried: frozenset[str]) -> ModelLoad:
         expected_s = self._residency.expected_load_s(link.id, state.backend_name)

@@ -27,7 +27,7 @@ simulator evaluates.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from mark.core.types import Instance, Market, Offering
@@ -110,9 +110,11 @@ def split_cached(
       allowance (sum of r * (1 - percentile) over every model with traffic); the rest placed.
 
     The cached models' share of the fleet: their occupancy (mostly unbatched:
-    `placement.occupancy`) and memory (min(1, r * hold) * memory_mb each) at their mean
-    forecast rates (`mean_rps`: the share is a sum over many models, whose upper quantiles do
-    not add up), and room for the largest."""
+    `placement.occupancy`) and memory (min(1, r * hold) * memory_mb each), each a sum over
+    many models whose upper quantiles do not add up: the means add (`mean_rps`, the mean
+    forecast rates), and each model's excess at its placement rate (the upper quantile) over
+    its mean adds in quadrature, as deviations of independent parts do; and room for the
+    largest."""
     live = [n for n in needs if n.rate_rps > 0]
     placed: list[ModelNeed] = []
     cached: list[ModelNeed] = []
@@ -143,13 +145,19 @@ def split_cached(
             placed.append(need)
     mean = {n.name: min(mean_rps.get(n.name, n.rate_rps), n.rate_rps) for n in cached}
 
-    def held(n: ModelNeed) -> float:
+    def held_mb(n: ModelNeed, rate_rps: float) -> float:
         cost = costs[n.name]
-        return min(1.0, mean[n.name] * (cost.load_s + cost.service_s + protect_s))
+        return n.memory_mb * min(1.0, rate_rps * (cost.load_s + cost.service_s + protect_s))
+
+    def upper_sum(part: Callable[[ModelNeed, float], float]) -> float:
+        low = [part(n, mean[n.name]) for n in cached]
+        high = [part(n, n.rate_rps) for n in cached]
+        excess = math.sqrt(sum((h - lo) ** 2 for h, lo in zip(high, low, strict=True)))
+        return sum(low) + excess
 
     share = CacheShare(
-        occupancy=sum(occupancy(n, mean[n.name], cache) for n in cached),
-        memory_mb=sum(n.memory_mb * held(n) for n in cached),
+        occupancy=upper_sum(lambda n, r: occupancy(n, r, cache)),
+        memory_mb=upper_sum(held_mb),
         slot_mb=max((n.memory_mb for n in cached), default=0.0),
     )
     return sorted(placed, key=lambda n: n.name), share

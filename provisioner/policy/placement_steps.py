@@ -35,6 +35,12 @@ Moves (loads and drains; an unload is the end of a drain, not another move) are 
 placement) are not moves, as in `placement.place`. A load that waits for room or budget stays
 pending; the next tick's placement starts again from what is held.
 
+`load_target` is where a model resident nowhere is loaded for its requests: where the placement
+put it first; among those, the least busy of the instances whose load ends in time for the
+request's deadline (so that the cached tail's compute spreads over the fleet, as the placement
+reserved it on every instance), else the one whose load ends soonest. The many-model simulator
+chooses by it.
+
 `route_targets` is the data plane's side: a model's requests go to the instances that hold it
 where the placement put it, and only when none of those holds it yet to every instance that
 holds it (while a moved model loads on its new instance, the old one serves it); the many-model
@@ -46,7 +52,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
-__all__ = ["Member", "PlacedFleet", "Steps", "steps", "route_targets"]
+__all__ = ["Member", "PlacedFleet", "Steps", "LoadOption", "steps", "load_target", "route_targets"]
 
 Move = tuple[str, str]  # (instance id, model)
 _EPS = 1e-9
@@ -95,6 +101,33 @@ class Steps:
 
     def __bool__(self) -> bool:
         return bool(self.unloads or self.loads or self.drains or self.cleared or self.retire)
+
+
+@dataclass(frozen=True, slots=True)
+class LoadOption:
+    """An instance that could load a model resident nowhere: whether the placement put the
+    model there, when its load would end (after the loads ahead of it), whether that leaves the
+    request's service within its deadline, and how busy the instance is now (any measure that
+    grows with its load, the same for every option)."""
+
+    instance_id: str
+    placed: bool
+    ready_s: float
+    fits: bool
+    busy: float
+
+
+def load_target(options: Iterable[LoadOption]) -> LoadOption | None:
+    """The option to load on (see the module docstring); None when there is none. Ties go to
+    the first listed."""
+    listed = list(options)
+    if not listed:
+        return None
+    placed = [o for o in listed if o.placed] or listed
+    fitting = [o for o in placed if o.fits]
+    if fitting:
+        return min(fitting, key=lambda o: (o.busy, o.ready_s))
+    return min(placed, key=lambda o: o.ready_s)
 
 
 def route_targets(placed_here: Mapping[str, bool]) -> frozenset[str]:

@@ -93,6 +93,7 @@ from provisioner.policy.placement_fleet import (
     replan,
     split_cached,
 )
+from provisioner.policy.placement_steps import LoadOption, load_target
 from provisioner.policy.route_groups import group_names, group_of, share_moves
 from traces import Trace
 
@@ -103,6 +104,7 @@ __all__ = [
     "ManyScenario",
     "ManyRun",
     "model_counts",
+    "occupancy_floor_hours",
     "route_groups",
     "simulate_many",
 ]
@@ -515,6 +517,7 @@ class _Serving:
         self.hits = 0.0
         self.demand_loads = 0
         self.serverless_usd = 0.0
+        self.busy = np.zeros(0)  # occupancy per instance in the bucket being served
 
     def _lost(self, model: NDArray[np.int64] | int, count: NDArray[np.float64] | float) -> None:
         """Requests that cannot be served in time on the fleet: spill or miss."""
@@ -533,6 +536,9 @@ class _Serving:
         targets = route.sum(axis=0)
         share = np.where(route, counts / np.maximum(targets, 1), 0.0)
         self.hits += float(share.sum())
+        inst, model = np.nonzero(share)
+        occ = models.occupancy(model, share[inst, model] / width_s)
+        self.busy = np.bincount(inst, weights=occ, minlength=route.shape[0]).astype(np.float64)
         missing = np.flatnonzero((counts > 0) & (targets == 0))
         # the misses spread over the bucket (hottest first), each from its own moment on, so
         # that a cache slot turns over within a bucket as the worker's LRU does
@@ -542,6 +548,8 @@ class _Serving:
             served = self._miss(j, float(counts[j]), at_s, start_s + width_s - at_s)
             if served is not None:
                 share[served[0], j] += served[1]
+                rate = np.array([served[1] / width_s])
+                self.busy[served[0]] += float(models.occupancy(np.array([j]), rate)[0])
         inst, model = np.nonzero(share)
         if inst.size:
             occ = models.occupancy(model, share[inst, model] / width_s)
@@ -583,8 +591,8 @@ class _Serving:
 
     def _room_for(self, j: int, now_s: float) -> int | None:
         """The instance to serve model `j` from: one loading it already, else the ready one
-        whose load would end soonest (the front end's choice, frontend/fleet.py `_soonest`:
-        the least expected load time; a cached model is placed nowhere) once the least recently used
+        `placement_steps.load_target` picks (the least busy whose load fits the deadline, else
+        the soonest) among those with room once the least recently used
         models no placement routes there and not used in the worker's `protect_s` are evicted
         for room (evicted then); None when none can hold it."""
         fleet = self.fleet
@@ -609,10 +617,21 @@ class _Serving:
         free = np.where(ready, fleet.limit_mb - used + evictable @ memory, -math.inf)
         need = float(memory[j])
         rows = np.flatnonzero(free >= need - _EPS)
-        if rows.size == 0:
+        slack = float(fleet.models.slo_s[j] - fleet.models.service_1_s[j])
+        options = [
+            LoadOption(
+                str(r),
+                bool(fleet.placed[r, j]),
+                finish := fleet.load_finish_s(r, j, now_s),
+                finish - now_s <= slack + _EPS,
+                float(self.busy[r]),
+            )
+            for r in rows.tolist()
+        ]
+        chosen = load_target(options)
+        if chosen is None:
             return None
-        finish = [fleet.load_finish_s(int(r), j, now_s) for r in rows.tolist()]
-        best = int(rows[min(range(rows.size), key=lambda k: (finish[k], k))])
+        best = int(chosen.instance_id)
         room = fleet.limit_mb - float(used[best])
         lru = np.flatnonzero(evictable[best])
         for k in lru[np.argsort(fleet.last_used[best, lru], kind="stable")].tolist():
@@ -877,6 +896,21 @@ def _replan(
     )
     fleet.apply(plan, now_s, warm=False)
     return plan.moves
+
+
+def occupancy_floor_hours(scenario: ManyScenario) -> float:
+    """Instance-hours below which no fleet of the scenario's first candidate type serves its
+    trace within the SLO in this engine: an instance serves within the SLO only while its
+    models' occupancy sums to at most 1, so each bucket needs at least the occupancy of its
+    actual requests summed over models (perfect packing, no memory limit, the rates known)."""
+    counts = model_counts(scenario.trace, [m.name for m in scenario.fleet])
+    width = scenario.trace.bucket_s
+    cache = CapacityCache(budget_fraction=scenario.settings.budget_fraction)
+    itype = _candidate_types(scenario)[0]
+    models = _Models(scenario.fleet, scenario.catalog, itype, cache, scenario.settings, None)
+    bucket, model = np.nonzero(counts)
+    occ = models.occupancy(model, counts[bucket, model] / width)
+    return float(occ.sum()) * width / 3600.0
 
 
 def simulate_many(
