@@ -9,9 +9,10 @@ measured: "holds" or "does not hold".
 The runs are `mark.apps.simulator.many_model.simulate_many` on `bench.bench_many_model.build`'s
 scenarios (the per-bucket engine; its docstring says what it approximates). One tunable is chosen
 here, on held-out traffic: the workers' eviction protection (`worker.protect_s`), on the Cortex
-scenario's seed `--heldout-seed` (4 h, spot) among `PROTECT_CHOICES`, the cheapest run that meets
-the SLO; the reported runs use it on seed `--seed`, both scenarios. Everything else is the
-defaults (`PlacementConfig()`, `WorkerConfig()`'s disk budget except Cortex's NVMe, `ManySettings`).
+scenario's seed `--heldout-seed` (`--hours`, Mark-spot) among `PROTECT_CHOICES`, the cheapest run
+that meets the SLO; the reported runs use it on seed `--seed`, both scenarios. Everything else is
+the defaults (`PlacementConfig()`, `WorkerConfig()`'s disk budget but Cortex's NVMe,
+`ManySettings`).
 
 The compute floor beside each scenario: in the engine an instance serves its requests within the
 SLO while its models' squishy occupancy sums to at most 1 (`placement.occupancy`), so no fleet
@@ -189,14 +190,14 @@ def claims(scenario: str, rows: Mapping[str, Mapping[str, Any]]) -> list[tuple[s
     )
     for label, what in (
         ("mark-spot, no moves", "placement moves"),
-        ("mark-spot, no cache", "the cache (serving the tail by loads)"),
+        ("mark-spot, no cache", "serving the tail by loads from the cache"),
     ):
         if label in rows:
             r = rows[label]
             out.append(
                 (
-                    f"{what} lower the cost at the SLO (without: ${r['cost_per_hour_usd']:.3f}/h, "
-                    f"{r['slo_attainment']:.2%})",
+                    f"without {what} Mark-spot costs more or misses the SLO "
+                    f"(${r['cost_per_hour_usd']:.3f}/h, {r['slo_attainment']:.2%})",
                     spot["cost_per_hour_usd"] < r["cost_per_hour_usd"] or not met[label],
                 )
             )

@@ -38,9 +38,10 @@ busy; `Placement.unload` lists them.
 The models left to the cache (`CacheShare`, chosen by `placement_fleet.split_cached`: served by
 loads, pinned nowhere) still take compute and, while loaded, memory: their total is spread evenly
 over the instances as a reserve each bin starts with (`Bin.reserve`), at least one cached
-model's memory per instance (a load never has to evict a placed model). The packing is repeated
-with the reserve of the bins it opened until the count stands, and it opens instances that hold
-only the reserve when the cached models need more than the placed ones leave.
+model's memory per instance (a load never has to evict a placed model). The count it is spread
+over is the smallest whose packing needs no more instances than that count (bisection up from a
+lower bound on the instances, compute and memory of everything); instances that hold only the
+reserve are opened when the cached models need more than the placed ones leave.
 """
 
 from __future__ import annotations
@@ -379,25 +380,48 @@ def place(
     if not cached:
         return _pack(needs, residents, memory_limit_mb, max_moves, cache, replicate_above,
                      max_new, 0)  # fmt: skip
-    # the fewest instances the reserve fits on, then as many as the packing opens
-    count = max(
+
+    def packed(count: int) -> Placement:
+        return _pack(needs, residents, memory_limit_mb, max_moves, cache, replicate_above,
+                     max_new, count, cached)  # fmt: skip
+
+    # the fewest instances that could hold the placed models and the reserve, then the
+    # smallest count whose packing needs no more bins than it (more bins: a smaller reserve)
+    live = [n for n in needs if 0 < n.rate_rps and n.memory_mb <= memory_limit_mb]
+    occupied = sum(min(occupancy(n, n.rate_rps, cache), 1e6) for n in live)
+    memory = sum(n.memory_mb for n in live) + cached.memory_mb
+    low = max(
         len(residents),
+        math.ceil(occupied + cached.occupancy - _EPS),
+        math.ceil(memory / memory_limit_mb - _EPS),
         math.ceil(cached.occupancy / replicate_above - _EPS),
         math.ceil(cached.memory_mb / max(memory_limit_mb - cached.slot_mb, _EPS) - _EPS),
         1,
     )
-    plan = _pack(needs, residents, memory_limit_mb, max_moves, cache, replicate_above,
-                 max_new, count, cached)  # fmt: skip
+    plan = packed(low)
+    if len(plan.bins) <= low:
+        return plan
+    high, best = len(plan.bins), None
+    fallback = plan
     for _ in range(_REPACKS):
-        if len(plan.bins) <= count:
+        fallback = packed(high)
+        if len(fallback.bins) <= high:
+            best = fallback
             break
-        count = len(plan.bins)
-        plan = _pack(needs, residents, memory_limit_mb, max_moves, cache, replicate_above,
-                     max_new, count, cached)  # fmt: skip
-    return plan
+        high = len(fallback.bins)
+    if best is None:
+        return fallback
+    while high - low > 1:
+        mid = (low + high) // 2
+        trial = packed(mid)
+        if len(trial.bins) <= mid:
+            high, best = mid, trial
+        else:
+            low = mid
+    return best
 
 
-_REPACKS = 8  # re-packings with a larger count; each one opened more bins than the last
+_REPACKS = 8  # re-packings with a larger count while each opens more bins than the last
 
 
 def _pack(
