@@ -38,6 +38,7 @@ def split(needs: list[ModelNeed], load_s: float, spill: float | None = None, **k
         protect_s=kw.get("protect_s", 2.0),
         memory_usd_per_mb_s=kw.get("memory_usd_per_mb_s", 1e-6),
         allowance_share=kw.get("allowance_share", 0.5),
+        memory_limit_mb=kw.get("memory_limit_mb", 1000.0),
         cache=CACHE,
     )
 
@@ -107,3 +108,11 @@ def test_a_cold_model_loads_on_the_least_busy_instance_in_time_else_the_soonest(
     placed = LoadOption("d", placed=True, ready_s=9.0, fits=False, busy=9.0)
     assert load_target([a, b, placed]) == placed
     assert load_target([]) is None
+
+
+def test_the_miss_allowance_buys_memory_only_while_memory_sizes_the_fleet() -> None:
+    """The same rare models on instances whose memory holds them all with room to spare: the
+    fleet is sized by compute, so no request is made late to save memory."""
+    needs = [need("big", 0.3)] + [need(f"t{i}", 0.01 * (i + 1)) for i in range(5)]
+    placed, share = split(needs, load_s=3.0, protect_s=0.0, memory_limit_mb=1e7)
+    assert len(placed) == len(needs) and not share

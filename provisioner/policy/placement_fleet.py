@@ -90,6 +90,7 @@ def split_cached(
     protect_s: float,
     memory_usd_per_mb_s: float,
     allowance_share: float,
+    memory_limit_mb: float,
     cache: CapacityCache,
 ) -> tuple[list[ModelNeed], CacheShare]:
     """(the needs to place, what the rest take as `CacheShare`). A model with traffic holds
@@ -105,9 +106,12 @@ def split_cached(
     - else, where the serverless pool fits its SLO, its requests during a load spill: cached
       where r * (spill price + memory price * hold) is below its memory's price placed
       (`memory_usd_per_mb_s`: the type's price over its model memory);
-    - else its requests during a load miss: cached, the least busy first, while their expected
-      misses, r * (1 + r * load_s) each, stay within `allowance_share` of the SLO's miss
-      allowance (sum of r * (1 - percentile) over every model with traffic); the rest placed.
+    - else its requests during a load miss: cached, the least busy first, while memory is what
+      sizes the fleet (the memory of the models still placed, over `memory_limit_mb`, above
+      the occupancy of every model with traffic: else the memory saved buys nothing) and their
+      expected misses, r * (1 + r * load_s) each, stay within `allowance_share` of the SLO's
+      miss allowance (sum of r * (1 - percentile) over every model with traffic); the rest
+      placed.
 
     The cached models' share of the fleet: their occupancy (mostly unbatched:
     `placement.occupancy`) and memory (min(1, r * hold) * memory_mb each), each a sum over
@@ -136,10 +140,16 @@ def split_cached(
             by_misses.append((need.rate_rps, need.name, need))
     allowance = allowance_share * sum(n.rate_rps * (1.0 - n.slo.percentile) for n in live)
     spent = 0.0
+    # misses buy memory, worth it only while memory sizes the fleet: the memory of what stays
+    # placed needs more instances than the compute of every model with traffic
+    compute = sum(min(occupancy(n, n.rate_rps, cache), 1e6) for n in live)
+    placed_mb = sum(n.memory_mb for n in live) - sum(n.memory_mb for n in cached)
     for rate, _, need in sorted(by_misses, key=lambda x: (x[0], x[1])):
         misses = rate * (1.0 + rate * costs[need.name].load_s)
-        if spent + misses <= allowance + _EPS:
+        binds = placed_mb > compute * memory_limit_mb + _EPS
+        if binds and spent + misses <= allowance + _EPS:
             spent += misses
+            placed_mb -= need.memory_mb
             cached.append(need)
         else:
             placed.append(need)

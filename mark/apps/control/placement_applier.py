@@ -348,7 +348,7 @@ class _GroupPlacement:
         if self.config.worker.memory_budget_bytes is not None:
             limit_mb = min(limit_mb, self.config.worker.memory_budget_bytes / _MIB)
         needs, unplaced = self._needs(models, rates, itype.name)
-        needs, cached = self._split(needs, mean_rates)
+        needs, cached = self._split(needs, mean_rates, limit_mb)
         mine = [i for i in fleet if i.offering.instance_type == itype.name]
         residents = [Resident(i.id, self._holding(i, held)) for i in mine]
         placement = replan(
@@ -395,7 +395,7 @@ class _GroupPlacement:
         return needs, unplaced
 
     def _split(
-        self, needs: Sequence[ModelNeed], mean_rates: Mapping[str, float]
+        self, needs: Sequence[ModelNeed], mean_rates: Mapping[str, float], limit_mb: float
     ) -> tuple[list[ModelNeed], CacheShare]:
         """`placement_fleet.split_cached` with the live loop's load costs (module docstring)."""
         load_s = self.config.batching.default_load_s
@@ -407,6 +407,7 @@ class _GroupPlacement:
             protect_s=self.config.worker.protect_s,
             memory_usd_per_mb_s=0.0,
             allowance_share=self.config.placement.miss_allowance_share,
+            memory_limit_mb=limit_mb,
             cache=self.cache,
         )
 
@@ -450,7 +451,7 @@ class _GroupPlacement:
             if self.config.worker.memory_budget_bytes is not None:
                 limit_mb = min(limit_mb, self.config.worker.memory_budget_bytes / _MIB)
             needs, _ = self._needs(models, rates, name)
-            placed, cached = self._split(needs, mean_rates)
+            placed, cached = self._split(needs, mean_rates, limit_mb)
             options.append(TypeOption(name, price, limit_mb, tuple(placed), cached))
         chosen, reasons = cheapest_type(options, self.cache, self.config.placement.replicate_above)
         if chosen is None:

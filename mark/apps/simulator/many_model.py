@@ -304,8 +304,8 @@ class _Models:
         self.members = [np.flatnonzero(self.group == g) for g in range(len(self.tables))]
         self.service_1_s = np.array([p.service_ms(1) / 1000.0 for p in self.profiles])
         self.slo_s = np.array([s.latency_ms / 1000.0 for s in self.slos])
-        limit_mb = catalog.instance_type(itype).model_capacity_mb
-        self.memory_usd_per_mb_s = (price_per_hour or 0.0) / 3600.0 / limit_mb
+        self.limit_mb = catalog.instance_type(itype).model_capacity_mb
+        self.memory_usd_per_mb_s = (price_per_hour or 0.0) / 3600.0 / self.limit_mb
         self.costs: dict[str, LoadCost] = {}
         for i, m in enumerate(fleet):
             entry = catalog.model(m.profile)
@@ -682,6 +682,7 @@ def _split(
         protect_s=settings.protect_s,
         memory_usd_per_mb_s=models.memory_usd_per_mb_s,
         allowance_share=settings.allowance_share,
+        memory_limit_mb=models.limit_mb,
         cache=models.cache,
     )
 
