@@ -90,8 +90,7 @@ from mark.core.protocol import InferRequest, TensorMeta
 from mark.core.types import Instance, InstanceState, Model
 from provisioner.policy.batching import BatchPlan
 from provisioner.policy.capacity import CapacityCache
-from provisioner.policy.dataplane import load_target_key
-from provisioner.policy.placement_steps import route_targets
+from provisioner.policy.placement_steps import LoadOption, load_target, route_targets
 from provisioner.policy.spill import QueueView
 
 __all__ = ["Fleet", "FleetSource", "Answer", "Unavailable"]
@@ -750,7 +749,7 @@ class Fleet:
         now = self.now_s()
         load = state.loading
         if load is None:
-            link = self._soonest(state, frozenset())
+            link = self._soonest(state, frozenset(), q.deadline_s)
             if link is None:
                 return not self._drain_blocked(state) and self._backing_off(state, q)
             load = self._start_load(state, link, frozenset())
@@ -806,11 +805,17 @@ class Fleet:
         )
         return True
 
-    def _soonest(self, state: ModelRoutes, tried: frozenset[str]) -> Link | None:
-        """The instance of `state`'s model, not in `tried` nor backing off after a failed load
-        of it nor draining it, first in `load_target_key`'s order (where the placement put the
-        model, then where it fits in memory, then the least expected load time; the first
-        listed among equals); None when none is up."""
+    def _soonest(
+        self, state: ModelRoutes, tried: frozenset[str], deadline_s: float | None = None
+    ) -> Link | None:
+        """The instance of `state`'s model to load it on, not in `tried` nor backing off after
+        a failed load of it nor draining it, by `placement_steps.load_target` (the many-model
+        simulator's rule): where the placement put the model first; then where it fits in the
+        workers' memory budget without evicting (a full instance evicts, or refuses when what it
+        holds is in rotation: a wasted round trip and a back-off); among those, the one with the
+        fewest requests queued of any model whose expected load and one service end by
+        `deadline_s`, else the one with the least expected load time (the first listed among
+        equals); None when none is up."""
         backend = state.backend_name
         now = self.now_s()
         name = state.model.name
@@ -828,21 +833,32 @@ class Fleet:
             else None
         )
 
-        def key(x: Link) -> tuple[bool, bool, float]:
-            ready = self._residency.ready.get(x.id)  # None: no index (read)
-            free_mb = (
-                None
-                if footprints is None or budget_mb is None or ready is None
-                else budget_mb - sum(footprints.get(n, 0.0) for n in ready)
-            )
-            return load_target_key(
-                placed=x.instance.placed_models is None or name in x.instance.placed_models,
-                need_mb=need_mb,
-                free_mb=free_mb,
-                expected_load_s=self._residency.expected_load_s(x.id, backend),
-            )
+        def room(x: Link) -> bool:
+            """Unknown need or free memory (no footprint declared, no budget, no index read)
+            counts as room."""
+            ready = self._residency.ready.get(x.id)
+            if footprints is None or budget_mb is None or need_mb is None or ready is None:
+                return True
+            return need_mb <= budget_mb - sum(footprints.get(n, 0.0) for n in ready)
 
-        return min(candidates, key=key, default=None)
+        def option(x: Link) -> LoadOption:
+            # where the placement put the model first: the control loop may be loading it there
+            placed = x.instance.placed_models is None or name in x.instance.placed_models
+            ready_s = now + self._residency.expected_load_s(x.id, backend)
+            service_s = x.profile.service_ms(1) / 1000.0 if x.profile is not None else 0.0
+            fits = deadline_s is not None and ready_s + service_s <= deadline_s
+            return LoadOption(x.id, placed, ready_s, fits, self._queued_on(x.id), room(x))
+
+        chosen = load_target(option(x) for x in candidates)
+        return state.links[chosen.instance_id] if chosen is not None else None
+
+    def _queued_on(self, instance_id: str) -> int:
+        """Requests of every model queued on the instance's batchers now (its busyness)."""
+        return sum(
+            len(link.made.pending)
+            for routes in self._models.values()
+            if (link := routes.links.get(instance_id)) is not None and link.made is not None
+        )
 
     def _start_load(self, state: ModelRoutes, link: Link, tried: frozenset[str]) -> ModelLoad:
         expected_s = self._residency.expected_load_s(link.id, state.backend_name)

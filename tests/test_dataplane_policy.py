@@ -10,7 +10,6 @@ from provisioner.policy.dataplane import (
     MIN_WEIGHT,
     batch_plan,
     last_kept_position,
-    load_target_key,
     routing_weight,
     select_spills,
     service_rate_rps,
@@ -113,19 +112,3 @@ def test_last_kept_position_is_where_the_walk_starts_spilling() -> None:
         assert bool(chosen) == (position > 4)
     slow = QueueView(service_rate_rps=10.0, batch_service_ms=490.0, running_instances=1)
     assert last_kept_position(slow, SLO, 20.0) == -1
-
-
-def test_a_load_goes_where_placed_then_where_it_fits_then_soonest() -> None:
-    def key(placed: bool, free_mb: float | None, load_s: float) -> tuple[bool, bool, float]:
-        return load_target_key(
-            placed=placed, need_mb=100.0, free_mb=free_mb, expected_load_s=load_s
-        )
-
-    order = sorted(
-        [("full-quick", key(True, 50.0, 1.0)), ("unplaced", key(False, 500.0, 0.1)),
-         ("room-slow", key(True, 150.0, 3.0)), ("unknown", key(True, None, 2.0))],
-        key=lambda item: item[1],
-    )  # fmt: skip
-    assert [name for name, _ in order] == ["unknown", "room-slow", "full-quick", "unplaced"]
-    # no footprint declared: room everywhere, the load time decides
-    assert load_target_key(placed=True, need_mb=None, free_mb=0.0, expected_load_s=1.0)[1] is False

@@ -175,8 +175,9 @@ def _cross_check(peak_factor: float) -> tuple[dict[str, float], float, float]:
         run = mm.simulate_many(scenario, ["static"])[0]
         summary = run.summary(fleet)
         return per_request, summary["cost_usd"], summary["slo_attainment"]
-    models = mm._Models(fleet, CATALOG, TYPE, cache)
-    instances = mm._Fleet(models, CATALOG.instance_type(TYPE), mm.LOAD_MB_PER_S)
+    settings = mm.ManySettings(types=(TYPE,))
+    models = mm._Models(fleet, CATALOG, TYPE, cache, settings, None)
+    instances = mm._Fleet(models, CATALOG.instance_type(TYPE), settings)
     start = float(trace.grid_s[0])
     for _ in range(max(1, int(np.ceil(peak * peak_factor / cap - 1e-9)))):
         row = instances.launch(start, warm=True)

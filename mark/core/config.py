@@ -306,6 +306,10 @@ class PlacementConfig(_Section):
     # a model the forecast expects fewer requests of over the horizon is placed nowhere and
     # unloaded everywhere (scale to zero): its next request is a load or a spill
     min_expected_requests: Annotated[float, Field(ge=0)] = 1.0
+    # the share of the SLO's miss allowance that the models left to the workers' caches may
+    # spend on requests that a load makes late (provisioner/policy/placement_fleet.py,
+    # `split_cached`); set a priori at half, the other half for bursts and moves
+    miss_allowance_share: Annotated[float, Field(ge=0, le=1)] = 0.5
     # a model leaving an instance is off the front ends' routes this long before its unload
     # (their sync, batching.sync_interval_s, and the requests queued there, must fit in it)
     unload_drain_s: Annotated[float, Field(ge=0)] = 10.0

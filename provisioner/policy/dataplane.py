@@ -27,7 +27,6 @@ from provisioner.policy.spill import QueueView, ServerlessProfile, SpillReason, 
 __all__ = [
     "MIN_WEIGHT",
     "batch_plan",
-    "load_target_key",
     "routing_weight",
     "service_rate_rps",
     "select_spills",
@@ -64,21 +63,6 @@ def routing_weight(profile: Profile, slo: Slo, max_batch: int, cache: CapacityCa
     """Smooth weighted round-robin weight of an instance: its capacity at the SLO (req/s, from
     `cache`, built with the data plane's budget), at least MIN_WEIGHT."""
     return max(slo_capacity(profile, slo, max_batch, cache).rate_rps, MIN_WEIGHT)
-
-
-def load_target_key(
-    *, placed: bool, need_mb: float | None, free_mb: float | None, expected_load_s: float
-) -> tuple[bool, bool, float]:
-    """The order in which instances are asked to load a model resident on none of them, for
-    its requests (the least key first): one the placement put the model on (the control loop
-    may be loading it there), then one with room for it without evicting (`free_mb`: its
-    memory budget less the declared footprints of what it holds; a full instance evicts, or
-    refuses when what it holds is in active rotation: a wasted round trip and a back-off before
-    the next one is asked), then the least expected load time. As the simulator loads a miss
-    where memory is free (mark/apps/simulator/many_model.py, `_room_for`). An unknown need or
-    free memory (no footprint declared, no budget, no index) counts as room."""
-    room = need_mb is None or free_mb is None or need_mb <= free_mb
-    return not placed, not room, expected_load_s
 
 
 def service_rate_rps(parallelism: int, plan: BatchPlan) -> float:

@@ -34,6 +34,14 @@ The packing (`place`), deterministic:
 Residents no longer needed stay loaded (an unload is a move, and an idle model costs memory,
 not compute) unless their memory is needed for a placement, which then unloads the least
 busy; `Placement.unload` lists them.
+
+The models left to the cache (`CacheShare`, chosen by `placement_fleet.split_cached`: served by
+loads, pinned nowhere) still take compute and, while loaded, memory: their total is spread evenly
+over the instances as a reserve each bin starts with (`Bin.reserve`), at least one cached
+model's memory per instance (a load never has to evict a placed model). The count it is spread
+over is the smallest whose packing needs no more instances than that count (bisection up from a
+lower bound on the instances, compute and memory of everything); instances that hold only the
+reserve are opened when the cached models need more than the placed ones leave.
 """
 
 from __future__ import annotations
@@ -48,6 +56,8 @@ from provisioner.policy.capacity import CapacityCache
 
 __all__ = [
     "ModelNeed",
+    "CacheShare",
+    "NO_CACHE",
     "Resident",
     "Replica",
     "Bin",
@@ -71,6 +81,22 @@ class ModelNeed:
     profile: Profile
     slo: Slo
     max_batch: int
+
+
+@dataclass(frozen=True, slots=True)
+class CacheShare:
+    """What the models served by loads take of the fleet: their occupancy summed, the memory
+    they hold at once (expected), and the largest of them (room for one load per instance)."""
+
+    occupancy: float = 0.0
+    memory_mb: float = 0.0
+    slot_mb: float = 0.0
+
+    def __bool__(self) -> bool:
+        return self.occupancy > 0 or self.memory_mb > 0 or self.slot_mb > 0
+
+
+NO_CACHE = CacheShare()  # every model with traffic placed
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,6 +128,12 @@ class Bin:
     memory_mb: float = 0.0
     occupancy: float = 0.0
     placed: set[str] = field(default_factory=set)
+    reserve: bool = False  # it serves the cached models' loads (part of its room is theirs)
+
+    @property
+    def kept(self) -> bool:
+        """The instance is in use: it holds replicas or serves the cache."""
+        return bool(self.replicas) or self.reserve
 
     @property
     def rates(self) -> dict[str, float]:
@@ -185,13 +217,15 @@ class _Packer:
         residents: Sequence[Resident],
         memory_limit_mb: float,
         max_moves: int,
+        reserve: tuple[float, float] = (0.0, 0.0),
     ) -> None:
         self.needs = needs
         self.limit = memory_limit_mb + _EPS
         self.max_moves = max_moves
+        self.reserve_occ, self.reserve_mb = reserve
         self.held = {r.instance_id: set(r.models) for r in residents}
         self.bins = [
-            Bin(r.instance_id, memory_mb=sum(self._mb(m) for m in r.models)) for r in residents
+            self._bin(r.instance_id, sum(self._mb(m) for m in r.models)) for r in residents
         ]
         self.loads: list[tuple[str, str]] = []
         self.unload: list[tuple[str, str]] = []
@@ -199,6 +233,17 @@ class _Packer:
     @property
     def moves(self) -> int:
         return len(self.loads) + len(self.unload)
+
+    def _bin(self, instance_id: str | None, held_mb: float = 0.0) -> Bin:
+        """A bin with the cache's reserve taken: its occupancy, and its memory beyond what a
+        running instance holds already (the cached models it holds are part of the reserve)."""
+        reserved = self.reserve_occ > 0 or self.reserve_mb > 0
+        return Bin(
+            instance_id,
+            memory_mb=held_mb + self.reserve_mb,
+            occupancy=self.reserve_occ,
+            reserve=reserved,
+        )
 
     def _mb(self, model: str) -> float:
         need = self.needs.get(model)
@@ -226,7 +271,7 @@ class _Packer:
             return False
         held = self.held[b.instance_id]
         idle = sorted(
-            held - b.placed - {item.model},
+            (m for m in held - b.placed - {item.model} if self._mb(m) > 0),
             key=lambda m: (self.needs[m].rate_rps if m in self.needs else 0.0, m),
         )
         while not self.fits(b, item):
@@ -279,7 +324,7 @@ class _Packer:
                 return True
         if sum(1 for b in self.bins if b.instance_id is None) >= max_new:
             return False
-        fresh = Bin(None)
+        fresh = self._bin(None)
         fresh.add(item, item.memory_mb)
         self.bins.append(fresh)
         return True
@@ -292,6 +337,8 @@ class _Packer:
             if len(new) < 2:
                 return
             victim = min(new, key=lambda b: (b.occupancy, b.memory_mb, len(b.replicas)))
+            if victim.reserve:
+                return  # the count the reserve was spread over: `place` decides it
             others = [_copy(b) for b in new if b is not victim]
             for item in sorted(victim.replicas, key=_dominant(self.limit)):
                 target = next((b for b in others if self.fits(b, item)), None)
@@ -303,7 +350,7 @@ class _Packer:
 
 
 def _copy(b: Bin) -> Bin:
-    return Bin(b.instance_id, list(b.replicas), b.memory_mb, b.occupancy, set(b.placed))
+    return Bin(b.instance_id, list(b.replicas), b.memory_mb, b.occupancy, set(b.placed), b.reserve)
 
 
 def _dominant(limit_mb: float) -> Callable[[Replica], tuple[float, str]]:
@@ -324,21 +371,89 @@ def place(
     cache: CapacityCache,
     replicate_above: float = 0.5,
     max_new: int = 10_000,
+    cached: CacheShare = NO_CACHE,
 ) -> Placement:
     """Pack `needs` onto the running instances in `residents` and new instances of the same
     type (`memory_limit_mb` each for models), making at most `max_moves` loads and unloads on
-    running instances; pure and deterministic (see the module docstring)."""
+    running instances, with `cached`'s reserve on every instance; pure and deterministic (see
+    the module docstring)."""
+    if not cached:
+        return _pack(needs, residents, memory_limit_mb, max_moves, cache, replicate_above,
+                     max_new, 0)  # fmt: skip
+
+    def packed(count: int) -> Placement:
+        return _pack(needs, residents, memory_limit_mb, max_moves, cache, replicate_above,
+                     max_new, count, cached)  # fmt: skip
+
+    # the fewest instances that could hold the placed models and the reserve, then the
+    # smallest count whose packing needs no more bins than it (more bins: a smaller reserve)
+    live = [n for n in needs if 0 < n.rate_rps and n.memory_mb <= memory_limit_mb]
+    occupied = sum(min(occupancy(n, n.rate_rps, cache), 1e6) for n in live)
+    memory = sum(n.memory_mb for n in live) + cached.memory_mb
+    low = max(
+        len(residents),
+        math.ceil(occupied + cached.occupancy - _EPS),
+        math.ceil(memory / memory_limit_mb - _EPS),
+        math.ceil(cached.occupancy / replicate_above - _EPS),
+        math.ceil(cached.memory_mb / max(memory_limit_mb - cached.slot_mb, _EPS) - _EPS),
+        1,
+    )
+    plan = packed(low)
+    if len(plan.bins) <= low:
+        return plan
+    high, best = len(plan.bins), None
+    fallback = plan
+    for _ in range(_REPACKS):
+        fallback = packed(high)
+        if len(fallback.bins) <= high:
+            best = fallback
+            break
+        high = len(fallback.bins)
+    if best is None:
+        return fallback
+    while high - low > 1:
+        mid = (low + high) // 2
+        trial = packed(mid)
+        if len(trial.bins) <= mid:
+            high, best = mid, trial
+        else:
+            low = mid
+    return best
+
+
+_REPACKS = 8  # re-packings with a larger count while each opens more bins than the last
+
+
+def _pack(
+    needs: Sequence[ModelNeed],
+    residents: Sequence[Resident],
+    memory_limit_mb: float,
+    max_moves: int,
+    cache: CapacityCache,
+    replicate_above: float,
+    max_new: int,
+    count: int,
+    cached: CacheShare = NO_CACHE,
+) -> Placement:
+    """One packing with `cached` spread over `count` instances (at least that many bins)."""
+    reserve = (
+        (cached.occupancy / count, max(cached.slot_mb, cached.memory_mb / count))
+        if count > 0
+        else (0.0, 0.0)
+    )
     by_name = {n.name: n for n in needs}
-    packer = _Packer(by_name, residents, memory_limit_mb, max_moves)
+    packer = _Packer(by_name, residents, memory_limit_mb, max_moves, reserve)
     unplaced: dict[str, str] = {}
     items: list[Replica] = []
     replicas: dict[str, int] = {}
+    room_mb = memory_limit_mb - reserve[1]
     for need in sorted(needs, key=lambda n: n.name):
         if need.rate_rps <= 0:
             continue
-        if need.memory_mb > memory_limit_mb:
+        if need.memory_mb > room_mb:
             unplaced[need.name] = (
-                f"{need.memory_mb:.0f} MB is more than an instance holds ({memory_limit_mb:.0f} MB)"
+                f"{need.memory_mb:.0f} MB is more than an instance holds ({room_mb:.0f} MB"
+                + (" beside the cache's room)" if reserve[1] > 0 else ")")
             )
             continue
         occ, rates = replica_rates(need, cache, replicate_above)
@@ -353,6 +468,8 @@ def place(
         if not packer.best_fit(item, max_new):
             unplaced[item.model] = f"more than {max_new} new instances needed"
     packer.close_new()
+    while cached and len(packer.bins) < count:
+        packer.bins.append(packer._bin(None))  # instances for the cache alone
     return Placement(
         tuple(packer.bins), tuple(packer.loads), tuple(packer.unload), unplaced, replicas
     )

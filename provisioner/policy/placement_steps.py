@@ -15,7 +15,9 @@ what to do now; the caller carries it out and calls again (every sync) until not
    were answered).
 2. Instances with nothing placed (emptied into the others, or with an interruption notice) are
    retired once every model with traffic they hold is held by another instance that serves it;
-   a booting one at once.
+   a booting one at once; except the `kept` first of them (running ones first, by id), the
+   instances the placement keeps to serve the cached models' loads alone
+   (`placement.Bin.reserve`).
 3. New drains, which the front ends see on their next sync: first the models the placement
    unloads to make room (`for_room`), only while another instance serves them; then the models
    with no traffic, everywhere they are held (scale to zero: its first request is a load or a
@@ -33,6 +35,13 @@ Moves (loads and drains; an unload is the end of a drain, not another move) are 
 placement) are not moves, as in `placement.place`. A load that waits for room or budget stays
 pending; the next tick's placement starts again from what is held.
 
+`load_target` is where a model resident nowhere is loaded for its requests: where the placement
+put it first, then where it fits without evicting (a full worker evicts, or refuses for models
+in rotation); among those, the least busy of the instances whose load ends in time for the
+request's deadline (so that the cached tail's compute spreads over the fleet, as the placement
+reserved it on every instance), else the one whose load ends soonest. The many-model simulator
+chooses by it.
+
 `route_targets` is the data plane's side: a model's requests go to the instances that hold it
 where the placement put it, and only when none of those holds it yet to every instance that
 holds it (while a moved model loads on its new instance, the old one serves it); the many-model
@@ -44,7 +53,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
-__all__ = ["Member", "PlacedFleet", "Steps", "steps", "route_targets"]
+__all__ = ["Member", "PlacedFleet", "Steps", "LoadOption", "steps", "load_target", "route_targets"]
 
 Move = tuple[str, str]  # (instance id, model)
 _EPS = 1e-9
@@ -74,6 +83,7 @@ class PlacedFleet:
     memory_mb: Mapping[str, float]
     memory_limit_mb: float
     for_room: frozenset[Move] = frozenset()
+    kept: int = 0  # instances with nothing placed that serve the cache (module docstring, 2)
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,6 +102,36 @@ class Steps:
 
     def __bool__(self) -> bool:
         return bool(self.unloads or self.loads or self.drains or self.cleared or self.retire)
+
+
+@dataclass(frozen=True, slots=True)
+class LoadOption:
+    """An instance that could load a model resident nowhere: whether the placement put the
+    model there, whether it has room for it without evicting, when its load would end (after
+    the loads ahead of it), whether that leaves the request's service within its deadline, and
+    how busy the instance is now (any measure that grows with its load, the same for every
+    option)."""
+
+    instance_id: str
+    placed: bool
+    ready_s: float
+    fits: bool
+    busy: float
+    room: bool = True  # it holds the model without evicting (unknown: True)
+
+
+def load_target(options: Iterable[LoadOption]) -> LoadOption | None:
+    """The option to load on (see the module docstring); None when there is none. Ties go to
+    the first listed."""
+    listed = list(options)
+    if not listed:
+        return None
+    placed = [o for o in listed if o.placed] or listed
+    placed = [o for o in placed if o.room] or placed
+    fitting = [o for o in placed if o.fits]
+    if fitting:
+        return min(fitting, key=lambda o: (o.busy, o.ready_s))
+    return min(placed, key=lambda o: o.ready_s)
 
 
 def route_targets(placed_here: Mapping[str, bool]) -> frozenset[str]:
@@ -147,9 +187,9 @@ def steps(fleet: PlacedFleet, *, now_s: float, drain_s: float, budget: int) -> S
                 freed[m.instance_id] = freed.get(m.instance_id, 0.0) + mb(model)
 
     retire: list[str] = []
-    for m in members:
-        if m.placed:
-            continue
+    empty = sorted((m for m in members if not m.placed), key=lambda m: (not m.running,
+                   m.instance_id))  # fmt: skip
+    for m in empty[fleet.kept :]:
         serving = m.held - marked.get(m.instance_id, set())
         if not m.running or all(served_elsewhere(model, m.instance_id) for model in serving):
             retire.append(m.instance_id)

@@ -12,7 +12,13 @@ now: EC2's user data starts every model an instance is launched with as a pinned
 
 Each tick (`tick`, after the planner's actions):
 1. each model's rate to place: `placement_fleet.placement_rate` of its forecast over the
-   horizon, zero below `placement.min_expected_requests` requests (scaled to zero);
+   horizon, zero below `placement.min_expected_requests` requests (scaled to zero); of those
+   with traffic, `placement_fleet.split_cached` keeps placed only the ones whose memory is
+   cheaper than their loads (each load expected to take `batching.default_load_s`, with
+   `worker.protect_s` of eviction protection; no spill priced here, so a model whose load does
+   not fit its deadline is placed unless the miss allowance takes it,
+   `placement.miss_allowance_share`), and the others are served from the workers' caches by
+   the front ends' loads, their compute and memory reserved on every instance;
 2. what each instance holds: its repository index (READY) and the loads in flight; a booting
    instance holds what was placed on it. An instance with an interruption notice, or draining,
    is no resident: the planner drains and terminates those, as it does any instance;
@@ -97,13 +103,15 @@ from provisioner.policy.actions import Drain, Launch, Plan, Terminate
 from provisioner.policy.billing import price_now
 from provisioner.policy.capacity import CapacityCache
 from provisioner.policy.offerings import Offerings, cooling_pools
-from provisioner.policy.placement import ModelNeed, Placement, Resident
+from provisioner.policy.placement import CacheShare, ModelNeed, Placement, Resident
 from provisioner.policy.placement_fleet import (
+    LoadCost,
     TypeOption,
     bin_offerings,
     cheapest_type,
     placement_rate,
     replan,
+    split_cached,
 )
 from provisioner.policy.placement_steps import Member, PlacedFleet, steps
 from provisioner.policy.route_groups import group_names, group_of, instance_group, share_moves
@@ -200,6 +208,10 @@ class PlacementApplier:
             )
             for m in models
         }
+        means = {
+            m.name: sum(forecasts[m.name].mean_rps) / max(len(forecasts[m.name].mean_rps), 1)
+            for m in models
+        }
         members: dict[str, list[Model]] = {name: [] for name in self._groups}
         for m in models:
             members[group_of(m.name, rules)].append(m)
@@ -225,6 +237,7 @@ class PlacementApplier:
                 now_s,
                 members[name],
                 rates,
+                means,
                 memory_mb,
                 offerings,
                 types,
@@ -280,6 +293,7 @@ class _GroupPlacement:
     _memory_mb: dict[str, float] = field(default_factory=dict)
     _limit_mb: float = 0.0
     _for_room: frozenset[Move] = frozenset()
+    _kept: int = 0  # bins that serve the cache alone (`placement_steps.PlacedFleet.kept`)
     _held: dict[str, frozenset[str]] = field(default_factory=dict)  # last index read
     _loads: dict[Move, asyncio.Task[None]] = field(default_factory=dict)
     _failed: set[Move] = field(default_factory=set)  # loads not tried again until the next tick
@@ -306,6 +320,7 @@ class _GroupPlacement:
         now_s: float,
         models: Sequence[Model],
         placement_rates: Mapping[str, float],
+        mean_rates: Mapping[str, float],
         memory_mb: Mapping[str, float],
         offerings: Sequence[Offering],
         types: Mapping[str, InstanceType],
@@ -328,13 +343,14 @@ class _GroupPlacement:
         self._failed.clear()
         running = [i for i in fleet if i.state == InstanceState.RUNNING]
         held = await self._read(running)
-        itype = await self._fleet_type(now_s, fleet, models, rates, offerings, types)
+        itype = await self._fleet_type(now_s, fleet, models, rates, mean_rates, offerings, types)
         if itype is None:
             return None, None
         limit_mb = itype.model_capacity_mb
         if self.config.worker.memory_budget_bytes is not None:
             limit_mb = min(limit_mb, self.config.worker.memory_budget_bytes / _MIB)
         needs, unplaced = self._needs(models, rates, itype.name)
+        needs, cached = self._split(needs, mean_rates, limit_mb)
         mine = [i for i in fleet if i.offering.instance_type == itype.name]
         residents = [Resident(i.id, self._holding(i, held)) for i in mine]
         placement = replan(
@@ -344,7 +360,9 @@ class _GroupPlacement:
             max_moves=max_moves,
             cache=self.cache,
             replicate_above=cfg.replicate_above,
+            cached=cached,
         )
+        self._kept = sum(1 for b in placement.bins if b.reserve and not b.replicas)
         unplaced.update(placement.unplaced)
         self._rates = rates
         self._memory_mb = dict(memory_mb)
@@ -378,6 +396,23 @@ class _GroupPlacement:
             needs.append(ModelNeed(m.name, rates[m.name], memory_mb, profile, m.slo, max_batch))
         return needs, unplaced
 
+    def _split(
+        self, needs: Sequence[ModelNeed], mean_rates: Mapping[str, float], limit_mb: float
+    ) -> tuple[list[ModelNeed], CacheShare]:
+        """`placement_fleet.split_cached` with the live loop's load costs (module docstring)."""
+        load_s = self.config.batching.default_load_s
+        costs = {n.name: LoadCost(load_s, n.profile.service_ms(1) / 1000.0) for n in needs}
+        return split_cached(
+            needs,
+            costs,
+            mean_rates,
+            protect_s=self.config.worker.protect_s,
+            memory_usd_per_mb_s=0.0,
+            allowance_share=self.config.placement.miss_allowance_share,
+            memory_limit_mb=limit_mb,
+            cache=self.cache,
+        )
+
     def _holding(self, inst: Instance, held: Mapping[str, frozenset[str]]) -> frozenset[str]:
         """What `inst` holds for the placement: its index (a booting one: its placement) and
         the loads in flight there."""
@@ -393,6 +428,7 @@ class _GroupPlacement:
         fleet: Sequence[Instance],
         models: Sequence[Model],
         rates: Mapping[str, float],
+        mean_rates: Mapping[str, float],
         offerings: Sequence[Offering],
         types: Mapping[str, InstanceType],
     ) -> InstanceType | None:
@@ -417,7 +453,8 @@ class _GroupPlacement:
             if self.config.worker.memory_budget_bytes is not None:
                 limit_mb = min(limit_mb, self.config.worker.memory_budget_bytes / _MIB)
             needs, _ = self._needs(models, rates, name)
-            options.append(TypeOption(name, price, limit_mb, tuple(needs)))
+            placed, cached = self._split(needs, mean_rates, limit_mb)
+            options.append(TypeOption(name, price, limit_mb, tuple(placed), cached))
         chosen, reasons = cheapest_type(options, self.cache, self.config.placement.replicate_above)
         if chosen is None:
             why = "; ".join(reasons) or "no instance type has a profile of every model"
@@ -525,7 +562,7 @@ class _GroupPlacement:
                     f"{limit_mb:.4g} MB; {offering.key} at ${offering.price_per_hour:.4f}/h"
                 )
                 action = Launch(
-                    placed[0],
+                    (placed or group)[0],
                     offering,
                     reason,
                     itype.charge_usd(planner.horizon_s, offering.price_per_hour),
@@ -536,7 +573,7 @@ class _GroupPlacement:
                     now_s,
                     ActionKind.LAUNCH,
                     reason,
-                    model=placed[0],
+                    model=(placed or group)[0],
                     offering_key=offering.key,
                     expected_cost_usd=action.expected_cost_usd,
                 )
@@ -586,7 +623,9 @@ class _GroupPlacement:
         )
         cfg = self.config.placement
         todo = steps(
-            PlacedFleet(members, self._rates, self._memory_mb, self._limit_mb, self._for_room),
+            PlacedFleet(
+                members, self._rates, self._memory_mb, self._limit_mb, self._for_room, self._kept
+            ),
             now_s=now_s,
             drain_s=cfg.unload_drain_s,
             budget=self._max_moves - self._spent,

@@ -16,12 +16,20 @@ trace (60 s) is one step, vectorised over models with numpy:
   and the exact moment a move finishes (a model serves from the bucket after its load ends).
   Checked against the per-request engine on one model and one type (static, the same trace):
   tests/test_many_model_sim.py compares SLO attainment and cost.
-- Cache: requests of a model held by no instance are cache misses. The model is loaded on
-  demand onto the instance with the most free memory, evicting the least recently used models
-  that no placement needs; a load takes size_mb / `load_mb_per_s`, after what that instance is
-  already loading. A request arriving while its model loads waits for the load: it meets the
-  SLO if the wait plus T(1) fits (uniform arrivals within the bucket give the share), else it
-  spills to serverless if that fits the SLO, else misses. Requests of held models are hits.
+- Cache (the worker's, mark/apps/worker/cache.py): requests of a model held by no instance are
+  cache misses. The model is loaded on demand where `placement_steps.load_target` says (the
+  front end's rule: the least busy instance whose load ends within the deadline, else the
+  soonest; busy: the occupancy routed to it so far in the bucket), among the instances with
+  room once the least recently used models that no placement needs and that served nothing in
+  the last `protect_s` (eviction protection) are evicted. A load takes size_mb /
+  `disk_mb_per_s` where the instance's disk cache (`disk_mb`, LRU, models in memory kept
+  longest) has the artifact, else size_mb / `load_mb_per_s` from the store, after what that
+  instance is already loading. A request arriving while its model loads waits for the load: it
+  meets the SLO if the wait plus T(1) fits (uniform arrivals give the share), else it spills to
+  serverless if that fits the SLO, else misses. The misses of a bucket start at moments spread
+  over it (hottest first), and a model's last use is its last request's expected time, so that
+  a cache slot turns over within a bucket; the requests a load serves add their occupancy to
+  the instance's. Requests of held models are hits.
 - Instances: launches are ready after the type's `launch_overhead_s`, then load their models
   one after another; billing is per second with the 60 s minimum (`InstanceType.charge_usd`), on
   spot at the catalog's spot history (`billing.spot_charge_usd`). No spot interruptions here.
@@ -30,8 +38,11 @@ trace (60 s) is one step, vectorised over models with numpy:
 Policies:
 - `mark` (`mark-ondemand`, `mark-spot`): every `replan_s` each model's forecaster
   (`predictors.registry`) forecasts its rate for the next interval; a model expected to get at
-  least `min_expected_requests` in it is placed at the forecast's upper quantile, the others are
-  left to the cache (a resident stays loaded until its memory is needed). The placement is
+  least `min_expected_requests` in it has the forecast's upper quantile as its rate, and
+  `placement_fleet.split_cached` places only those whose memory is cheaper than serving them by
+  loads (`ManySettings.cache` off: all), the others left to the cache with their share reserved
+  on every instance (`placement.CacheShare`); a resident stays loaded until its memory is
+  needed. The placement is
   applied as it comes (loads, unloads, launches); instances left with nothing placed are
   terminated, and the least-occupied one is emptied into the others when the placement without
   it needs no new instance (its models' loads count against the move bound). The rate, the
@@ -55,7 +66,9 @@ the flat fleet's.
 
 Load bandwidth: `LOAD_MB_PER_S`, estimated: neither seed gives one; 100 MB/s is about one S3
 GET stream (AWS's S3 performance guidelines suggest parallel ranged GETs to go faster) and puts a
-300 MB translation model at 3 s, an 800 MB bert-base at 8 s.
+300 MB translation model at 3 s, an 800 MB bert-base at 8 s. From the instance's disk cache,
+`DISK_MB_PER_S`, estimated: 1 GB/s, a local NVMe SSD's sequential read (Cortex: "loads from
+disk are fast"; its blog gives no figure), 0.3 s for a translation model.
 """
 
 from __future__ import annotations
@@ -70,20 +83,30 @@ from numpy.typing import NDArray
 
 from mark.apps.simulator.fleet_file import FleetModel
 from mark.core.catalog import Catalog
-from mark.core.config import PlacementConfig, RouteGroup
+from mark.core.config import PlacementConfig, RouteGroup, WorkerConfig
 from mark.core.errors import InvalidValue
 from mark.core.types import InstanceType, Profile, Slo
 from predictors.base import Forecaster
 from predictors.registry import create_forecaster
 from provisioner.policy import billing
 from provisioner.policy.capacity import CapacityCache
-from provisioner.policy.placement import ModelNeed, Placement, Resident, occupancy
+from provisioner.policy.placement import (
+    NO_CACHE,
+    CacheShare,
+    ModelNeed,
+    Placement,
+    Resident,
+    occupancy,
+)
 from provisioner.policy.placement_fleet import (
+    LoadCost,
     TypeOption,
     cheapest_type,
     placement_rate,
     replan,
+    split_cached,
 )
+from provisioner.policy.placement_steps import LoadOption, load_target
 from provisioner.policy.route_groups import group_names, group_of, share_moves
 from traces import Trace
 
@@ -94,17 +117,21 @@ __all__ = [
     "ManyScenario",
     "ManyRun",
     "model_counts",
+    "occupancy_floor_hours",
     "route_groups",
     "simulate_many",
 ]
 
 LOAD_MB_PER_S = 100.0
+DISK_MB_PER_S = 1000.0
 MANY_POLICIES = ("mark", "static")
 _OCC_POINTS = 256
 _EPS = 1e-9
 
 Market = Literal["ondemand", "spot", "mixed"]
 _LIVE = PlacementConfig()  # the live control loop's defaults (`[placement]`)
+_WORKER = WorkerConfig()  # the worker's cache defaults (`[worker]`)
+_MIB = 2**20
 
 
 @dataclass(frozen=True)
@@ -115,7 +142,12 @@ class ManySettings:
     types: tuple[str, ...] = ()
     zones: tuple[str, ...] = ("us-east-1a", "us-east-1b", "us-east-1c")
     budget_fraction: float = 0.8
-    load_mb_per_s: float = LOAD_MB_PER_S
+    load_mb_per_s: float = LOAD_MB_PER_S  # from the store
+    disk_mb_per_s: float = DISK_MB_PER_S  # from the instance's disk cache
+    disk_mb: float = _WORKER.disk_budget_bytes / _MIB  # `worker.disk_budget_bytes`
+    protect_s: float = _WORKER.protect_s  # `worker.protect_s`: eviction protection
+    cache: bool = True  # False: every model with traffic placed (the "no cache" ablation)
+    allowance_share: float = _LIVE.miss_allowance_share
     max_moves: int = _LIVE.max_moves
     replan_s: float = 300.0
     predictor: str = "ewma"
@@ -241,7 +273,13 @@ class _Models:
     occupancy (interpolated on a grid of rates per distinct profile and SLO)."""
 
     def __init__(
-        self, fleet: Sequence[FleetModel], catalog: Catalog, itype: str, cache: CapacityCache
+        self,
+        fleet: Sequence[FleetModel],
+        catalog: Catalog,
+        itype: str,
+        cache: CapacityCache,
+        settings: ManySettings,
+        price_per_hour: float | None,
     ) -> None:
         self.names = [m.name for m in fleet]
         self.cache = cache
@@ -266,6 +304,22 @@ class _Models:
         self.members = [np.flatnonzero(self.group == g) for g in range(len(self.tables))]
         self.service_1_s = np.array([p.service_ms(1) / 1000.0 for p in self.profiles])
         self.slo_s = np.array([s.latency_ms / 1000.0 for s in self.slos])
+        self.limit_mb = catalog.instance_type(itype).model_capacity_mb
+        self.memory_usd_per_mb_s = (price_per_hour or 0.0) / 3600.0 / self.limit_mb
+        self.costs: dict[str, LoadCost] = {}
+        for i, m in enumerate(fleet):
+            entry = catalog.model(m.profile)
+            fits = 0 < entry.serverless_latency_ms <= m.slo.latency_ms
+            spill_usd = (
+                catalog.lambda_pricing.charge_usd(
+                    entry.serverless_latency_ms, entry.serverless_memory_mb
+                )
+                if fits
+                else None
+            )
+            on_disk = m.size_mb <= settings.disk_mb
+            speed = settings.disk_mb_per_s if on_disk else settings.load_mb_per_s
+            self.costs[m.name] = LoadCost(m.size_mb / speed, float(self.service_1_s[i]), spill_usd)
 
     def need(self, i: int, rate_rps: float) -> ModelNeed:
         p = self.profiles[i]
@@ -313,17 +367,21 @@ class _Fleet:
     """Running instances of one type as rows of (instances, models) matrices: when each model
     is ready on each (inf: not held), where placement routes it, when it last served."""
 
-    def __init__(self, models: _Models, itype: InstanceType, load_mb_per_s: float) -> None:
+    def __init__(self, models: _Models, itype: InstanceType, settings: ManySettings) -> None:
         self.models = models
         self.itype = itype
         self.limit_mb = itype.model_capacity_mb
-        self.load_s = models.size / load_mb_per_s
+        self.load_s = models.size / settings.load_mb_per_s
+        self.disk_load_s = models.size / settings.disk_mb_per_s
+        self.disk_mb = settings.disk_mb
+        self.protect_s = settings.protect_s
         n = len(models.names)
         self.instances: list[_Instance] = []
         self.ended: list[_Instance] = []
         self.ready_at = np.empty((0, n))
         self.placed = np.zeros((0, n), dtype=bool)
         self.last_used = np.empty((0, n))
+        self.on_disk = np.zeros((0, n), dtype=bool)
         self.index = {name: i for i, name in enumerate(models.names)}
         self.loads = 0
         self.launches = 0
@@ -348,17 +406,39 @@ class _Fleet:
         ]
         self.terminate(done, now_s)
 
+    def load_finish_s(self, row: int, model: int, now_s: float) -> float:
+        """When a load of `model` started now on instance `row` would end: after the loads it
+        has in flight, from its disk cache where the artifact is there, else from the store."""
+        inst = self.instances[row]
+        took = self.disk_load_s if self.on_disk[row, model] else self.load_s
+        return max(now_s, inst.loading_until_s, inst.ready_s) + float(took[model])
+
     def load(self, row: int, model: int, now_s: float, *, warm: bool) -> float:
-        """Start loading `model` on instance `row`; when it is ready."""
+        """Start loading `model` on instance `row`; when it is ready. Its artifact joins the
+        disk cache, whose least recently used artifacts leave when it is over budget (those of
+        models not in memory first, as the worker's cache does)."""
         inst = self.instances[row]
         if warm:
             ready = now_s
         else:
-            ready = max(now_s, inst.loading_until_s, inst.ready_s) + float(self.load_s[model])
+            ready = self.load_finish_s(row, model, now_s)
             inst.loading_until_s = ready
             self.loads += 1
         self.ready_at[row, model] = ready
         self.last_used[row, model] = now_s
+        self.on_disk[row, model] = True
+        sizes = self.models.size
+        over = float(sizes[self.on_disk[row]].sum()) - self.disk_mb
+        if over > _EPS:
+            cand = np.flatnonzero(self.on_disk[row])
+            cand = cand[cand != model]
+            in_memory = np.isfinite(self.ready_at[row, cand])
+            order = cand[np.lexsort((self.last_used[row, cand], in_memory))]
+            for k in order.tolist():
+                if over <= _EPS:
+                    break
+                self.on_disk[row, k] = False
+                over -= float(sizes[k])
         return ready
 
     def launch(self, now_s: float, *, warm: bool) -> int:
@@ -369,6 +449,7 @@ class _Fleet:
         self.ready_at = np.vstack([self.ready_at, np.full((1, n), np.inf)])
         self.placed = np.vstack([self.placed, np.zeros((1, n), dtype=bool)])
         self.last_used = np.vstack([self.last_used, np.full((1, n), -np.inf)])
+        self.on_disk = np.vstack([self.on_disk, np.zeros((1, n), dtype=bool)])
         self.launches += 1
         return len(self.instances) - 1
 
@@ -381,7 +462,7 @@ class _Fleet:
         keep = np.setdiff1d(np.arange(len(self.instances)), np.asarray(rows, dtype=np.int64))
         self.instances = [self.instances[i] for i in keep.tolist()]
         self.ready_at, self.placed = self.ready_at[keep], self.placed[keep]
-        self.last_used = self.last_used[keep]
+        self.last_used, self.on_disk = self.last_used[keep], self.on_disk[keep]
 
     def apply(self, plan: Placement, now_s: float, *, warm: bool) -> None:
         """Carry out a placement: unloads, loads, launches for its new bins, the routing."""
@@ -403,7 +484,7 @@ class _Fleet:
                 self.placed[row, j] = True
                 if not np.isfinite(self.ready_at[row, j]):
                     self.load(row, j, now_s, warm=warm)
-            if not b.replicas:
+            if not b.kept:
                 empty.append(row)
         for i, inst in enumerate(self.instances):
             if i not in kept and inst.retire_s is None:
@@ -449,6 +530,7 @@ class _Serving:
         self.hits = 0.0
         self.demand_loads = 0
         self.serverless_usd = 0.0
+        self.busy = np.zeros(0)  # occupancy per instance in the bucket being served
 
     def _lost(self, model: NDArray[np.int64] | int, count: NDArray[np.float64] | float) -> None:
         """Requests that cannot be served in time on the fleet: spill or miss."""
@@ -466,26 +548,45 @@ class _Serving:
         route[:, orphan] = avail[:, orphan]
         targets = route.sum(axis=0)
         share = np.where(route, counts / np.maximum(targets, 1), 0.0)
+        self.hits += float(share.sum())
+        inst, model = np.nonzero(share)
+        occ = models.occupancy(model, share[inst, model] / width_s)
+        self.busy = np.bincount(inst, weights=occ, minlength=route.shape[0]).astype(np.float64)
+        missing = np.flatnonzero((counts > 0) & (targets == 0))
+        # the misses spread over the bucket (hottest first), each from its own moment on, so
+        # that a cache slot turns over within a bucket as the worker's LRU does
+        order = missing[np.argsort(-counts[missing], kind="stable")].tolist()
+        for k, j in enumerate(order):
+            at_s = start_s + width_s * k / len(order)
+            served = self._miss(j, float(counts[j]), at_s, start_s + width_s - at_s)
+            if served is not None:
+                share[served[0], j] += served[1]
+                rate = np.array([served[1] / width_s])
+                self.busy[served[0]] += float(models.occupancy(np.array([j]), rate)[0])
         inst, model = np.nonzero(share)
         if inst.size:
             occ = models.occupancy(model, share[inst, model] / width_s)
             load = np.bincount(inst, weights=occ, minlength=route.shape[0])
             ok = np.where(load > 1.0, 1.0 / np.maximum(load, _EPS), 1.0)
-            served = share[inst, model]
-            np.add.at(self.good, model, served * ok[inst])
-            self._lost(model, served * (1.0 - ok[inst]))
-            self.hits += float(served.sum())
-            fleet.last_used[inst, model] = start_s
-        missing = np.flatnonzero((counts > 0) & (targets == 0))
-        for j in missing[np.argsort(-counts[missing], kind="stable")].tolist():
-            self._miss(j, float(counts[j]), start_s, width_s)
+            served_on = share[inst, model]
+            np.add.at(self.good, model, served_on * ok[inst])
+            self._lost(model, served_on * (1.0 - ok[inst]))
+            # its last request: the last of `served_on` uniform arrivals over the bucket
+            last = start_s + width_s * served_on / (served_on + 1.0)
+            fleet.last_used[inst, model] = np.maximum(fleet.last_used[inst, model], last)
 
-    def _miss(self, j: int, count: float, start_s: float, width_s: float) -> None:
+    def _miss(
+        self, j: int, count: float, start_s: float, width_s: float
+    ) -> tuple[int, float] | None:
+        """Model `j` is in memory on no instance: its load (in flight, else started on the
+        instance that can load it soonest) serves the requests that arrive once it is ready,
+        and those before it that can wait for it within the SLO; the others spill or miss.
+        (row, the requests the instance serves), or None when no instance can hold it."""
         fleet = self.fleet
         row = self._room_for(j, start_s)
         if row is None:
             self._lost(j, count)
-            return
+            return None
         loading = np.isfinite(fleet.ready_at[row, j])
         ready = (
             float(fleet.ready_at[row, j]) if loading else fleet.load(row, j, start_s, warm=False)
@@ -497,13 +598,16 @@ class _Serving:
         later = count - early
         slack = float(self.fleet.models.slo_s[j] - self.fleet.models.service_1_s[j])
         within = early * (min(1.0, max(0.0, slack / wait)) if wait > 0 else 1.0)
-        self.good[j] += later + within
         self.hits += later
         self._lost(j, early - within)
+        return row, later + within
 
     def _room_for(self, j: int, now_s: float) -> int | None:
-        """The ready instance with the most memory free for model `j` once the least recently
-        used models no placement routes there are evicted; None when none can hold it."""
+        """The instance to serve model `j` from: one loading it already, else the ready one
+        `placement_steps.load_target` picks (the least busy whose load fits the deadline, else
+        the soonest) among those with room once the least recently used
+        models no placement routes there and not used in the worker's `protect_s` are evicted
+        for room (evicted then); None when none can hold it."""
         fleet = self.fleet
         ready = np.array(
             [inst.ready_s <= now_s + _EPS and inst.retire_s is None for inst in fleet.instances],
@@ -517,12 +621,30 @@ class _Serving:
             return int(holding[0])
         memory = fleet.models.memory
         used = held @ memory
-        evictable = held & ~fleet.placed & (fleet.ready_at <= now_s)
+        evictable = (
+            held
+            & ~fleet.placed
+            & (fleet.ready_at <= now_s)
+            & (fleet.last_used < now_s - fleet.protect_s + _EPS)
+        )
         free = np.where(ready, fleet.limit_mb - used + evictable @ memory, -math.inf)
         need = float(memory[j])
-        best = int(np.argmax(free)) if free.max() >= need - _EPS else None
-        if best is None:
+        rows = np.flatnonzero(free >= need - _EPS)
+        slack = float(fleet.models.slo_s[j] - fleet.models.service_1_s[j])
+        options = [
+            LoadOption(
+                str(r),
+                bool(fleet.placed[r, j]),
+                finish := fleet.load_finish_s(r, j, now_s),
+                finish - now_s <= slack + _EPS,
+                float(self.busy[r]),
+            )
+            for r in rows.tolist()
+        ]
+        chosen = load_target(options)
+        if chosen is None:
             return None
+        best = int(chosen.instance_id)
         room = fleet.limit_mb - float(used[best])
         lru = np.flatnonzero(evictable[best])
         for k in lru[np.argsort(fleet.last_used[best, lru], kind="stable")].tolist():
@@ -542,6 +664,29 @@ def _candidate_types(scenario: ManyScenario) -> list[str]:
     return [n for n in names if all(n in catalog.model(p).profiles for p in profiles)]
 
 
+def _split(
+    models: _Models,
+    rates: NDArray[np.float64],
+    settings: ManySettings,
+    mean: NDArray[np.float64] | None = None,
+) -> tuple[list[ModelNeed], CacheShare]:
+    """The models to place and what the cached ones take (`placement_fleet.split_cached`, the
+    live control loop's rule); with `settings.cache` off every model with traffic is placed."""
+    needs = [models.need(i, float(r)) for i, r in enumerate(rates.tolist()) if r > 0]
+    if not settings.cache:
+        return needs, NO_CACHE
+    return split_cached(
+        needs,
+        models.costs,
+        dict(zip(models.names, (mean if mean is not None else rates).tolist(), strict=True)),
+        protect_s=settings.protect_s,
+        memory_usd_per_mb_s=models.memory_usd_per_mb_s,
+        allowance_share=settings.allowance_share,
+        memory_limit_mb=models.limit_mb,
+        cache=models.cache,
+    )
+
+
 def _plan(
     models: _Models,
     rates: NDArray[np.float64],
@@ -549,10 +694,11 @@ def _plan(
     limit_mb: float,
     settings: ManySettings,
     max_moves: int,
+    mean: NDArray[np.float64] | None = None,
 ) -> Placement:
-    """`placement_fleet.replan`, the live control loop's rule (one instance fewer where the
-    others have room)."""
-    needs = [models.need(i, float(r)) for i, r in enumerate(rates.tolist()) if r > 0]
+    """`placement_fleet.replan` of the models `_split` places, the live control loop's rule
+    (one instance fewer where the others have room); `mean`: the mean forecast rates."""
+    needs, cached = _split(models, rates, settings, mean)
     return replan(
         needs,
         residents,
@@ -560,6 +706,7 @@ def _plan(
         max_moves=max_moves,
         cache=models.cache,
         replicate_above=settings.replicate_above,
+        cached=cached,
     )
 
 
@@ -568,14 +715,18 @@ def _choose_type(
 ) -> tuple[str, _Models]:
     """The candidate type whose placement of `rates` on new instances costs least per hour
     (`placement_fleet.cheapest_type`, the live control loop's rule)."""
-    cache = CapacityCache(budget_fraction=scenario.settings.budget_fraction)
+    settings = scenario.settings
+    cache = CapacityCache(budget_fraction=settings.budget_fraction)
     by_name: dict[str, _Models] = {}
     options = []
     for name in _candidate_types(scenario):
-        models = by_name[name] = _Models(scenario.fleet, scenario.catalog, name, cache)
-        needs = tuple(models.need(i, float(r)) for i, r in enumerate(rates.tolist()))
+        price = price_of(name)
+        models = by_name[name] = _Models(
+            scenario.fleet, scenario.catalog, name, cache, settings, price
+        )
+        needs, cached = _split(models, rates, settings)
         limit = scenario.catalog.instance_type(name).model_capacity_mb
-        options.append(TypeOption(name, price_of(name), limit, needs))
+        options.append(TypeOption(name, price, limit, tuple(needs), cached))
     chosen, reasons = cheapest_type(options, cache, scenario.settings.replicate_above)
     if chosen is None:
         raise InvalidValue("types", "no instance type can hold the fleet: " + "; ".join(reasons))
@@ -618,10 +769,13 @@ def _run_group(
         known = [p for p in prices if p is not None]
         return min(known) if known else None
 
+    if not adaptive:  # the seeds place every model, sized for its peak
+        settings = replace(settings, cache=False)
+        scenario = replace(scenario, settings=settings)
     first = counts[0] / width if adaptive else counts.max(axis=0) / width
     type_name, models = _choose_type(scenario, first, price_of)
     itype = catalog.instance_type(type_name)
-    fleet = _Fleet(models, itype, settings.load_mb_per_s)
+    fleet = _Fleet(models, itype, settings)
     entries = [catalog.model(m.profile) for m in scenario.fleet]
     latency = np.array([e.serverless_latency_ms for e in entries])
     spillable = (latency > 0) & (latency <= models.slo_s * 1000.0)
@@ -643,8 +797,8 @@ def _run_group(
     for k in range(counts.shape[0]):
         now = start + k * width
         if adaptive and k > 0 and k % every == 0:
-            rates = _forecast(forecasters, every, settings, width)
-            run.moves.append(_replan(fleet, models, rates, settings, now))
+            rates, mean = _forecast(forecasters, every, settings, width)
+            run.moves.append(_replan(fleet, models, rates, mean, settings, now))
         fleet.retire(now)
         serving.bucket(counts[k], now, width)
         run.live_by_bucket.append(len(fleet.instances))
@@ -729,24 +883,48 @@ def _run(
 
 def _forecast(
     forecasters: Sequence[Forecaster], horizon: int, settings: ManySettings, width_s: float
-) -> NDArray[np.float64]:
-    """Each model's rate to place: the upper quantile's largest bucket over the next interval,
-    zero where the mean expects fewer than `min_expected_requests` in it."""
+) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
+    """Each model's rate to place (the upper quantile's largest bucket over the next interval,
+    zero where the mean expects fewer than `min_expected_requests` in it), and its mean rate."""
     out = np.zeros(len(forecasters))
+    mean = np.zeros(len(forecasters))
     for i, f in enumerate(forecasters):
         fc = f.forecast(horizon, settings.quantile)
         out[i] = placement_rate(fc.mean_rps, fc.upper_rps, width_s, settings.min_expected_requests)
-    return out
+        mean[i] = float(np.mean(fc.mean_rps)) if len(fc.mean_rps) else 0.0
+    return out, mean
 
 
 def _replan(
-    fleet: _Fleet, models: _Models, rates: NDArray[np.float64], settings: ManySettings, now_s: float
+    fleet: _Fleet,
+    models: _Models,
+    rates: NDArray[np.float64],
+    mean: NDArray[np.float64],
+    settings: ManySettings,
+    now_s: float,
 ) -> int:
     """Place `rates` with at most `max_moves` moves (one instance fewer where the others have
     room: `placement_fleet.replan`), apply; the moves."""
-    plan = _plan(models, rates, fleet.residents(), fleet.limit_mb, settings, settings.max_moves)
+    plan = _plan(
+        models, rates, fleet.residents(), fleet.limit_mb, settings, settings.max_moves, mean
+    )
     fleet.apply(plan, now_s, warm=False)
     return plan.moves
+
+
+def occupancy_floor_hours(scenario: ManyScenario) -> float:
+    """Instance-hours below which no fleet of the scenario's first candidate type serves its
+    trace within the SLO in this engine: an instance serves within the SLO only while its
+    models' occupancy sums to at most 1, so each bucket needs at least the occupancy of its
+    actual requests summed over models (perfect packing, no memory limit, the rates known)."""
+    counts = model_counts(scenario.trace, [m.name for m in scenario.fleet])
+    width = scenario.trace.bucket_s
+    cache = CapacityCache(budget_fraction=scenario.settings.budget_fraction)
+    itype = _candidate_types(scenario)[0]
+    models = _Models(scenario.fleet, scenario.catalog, itype, cache, scenario.settings, None)
+    bucket, model = np.nonzero(counts)
+    occ = models.occupancy(model, counts[bucket, model] / width)
+    return float(occ.sum()) * width / 3600.0
 
 
 def simulate_many(
