@@ -52,10 +52,15 @@ horizon_s = 10.0
 spot = false
 allowed_types = ["c5.large"]
 scale_in_hold_s = 4.0
+scale_in_window_s = 4.0  # scaled like the hold: the step down is seen within seconds
 drain_s = 1.0
 release_window_s = 60.0
 [forecast]
 predictor = "last"
+# the mean, no band: the test is about the schedule's step, and a band calibrated on a minute of
+# errors that include the step's jump (or, before that, the floor of an uncalibrated one at the
+# highest rate seen) would rightly keep a second instance for another such jump
+upper_band = false
 bucket_s = 2.0  # forecast in the ticks' 2 s buckets, finer than the 10 s horizon
 schedule_file = "{schedule}"
 """
