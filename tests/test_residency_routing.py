@@ -346,6 +346,14 @@ async def test_a_corrupt_models_requests_go_to_the_pool_while_its_loads_back_off
     assert _front_end_loads("corrupt", "failed") == failed_before + 2
 
 
+async def _serve(app: web.Application) -> tuple[web.AppRunner, str]:
+    """`app` listening on a free loopback port: its runner (to clean up) and its address."""
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    return runner, f"http://127.0.0.1:{runner.addresses[0][1]}"
+
+
 async def _solo_server() -> tuple[web.AppRunner, str]:
     """A single-model v2 server with no repository API (its index is a 404), only inference
     and the protocol's health route: y = 7."""
@@ -361,12 +369,7 @@ async def _solo_server() -> tuple[web.AppRunner, str]:
     app = web.Application()
     app.router.add_post("/v2/models/solo/infer", infer)
     app.router.add_get("/v2/health/ready", ready)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = runner.addresses[0][1]
-    return runner, f"http://127.0.0.1:{port}"
+    return await _serve(app)
 
 
 async def test_a_server_without_the_repository_api_gets_its_models_traffic() -> None:
@@ -429,11 +432,7 @@ async def _flaky_server(state: dict[str, bool]) -> tuple[web.AppRunner, str]:
     app = web.Application()
     app.router.add_post("/v2/models/solo/infer", infer)
     app.router.add_get("/v2/health/ready", ready)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    return runner, f"http://127.0.0.1:{runner.addresses[0][1]}"
+    return await _serve(app)
 
 
 async def test_an_instance_failing_behind_503s_with_retry_after_is_ejected_until_it_recovers() -> (
@@ -497,11 +496,7 @@ async def _failing_server(state: dict[str, Any]) -> tuple[web.AppRunner, str]:
     app = web.Application()
     app.router.add_post("/v2/models/{m}/infer", infer)
     app.router.add_get("/v2/health/ready", ready)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    return runner, f"http://127.0.0.1:{runner.addresses[0][1]}"
+    return await _serve(app)
 
 
 async def test_an_ejected_instance_is_probed_once_per_interval_not_once_per_model() -> None:
@@ -563,11 +558,7 @@ async def _repository_server(ready: list[str], loads: list[str]) -> tuple[web.Ap
     app.router.add_post("/v2/repository/models/{m}/load", load)
     app.router.add_post("/v2/models/{m}/infer", infer)
     app.router.add_get("/v2/health/ready", health)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    return runner, f"http://127.0.0.1:{runner.addresses[0][1]}"
+    return await _serve(app)
 
 
 async def test_a_cold_model_is_loaded_where_it_fits_before_a_full_instance() -> None:
