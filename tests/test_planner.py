@@ -493,6 +493,30 @@ def test_serverless_too_slow_for_the_slo_or_too_small_is_not_spilled_to() -> Non
         assert "small" in [a.offering.instance_type for a in got]
 
 
+def test_a_surge_past_the_pools_concurrency_spills_what_it_carries_and_buys_the_rest() -> None:
+    """The surge's gap (0.6 of the big instance) is about twice what the pool's concurrency
+    carries: the pool is planned full and stopgaps are bought for the rest only, about half of
+    what the planner buys when it does not weigh the pool."""
+    snap = _surge_snapshot(1.5e-5)
+    assert snap.serverless is not None
+    gap_rps = 0.6 * capacity_rps(SIZED_PROFILES["big"], SLO, 1)
+    concurrency = max(1, round(0.5 * gap_rps * snap.serverless.latency_ms / 1000.0))
+    snap = dataclasses.replace(
+        snap, serverless=dataclasses.replace(snap.serverless, concurrency=concurrency)
+    )
+    assert snap.serverless is not None
+    uncapped = {"max_launches_per_tick": 1000, "max_launches_per_type_per_tick": 1000}
+    p = run(snap, spot=False, **uncapped)
+    alone = run(snap, spot=False, weigh_serverless=False, **uncapped)
+    small = [a for a in launches(p) if a.offering.instance_type == "small"]
+    small_alone = [a for a in launches(alone) if a.offering.instance_type == "small"]
+    assert small and len(small) < len(small_alone)
+    stopgap_rps = sum(a.capacity_rps for a in small)
+    assert stopgap_rps + snap.serverless.max_rps >= gap_rps * (1 - 1e-9)
+    (spill,) = [d for d in p.decisions if d.action == ActionKind.PLAN_SPILL]
+    assert "serverless pool" in spill.reason
+
+
 def test_spot_stays_within_its_share_at_scale_whatever_the_number_of_pools() -> None:
     """Thirty big instances' worth of demand; spot in three zones of big and of a second type
     whose spot price beats big on-demand (as g4dn spot beats inf1 on-demand). The first instance

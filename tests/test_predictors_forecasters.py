@@ -257,3 +257,20 @@ def test_band_is_calibrated_per_level_on_regime_switching_traffic() -> None:
     quiet = forecaster.forecast(1, 0.95)
     assert forecaster.history.last(1)[0] < 3.0 or levels[-1] == 10.0
     assert quiet.upper_rps[0] > quiet.mean_rps[0]
+
+
+@pytest.mark.parametrize("name", ["last", "holt-winters"])
+def test_a_level_never_seen_is_banded_by_all_errors_not_by_the_rise_to_it(name: str) -> None:
+    """A surge doubles the rate over three buckets. The forecasts made on the way up missed the
+    rise by about the surge's size, and they are the errors nearest in level to the new one:
+    sized on them, the band predicted a second doubling for as long as the new level had fewer
+    than `min_errors` errors (the planner bought twice the fleet the surge needed). With too
+    few errors at the new level, the band is the whole window's."""
+    rng = np.random.default_rng(3)
+    levels = np.concatenate([np.full(400, 100.0), [140.0, 170.0], np.full(10, 200.0)])
+    counts = rng.poisson(levels * BUCKET_S).astype(float)
+    forecaster = make(name)
+    for i, c in enumerate(counts):
+        forecaster.observe(BUCKET_S * i, c)
+    forecast = forecaster.forecast(5, 0.95)
+    assert max(forecast.upper_rps) < 1.3 * max(forecast.mean_rps)

@@ -28,7 +28,9 @@ and spikes"), where its latency fits the SLO: it serves any share of a window up
 concurrency at a fixed price per request, needs no lead time and bills nothing idle. When the
 cheapest instance for such a window costs at least that per request (a stopgap that pays its
 boot and billing minimum for the few minutes until the efficient type is ready), the window is
-planned for the pool (`Cover.spill_rps`) and nothing is launched for it. Later buckets stay with
+planned for the pool (`Cover.spill_rps`) up to the rate its concurrency carries, and stopgaps
+are bought for the rest only (a window larger than the pool's concurrency was bought whole as
+stopgaps, the share the pool could have carried more cheaply included). Later buckets stay with
 instances: there the forecast's upper quantile already prices the risk of spilling, and the
 efficient type serves steady demand for a fraction of the pool's price per request. The hedge
 against a pool's loss is never handed to the pool (capacity held against a risk, not demand).
@@ -217,7 +219,7 @@ def cover_demand(
     rows: list[np.ndarray] = []
     tol = _EPS_RPS * max(1.0, peak_rps)
     while len(kept) + len(launches) < max_instances:
-        unserved = load - planned
+        unserved = load - planned - spill
         open_ = [u > tol and not b for u, b in zip(unserved.tolist(), blocked, strict=True)]
         worst_pool: np.ndarray | None = None
         if True not in open_ and spot_used > 0 and keep > 0:
@@ -272,11 +274,12 @@ def cover_demand(
             and worst_pool is None
             and tau < near
             and ratio[k] >= spill_usd_per_request
-            and float(np.max(unserved[tau:near] + spill[tau:near])) <= spill_max_rps
         ):
-            spill[tau:near] += unserved[tau:near]
-            blocked[tau:near] = [True] * (near - tau)
-            continue
+            # The pool takes what its concurrency leaves room for; instances only the rest.
+            take = np.minimum(unserved[tau:near], np.maximum(spill_max_rps - spill[tau:near], 0.0))
+            if float(np.max(take)) > tol:
+                spill[tau:near] += take
+                continue
         planned = planned + ready_cap[k]
         if cands.existing[k]:
             kept.append(k)
