@@ -21,19 +21,21 @@ here shares this base class, which owns what they all need and must agree on:
   the quiet state misses the jump to the busy one by several times its level, and applied to a
   forecast made in the busy state that relative error would predict a second jump of the same
   size, which the traffic never makes. "Similar" is within a factor `LEVEL_FACTOR` of the
-  current level; with fewer than `min_errors` such errors, every error of the window (the plain
-  split-conformal band). Not the errors nearest in level: at a level the traffic has not been
-  at before, the nearest are those of the forecasts made on the way there, which missed the
-  rise itself; on a surge that doubled the rate they widened the band by up to another 100%
-  for as long as the new level had fewer than `min_errors` errors, and the planner bought
-  twice the fleet the surge needed. Leads past the tracked horizon widen as sqrt(lead). Until
-  `min_errors` errors exist for a lead the band is the Poisson one, mean + z_q *
-  sqrt(mean / bucket_s), and the upper rate is at least the highest rate observed so far: a
-  forecaster that has not yet shown how far off it is (a model registered minutes ago, a
-  service started without history) cannot rule out that the traffic goes back where it has
-  already been, and the Poisson band alone claims exactly that (on regime-switching traffic a
-  cold forecaster released capacity in a low state that lasted five minutes and spilled the
-  return to the busy one).
+  current level; with fewer than `min_errors` such errors, the `min_errors` errors nearest in
+  level among those that are not a move to this level (a forecast made farther away whose
+  actual rate was within the factor): at a level the traffic has not been at before, the
+  nearest forecasts are the ones made on the way there, which missed the rise itself, and a
+  move that happened once is no evidence of a second one from its end, as on MMPP. Counted
+  in, on a surge that doubled the rate they widened the band by up to another 100% for as long
+  as the new level had fewer than `min_errors` errors, and the planner bought twice the fleet
+  the surge needed. Fewer than `min_errors` such errors: the whole window's. Leads past the
+  tracked horizon widen as sqrt(lead). Until `min_errors` errors exist for a lead the band is
+  the Poisson one, mean + z_q * sqrt(mean / bucket_s), and the upper rate is at least the
+  highest rate observed so far: a forecaster that has not yet shown how far off it is (a model
+  registered minutes ago, a service started without history) cannot rule out that the traffic
+  goes back where it has already been, and the Poisson band alone claims exactly that (on
+  regime-switching traffic a cold forecaster released capacity in a low state that lasted five
+  minutes and spilled the return to the busy one).
 
 `observe_many` is exactly a loop of `observe` (same checks, same state), so the incremental path
 and the bulk path agree bit for bit; the refitting forecasters refit on a fixed schedule of
@@ -148,6 +150,8 @@ class Forecaster(ABC):
         self._errors = np.zeros((self._tracked, self._window))
         # _log_levels[k - 1]: log of the error unit (forecast level) each error was scaled by.
         self._log_levels = np.zeros((self._tracked, self._window))
+        # _log_actuals[k - 1]: log of the actual rate (same floor) each error was scored on.
+        self._log_actuals = np.zeros((self._tracked, self._window))
         self._error_counts = np.zeros(self._tracked, dtype=np.int64)
         self._lead_index = np.arange(self._tracked)
         self.latest_errors: NDArray[np.float64] = np.full(self._tracked, np.nan)
@@ -285,6 +289,7 @@ class Forecaster(ABC):
         slots = self._error_counts[leads] % self._window
         self._errors[leads, slots] = errors
         self._log_levels[leads, slots] = np.log(unit)
+        self._log_actuals[leads, slots] = math.log(max(actual_rps, 1.0 / self.bucket_s))
         self._error_counts[leads] += 1
         self.latest_errors = np.full(self._tracked, np.nan)
         self.latest_errors[leads] = errors
@@ -318,14 +323,25 @@ class Forecaster(ABC):
         self, leads: NDArray[np.int64], log_level: NDArray[np.float64], quantile: float
     ) -> NDArray[np.float64]:
         """The q-quantile of each lead's errors made at a level like `log_level` (one per lead):
-        within LEVEL_FACTOR of it, or else all of the lead's errors (module docstring). One sort
-        for all leads: the band is computed every tick for every model."""
+        within LEVEL_FACTOR of it, or else the `min_errors` nearest that are not a move to this
+        level (module docstring). One sort for all leads: the band is computed every tick for
+        every model."""
         filled = np.minimum(self._error_counts[leads], self._window)
         valid = np.arange(self._window)[None, :] < filled[:, None]
+        near = math.log(LEVEL_FACTOR)
         distance = np.where(valid, np.abs(self._log_levels[leads] - log_level[:, None]), np.inf)
-        chosen = distance <= math.log(LEVEL_FACTOR)
+        chosen = distance <= near
         few = np.count_nonzero(chosen, axis=1) < self._min_errors
-        chosen[few] = valid[few]
+        if few.any():
+            # Forecasts made elsewhere that missed the move to this level are no evidence of
+            # a move from it: the nearest of the others fill the set up to `min_errors`.
+            moved_here = np.abs(self._log_actuals[leads[few]] - log_level[few, None]) <= near
+            others = np.where(moved_here & ~chosen[few], np.inf, distance[few])
+            enough = np.count_nonzero(np.isfinite(others), axis=1) >= self._min_errors
+            nearest = np.argpartition(others, self._min_errors - 1, axis=1)
+            fallback = np.zeros((int(few.sum()), self._window), dtype=bool)
+            np.put_along_axis(fallback, nearest[:, : self._min_errors], True, axis=1)
+            chosen[few] = np.where(enough[:, None], fallback, valid[few])
         ordered = np.sort(np.where(chosen, self._errors[leads], np.inf), axis=1)
         count = np.count_nonzero(chosen, axis=1)
         # The split-conformal rank, ceil((n + 1) q): covers at least q for exchangeable errors
