@@ -10,8 +10,10 @@ MLSERVER_VENV  := .venv-mlserver
 MLSERVER_STAMP := $(MLSERVER_VENV)/.stamp
 MLSERVER_PINS  := mlserver==1.7.1 mlserver-sklearn==1.7.1 scikit-learn==1.9.1 numpy==2.4.6 \
                   pandas==3.1.1 scipy==1.17.1 joblib==1.6.0
-# the slowest tests are printed: the suite has a 15-minute budget on 2 cores
-PYTEST_ARGS ?= --durations=20
+# the slowest tests are printed: the suite has a 15-minute budget on 2 cores. Two workers
+# (pytest-xdist): most tests wait on subprocess boots, sockets and sleeps rather than compute,
+# and each worker has a PostgreSQL database of its own (tests/conftest.py)
+PYTEST_ARGS ?= -n 2 --durations=20
 
 .PHONY: run test lint bench clean
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import secrets
 from pathlib import Path
 
@@ -29,16 +30,25 @@ TOKEN_FILE = ".mark-admin-token"
 
 def admin_token_for(config: Config) -> str:
     """The configured admin token, or one generated once per working directory and kept in
-    `.mark-admin-token` (mode 0600), so a newcomer's `make run` is protected yet usable."""
+    `.mark-admin-token` (mode 0600), so a newcomer's `make run` is protected yet usable.
+
+    The file appears whole or not at all (written beside it, then linked into place, which
+    fails if it exists): processes starting together in one directory (two `mark serve`, the
+    test suite's workers) all take the first one's token, never an empty or a second one."""
     if config.server.admin_token:
         return config.server.admin_token
     path = Path(TOKEN_FILE)
-    if path.exists():
-        return path.read_text().strip()
-    token = secrets.token_urlsafe(24)
-    path.touch(mode=0o600)
-    path.write_text(token + "\n")
-    return token
+    if not path.exists():
+        draft = path.with_name(f"{TOKEN_FILE}.{os.getpid()}")
+        draft.touch(mode=0o600)
+        draft.write_text(secrets.token_urlsafe(24) + "\n")
+        try:
+            os.link(draft, path)
+        except FileExistsError:
+            pass  # another process made it first: its token is the one
+        finally:
+            draft.unlink()
+    return path.read_text().strip()
 
 
 def create_app(config: Config, *, name: str = "mark") -> Sanic:

@@ -35,7 +35,13 @@ At most `batching.max_held_per_model` requests wait for a model's load; the next
 slot is free, else get 429 with Retry-After; a failed load answers what it held 503 (or spills).
 An instance whose load of a model failed backs off loading it (frontend/residency.py,
 `Backoff`); while every instance backs off, the model's requests spill, else get 503 with the
-last reason and Retry-After. An instance that answers a call saying it does not have the model
+last reason and Retry-After. An instance that refused the load for want of room beside the
+models it protects (in active rotation, or pinned: `mark worker`'s `Mark-Refused: no-room`)
+failed nothing: while every instance is full so, the model's requests wait, as many as
+`batching.max_held_per_model` (beyond, 429 with Retry-After), spilling as soon as a pool slot
+frees, and the load is asked for again when the first protection lapses (the instance's
+Retry-After); one that waited until its `give_up_s` gets 503 (429 when late requests are shed)
+with the reason and Retry-After. An instance that answers a call saying it does not have the model
 (`ModelNotServed`: the residency view is up to one sync old) is not ejected: the model is marked
 not resident there and the batch is routed again, once per request.
 
@@ -70,6 +76,7 @@ from frontend.links import Link, ModelRoutes, link_plan, reachable, reweigh, ser
 from frontend.model_metadata import ArtifactMetadata, artifact_metadata, fetch_metadata
 from frontend.residency import (
     NO_REPOSITORY_API,
+    Backoff,
     IndexRead,
     IndexUnreadable,
     LoadFailed,
@@ -743,8 +750,10 @@ class Fleet:
         and waits otherwise (a late answer beats none). Beyond `batching.max_held_per_model`
         held requests it spills when a slot is free, else gets 429 with Retry-After (the
         expected load time left). While every instance backs off loading it, `_backing_off`
-        answers. False when no instance could load it (none, all ejected, or those left are
-        having it drained off: the caller waits for one, `_apply_residency` routes it then)."""
+        answers it, or has it wait for room where an instance refused the model for want of
+        room (`_wait_for_room`). False when no instance could load it (none, all ejected, or
+        those left are having it drained off: the caller waits for one, `_apply_residency`
+        routes it then)."""
         name = state.model.name
         now = self.now_s()
         load = state.loading
@@ -762,25 +771,35 @@ class Fleet:
             if not self._spill_some(state, (q,), QueueView()):  # spilled as cold-fleet
                 return True
         if state.held() >= self.config.max_held_per_model:
-            if self._spills is None or not self._spills.take_late(state, q):
-                answer_once(
-                    q,
-                    Shed(
-                        f"model {name!r} is loading and {state.held()} requests wait for it "
-                        f"already (batching.max_held_per_model), and {self._no_spill_why(q)}",
-                        retry_after_s=max(1, math.ceil(wait_s)),
-                        cause="hold-full",
-                    ),
-                )
+            self._hold_full(state, q, "loading", wait_s)
             return True
         load.held.append(q)
         metrics.add(metrics.child(metrics.HELD, name))
         return True
 
+    def _hold_full(self, state: ModelRoutes, q: QueuedRequest, doing: str, wait_s: float) -> None:
+        """`batching.max_held_per_model` requests wait for the model already: `q` spills when a
+        slot is free, else gets 429 with Retry-After (`wait_s`: how long the wait is expected
+        to last)."""
+        if self._spills is not None and self._spills.take_late(state, q):
+            return
+        answer_once(
+            q,
+            Shed(
+                f"model {state.model.name!r} is {doing} and {state.held() + len(state.waiting)} "
+                f"requests wait for it already (batching.max_held_per_model), and "
+                f"{self._no_spill_why(q)}",
+                retry_after_s=max(1, math.ceil(wait_s)),
+                cause="hold-full",
+            ),
+        )
+
     def _backing_off(self, state: ModelRoutes, q: QueuedRequest) -> bool:
         """No instance may be asked to load `q`'s model: when that is because each one up backs
         off after failed loads, `q` spills when the pool has room, else gets 503 with the last
-        failure and Retry-After (when the first back-off ends). False when none is up."""
+        failure and Retry-After (when the first back-off ends); when one of them refused it for
+        want of room instead (a protection there lapses in time), `q` waits for room
+        (`_wait_for_room`). False when none is up."""
         now = self.now_s()
         backoffs = [
             b
@@ -790,6 +809,10 @@ class Fleet:
         ]  # fmt: skip
         if not backoffs:
             return False
+        room = self._room_backoff(state)
+        if room is not None:
+            self._wait_for_room(state, q, room)
+            return True
         if not self._spill_some(state, (q,), QueueView()):  # spilled as cold-fleet
             return True
         last = max(backoffs, key=lambda b: b.until_s)
@@ -871,28 +894,29 @@ class Fleet:
     async def _load(self, state: ModelRoutes, link: Link, load: ModelLoad) -> None:
         """Ask `link`'s instance to load the model (within `batching.queue_timeout_s`, the
         longest a request waits), then route what the load held: to the instance, now that it
-        holds the model. If the load failed (no room without evicting a pinned model, say), the
-        requests that may still wait are held for a load on the next instance not tried yet;
-        once every instance failed, they go to the pool when it has room, else 503 with the
-        last instance's reason."""
+        holds the model. If the load failed or was refused for want of room, the requests that
+        may still wait are held for a load on the next instance not tried yet; once every
+        instance was tried, they wait for room where one refused for want of it
+        (`_wait_for_room`), else go to the pool when it has room, else get 503 with the last
+        instance's reason."""
         name = state.model.name
-        failure: str | None = None
+        refused: LoadFailed | None = None
         try:
             await request_load(
                 self._session, link.endpoint, state.backend_name, self.config.queue_timeout_s
             )
         except LoadFailed as exc:
-            failure = exc.reason
+            refused = exc
             if exc.status is None or exc.status >= 500:  # no answer, or it may be failing
-                self._check_health(state, link, f"its load of {name!r} failed ({failure})")
+                self._check_health(state, link, f"its load of {name!r} failed ({exc.reason})")
         took_s = self.now_s() - load.started_s
         if state.loading is load:
             state.loading = None
         held, load.held = load.held, []
         metrics.add(metrics.child(metrics.HELD, name), -len(held))
-        outcome = "ok" if failure is None else "failed"
+        outcome = "ok" if refused is None else "no-room" if refused.no_room else "failed"
         metrics.child(metrics.LOADS, name, link.id, outcome).inc()
-        if failure is None:
+        if refused is None:
             # the instance's time loading it is the model's: the ledger shares by busy time
             metrics.add(metrics.child(metrics.INSTANCE_BUSY, name, link.id), took_s)
             self._residency.loaded(link.id, state.backend_name, took_s)
@@ -902,17 +926,27 @@ class Fleet:
             for q in held:
                 self._route(q)
             return
-        logger.warning("loading %s on instance %s failed: %s", name, link.id, failure)
-        now = self.now_s()
-        self._residency.load_failed(link.id, state.backend_name, failure, now)
+        failure, now = refused.reason, self.now_s()
+        if refused.no_room:  # no failure: asked again once its first protection lapses
+            logger.info("instance %s has no room for %s now: %s", link.id, name, failure)
+            wait_s = refused.retry_after_s or self.config.load_backoff_base_s
+            self._residency.no_room(link.id, state.backend_name, failure, now + wait_s)
+        else:
+            logger.warning("loading %s on instance %s failed: %s", name, link.id, failure)
+            self._residency.load_failed(link.id, state.backend_name, failure, now)
         retry_s = self._residency.backoffs[(link.id, state.backend_name)].until_s - now
         tried = load.tried | {link.id}
         after = self._soonest(state, tried)
         waiting = [q for q in held if not q.done and now < q.give_up_s]
+        room = self._room_backoff(state)
         if after is not None and waiting:
             retry = self._start_load(state, after, tried)
             retry.held.extend(waiting)
             metrics.add(metrics.child(metrics.HELD, name), len(waiting))
+            held = [q for q in held if q not in waiting]
+        elif waiting and room is not None:  # every instance is full of what it protects
+            for q in waiting:
+                self._wait_for_room(state, q, room)
             held = [q for q in held if q not in waiting]
         elif waiting and self._drain_blocked(state):  # it may load there once it left
             for q in waiting:
@@ -945,6 +979,44 @@ class Fleet:
             self._queued[state] = None
             self._loop.call_at(q.give_up_s, self._waiting_expired, state, q)
 
+    def _wait_for_room(self, state: ModelRoutes, q: QueuedRequest, room: Backoff) -> None:
+        """Every instance that may load `q`'s model refused it for want of room beside the
+        models it protects, the first until `room.until_s`: `q` waits as for an instance
+        (`_no_instance`: it spills once a pool slot frees, and is answered at its `give_up_s`),
+        and the model's load is asked for again at `room.until_s` (`_room_may_free`). As many
+        wait so as may be held for a load (`batching.max_held_per_model`); the next spill when
+        a slot is free, else get 429 with Retry-After."""
+        wait_s = room.until_s - self.now_s()
+        if state.held() + len(state.waiting) >= self.config.max_held_per_model:
+            self._hold_full(state, q, "waiting for room on its instances", wait_s)
+            return
+        self._no_instance(state, q)
+        timer = state.room_retry
+        if timer is None or timer.when() > room.until_s:
+            if timer is not None:
+                timer.cancel()
+            state.room_retry = self._loop.call_at(room.until_s, self._room_may_free, state)
+
+    def _room_may_free(self, state: ModelRoutes) -> None:
+        """A protection that kept `state`'s model out of an instance has lapsed: what waits is
+        routed again, and the first of it asks for the load (`_await_load`)."""
+        state.room_retry = None
+        if self._models.get(state.model.name) is state:
+            self._release_waiting(state)
+
+    def _room_backoff(self, state: ModelRoutes) -> Backoff | None:
+        """Of the refusals for want of room in force on the instances that may load the model
+        otherwise, the one that ends first; None when there is none."""
+        now = self.now_s()
+        refusals = [
+            b
+            for link in state.links.values()
+            if self._loadable(state, link)
+            and (b := self._residency.backoff(link.id, state.backend_name, now)) is not None
+            and b.no_room
+        ]  # fmt: skip
+        return min(refusals, key=lambda b: b.until_s, default=None)
+
     def _waiting_expired(self, state: ModelRoutes, q: QueuedRequest) -> None:
         if q.done:
             return
@@ -952,11 +1024,21 @@ class Fleet:
             state.waiting.remove(q)
         except ValueError:
             return
+        room = self._room_backoff(state)
+        if room is None:
+            reason = f"no running instance of model {q.model!r} could take the request"
+            retry_after_s = None
+        else:
+            reason = (
+                f"model {q.model!r} is in memory on none of its instances and none had room "
+                f"for it ({room.reason})"
+            )
+            retry_after_s = max(1, math.ceil(room.until_s - self.now_s()))
         answer_once(
             q,
             self._refusal(
-                f"no running instance of model {q.model!r} could take the request within "
-                f"{self._patience(state)}, and {self._no_spill_why(q)}"
+                f"{reason} within {self._patience(state)}, and {self._no_spill_why(q)}",
+                retry_after_s=retry_after_s,
             ),
         )
 
@@ -966,12 +1048,15 @@ class Fleet:
             return f"its SLO of {state.model.slo.latency_ms:g} ms (batching.shed_late)"
         return f"{self.config.queue_timeout_s:g} s (batching.queue_timeout_s)"
 
-    def _refusal(self, reason: str) -> Unavailable:
+    def _refusal(self, reason: str, *, retry_after_s: int | None = None) -> Unavailable:
         """What a request that waited as long as it may is answered: 429 with Retry-After when
-        late requests are shed, else 503."""
+        late requests are shed (`retry_after_s` when known, else `batching.shed_retry_after_s`),
+        else 503 (with `retry_after_s` when known: when an instance may have room)."""
         if self.config.shed_late:
-            return Shed(reason, retry_after_s=self.config.shed_retry_after_s)
-        return Unavailable(reason)
+            if retry_after_s is None:
+                retry_after_s = self.config.shed_retry_after_s
+            return Shed(reason, retry_after_s=retry_after_s)
+        return Unavailable(reason, retry_after_s=retry_after_s)
 
     def _no_spill_why(self, q: QueuedRequest) -> str:
         if q.spill_error is not None:
@@ -1119,6 +1204,8 @@ class Fleet:
         for q in state.waiting:
             answer_once(q, Unavailable(reason))
         state.waiting.clear()
+        if state.room_retry is not None:
+            state.room_retry.cancel()
         load, state.loading = state.loading, None
         if load is not None:
             if load.task is not None:

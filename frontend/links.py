@@ -113,14 +113,17 @@ class Link:
 @dataclass(eq=False, slots=True)
 class ModelRoutes:
     """One served model in the fleet: its router over its resident links, the requests
-    waiting for an instance to join, the load in flight for it (when it is resident nowhere)
-    with the requests it holds, its metadata as an instance reported it, and as its artifact
-    declares it (`artifact`, read when no instance reports it: frontend/model_metadata.py)."""
+    waiting for an instance to join (or for room on one: `room_retry` asks for the load again
+    when the first protection that kept it out lapses), the load in flight for it (when it is
+    resident nowhere) with the requests it holds, its metadata as an instance reported it, and
+    as its artifact declares it (`artifact`, read when no instance reports it:
+    frontend/model_metadata.py)."""
 
     model: Model
     router: SmoothWeightedRoundRobin = field(default_factory=SmoothWeightedRoundRobin)
     links: dict[str, Link] = field(default_factory=dict)
     waiting: deque[QueuedRequest] = field(default_factory=deque)
+    room_retry: asyncio.TimerHandle | None = None
     loading: ModelLoad | None = None
     metadata: dict[str, Any] | None = None
     inputs: tuple[TensorMeta, ...] = ()

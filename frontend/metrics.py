@@ -141,7 +141,7 @@ SHED = Counter(
 LOADS = Counter(
     "mark_frontend_model_loads",
     "Model loads the front end asked an instance for (the model was resident nowhere), by "
-    "outcome (ok, failed).",
+    "outcome (ok, failed, no-room: refused for want of room beside the models it protects).",
     ["model", "instance", "outcome"],
 )
 UNLOADS = Counter(

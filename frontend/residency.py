@@ -25,6 +25,9 @@ The requests waiting for it are held on the load (`ModelLoad.held`), bounded per
 An (instance, model) whose load failed is not asked to load it again for a back-off,
 `batching.load_backoff_base_s` doubled per failure in a row up to `batching.load_backoff_max_s`
 (`Backoff`): a model whose artifact is corrupt is tried once per back-off, not once per request.
+An instance that refused the load for want of room beside the models it protects (`mark worker`'s
+`Mark-Refused: no-room`) is not asked again before its Retry-After, when the first protection
+there lapses (`Residency.no_room`); that is no failure, and the requests wait for it.
 An instance that answers an inference call saying it does not have the model (the index was up
 to one sync old) is marked not holding it (`refused`) until its next index read says otherwise.
 
@@ -81,11 +84,13 @@ class ModelLoad:
 @dataclass(frozen=True, slots=True)
 class Backoff:
     """An (instance, model) not asked to load the model before `until_s`: `failures` loads
-    failed there in a row, the last with `reason`."""
+    failed there in a row, the last with `reason`; or, with `no_room`, the instance refused it
+    for want of room beside the models it protects until then (its Retry-After)."""
 
     failures: int
     until_s: float
     reason: str
+    no_room: bool = False
 
 
 @dataclass(slots=True)
@@ -154,6 +159,14 @@ class Residency:
         failures = previous.failures + 1 if previous is not None else 1
         wait_s = min(self.backoff_base_s * 2 ** (failures - 1), self.backoff_max_s)
         self.backoffs[key] = Backoff(failures, now_s + wait_s, reason)
+
+    def no_room(self, instance_id: str, backend_name: str, reason: str, until_s: float) -> None:
+        """The instance refused the load for want of room until `until_s` (when a protection
+        there lapses): not asked again before then, and no failure (the streak that doubles
+        a back-off is left as it was)."""
+        previous = self.backoffs.get((instance_id, backend_name))
+        failures = previous.failures if previous is not None else 0
+        self.backoffs[(instance_id, backend_name)] = Backoff(failures, until_s, reason, True)
 
     def backoff(self, instance_id: str, backend_name: str, now_s: float) -> Backoff | None:
         """The back-off in force for loading the model there, None when it may be asked."""

@@ -1,5 +1,12 @@
 """Shared fixtures: database URLs (SQLite file, PostgreSQL when MARK_TEST_PG_URL is set) and a
-real `mark serve` subprocess on a free loopback port."""
+real `mark serve` subprocess on a free loopback port.
+
+Under pytest-xdist (`make test` runs `-n 2`) each worker process has what a test may reset or
+fill to itself: its own PostgreSQL database, `<db>_<worker>` beside MARK_TEST_PG_URL's (created
+through the server's `postgres` database when missing, `pytest_configure`), because `db_url`
+drops and recreates the schema of the database it hands out, under the other worker's tests
+too; its own moto server (session fixtures are per process); and free ports, temporary
+directories and Prometheus instances of its own, as each test already takes them."""
 
 from __future__ import annotations
 
@@ -19,10 +26,49 @@ from typing import Any
 import boto3
 import pytest
 from moto.server import ThreadedMotoServer
+from sqlalchemy.engine import URL, make_url
 
 from tests.aws import FAKE_ENV
 
 PG_ENV = "MARK_TEST_PG_URL"
+# Why this process has no PostgreSQL database of its own (pytest_configure), None when it has
+_pg_unavailable: str | None = None
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """In an xdist worker, point MARK_TEST_PG_URL at the worker's own database, `<db>_gw0` and
+    so on, created when missing. Every reader of the variable (`_pg_url_or_skip`) then gets it;
+    without xdist the URL is used as given. A server that cannot be reached leaves the reason
+    for the PostgreSQL tests to skip (or fail, under MARK_REQUIRE_PG) with."""
+    global _pg_unavailable
+    worker, url = os.environ.get("PYTEST_XDIST_WORKER"), os.environ.get(PG_ENV)
+    if not worker or not url:
+        return
+    given = make_url(url)
+    own = given.set(database=f"{given.database or 'postgres'}_{worker}")
+    try:
+        asyncio.run(_ensure_database(own))
+    except OSError as exc:
+        _pg_unavailable = f"PostgreSQL at {url} is unreachable: {exc}"
+    os.environ[PG_ENV] = own.render_as_string(hide_password=False)
+
+
+async def _ensure_database(url: URL) -> None:
+    """Create `url`'s database through the server's `postgres` database, unless it exists
+    (a worker's database stays between runs: each test that uses it resets its schema)."""
+    from sqlalchemy import text
+    from sqlalchemy.ext.asyncio import create_async_engine
+
+    admin = create_async_engine(url.set(database="postgres"), isolation_level="AUTOCOMMIT")
+    try:
+        async with admin.connect() as conn:
+            found = await conn.execute(
+                text("SELECT 1 FROM pg_database WHERE datname = :name"), {"name": url.database}
+            )
+            if found.first() is None:
+                await conn.exec_driver_sql(f'CREATE DATABASE "{url.database}"')
+    finally:
+        await admin.dispose()
 
 
 def free_port() -> int:
@@ -33,12 +79,12 @@ def free_port() -> int:
 
 def _pg_url_or_skip() -> str:
     url = os.environ.get(PG_ENV)
-    if not url:
-        reason = f"{PG_ENV} is not set: PostgreSQL tests need a server"
-        if os.environ.get("MARK_REQUIRE_PG") == "1":
-            pytest.fail(reason + " (MARK_REQUIRE_PG=1)")
-        pytest.skip(reason)
-    return url
+    if url and _pg_unavailable is None:
+        return url
+    reason = _pg_unavailable or f"{PG_ENV} is not set: PostgreSQL tests need a server"
+    if os.environ.get("MARK_REQUIRE_PG") == "1":
+        pytest.fail(reason + " (MARK_REQUIRE_PG=1)")
+    pytest.skip(reason)
 
 
 async def _fresh_pg_schema(url: str) -> None:

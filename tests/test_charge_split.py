@@ -7,7 +7,7 @@ from __future__ import annotations
 import math
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from mark.core.types import InstanceType
@@ -28,6 +28,8 @@ C5 = InstanceType(
 
 @settings(max_examples=300, deadline=None)
 @given(USD, BUSY, LISTED)
+@example(1.5, {"a": 5e-324}, [])  # subnormal busy times: found by the property (2026-12-02)
+@example(1.5, {"a": 5e-324, "b": 5e-324}, [])
 def test_the_parts_sum_to_the_charge_none_negative_in_proportion_to_busy_time(
     usd: float, busy: dict[str, float], listed: list[str]
 ) -> None:
@@ -39,7 +41,7 @@ def test_the_parts_sum_to_the_charge_none_negative_in_proportion_to_busy_time(
         assert set(parts) == set(served)
         total = math.fsum(served.values())
         for m, s in served.items():
-            assert parts[m] == pytest.approx(usd * s / total, rel=1e-9, abs=1e-9)
+            assert parts[m] == pytest.approx(usd * (s / total), rel=1e-9, abs=1e-9)
     else:  # nothing recorded: the listed models share it equally
         assert set(parts) == set(listed or [""])
         for p in parts.values():

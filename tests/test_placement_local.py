@@ -154,7 +154,7 @@ def _front_end_loads(name: str, instances: Iterable[str]) -> float:
         REGISTRY.get_sample_value(FRONT_END_LOADS, {"model": name, "instance": i, "outcome": o})
         or 0.0
         for i in instances
-        for o in ("ok", "failed")
+        for o in ("ok", "failed", "no-room")
     )
 
 

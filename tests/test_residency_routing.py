@@ -5,8 +5,9 @@ without the repository API, and the real local serverless pool."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass
+import contextlib
+from collections.abc import AsyncIterator, Mapping, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -23,9 +24,10 @@ from frontend.residency import NO_REPOSITORY_API, Backoff, Residency
 from frontend.spill_monitor import SpillMonitor
 from mark.adapters.db import Database
 from mark.core.config import BatchingConfig, ServerlessConfig, SpillConfig, load_config
-from mark.core.protocol import InferRequest, Tensor
+from mark.core.protocol import LOAD_PIN_HEADER, InferRequest, Tensor
 from mark.core.types import Model
-from provisioner.adapters.serverless import LocalFunctionPool
+from provisioner.adapters.serverless import Invocation, LocalFunctionPool, Throttled
+from provisioner.policy.spill import ServerlessProfile
 from tests.conftest import free_port
 from tests.dataplane import WorkerProcess, front_end, model, running, workers
 from tests.model_artifacts import body, expected, row, samples, write_model
@@ -243,7 +245,7 @@ async def test_a_load_refused_for_want_of_room_goes_to_the_next_instance(pair: P
     async with aiohttp.ClientSession() as s:
         async with s.post(f"{pair.a.endpoint}/v2/repository/models/m3/load") as r:
             assert r.status == 200
-    failed_before = _sample(LOADS, model="m4", instance="a", outcome="failed")
+    refused_before = _sample(LOADS, model="m4", instance="a", outcome="no-room")
     ok_before = _sample(LOADS, model="m4", instance="b", outcome="ok")
     fleet = await _fleet(pair)
     try:
@@ -254,7 +256,7 @@ async def test_a_load_refused_for_want_of_room_goes_to_the_next_instance(pair: P
     for result in results:
         assert isinstance(result, Answer) and result.instance_id == "b", results
         _check(result, "m4")
-    assert _sample(LOADS, model="m4", instance="a", outcome="failed") == failed_before + 1
+    assert _sample(LOADS, model="m4", instance="a", outcome="no-room") == refused_before + 1
     assert _sample(LOADS, model="m4", instance="b", outcome="ok") == ok_before + 1
 
 
@@ -344,6 +346,153 @@ async def test_a_corrupt_models_requests_go_to_the_pool_while_its_loads_back_off
         assert isinstance(result, Unavailable) and result.status == 503, results
         assert "the serverless pool failed" in result.reason, result.reason
     assert _front_end_loads("corrupt", "failed") == failed_before + 2
+
+
+@contextlib.asynccontextmanager
+async def _full_pair(tmp_path: Path, protect_s: float) -> AsyncIterator[Pair]:
+    """Two workers with room for two models each, both holding m1 and m2, loaded as the front
+    end loads (unpinned: protected for `protect_s` from their load, as if just used)."""
+    store = tmp_path / "store"
+    store.mkdir()
+    paths = {name: write_model(store, name, scale) for name, scale in SCALES.items()}
+    size = max(p.stat().st_size for p in paths.values())
+    args = ["--store", str(store), "--memory-budget-bytes", str(2 * size + size // 2),
+            "--protect-s", str(protect_s), "--poll-s", "0"]  # fmt: skip
+    models = [model(n, slo_ms=30_000.0, artifact=f"onnx:{paths[n]}") for n in SCALES]
+    unpinned = {LOAD_PIN_HEADER: "false"}
+    async with workers(args, args) as [a, b], aiohttp.ClientSession(headers=unpinned) as s:
+        for w in (a, b):
+            for name in ("m1", "m2"):
+                async with s.post(f"{w.endpoint}/v2/repository/models/{name}/load") as r:
+                    assert r.status == 200
+        yield Pair(a, b, models)
+
+
+class _FullPool:
+    """The local function pool with its every slot taken (by the other front ends' spills)
+    until `full` is set False: its profile has no free slot and an invocation is throttled."""
+
+    def __init__(self, pool: LocalFunctionPool) -> None:
+        self.pool = pool
+        self.name = pool.name
+        self.memory_mb = pool.memory_mb
+        self.observed = pool.observed
+        self.full = True
+
+    async def invoke(self, event: Mapping[str, Any]) -> Invocation:
+        if self.full:
+            raise Throttled("every slot is taken")
+        return await self.pool.invoke(event)
+
+    def profile(self, model: str, default_warm_ms: float) -> ServerlessProfile:
+        found = self.pool.profile(model, default_warm_ms)
+        return replace(found, free_slots=0) if self.full else found
+
+    async def warm(self, model: str, artifact: str, count: int) -> list[Invocation]:
+        return await self.pool.warm(model, artifact, count)
+
+    async def close(self) -> None:
+        await self.pool.close()
+
+
+async def _refusals_reach(name: str, count: float) -> None:
+    """Until the front end counted `count` loads of `name` refused for want of room."""
+    async with asyncio.timeout(20):
+        while _front_end_loads(name, "no-room") < count:
+            await asyncio.sleep(0.01)
+
+
+async def test_a_model_no_worker_has_room_for_waits_for_a_protection_to_lapse_then_loads(
+    tmp_path: Path, pool: LocalFunctionPool
+) -> None:
+    """Both workers are full of models in active rotation (protected for 2 s) and the pool
+    has no free slot: a request for a third model is not refused at once (issue 19: a worker's
+    protection holds while another candidate exists, and the requests for a model being loaded
+    wait, bounded). Both refuse its load (no room); it waits, and once the protections lapse
+    the load is asked for again, evicts the least recently used model and serves it."""
+    refused_before = _front_end_loads("m3", "no-room")
+    failed_before = _front_end_loads("m3", "failed")
+    loaded_before = _front_end_loads("m3")
+    async with _full_pair(tmp_path, protect_s=2.0) as full:
+        fleet = await _fleet(full, spill=SpillMonitor(_FullPool(pool), SpillConfig()))
+        try:
+            answer = await fleet.infer("m3", _request())
+            assert fleet.resident("m3") == [answer.instance_id]
+        finally:
+            await fleet.close()
+        evictions = await _worker_evictions(full)
+    assert answer.path == "instance"
+    _check(answer, "m3")
+    assert _front_end_loads("m3", "no-room") >= refused_before + 2  # a, then b, at first
+    assert _front_end_loads("m3") == loaded_before + 1
+    assert _front_end_loads("m3", "failed") == failed_before  # a refusal for room is none
+    assert evictions == {answer.instance_id: 1}  # m1, the least recently used there
+
+
+async def _worker_evictions(pair: Pair) -> dict[str, float]:
+    """Models evicted from memory on each worker that evicted any, by the fleet's ids."""
+    out: dict[str, float] = {}
+    async with aiohttp.ClientSession() as s:
+        for instance_id, w in (("a", pair.a), ("b", pair.b)):
+            m = await samples(s, w.endpoint)
+            count = sum(v for (n, _), v in m.items() if n == "mark_worker_model_evictions_total")
+            if count:
+                out[instance_id] = count
+    return out
+
+
+async def test_requests_waiting_for_room_spill_once_a_pool_slot_frees_bounded_by_the_hold_cap(
+    tmp_path: Path, pool: LocalFunctionPool
+) -> None:
+    """Both workers full of models protected for a minute, the pool full: of a burst of three
+    for m3, two wait for its load (`batching.max_held_per_model`) and the third gets 429 at
+    once; both loads are refused for room and the two wait on; a fourth, finding every worker
+    refusing, gets 429 too (the same bound). When a pool slot frees, the two spill."""
+    full_pool = _FullPool(pool)
+    async with _full_pair(tmp_path, protect_s=60.0) as full:
+        fleet = await _fleet(
+            full, spill=SpillMonitor(full_pool, SpillConfig()), max_held_per_model=2
+        )
+        refused_before = _front_end_loads("m3", "no-room")
+        try:
+            burst = [asyncio.ensure_future(fleet.infer("m3", _request())) for _ in range(3)]
+            await _refusals_reach("m3", refused_before + 2)
+            done = [t for t in burst if t.done()]
+            assert len(done) == 1, burst  # the two held ones wait on
+            with pytest.raises(Shed) as late:
+                await fleet.infer("m3", _request())
+            full_pool.full = False
+            answers = await asyncio.gather(*(t for t in burst if not t.done()))
+        finally:
+            await fleet.close()
+    shed = done[0].exception()
+    assert isinstance(shed, Shed) and shed.cause == "hold-full", shed
+    assert late.value.cause == "hold-full" and late.value.retry_after_s is not None
+    assert "waiting for room on its instances" in late.value.reason, late.value.reason
+    assert 30 <= late.value.retry_after_s <= 60  # when the first protection lapses
+    for answer in answers:
+        assert answer.path == "serverless"
+        _check(answer, "m3")
+
+
+async def test_a_request_that_waited_for_room_in_vain_gets_503_with_the_reason_and_retry_after(
+    tmp_path: Path,
+) -> None:
+    """No pool, every worker full of models protected for a minute: a request for a third
+    model waits its `batching.queue_timeout_s` for room, then gets 503 saying why, with
+    Retry-After (when the first protection lapses)."""
+    async with _full_pair(tmp_path, protect_s=60.0) as full:
+        fleet = await _fleet(full, queue_timeout_s=1.0)
+        try:
+            with pytest.raises(Unavailable) as refused:
+                await fleet.infer("m3", _request())
+        finally:
+            await fleet.close()
+    assert refused.value.status == 503
+    reason = refused.value.reason
+    assert "none had room for it" in reason and "active rotation" in reason, reason
+    assert "within 1 s (batching.queue_timeout_s)" in reason and "spill is off" in reason
+    assert refused.value.retry_after_s is not None and refused.value.retry_after_s >= 30
 
 
 async def _serve(app: web.Application) -> tuple[web.AppRunner, str]:
@@ -682,6 +831,16 @@ def test_an_index_read_older_than_a_completed_load_is_not_applied() -> None:
     assert residency.holds(instance, "m2", "m2")  # no index: the listing again
     residency.forget(())
     assert residency.expected_load_s("a", "m2") == 5.0
+
+
+def test_a_refusal_for_want_of_room_backs_off_until_its_retry_after_and_is_no_failure() -> None:
+    residency = Residency(default_load_s=5.0, backoff_base_s=2.0, backoff_max_s=60.0)
+    residency.load_failed("a", "m1", "load failed: x", now_s=10.0)
+    residency.no_room("a", "m1", "no room for 'm1'", until_s=15.0)
+    assert residency.backoff("a", "m1", 14.0) == Backoff(1, 15.0, "no room for 'm1'", True)
+    assert residency.backoff("a", "m1", 15.0) is None
+    residency.load_failed("a", "m1", "load failed: y", now_s=20.0)  # the second in a row
+    assert residency.backoff("a", "m1", 20.0) == Backoff(2, 24.0, "load failed: y")
 
 
 def test_a_failed_load_backs_off_doubling_to_the_cap_and_a_success_ends_it() -> None:

@@ -13,6 +13,7 @@ import boto3
 import numpy as np
 import pytest
 
+from mark.core.protocol import NO_ROOM, REFUSED_HEADER
 from tests.dataplane import workers
 from tests.model_artifacts import expected, index, infer, onnx_bytes, samples, write_model
 
@@ -49,6 +50,7 @@ async def test_budget_evicts_the_least_recent_unprotected_model_and_loads_once(
         status, doc, headers = await infer(s, w.endpoint, "m3")
         assert status == 503 and "active rotation" in doc["error"]
         assert 1 <= int(headers["Retry-After"]) <= protect_s
+        assert headers[REFUSED_HEADER] == NO_ROOM  # a matter of time, not a failed load
         idx = await index(s, w.endpoint)
         assert [idx[m]["state"] for m in ("m1", "m2", "m3")] == ["READY", "READY", "UNAVAILABLE"]
 
@@ -158,7 +160,7 @@ async def test_missing_and_corrupt_artifacts_503_oversize_422_and_the_worker_sta
         for _ in range(2):  # a failed version is not loaded again until the artifact changes
             status, doc, headers = await infer(s, w.endpoint, "bad")
             assert status == 503 and "load failed" in doc["error"]
-            assert int(headers["Retry-After"]) >= 1
+            assert int(headers["Retry-After"]) >= 1 and REFUSED_HEADER not in headers
         assert (await samples(s, w.endpoint))[
             ("mark_worker_model_load_failures_total", "model=bad")
         ] == 1

@@ -19,7 +19,13 @@ from typing import Any
 import aiohttp
 
 from mark.adapters.http_pool import HttpError, HttpPool
-from mark.core.protocol import LOAD_PIN_HEADER, UNLOAD_IDLE_HEADER, index_etag
+from mark.core.protocol import (
+    LOAD_PIN_HEADER,
+    NO_ROOM,
+    REFUSED_HEADER,
+    UNLOAD_IDLE_HEADER,
+    index_etag,
+)
 
 __all__ = [
     "NO_REPOSITORY_API",
@@ -43,12 +49,24 @@ class IndexUnreadable(Exception):
 
 class LoadFailed(Exception):
     """The instance did not load the model; `reason` is its answer (or the error), `status`
-    the HTTP status it answered (None: the call itself failed)."""
+    the HTTP status it answered (None: the call itself failed), `retry_after_s` its
+    Retry-After in seconds (None without one), and `no_room` whether it refused for want of
+    room beside the models it protects (`Mark-Refused: no-room`: mark/core/protocol/
+    repository.py), a refusal for a while rather than a failed load."""
 
-    def __init__(self, reason: str, status: int | None = None) -> None:
+    def __init__(
+        self,
+        reason: str,
+        status: int | None = None,
+        *,
+        retry_after_s: float | None = None,
+        no_room: bool = False,
+    ) -> None:
         super().__init__(reason)
         self.reason = reason
         self.status = status
+        self.retry_after_s = retry_after_s
+        self.no_room = no_room
 
 
 class UnloadFailed(LoadFailed):
@@ -148,6 +166,7 @@ async def _call(
             async with session.post(url, headers=headers) as resp:
                 payload = await resp.read()
                 status = resp.status
+                answered = resp.headers
     except (aiohttp.ClientError, TimeoutError) as exc:
         raise error(f"the call failed: {exc!r}") from exc
     if status != 200:
@@ -156,4 +175,17 @@ async def _call(
         except (ValueError, AttributeError):
             detail = None
         text = detail if isinstance(detail, str) else payload.decode("utf-8", "replace")[:300]
-        raise error(f"HTTP {status}: {text or 'no detail'}", status)
+        raise error(
+            f"HTTP {status}: {text or 'no detail'}",
+            status,
+            retry_after_s=_seconds(answered.get("Retry-After")),
+            no_room=answered.get(REFUSED_HEADER) == NO_ROOM,
+        )
+
+
+def _seconds(retry_after: str | None) -> float | None:
+    """A Retry-After in seconds; None without one, or in a form other than seconds (a date)."""
+    try:
+        return max(float(retry_after), 0.0) if retry_after is not None else None
+    except ValueError:
+        return None

@@ -79,7 +79,8 @@ def split_charge(
     if not weights:
         weights = dict.fromkeys(models or [""], 1.0)
     total = math.fsum(weights.values())
-    parts = {m: usd * w / total for m, w in weights.items()}
+    # the share first: usd * w of a subnormal busy time would round away most of its bits
+    parts = {m: usd * (w / total) for m, w in weights.items()}
     # The largest part absorbs the rounding, so the parts add up to `usd` to the last bit.
     largest = max(parts, key=lambda m: (parts[m], m))
     parts[largest] = max(usd - math.fsum(p for m, p in parts.items() if m != largest), 0.0)

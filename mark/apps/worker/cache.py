@@ -47,8 +47,8 @@ from mark.apps.worker.runner import ModelRunner
 from mark.core.config import WorkerConfig
 from mark.core.errors import MarkError, NotFound
 
-__all__ = ["ModelCache", "ModelUnavailable", "ModelInUse", "ModelTooLarge", "READY", "LOADING",
-           "UNAVAILABLE"]  # fmt: skip
+__all__ = ["ModelCache", "ModelUnavailable", "NoRoom", "ModelInUse", "ModelTooLarge", "READY",
+           "LOADING", "UNAVAILABLE"]  # fmt: skip
 
 log = logging.getLogger(__name__)
 READY, LOADING, UNAVAILABLE = "READY", "LOADING", "UNAVAILABLE"  # the repository index states
@@ -66,6 +66,12 @@ class ModelUnavailable(MarkError):
         super().__init__(reason)
         self.reason = reason
         self.retry_after_s = max(1, math.ceil(retry_after_s))
+
+
+class NoRoom(ModelUnavailable):
+    """The model fits only by evicting a protected one (pinned, in flight, or used within
+    `protect_s`): a matter of time, not a failed load, which the server tells the front end
+    apart (`mark.core.protocol.REFUSED_HEADER`) so that it waits for room rather than fail."""
 
 
 class ModelInUse(MarkError):
@@ -508,7 +514,7 @@ class ModelCache:
             waits = [e.last_used_s + self.settings.protect_s - now for e in others]
             pinned = sorted(e.name for e in self._entries.values() if e.pinned and e.resident)
             active = sorted(e.name for e in others if e not in chosen)
-            raise ModelUnavailable(
+            raise NoRoom(
                 f"no room for {entry.name!r} ({need_bytes} bytes, {free} free at most) without "
                 f"evicting a pinned model ({', '.join(pinned) or 'none'}) or one in active "
                 f"rotation, used in the last {self.settings.protect_s:g} s "

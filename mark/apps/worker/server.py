@@ -21,7 +21,8 @@ the model is unpinned, idle for N seconds and has nothing in flight.
 (bytes, load time) under `cache`; `GET /metrics` is Prometheus text (metrics.py).
 
 Statuses: unknown model 404; larger than the whole memory budget 422; no room without evicting a
-protected model, or an artifact missing or failing to load, 503 with Retry-After and the reason.
+protected model, or an artifact missing or failing to load, 503 with Retry-After and the reason;
+the former also with `Mark-Refused: no-room` (mark/core/protocol/repository.py).
 """
 
 from __future__ import annotations
@@ -32,13 +33,15 @@ from collections.abc import Awaitable, Callable
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 
-from mark.apps.worker.cache import ModelCache, ModelInUse, ModelTooLarge, ModelUnavailable
+from mark.apps.worker.cache import ModelCache, ModelInUse, ModelTooLarge, ModelUnavailable, NoRoom
 from mark.apps.worker.loaders import ServedModel
 from mark.apps.worker.runner import InferenceFailed
 from mark.core.errors import NotFound
 from mark.core.protocol import (
     HEADER_LENGTH,
     LOAD_PIN_HEADER,
+    NO_ROOM,
+    REFUSED_HEADER,
     UNLOAD_IDLE_HEADER,
     InferRequest,
     ProtocolError,
@@ -76,6 +79,8 @@ def _cache_errors(handler: Handler) -> Handler:
             return _error(409, str(exc))
         except ModelUnavailable as exc:
             retry = {"Retry-After": str(exc.retry_after_s)}
+            if isinstance(exc, NoRoom):
+                retry[REFUSED_HEADER] = NO_ROOM
             return _error(503, f"model {request.match_info['model']!r}: {exc.reason}", retry)
 
     return guarded

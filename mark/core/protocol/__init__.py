@@ -10,7 +10,7 @@ Shared by the front end (parsing clients, talking to instances) and the referenc
 - `v2`: KServe v2 requests and responses; `tf_serving`: TF Serving's `instances` and `inputs`;
 - `batching`: concatenating requests along dimension 0 and splitting the answer back;
 - `repository`: Mark's additions to the model repository extension (`LOAD_PIN_HEADER`,
-  `UNLOAD_IDLE_HEADER`, `index_etag`).
+  `UNLOAD_IDLE_HEADER`, `index_etag`, `REFUSED_HEADER` and its `NO_ROOM`).
 
 Hot path (bench/bench_frontend.py): JSON goes through orjson, numeric tensors are serialized
 straight from their arrays, and a v2 JSON request keeps its body (`InferRequest.raw`) so that a
@@ -29,7 +29,13 @@ from mark.core.protocol.messages import (
     TfFormat,
     validate,
 )
-from mark.core.protocol.repository import LOAD_PIN_HEADER, UNLOAD_IDLE_HEADER, index_etag
+from mark.core.protocol.repository import (
+    LOAD_PIN_HEADER,
+    NO_ROOM,
+    REFUSED_HEADER,
+    UNLOAD_IDLE_HEADER,
+    index_etag,
+)
 from mark.core.protocol.tf_serving import (
     encode_tf_request,
     encode_tf_response,
@@ -48,6 +54,8 @@ __all__ = [
     "BackendError",
     "HEADER_LENGTH",
     "LOAD_PIN_HEADER",
+    "NO_ROOM",
+    "REFUSED_HEADER",
     "UNLOAD_IDLE_HEADER",
     "index_etag",
     "parse_header_length",

@@ -21,16 +21,28 @@ reads every instance's index on each sync, twice a second, and a many-model work
 rarely changes: the front end's parsing of unchanged indexes was a fifth of its sync. The tag
 is a digest of the body, so a caller computes it from what it read, whatever else the server
 sends; a server without conditional requests answers 200 with the body, as before.
+
+A fourth: `mark worker` refuses a load (or the request that would load its model) for want of
+room beside models it protects (pinned, or in active rotation: used within `worker.protect_s`)
+with 503, `Retry-After` (the seconds until the first protection lapses) and `Mark-Refused:
+no-room`. The same 503 with `Retry-After` also answers an artifact that failed to load, but the
+two call for different answers from the front end: a failed load is answered at once (503 with
+the reason), while room is a matter of time (a protection lapses, or the placement unloads what
+it pinned), so the requests wait for it, bounded (frontend/fleet.py). A header, so that the
+front end branches on what the server says rather than on the words of its reason; a server
+without it (Triton, MLServer) has every refused load taken as failed.
 """
 
 from __future__ import annotations
 
 import hashlib
 
-__all__ = ["LOAD_PIN_HEADER", "UNLOAD_IDLE_HEADER", "index_etag"]
+__all__ = ["LOAD_PIN_HEADER", "NO_ROOM", "REFUSED_HEADER", "UNLOAD_IDLE_HEADER", "index_etag"]
 
 LOAD_PIN_HEADER = "Mark-Load-Pin"
 UNLOAD_IDLE_HEADER = "Mark-Unload-Idle-S"
+REFUSED_HEADER = "Mark-Refused"
+NO_ROOM = "no-room"  # its value on a refusal for want of room beside protected models
 
 
 def index_etag(body: bytes) -> str:
